@@ -1,0 +1,358 @@
+"""The ``assessment-store`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ._config import Settings
+from ._errors import AssessmentStoreError, StoreUsageError, WaitTimeout
+from ._model import JSON, Assessment, State
+from ._store import AssessmentStore
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Event-sourced assessment store on Apache Kafka and PostgreSQL.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+stack_app = typer.Typer(help="The local stack: Kafka, PostgreSQL and the projector, without Docker.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+# Piped output (CI logs, `| less`) gets a wide fixed width instead of Rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else 160
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+IdArg = Annotated[str, typer.Argument(help="Assessment id.")]
+ExpectedVersion = Annotated[
+    int | None, typer.Option("--expected-version", help="Refuse unless the assessment is at this version.")
+]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except WaitTimeout as e:
+        _fail(str(e), 3)
+    except StoreUsageError as e:
+        _fail(str(e), 1)
+    except AssessmentStoreError as e:
+        _fail(str(e), 2 if not e.retriable else 4)
+    raise AssertionError  # unreachable: _fail raises
+
+
+def _with_store(fn: Callable[[AssessmentStore], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with AssessmentStore(Settings()) as store:
+            return await fn(store)
+
+    return _run(go())
+
+
+def _parse_json(text: str | None, what: str) -> JSON:
+    if text is None:
+        return None
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text()
+        except OSError as e:
+            _fail(f"cannot read {what} from {path}: {e}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        _fail(f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+    return None
+
+
+def _show(a: Assessment, as_json: bool) -> None:
+    if as_json:
+        out.print_json(data=a.to_json())
+        return
+    t = Table(show_header=False, box=None, pad_edge=False)
+    for k, v in a.to_json().items():
+        if v is None:
+            continue
+        t.add_row(f"[bold]{k}[/]", json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    out.print(t)
+
+
+# --- stack ------------------------------------------------------------------------------
+
+ServicesArg = Annotated[
+    list[str] | None, typer.Argument(help="kafka, postgres and/or projector (default: all).", show_default=False)
+]
+
+
+@stack_app.command("up")
+def stack_up(services: ServicesArg = None) -> None:
+    """Start the services that are not running (fetching Kafka's jars on first use). Idempotent."""
+    from stack import Stack
+
+    t0 = time.monotonic()
+    try:
+        Stack(Settings()).up(services, log=lambda m: err.print(f"[dim]{m}[/]"))
+    except (AssessmentStoreError, ValueError) as e:
+        _fail(str(e))
+    err.print(f"stack up in {time.monotonic() - t0:.1f} s")
+    stack_status(as_json=False)
+
+
+@stack_app.command("down")
+def stack_down(services: ServicesArg = None) -> None:
+    """Stop the services (projector first, PostgreSQL last). Data stays in the data directory."""
+    from stack import Stack
+
+    try:
+        Stack(Settings()).down(services, log=lambda m: err.print(f"[dim]{m}[/]"))
+    except (AssessmentStoreError, ValueError) as e:
+        _fail(str(e))
+
+
+@stack_app.command("status")
+def stack_status(as_json: JsonFlag = False) -> None:
+    """What runs, where, with pids, ports, data and log paths. Exit code 1 if anything is down."""
+    from stack import Stack
+
+    rows = Stack(Settings()).status()
+    if as_json:
+        out.print_json(data=[r.__dict__ for r in rows])
+    else:
+        t = Table(title="assessment-store stack")
+        for col in ("service", "state", "pid", "address", "rss", "data", "log"):
+            t.add_column(col)
+        for r in rows:
+            rss = f"{r.rss_bytes / 2**20:.0f} MiB" if r.rss_bytes else "-"
+            state = "[green]running[/]" if r.running else "[red]stopped[/]"
+            t.add_row(r.name, state, str(r.pid or "-"), r.address, rss, r.data, r.log)
+        out.print(t)
+    if not all(r.running for r in rows):
+        raise typer.Exit(1)
+
+
+@stack_app.command("logs")
+def stack_logs(
+    service: Annotated[str, typer.Argument(help="kafka, postgres or projector.")],
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines.")] = 50,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
+) -> None:
+    """Print the tail of a service's log."""
+    from stack import Stack
+    from stack._procs import tail
+
+    try:
+        path = Path(Stack(Settings()).log_path(service))
+    except ValueError as e:
+        _fail(str(e))
+    sys.stdout.write(tail(path, lines) + "\n")
+    if follow:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            try:
+                while True:
+                    chunk = f.read()
+                    if chunk:
+                        sys.stdout.write(chunk.decode(errors="replace"))
+                        sys.stdout.flush()
+                    else:
+                        time.sleep(0.3)
+            except KeyboardInterrupt:
+                pass
+
+
+# --- services ---------------------------------------------------------------------------
+
+
+@app.command("projector")
+def projector(
+    pid_file: Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-file>.ready' once consuming.")] = None,
+) -> None:
+    """Run the projector in the foreground (fold the events topic into PostgreSQL) until SIGTERM."""
+    from projections import Projector
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with Projector(Settings()) as p:
+            if pid_file is not None:
+                pid_file.with_suffix(".ready").write_text("ready\n")
+            logging.getLogger("assessment_store.projector").info("projector consuming")
+            await p.run(stop)
+            logging.getLogger("assessment_store.projector").info("projector stopping: %s", p.stats)
+
+    _run(go())
+
+
+# --- assessments ------------------------------------------------------------------------
+
+
+@app.command("create")
+def create(
+    request: Annotated[str, typer.Option("--request", "-r", help="Request JSON, or @file.json.")] = "{}",
+    assessment_id: Annotated[str | None, typer.Option("--id", help="Choose the id (default: a UUID).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a PENDING assessment and print its id."""
+    body = _parse_json(request, "--request")
+    aid = _with_store(lambda s: s.create_assessment(body, assessment_id=assessment_id))
+    if as_json:
+        out.print_json(data={"assessmentId": aid})
+    else:
+        out.print(aid)
+
+
+@app.command("start")
+def start(assessment_id: IdArg, expected_version: ExpectedVersion = None, as_json: JsonFlag = False) -> None:
+    """PENDING -> PROCESSING."""
+    _show(_with_store(lambda s: s.start_assessment(assessment_id, expected_version=expected_version)), as_json)
+
+
+@app.command("progress")
+def progress(
+    assessment_id: IdArg,
+    percent: Annotated[int, typer.Argument(help="0-100.")],
+    message: Annotated[str | None, typer.Option("--message", "-m")] = None,
+    expected_version: ExpectedVersion = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Record progress (0-100) of a PENDING or PROCESSING assessment."""
+    _show(
+        _with_store(lambda s: s.update_progress(assessment_id, percent, message, expected_version=expected_version)),
+        as_json,
+    )
+
+
+@app.command("complete")
+def complete(
+    assessment_id: IdArg,
+    result: Annotated[str, typer.Option("--result", help="Result JSON, or @file.json.")] = "null",
+    duration_ms: Annotated[int | None, typer.Option(help="Default: time since start.")] = None,
+    expected_version: ExpectedVersion = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """PROCESSING -> COMPLETED with a result."""
+    body = _parse_json(result, "--result")
+    _show(
+        _with_store(lambda s: s.complete_assessment(assessment_id, body, duration_ms=duration_ms,
+                                                     expected_version=expected_version)),
+        as_json,
+    )
+
+
+@app.command("fail")
+def fail(
+    assessment_id: IdArg,
+    error: Annotated[str, typer.Option("--error", "-e", help="What went wrong.")],
+    retryable: Annotated[bool, typer.Option(help="Whether a retry may succeed.")] = False,
+    expected_version: ExpectedVersion = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """PENDING or PROCESSING -> FAILED."""
+    _show(
+        _with_store(lambda s: s.fail_assessment(assessment_id, error, retryable=retryable,
+                                                 expected_version=expected_version)),
+        as_json,
+    )
+
+
+@app.command("cancel")
+def cancel(
+    assessment_id: IdArg,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    expected_version: ExpectedVersion = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """PENDING or PROCESSING -> CANCELLED."""
+    _show(_with_store(lambda s: s.cancel_assessment(assessment_id, reason, expected_version=expected_version)), as_json)
+
+
+@app.command("retry")
+def retry(assessment_id: IdArg, expected_version: ExpectedVersion = None, as_json: JsonFlag = False) -> None:
+    """FAILED -> PENDING, retry count + 1."""
+    _show(_with_store(lambda s: s.retry_assessment(assessment_id, expected_version=expected_version)), as_json)
+
+
+@app.command("get")
+def get(assessment_id: IdArg, as_json: JsonFlag = False) -> None:
+    """Print an assessment's current state from the projection."""
+    _show(_with_store(lambda s: s.get_state(assessment_id)), as_json)
+
+
+@app.command("wait")
+def wait(
+    assessment_id: IdArg,
+    timeout: Annotated[float, typer.Option(help="Seconds; exit code 3 when it passes.")] = 30.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Wait until the assessment is COMPLETED, FAILED or CANCELLED, then print it."""
+    _show(_with_store(lambda s: s.wait_for_completion(assessment_id, timeout)), as_json)
+
+
+@app.command("history")
+def history(assessment_id: IdArg, as_json: JsonFlag = False) -> None:
+    """Print an assessment's events: version, type, when, source and Kafka position."""
+    rows = _with_store(lambda s: s.get_history(assessment_id))
+    if as_json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    t = Table(title=f"history of {assessment_id}")
+    for col in ("v", "type", "occurred at", "source", "payload", "partition/offset"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r["version"]), r["type"], str(r["occurred_at"]), r["source"],
+                  json.dumps(r["payload"])[:80], f"{r['kafka_partition']}/{r['kafka_offset']}")
+    out.print(t)
+
+
+@app.command("list")
+def list_(
+    state: Annotated[State | None, typer.Option(help="Only this state.", case_sensitive=False)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List assessment ids, with counts per state."""
+
+    async def go(s: AssessmentStore) -> tuple[list[str], dict[State, int]]:
+        return await s.get_all_assessment_ids(state), await s.count_by_state()
+
+    ids, counts = _with_store(go)
+    if as_json:
+        out.print_json(data={"ids": ids, "counts": {k.value: v for k, v in counts.items()}})
+        return
+    for i in ids:
+        out.print(i)
+    err.print(", ".join(f"{k.value}={v}" for k, v in counts.items()))
+
+
+@app.command("demo")
+def demo(count: Annotated[int, typer.Option(min=1, max=1000, help="How many assessments.")] = 6) -> None:
+    """Drive a few assessments through their lifecycle and print their final states from PostgreSQL."""
+    from ._demo import run_demo
+
+    _run(run_demo(Settings(), count, out))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,104 @@
+"""The one settings class. Every value is overridable by an environment variable
+prefixed ``ASSESSMENT_STORE_`` (``ASSESSMENT_STORE_KAFKA_PORT=29092``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Configuration of the store, its local stack and its services."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASSESSMENT_STORE_", frozen=True, extra="forbid"
+    )
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Field(
+        default=Path(".data"),
+        description="Project-local state: Kafka log dirs, the PostgreSQL cluster, pid files, logs.",
+    )
+    cache_dir: Path = Field(
+        default=Path(".cache"),
+        description="Downloaded Kafka jars and the Maven repository used to fetch them.",
+    )
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_version: str = "4.3.1"
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=19093, ge=1, le=65535)
+    kafka_heap: str = Field(default="512m", description="JVM -Xmx of the local broker.")
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Broker list; defaults to the local broker (kafka_host:kafka_port).",
+    )
+
+    # --- topics ------------------------------------------------------------
+    events_topic: str = "assessments.events"
+    commands_topic: str = "assessments.commands"
+    legacy_topic: str = "legacy.assessment-events"
+    partitions: int = Field(default=6, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1)
+
+    # --- PostgreSQL --------------------------------------------------------
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(default=55432, ge=1, le=65535)
+    postgres_db: str = "assessment_store"
+    postgres_user: str = "assessment_store"
+    postgres_dsn: str | None = Field(
+        default=None,
+        description="Full DSN; defaults to the local cluster (password read from the generated passfile).",
+    )
+    postgres_bin_dir: Path | None = Field(
+        default=None, description="Directory holding initdb/pg_ctl; auto-detected when unset."
+    )
+    postgres_os_user: str = Field(
+        default="postgres",
+        description="Non-root account the local cluster runs as when the stack is started by root.",
+    )
+
+    # --- store services ----------------------------------------------------
+    projector_group: str = "assessment-store-projector"
+    projector_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    visibility_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a write waits to see its own event in the projection.",
+    )
+    max_request_bytes: int = Field(
+        default=1_000_000, ge=1024, description="Upper bound on a request/result JSON document."
+    )
+
+    # --- tests -------------------------------------------------------------
+    test_backend: str = Field(
+        default="local",
+        description="'local' starts the stack from jars and Debian binaries; 'testcontainers' uses Docker.",
+    )
+
+    @field_validator("test_backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in ("local", "testcontainers"):
+            raise ValueError("must be 'local' or 'testcontainers'")
+        return v
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def postgres_passfile(self) -> Path:
+        return self.data_dir.resolve() / "pgpass"
+
+    @property
+    def dsn(self) -> str:
+        return (
+            self.postgres_dsn
+            or f"postgresql://{self.postgres_user}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+        )

@@ -1,0 +1,259 @@
+"""The state machine, as two pure functions.
+
+``decide(current, command, now)`` either returns the one event the command produces or raises
+a ``StoreUsageError``; it never touches I/O. ``evolve(current, event)`` folds an event into the
+state. The writer (``streams``) and the projector (``projections``) share them, so the rules that
+accept a command and the rules that fold its event cannot drift apart.
+
+    PENDING ──start──▶ PROCESSING ──complete──▶ COMPLETED
+       │  ▲                │  └──────fail─────▶ FAILED ──retry──▶ PENDING
+       │  └─────────retry──┼─────────────────────┘
+       └──cancel / fail────┴──cancel──▶ CANCELLED
+
+Progress (0-100) is accepted while PENDING or PROCESSING. COMPLETED and CANCELLED accept nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from ._errors import AssessmentNotFound, InvalidTransition, ValidationError, VersionConflict
+from ._model import (
+    Assessment,
+    Cancel,
+    Cancelled,
+    Command,
+    Complete,
+    Completed,
+    Create,
+    Created,
+    Event,
+    EventSource,
+    Fail,
+    Failed,
+    Payload,
+    ProgressUpdated,
+    Retried,
+    Retry,
+    Start,
+    Started,
+    State,
+    UpdateProgress,
+)
+
+__all__ = ["MAX_ID_LENGTH", "MAX_TEXT_LENGTH", "decide", "evolve", "transition_name", "validate_id"]
+
+MAX_ID_LENGTH = 200
+MAX_TEXT_LENGTH = 10_000
+
+_ALLOWED: dict[type[Command], frozenset[State]] = {
+    Start: frozenset({State.PENDING}),
+    UpdateProgress: frozenset({State.PENDING, State.PROCESSING}),
+    Complete: frozenset({State.PROCESSING}),
+    Fail: frozenset({State.PENDING, State.PROCESSING}),
+    Cancel: frozenset({State.PENDING, State.PROCESSING}),
+    Retry: frozenset({State.FAILED}),
+}
+
+_NAMES: dict[type[Command], str] = {
+    Create: "create",
+    Start: "start",
+    UpdateProgress: "update_progress",
+    Complete: "complete",
+    Fail: "fail",
+    Cancel: "cancel",
+    Retry: "retry",
+}
+
+
+def transition_name(command: Command) -> str:
+    return _NAMES[type(command)]
+
+
+def validate_id(assessment_id: object) -> str:
+    if not isinstance(assessment_id, str) or not assessment_id.strip():
+        raise ValidationError("assessment_id", "must be a non-empty string")
+    if len(assessment_id) > MAX_ID_LENGTH:
+        raise ValidationError("assessment_id", f"longer than {MAX_ID_LENGTH} characters")
+    if not assessment_id.isprintable() or "|" in assessment_id:
+        raise ValidationError("assessment_id", "must be printable and must not contain '|'")
+    return assessment_id
+
+
+def _text(field_name: str, value: str | None, *, required: bool = False) -> None:
+    if value is None:
+        if required:
+            raise ValidationError(field_name, "is required")
+        return
+    if not isinstance(value, str):
+        raise ValidationError(field_name, f"must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise ValidationError(field_name, "must not be empty")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise ValidationError(field_name, f"longer than {MAX_TEXT_LENGTH} characters")
+
+
+def _json_document(field_name: str, value: object, max_bytes: int) -> None:
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValidationError(field_name, f"is not JSON-serialisable: {e}") from e
+    if size > max_bytes:
+        raise ValidationError(field_name, f"is {size} bytes, above the limit of {max_bytes}")
+
+
+def _validate(command: Command, max_json_bytes: int) -> None:
+    validate_id(command.assessment_id)
+    if command.expected_version is not None and (
+        isinstance(command.expected_version, bool)
+        or not isinstance(command.expected_version, int)
+        or command.expected_version < 0
+    ):
+        raise ValidationError("expected_version", "must be a non-negative integer")
+    match command:
+        case Create():
+            _json_document("request", command.request, max_json_bytes)
+            for name, v in (
+                ("processing_timeout_ms", command.processing_timeout_ms),
+                ("max_retries", command.max_retries),
+            ):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                    raise ValidationError(name, "must be a non-negative integer")
+        case UpdateProgress():
+            p = command.progress
+            if isinstance(p, bool) or not isinstance(p, int):
+                raise ValidationError("progress", f"must be an integer, got {type(p).__name__}")
+            if not 0 <= p <= 100:
+                raise ValidationError("progress", f"must be between 0 and 100, got {p}")
+            _text("message", command.message)
+        case Complete():
+            _json_document("result", command.result, max_json_bytes)
+            d = command.duration_ms
+            if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
+                raise ValidationError("duration_ms", "must be a non-negative integer")
+        case Fail():
+            _text("error", command.error, required=True)
+        case Cancel():
+            _text("reason", command.reason)
+        case Start():
+            _text("worker", command.worker)
+        case Retry():
+            pass
+
+
+def _elapsed_ms(current: Assessment, now: datetime) -> int:
+    since = current.started_at or current.created_at
+    return max(0, int((now - since).total_seconds() * 1000))
+
+
+def decide(
+    current: Assessment | None,
+    command: Command,
+    now: datetime,
+    *,
+    source: EventSource = EventSource.STORE,
+    max_json_bytes: int = 1_000_000,
+) -> Event:
+    """The event ``command`` produces against ``current``, or the reason it is refused."""
+    _validate(command, max_json_bytes)
+    name = transition_name(command)
+    aid = command.assessment_id
+    actual = current.version if current is not None else 0
+    if command.expected_version is not None and command.expected_version != actual:
+        raise VersionConflict(aid, command.expected_version, actual)
+
+    payload: Payload
+    if isinstance(command, Create):
+        if current is not None:
+            raise InvalidTransition(aid, current.state.value, name)
+        payload = Created(command.request, command.processing_timeout_ms, command.max_retries)
+    else:
+        if current is None:
+            raise AssessmentNotFound(aid)
+        if current.state not in _ALLOWED[type(command)]:
+            raise InvalidTransition(aid, current.state.value, name)
+        match command:
+            case Start():
+                payload = Started(command.worker)
+            case UpdateProgress():
+                payload = ProgressUpdated(command.progress, command.message)
+            case Complete():
+                duration = command.duration_ms
+                payload = Completed(command.result, duration if duration is not None else _elapsed_ms(current, now))
+            case Fail():
+                payload = Failed(command.error, command.retryable, _elapsed_ms(current, now))
+            case Cancel():
+                payload = Cancelled(command.reason)
+            case Retry():
+                if current.max_retries is not None and current.retry_count >= current.max_retries:
+                    raise InvalidTransition(
+                        aid, current.state.value, f"retry (limit of {current.max_retries} reached)"
+                    )
+                payload = Retried(current.retry_count + 1)
+            case _:  # pragma: no cover - exhaustive above
+                raise AssertionError(command)
+    return Event(
+        assessment_id=aid,
+        version=actual + 1,
+        payload=payload,
+        occurred_at=now,
+        recorded_at=now,
+        source=source,
+        correlation_id=command.correlation_id,
+        causation_id=command.command_id,
+    )
+
+
+def evolve(current: Assessment | None, event: Event) -> Assessment:
+    """Fold one event. The caller guarantees ``event.version == current.version + 1``."""
+    p = event.payload
+    at = event.occurred_at
+    if isinstance(p, Created):
+        return Assessment(
+            assessment_id=event.assessment_id,
+            state=State.PENDING,
+            version=event.version,
+            progress=0,
+            message=None,
+            created_at=at,
+            updated_at=at,
+            request_data=p.request,
+            processing_timeout_ms=p.processing_timeout_ms,
+            max_retries=p.max_retries,
+            last_event_id=event.event_id,
+        )
+    if current is None:
+        raise AssessmentNotFound(event.assessment_id)
+    base = current.replace(version=event.version, updated_at=at, last_event_id=event.event_id)
+    match p:
+        case Started():
+            return base.replace(state=State.PROCESSING, started_at=at)
+        case ProgressUpdated():
+            return base.replace(progress=p.progress, message=p.message)
+        case Completed():
+            return base.replace(
+                state=State.COMPLETED, progress=100, result_data=p.result, duration=p.duration_ms, finished_at=at
+            )
+        case Failed():
+            return base.replace(
+                state=State.FAILED,
+                error_message=p.error,
+                retryable=p.retryable,
+                duration=p.duration_ms,
+                finished_at=at,
+            )
+        case Cancelled():
+            return base.replace(state=State.CANCELLED, cancel_reason=p.reason, finished_at=at)
+        case Retried():
+            return base.replace(
+                state=State.PENDING,
+                retry_count=p.retry_count,
+                progress=0,
+                error_message=None,
+                retryable=None,
+                started_at=None,
+                finished_at=None,
+                duration=None,
+            )
+    raise AssertionError(p)  # pragma: no cover

@@ -1,0 +1,158 @@
+"""Every error the store raises derives from one root, ``AssessmentStoreError``.
+
+The tree::
+
+    AssessmentStoreError
+    ├── StoreUsageError                     the caller asked for something impossible
+    │   ├── ValidationError                 a field is missing or out of range (.field, .reason)
+    │   ├── AssessmentNotFound              no assessment has that id (.assessment_id)
+    │   ├── InvalidTransition               the state machine forbids it (.assessment_id, .state, .transition)
+    │   └── VersionConflict                 expected_version differs (.assessment_id, .expected, .actual)
+    ├── WaitTimeout                         a wait ended before its condition (.assessment_id, .timeout_s)
+    ├── CodecError                          bytes that are not one of our events (.reason)
+    ├── BackendError                        Kafka or PostgreSQL failed; .retriable says whether to retry
+    │   ├── KafkaUnavailable
+    │   └── DatabaseUnavailable
+    └── StackError                          the local stack could not do what was asked
+        ├── PortInUse                       (.port, .holder)
+        ├── MissingTool                     java / mvn / initdb absent (.tool, .install_hint)
+        ├── DownloadFailed                  mvn could not fetch the broker jars (.log_tail)
+        └── ServiceFailed                   a service did not start (.service, .log_tail)
+
+Driver exceptions (aiokafka, asyncpg) are translated into ``BackendError`` in one place per
+driver (``streams._kafka.translate_kafka_errors`` and ``projections._db.translate_db_errors``)
+with ``raise ... from e`` so the cause stays visible.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AssessmentNotFound",
+    "AssessmentStoreError",
+    "BackendError",
+    "CodecError",
+    "DatabaseUnavailable",
+    "DownloadFailed",
+    "InvalidTransition",
+    "KafkaUnavailable",
+    "MissingTool",
+    "PortInUse",
+    "ServiceFailed",
+    "StackError",
+    "StoreUsageError",
+    "ValidationError",
+    "VersionConflict",
+    "WaitTimeout",
+]
+
+
+class AssessmentStoreError(Exception):
+    """Root of every error raised by the store."""
+
+    retriable: bool = False
+
+
+class StoreUsageError(AssessmentStoreError):
+    """The request cannot succeed as given; retrying it unchanged will fail again."""
+
+
+class ValidationError(StoreUsageError):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid {field}: {reason}")
+
+
+class AssessmentNotFound(StoreUsageError):
+    def __init__(self, assessment_id: str) -> None:
+        self.assessment_id = assessment_id
+        super().__init__(f"assessment {assessment_id!r} does not exist")
+
+
+class InvalidTransition(StoreUsageError):
+    def __init__(self, assessment_id: str, state: str, transition: str) -> None:
+        self.assessment_id = assessment_id
+        self.state = state
+        self.transition = transition
+        super().__init__(
+            f"assessment {assessment_id!r} is {state}: {transition!r} is not allowed from {state}"
+        )
+
+
+class VersionConflict(StoreUsageError):
+    def __init__(self, assessment_id: str, expected: int, actual: int) -> None:
+        self.assessment_id = assessment_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"assessment {assessment_id!r} is at version {actual}, expected version {expected}"
+        )
+
+
+class WaitTimeout(AssessmentStoreError):
+    retriable = True
+
+    def __init__(self, assessment_id: str, timeout_s: float, waiting_for: str = "completion") -> None:
+        self.assessment_id = assessment_id
+        self.timeout_s = timeout_s
+        self.waiting_for = waiting_for
+        super().__init__(
+            f"assessment {assessment_id!r}: no {waiting_for} within {timeout_s:g} s"
+        )
+
+
+class CodecError(AssessmentStoreError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"cannot decode event: {reason}")
+
+
+class BackendError(AssessmentStoreError):
+    retriable = True
+
+
+class KafkaUnavailable(BackendError):
+    pass
+
+
+class DatabaseUnavailable(BackendError):
+    pass
+
+
+class StackError(AssessmentStoreError):
+    pass
+
+
+class PortInUse(StackError):
+    def __init__(self, port: int, service: str, holder: str | None) -> None:
+        self.port = port
+        self.service = service
+        self.holder = holder
+        who = f" by {holder}" if holder else " by another process"
+        super().__init__(
+            f"port {port} needed by {service} is already in use{who}; "
+            f"stop it or choose another port (see `assessment-store stack --help`)"
+        )
+
+
+class MissingTool(StackError):
+    def __init__(self, tool: str, install_hint: str) -> None:
+        self.tool = tool
+        self.install_hint = install_hint
+        super().__init__(f"{tool} not found on PATH; install it with: {install_hint}")
+
+
+class DownloadFailed(StackError):
+    def __init__(self, what: str, log_tail: str) -> None:
+        self.what = what
+        self.log_tail = log_tail
+        super().__init__(f"could not download {what}; last lines of mvn output:\n{log_tail}")
+
+
+class ServiceFailed(StackError):
+    def __init__(self, service: str, reason: str, log_tail: str = "") -> None:
+        self.service = service
+        self.reason = reason
+        self.log_tail = log_tail
+        tail = f"\n--- last lines of its log ---\n{log_tail}" if log_tail else ""
+        super().__init__(f"{service} failed: {reason}{tail}")

@@ -1,0 +1,267 @@
+"""The store's vocabulary: states, events, commands and the folded assessment.
+
+All of them are frozen dataclasses: they are built at the edges (CLI, client calls, the
+codec) and never change afterwards, so a fold can share them freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+__all__ = [
+    "JSON",
+    "Assessment",
+    "Cancel",
+    "Cancelled",
+    "Command",
+    "Complete",
+    "Completed",
+    "Create",
+    "Created",
+    "Event",
+    "EventSource",
+    "EventType",
+    "Fail",
+    "Failed",
+    "Payload",
+    "ProgressUpdated",
+    "Retried",
+    "Retry",
+    "Start",
+    "Started",
+    "State",
+    "UpdateProgress",
+    "new_id",
+]
+
+JSON: TypeAlias = Any
+"""A JSON-compatible value (dict, list, str, int, float, bool or None)."""
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class State(str, enum.Enum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.COMPLETED, State.CANCELLED)
+
+    @property
+    def finished(self) -> bool:
+        """No further work will happen without an explicit retry."""
+        return self in (State.COMPLETED, State.FAILED, State.CANCELLED)
+
+
+class EventSource(str, enum.Enum):
+    STORE = "store"
+    LEGACY_BRIDGE = "legacy-bridge"
+    MIGRATION = "migration"
+
+
+class EventType(str, enum.Enum):
+    CREATED = "AssessmentCreated"
+    STARTED = "AssessmentStarted"
+    PROGRESS_UPDATED = "ProgressUpdated"
+    COMPLETED = "AssessmentCompleted"
+    FAILED = "AssessmentFailed"
+    CANCELLED = "AssessmentCancelled"
+    RETRIED = "AssessmentRetried"
+
+
+# --- event payloads ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    request: JSON
+    processing_timeout_ms: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressUpdated:
+    progress: int
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    result: JSON
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    error: str
+    retryable: bool = False
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    retry_count: int
+
+
+Payload: TypeAlias = Created | Started | ProgressUpdated | Completed | Failed | Cancelled | Retried
+
+PAYLOAD_TYPES: dict[type[Any], EventType] = {
+    Created: EventType.CREATED,
+    Started: EventType.STARTED,
+    ProgressUpdated: EventType.PROGRESS_UPDATED,
+    Completed: EventType.COMPLETED,
+    Failed: EventType.FAILED,
+    Cancelled: EventType.CANCELLED,
+    Retried: EventType.RETRIED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One accepted state transition: the unit of the log."""
+
+    assessment_id: str
+    version: int
+    payload: Payload
+    occurred_at: datetime
+    recorded_at: datetime
+    source: EventSource = EventSource.STORE
+    event_id: str = field(default_factory=new_id)
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+    @property
+    def type(self) -> EventType:
+        return PAYLOAD_TYPES[type(self.payload)]
+
+
+# --- commands --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CommandBase:
+    assessment_id: str
+    command_id: str = field(default_factory=new_id)
+    expected_version: int | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Create(_CommandBase):
+    request: JSON
+    processing_timeout_ms: int | None = None
+    max_retries: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Start(_CommandBase):
+    worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateProgress(_CommandBase):
+    progress: int
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Complete(_CommandBase):
+    result: JSON
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fail(_CommandBase):
+    error: str
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel(_CommandBase):
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry(_CommandBase):
+    pass
+
+
+Command: TypeAlias = Create | Start | UpdateProgress | Complete | Fail | Cancel | Retry
+
+
+# --- the folded state ----------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The current state of one assessment, as folded from its events."""
+
+    assessment_id: str
+    state: State
+    version: int
+    progress: int
+    message: str | None
+    created_at: datetime
+    updated_at: datetime
+    request_data: JSON
+    result_data: JSON = None
+    error_message: str | None = None
+    retry_count: int = 0
+    duration: int | None = None
+    """Milliseconds from start (or creation) to completion or failure."""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    retryable: bool | None = None
+    cancel_reason: str | None = None
+    processing_timeout_ms: int | None = None
+    max_retries: int | None = None
+    last_event_id: str | None = None
+
+    def to_json(self) -> dict[str, JSON]:
+        """camelCase JSON, the field names of the legacy API."""
+        return {
+            "assessmentId": self.assessment_id,
+            "state": self.state.value,
+            "version": self.version,
+            "progress": self.progress,
+            "message": self.message,
+            "createdAt": _iso(self.created_at),
+            "updatedAt": _iso(self.updated_at),
+            "requestData": self.request_data,
+            "resultData": self.result_data,
+            "errorMessage": self.error_message,
+            "retryCount": self.retry_count,
+            "duration": self.duration,
+            "startedAt": _iso(self.started_at),
+            "finishedAt": _iso(self.finished_at),
+            "retryable": self.retryable,
+            "cancelReason": self.cancel_reason,
+        }
+
+    def replace(self, **changes: Any) -> Assessment:
+        return dataclasses.replace(self, **changes)

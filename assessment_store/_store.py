@@ -1,0 +1,214 @@
+"""``AssessmentStore``: the API services use to write and read assessments.
+
+Writes go to Kafka, reads come from the PostgreSQL projection. Each write returns only once
+its own event is visible in the projection, so a caller (or the next CLI invocation) always
+reads its own writes.
+
+Thin-slice caveat, removed by the command processor: the state a command is checked against
+is read from the projection by the calling process, so two processes racing on one assessment
+can both append the same next version. The projector applies only the first; the loser is
+told with ``VersionConflict`` (its event stays in the log, flagged as a duplicate in
+``projection.anomalies``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import TracebackType
+
+import asyncpg
+
+from projections import ChangeListener, create_pool, fetch_assessment, translate_db_errors
+from projections import count_by_state as _count_by_state
+from projections import fetch_history as _fetch_history
+from projections import list_ids as _list_ids
+from streams import EventProducer, ensure_topics
+
+from ._config import Settings
+from ._domain import decide, validate_id
+from ._errors import AssessmentNotFound, VersionConflict
+from ._model import (
+    JSON,
+    Assessment,
+    Cancel,
+    Command,
+    Complete,
+    Create,
+    Fail,
+    Retry,
+    Start,
+    State,
+    UpdateProgress,
+    new_id,
+)
+
+__all__ = ["AssessmentStore"]
+
+
+class AssessmentStore:
+    """Async client of the store. ``async with AssessmentStore() as store: ...``"""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._producer = EventProducer(self.settings)
+        self._listener = ChangeListener(self.settings)
+        self._pool: asyncpg.Pool | None = None
+
+    # --- lifecycle (idempotent) ----------------------------------------------------
+
+    async def start(self) -> None:
+        if self._pool is not None:
+            return
+        await ensure_topics(self.settings)
+        self._pool = await create_pool(self.settings, min_size=1, max_size=10)
+        await self._producer.start()
+        await self._listener.start()
+
+    async def stop(self) -> None:
+        await self._listener.stop()
+        await self._producer.stop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> AssessmentStore:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # --- reads ------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("AssessmentStore is not started: use `async with AssessmentStore() as store`")
+        return self._pool
+
+    async def find_state(self, assessment_id: str) -> Assessment | None:
+        """The assessment, or None when no such id exists."""
+        validate_id(assessment_id)
+        with translate_db_errors(f"reading assessment {assessment_id!r}"):
+            return await fetch_assessment(self._db, assessment_id)
+
+    async def get_state(self, assessment_id: str) -> Assessment:
+        """The assessment; ``AssessmentNotFound`` when no such id exists."""
+        found = await self.find_state(assessment_id)
+        if found is None:
+            raise AssessmentNotFound(assessment_id)
+        return found
+
+    async def get_assessment_count(self, state: State | None = None) -> int:
+        counts = await self.count_by_state()
+        return counts[state] if state is not None else sum(counts.values())
+
+    async def count_by_state(self) -> dict[State, int]:
+        with translate_db_errors("counting assessments"):
+            return await _count_by_state(self._db)
+
+    async def get_all_assessment_ids(self, state: State | None = None) -> list[str]:
+        with translate_db_errors("listing assessment ids"):
+            return await _list_ids(self._db, state=state)
+
+    async def get_history(self, assessment_id: str) -> list[dict[str, JSON]]:
+        validate_id(assessment_id)
+        with translate_db_errors(f"reading the history of {assessment_id!r}"):
+            return await _fetch_history(self._db, assessment_id)
+
+    async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment:
+        """Wait until the assessment is COMPLETED, FAILED or CANCELLED, and return it.
+
+        Returns at once if it already is. Raises ``WaitTimeout`` (naming the id and the
+        timeout) when that does not happen within ``timeout`` seconds.
+        """
+        validate_id(assessment_id)
+        return await self._listener.wait_for(
+            assessment_id, lambda _v, state: state.finished, self.find_state, timeout, "completion"
+        )
+
+    # --- writes -----------------------------------------------------------------------
+
+    async def create_assessment(
+        self,
+        request: JSON,
+        *,
+        assessment_id: str | None = None,
+        command_id: str | None = None,
+        correlation_id: str | None = None,
+        processing_timeout_ms: int | None = None,
+        max_retries: int | None = None,
+    ) -> str:
+        """Create a PENDING assessment for ``request`` and return its id."""
+        cmd = Create(
+            assessment_id=assessment_id or new_id(),
+            command_id=command_id or new_id(),
+            correlation_id=correlation_id,
+            request=request,
+            processing_timeout_ms=processing_timeout_ms,
+            max_retries=max_retries,
+        )
+        return (await self.execute(cmd)).assessment_id
+
+    async def start_assessment(self, assessment_id: str, *, worker: str | None = None,
+                               expected_version: int | None = None) -> Assessment:
+        return await self.execute(Start(assessment_id=assessment_id, worker=worker, expected_version=expected_version))
+
+    async def update_progress(self, assessment_id: str, progress: int, message: str | None = None, *,
+                              expected_version: int | None = None) -> Assessment:
+        return await self.execute(
+            UpdateProgress(assessment_id=assessment_id, progress=progress, message=message,
+                           expected_version=expected_version)
+        )
+
+    async def complete_assessment(self, assessment_id: str, result: JSON, *, duration_ms: int | None = None,
+                                  expected_version: int | None = None) -> Assessment:
+        return await self.execute(
+            Complete(assessment_id=assessment_id, result=result, duration_ms=duration_ms,
+                     expected_version=expected_version)
+        )
+
+    async def fail_assessment(self, assessment_id: str, error: str, *, retryable: bool = False,
+                              expected_version: int | None = None) -> Assessment:
+        return await self.execute(
+            Fail(assessment_id=assessment_id, error=error, retryable=retryable, expected_version=expected_version)
+        )
+
+    async def cancel_assessment(self, assessment_id: str, reason: str | None = None, *,
+                                expected_version: int | None = None) -> Assessment:
+        return await self.execute(Cancel(assessment_id=assessment_id, reason=reason, expected_version=expected_version))
+
+    async def retry_assessment(self, assessment_id: str, *, expected_version: int | None = None) -> Assessment:
+        return await self.execute(Retry(assessment_id=assessment_id, expected_version=expected_version))
+
+    async def execute(self, command: Command) -> Assessment:
+        """Check ``command`` against the current state, append its event, and return the
+        state once the projection shows it."""
+        validate_id(command.assessment_id)
+        current = await self.find_state(command.assessment_id)
+        event = decide(current, command, datetime.now(UTC), max_json_bytes=self.settings.max_request_bytes)
+        await self._producer.append(event)
+        state = await self._listener.wait_for(
+            event.assessment_id,
+            lambda version, _s: version >= event.version,
+            self.find_state,
+            self.settings.visibility_timeout_s,
+            f"projection of version {event.version} (is the projector running?)",
+        )
+        if state.version == event.version and state.last_event_id == event.event_id:
+            return state
+        winner = await self._event_id_at(event.assessment_id, event.version)
+        if winner != event.event_id:
+            raise VersionConflict(event.assessment_id, event.version - 1, state.version)
+        # Ours was applied and later events followed; report the state as of now.
+        return state
+
+    async def _event_id_at(self, assessment_id: str, version: int) -> str | None:
+        with translate_db_errors(f"reading event {version} of {assessment_id!r}"):
+            v = await self._db.fetchval(
+                "SELECT event_id FROM projection.assessment_events WHERE assessment_id = $1 AND version = $2",
+                assessment_id, version,
+            )
+        return str(v) if v is not None else None

@@ -1,0 +1,23 @@
+"""Folding the log into PostgreSQL, and reading it back: the projector, queries, waiting."""
+
+from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
+from ._notify import Change, ChangeListener
+from ._projector import CHANGES_CHANNEL, FoldStats, Projector
+from ._queries import count_by_state, fetch_assessment, fetch_history, list_ids
+
+__all__ = [
+    "CHANGES_CHANNEL",
+    "SCHEMA_VERSION",
+    "Change",
+    "ChangeListener",
+    "FoldStats",
+    "Projector",
+    "connect",
+    "count_by_state",
+    "create_pool",
+    "fetch_assessment",
+    "fetch_history",
+    "list_ids",
+    "migrate",
+    "translate_db_errors",
+]

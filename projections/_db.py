@@ -1,0 +1,120 @@
+"""Connections to PostgreSQL, the one place asyncpg errors become store errors, and the
+versioned schema upgrade."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from assessment_store._config import Settings
+from assessment_store._errors import DatabaseUnavailable
+
+__all__ = ["SCHEMA_VERSION", "connect", "create_pool", "migrate", "translate_db_errors"]
+
+_MIGRATION_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+_MIGRATION_LOCK = 0x617373_6D6967  # pg_advisory_xact_lock key: "assmig"
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in (resources.files("projections") / "sql").iterdir():
+        m = _MIGRATION_RE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+SCHEMA_VERSION = max(v for v, _, _ in _migrations())
+
+
+@contextlib.contextmanager
+def translate_db_errors(what: str) -> Iterator[None]:
+    """asyncpg and socket failures -> ``DatabaseUnavailable`` naming what was being done."""
+    try:
+        yield
+    except (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
+            asyncpg.exceptions.InterfaceError) as e:
+        raise DatabaseUnavailable(f"{what}: PostgreSQL unreachable ({type(e).__name__}: {e})") from e
+    except asyncpg.exceptions.InvalidPasswordError as e:
+        raise DatabaseUnavailable(f"{what}: authentication failed ({e})") from e
+    except asyncpg.PostgresError as e:
+        err = DatabaseUnavailable(f"{what}: {type(e).__name__}: {e}")
+        err.retriable = isinstance(
+            e, (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
+        )
+        raise err from e
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb columns round-trip as Python values (a JSON string stays a string).
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=json.loads, schema="pg_catalog")
+
+
+def _jsonb_encode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _connect_kwargs(settings: Settings) -> dict[str, Any]:
+    passfile = settings.postgres_passfile
+    kwargs: dict[str, Any] = {"dsn": settings.dsn}
+    if passfile.exists():
+        kwargs["passfile"] = str(passfile)
+    return kwargs
+
+
+async def connect(settings: Settings, *, timeout_s: float = 10.0) -> asyncpg.Connection:
+    with translate_db_errors(f"connecting to {settings.postgres_host}:{settings.postgres_port}"):
+        conn = await asyncpg.connect(**_connect_kwargs(settings), timeout=timeout_s)
+        await _init_connection(conn)
+        return conn
+
+
+async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    with translate_db_errors(f"opening a pool to {settings.postgres_host}:{settings.postgres_port}"):
+        pool = await asyncpg.create_pool(
+            **_connect_kwargs(settings), min_size=min_size, max_size=max_size, init=_init_connection
+        )
+        assert pool is not None
+        return pool
+
+
+@contextlib.asynccontextmanager
+async def connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(settings)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply the SQL files not yet applied, in order; returns their names.
+
+    Each file runs in its own transaction together with its row in ``schema_migrations``, under
+    an advisory lock, so concurrent starters (two projectors) apply each file exactly once.
+    Only additive files ship here; anything destructive needs an explicit flag of its own.
+    """
+    applied: list[str] = []
+    with translate_db_errors("upgrading the projection schema"):
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS public.schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, sql in _migrations():
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                done = await conn.fetchval("SELECT 1 FROM public.schema_migrations WHERE version = $1", version)
+                if done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO public.schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+                applied.append(name)
+    return applied

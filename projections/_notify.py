@@ -1,0 +1,121 @@
+"""Waiting for the projection to reach a condition, woken by LISTEN/NOTIFY.
+
+Race-freedom rests on one ordering: a waiter is registered (and the LISTEN is active) *before*
+the projection is read. A change committed after the read is then always delivered as a
+notification to the registered waiter; a change committed before the read is seen by the
+read. There is no window in between.
+
+Any number of waiters in one process share one LISTEN connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from assessment_store._config import Settings
+from assessment_store._errors import DatabaseUnavailable, WaitTimeout
+from assessment_store._model import Assessment, State
+
+from ._db import connect, translate_db_errors
+from ._projector import CHANGES_CHANNEL
+
+__all__ = ["ChangeListener", "Change"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    assessment_id: str
+    version: int
+    state: State
+
+
+@dataclass(eq=False)
+class _Waiter:
+    predicate: Callable[[int, State], bool]
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ChangeListener:
+    """One LISTEN connection; wakes waiters whose predicate a notification satisfies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self._conn: asyncpg.Connection | None = None
+        self._waiters: dict[str, set[_Waiter]] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(w) for w in self._waiters.values())
+
+    async def start(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                return
+            conn = await connect(self.s)
+            with translate_db_errors("subscribing to projection changes"):
+                await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
+            conn.add_termination_listener(self._on_terminated)
+            self._conn = conn
+
+    async def stop(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            aid, version, state = payload.rsplit("|", 2)
+            change = Change(aid, int(version), State(state))
+        except ValueError:
+            return  # not ours: the channel is namespaced, but be strict about what wakes a waiter
+        for w in list(self._waiters.get(change.assessment_id, ())):
+            if not w.future.done() and w.predicate(change.version, change.state):
+                w.future.set_result(None)
+
+    def _on_terminated(self, _conn: Any) -> None:
+        self._conn = None
+        err = DatabaseUnavailable("the LISTEN connection to PostgreSQL was lost")
+        for ws in self._waiters.values():
+            for w in ws:
+                if not w.future.done():
+                    w.future.set_exception(err)
+
+    async def wait_for(
+        self,
+        assessment_id: str,
+        predicate: Callable[[int, State], bool],
+        read: Callable[[str], Awaitable[Assessment | None]],
+        timeout_s: float,
+        waiting_for: str,
+    ) -> Assessment:
+        """Return the assessment once ``predicate(version, state)`` holds, reading it with ``read``."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        waiter = _Waiter(predicate)
+        self._waiters.setdefault(assessment_id, set()).add(waiter)
+        try:
+            while True:
+                # Registered first, read second: see the module docstring.
+                current = await read(assessment_id)
+                if current is not None and predicate(current.version, current.state):
+                    return current
+                try:
+                    await asyncio.wait_for(asyncio.shield(waiter.future), max(0.0, deadline - loop.time()))
+                except TimeoutError as e:
+                    raise WaitTimeout(assessment_id, timeout_s, waiting_for) from e
+                # Woken, but the state may have moved on again before our read: re-arm and re-check.
+                waiter.future = loop.create_future()
+        finally:
+            ws = self._waiters.get(assessment_id)
+            if ws is not None:
+                ws.discard(waiter)
+                if not ws:
+                    del self._waiters[assessment_id]

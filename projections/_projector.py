@@ -1,0 +1,261 @@
+"""Folds the events topic into PostgreSQL with an exactly-once effect.
+
+Ordering and offsets, the invariants everything else leans on:
+
+* Events of one assessment share a partition (the key is the assessment id), so within a
+  partition they arrive in log order. Versions are checked, not trusted: an event is applied
+  only when its version is exactly ``current + 1``; a lower version is a duplicate (counted,
+  kept in ``projection.anomalies``, not applied) and a higher one is a gap (likewise, never
+  applied out of order).
+* The consumer never trusts Kafka's committed offsets. The next offset per partition is stored
+  in ``projection.projector_offsets`` *in the same transaction* as the rows the batch produced,
+  and every partition assignment seeks to that stored offset. A crash anywhere before COMMIT
+  rolls back rows and offsets together; after COMMIT both are durable. Re-reading a batch
+  after a crash is therefore harmless, and nothing is skipped.
+* Offsets only move forward (``GREATEST``), and the current rows of a batch are read ``FOR
+  UPDATE``: during a rebalance two projectors may briefly fold the same records; the row locks
+  serialise them and the version check makes the second a no-op.
+* Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
+  tools see the group's position; they are never read back.
+* ``pg_notify`` runs inside the transaction, so a waiter is woken only for committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from assessment_store._config import Settings
+from assessment_store._domain import evolve
+from assessment_store._errors import AssessmentStoreError, CodecError
+from assessment_store._model import Assessment, Event
+from schemas import EventCodec
+from streams import translate_kafka_errors
+
+from ._db import create_pool, migrate, translate_db_errors
+from ._queries import ASSESSMENT_COLUMNS, assessment_to_row, fetch_assessments
+
+__all__ = ["CHANGES_CHANNEL", "FoldStats", "Projector"]
+
+log = logging.getLogger("assessment_store.projector")
+
+CHANGES_CHANNEL = "assessment_store_changes"
+"""NOTIFY channel; payload ``<assessment_id>|<version>|<state>``."""
+
+_UPSERT = (
+    f"INSERT INTO projection.assessments ({', '.join(ASSESSMENT_COLUMNS)}) VALUES "
+    f"({', '.join(f'${i}' for i in range(1, len(ASSESSMENT_COLUMNS) + 1))}) "
+    "ON CONFLICT (assessment_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in ASSESSMENT_COLUMNS[1:])
+)
+_INSERT_EVENT = (
+    "INSERT INTO projection.assessment_events (assessment_id, version, event_id, type, occurred_at,"
+    " recorded_at, source, correlation_id, causation_id, payload, kafka_topic, kafka_partition, kafka_offset)"
+    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING"
+)
+_INSERT_ANOMALY = (
+    "INSERT INTO projection.anomalies (kind, assessment_id, version, expected_version, event_id,"
+    " kafka_topic, kafka_partition, kafka_offset, detail, raw_value) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+)
+_SAVE_OFFSET = (
+    "INSERT INTO projection.projector_offsets (consumer_group, topic, partition, next_offset, updated_at)"
+    " VALUES ($1, $2, $3, $4, now()) ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
+    " SET next_offset = GREATEST(projection.projector_offsets.next_offset, EXCLUDED.next_offset),"
+    " updated_at = now()"
+)
+
+
+@dataclass
+class FoldStats:
+    applied: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    undecodable: int = 0
+    batches: int = 0
+
+    def add(self, other: FoldStats) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class _Batch:
+    events: list[tuple[ConsumerRecord[bytes, bytes], Event]] = field(default_factory=list)
+    anomalies: list[tuple[Any, ...]] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+def _anomaly(kind: str, rec: ConsumerRecord[bytes, bytes], detail: str, ev: Event | None = None,
+             expected: int | None = None, raw: bytes | None = None) -> tuple[Any, ...]:
+    return (
+        kind, ev.assessment_id if ev else (rec.key or b"").decode(errors="replace"), ev.version if ev else None,
+        expected, ev.event_id if ev else None, rec.topic, rec.partition, rec.offset, detail, raw,
+    )
+
+
+class Projector:
+    """One projector process's worth of folding; several share the partitions of one group."""
+
+    def __init__(self, settings: Settings, *, group: str | None = None) -> None:
+        self.s = settings
+        self.group = group or settings.projector_group
+        self.codec = EventCodec()
+        self.stats = FoldStats()
+        self._pool: asyncpg.Pool | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        self._pool = await create_pool(self.s, min_size=1, max_size=2)
+        async with self._pool.acquire() as conn:
+            await migrate(conn)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.s.kafka_bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.s.projector_batch_size,
+        )
+        consumer.subscribe([self.s.events_topic], listener=_SeekToStoredOffsets(self))
+        # Set before start(): the first assignment callback may run as soon as the group is joined.
+        self._consumer = consumer
+        with translate_kafka_errors(f"starting projector consumer on {self.s.events_topic}"):
+            try:
+                await consumer.start()
+            except BaseException:
+                self._consumer = None
+                raise
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def __aenter__(self) -> Projector:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stored_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        assert self._pool is not None
+        with translate_db_errors("reading projector offsets"):
+            rows = await self._pool.fetch(
+                "SELECT topic, partition, next_offset FROM projection.projector_offsets"
+                " WHERE consumer_group = $1 AND topic = ANY($2::text[])",
+                self.group, list({tp.topic for tp in partitions}),
+            )
+        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+        return {tp: stored[tp] for tp in partitions if tp in stored}
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Fold until ``stop`` is set (or forever)."""
+        await self.start()
+        assert self._consumer is not None
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            with translate_kafka_errors("fetching events"):
+                records = await self._consumer.getmany(timeout_ms=200, max_records=self.s.projector_batch_size)
+            if records:
+                await self.fold(records)
+
+    async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> FoldStats:
+        batch = _Batch()
+        stats = FoldStats(batches=1)
+        for tp, recs in records.items():
+            for rec in recs:
+                try:
+                    batch.events.append((rec, self.codec.decode(rec.value, rec.headers)))
+                except CodecError as e:
+                    stats.undecodable += 1
+                    batch.anomalies.append(_anomaly("undecodable", rec, str(e), raw=rec.value))
+            if recs:
+                batch.next_offsets[tp] = recs[-1].offset + 1
+        assert self._pool is not None
+        with translate_db_errors("folding a batch"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._apply(conn, batch, stats)
+        self.stats.add(stats)
+        if self._consumer is not None:
+            try:
+                await self._consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in batch.next_offsets.items()})
+            except Exception as e:  # noqa: BLE001 - advisory only, see module docstring
+                log.warning("could not mirror offsets to Kafka (the projection is unaffected): %s", e)
+        return stats
+
+    async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
+        ids = list({ev.assessment_id for _, ev in batch.events})
+        states: dict[str, Assessment] = await fetch_assessments(conn, ids, for_update=True) if ids else {}
+        changed: dict[str, Assessment] = {}
+        history: list[tuple[Any, ...]] = []
+        for rec, ev in batch.events:
+            cur = states.get(ev.assessment_id)
+            expected = (cur.version if cur else 0) + 1
+            if ev.version < expected:
+                stats.duplicates += 1
+                batch.anomalies.append(_anomaly("duplicate", rec, f"version {ev.version} already applied", ev, expected))
+                continue
+            if ev.version > expected:
+                stats.gaps += 1
+                batch.anomalies.append(_anomaly("version_gap", rec, f"expected version {expected}", ev, expected))
+                continue
+            try:
+                new = evolve(cur, ev)
+            except AssessmentStoreError as e:
+                batch.anomalies.append(_anomaly("unfoldable", rec, str(e), ev, expected))
+                continue
+            states[ev.assessment_id] = changed[ev.assessment_id] = new
+            stats.applied += 1
+            history.append((
+                ev.assessment_id, ev.version, ev.event_id, ev.type.value, ev.occurred_at, ev.recorded_at,
+                ev.source.value, ev.correlation_id, ev.causation_id, dataclasses.asdict(ev.payload),
+                rec.topic, rec.partition, rec.offset,
+            ))
+        if changed:
+            await conn.executemany(_UPSERT, [assessment_to_row(a) for a in changed.values()])
+            await conn.executemany(_INSERT_EVENT, history)
+        if batch.anomalies:
+            await conn.executemany(_INSERT_ANOMALY, batch.anomalies)
+        await conn.executemany(
+            _SAVE_OFFSET, [(self.group, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
+        )
+        if changed:
+            await conn.execute(
+                "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x",
+                CHANGES_CHANNEL, [f"{a.assessment_id}|{a.version}|{a.state.value}" for a in changed.values()],
+            )
+
+
+class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector) -> None:
+        self.p = projector
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Nothing to flush: each batch commits its offsets with its rows.
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self.p._consumer
+        if consumer is None or not assigned:
+            return
+        stored = await self.p.stored_offsets(assigned)
+        for tp in assigned:
+            if tp in stored:
+                consumer.seek(tp, stored[tp])
+            else:
+                await consumer.seek_to_beginning(tp)
+        log.info("assigned %s; resuming from stored offsets %s", sorted(assigned), stored)

@@ -1,0 +1,99 @@
+"""Reads of the projection. Every query is parameterised; table names are fixed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from assessment_store._model import Assessment, State
+
+__all__ = [
+    "ASSESSMENT_COLUMNS",
+    "assessment_from_row",
+    "assessment_to_row",
+    "count_by_state",
+    "fetch_assessment",
+    "fetch_assessments",
+    "fetch_history",
+    "list_ids",
+]
+
+ASSESSMENT_COLUMNS = (
+    "assessment_id", "state", "version", "progress", "message", "request_data", "result_data",
+    "error_message", "retryable", "retry_count", "max_retries", "cancel_reason", "duration_ms",
+    "processing_timeout_ms", "created_at", "updated_at", "started_at", "finished_at", "last_event_id",
+)
+_SELECT = f"SELECT {', '.join(ASSESSMENT_COLUMNS)} FROM projection.assessments"
+
+
+def assessment_from_row(r: asyncpg.Record) -> Assessment:
+    return Assessment(
+        assessment_id=r["assessment_id"],
+        state=State(r["state"]),
+        version=r["version"],
+        progress=r["progress"],
+        message=r["message"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        request_data=r["request_data"],
+        result_data=r["result_data"],
+        error_message=r["error_message"],
+        retry_count=r["retry_count"],
+        duration=r["duration_ms"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        retryable=r["retryable"],
+        cancel_reason=r["cancel_reason"],
+        processing_timeout_ms=r["processing_timeout_ms"],
+        max_retries=r["max_retries"],
+        last_event_id=str(r["last_event_id"]),
+    )
+
+
+def assessment_to_row(a: Assessment) -> tuple[Any, ...]:
+    """Values in ``ASSESSMENT_COLUMNS`` order."""
+    return (
+        a.assessment_id, a.state.value, a.version, a.progress, a.message, a.request_data, a.result_data,
+        a.error_message, a.retryable, a.retry_count, a.max_retries, a.cancel_reason, a.duration,
+        a.processing_timeout_ms, a.created_at, a.updated_at, a.started_at, a.finished_at, a.last_event_id,
+    )
+
+
+async def fetch_assessment(conn: asyncpg.Connection | asyncpg.Pool, assessment_id: str) -> Assessment | None:
+    row = await conn.fetchrow(_SELECT + " WHERE assessment_id = $1", assessment_id)
+    return assessment_from_row(row) if row is not None else None
+
+
+async def fetch_assessments(
+    conn: asyncpg.Connection | asyncpg.Pool, ids: list[str], *, for_update: bool = False
+) -> dict[str, Assessment]:
+    sql = _SELECT + " WHERE assessment_id = ANY($1::text[])" + (" FOR UPDATE" if for_update else "")
+    return {r["assessment_id"]: assessment_from_row(r) for r in await conn.fetch(sql, ids)}
+
+
+async def count_by_state(conn: asyncpg.Connection | asyncpg.Pool) -> dict[State, int]:
+    rows = await conn.fetch("SELECT state, count(*) AS n FROM projection.assessments GROUP BY state")
+    counts = {s: 0 for s in State}
+    counts.update({State(r["state"]): r["n"] for r in rows})
+    return counts
+
+
+async def list_ids(conn: asyncpg.Connection | asyncpg.Pool, *, state: State | None = None) -> list[str]:
+    if state is None:
+        rows = await conn.fetch("SELECT assessment_id FROM projection.assessments ORDER BY assessment_id")
+    else:
+        rows = await conn.fetch(
+            "SELECT assessment_id FROM projection.assessments WHERE state = $1 ORDER BY assessment_id", state.value
+        )
+    return [r["assessment_id"] for r in rows]
+
+
+async def fetch_history(conn: asyncpg.Connection | asyncpg.Pool, assessment_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT version, event_id, type, occurred_at, recorded_at, source, correlation_id, causation_id,"
+        " payload, kafka_topic, kafka_partition, kafka_offset"
+        " FROM projection.assessment_events WHERE assessment_id = $1 ORDER BY version",
+        assessment_id,
+    )
+    return [dict(r) for r in rows]

@@ -1,0 +1,216 @@
+"""One local Apache Kafka 4 broker in KRaft mode (combined broker + controller), from Maven jars."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import shutil
+import subprocess
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+
+from assessment_store._config import Settings
+from assessment_store._errors import DownloadFailed, MissingTool, ServiceFailed
+
+from ._procs import LogFn, ServiceStatus, check_port_free, is_alive, read_pid, rss_bytes, stop_pid, tail
+
+__all__ = ["KafkaService"]
+
+_JAVA_HINT = "apt-get install -y openjdk-17-jre-headless  (Kafka 4 needs Java 17 or newer)"
+_MVN_HINT = "apt-get install -y maven"
+
+
+def _kraft_cluster_id() -> str:
+    # Kafka's Uuid text form: 16 random bytes, URL-safe base64 without padding.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+class KafkaService:
+    name = "kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.home = settings.data_dir.resolve() / "kafka"
+        self.log_dir = self.home / "log-dirs"
+        self.logs = settings.data_dir.resolve() / "logs"
+        self.pid_file = self.home / "kafka.pid"
+        self.libs = settings.cache_dir.resolve() / f"kafka-{settings.kafka_version}" / "libs"
+
+    # --- jars -------------------------------------------------------------------
+
+    def ensure_jars(self, log: LogFn = print) -> Path:
+        """The broker's classpath directory, downloaded with mvn on first use."""
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return self.libs
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise MissingTool("mvn", _MVN_HINT)
+        log(f"fetching Apache Kafka {self.s.kafka_version} jars with mvn into {self.libs} (first run only)")
+        staging = self.libs.with_name("libs.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        pom = resources.files("stack") / "kafka" / "pom.xml"
+        with resources.as_file(pom) as pom_path:
+            cmd = [
+                mvn, "-B", "-q", "-f", str(pom_path),
+                f"-Dmaven.repo.local={self.s.cache_dir.resolve() / 'm2'}",
+                f"-Dkafka.version={self.s.kafka_version}",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
+            out = (proc.stdout + proc.stderr).strip().splitlines()
+            raise DownloadFailed(f"Apache Kafka {self.s.kafka_version}", "\n".join(out[-25:]))
+        (staging / ".complete").write_text(self.s.kafka_version + "\n")
+        # Rename last so an interrupted download is never mistaken for a complete one.
+        shutil.rmtree(self.libs, ignore_errors=True)
+        staging.rename(self.libs)
+        return self.libs
+
+    # --- config -----------------------------------------------------------------
+
+    def _write_config(self) -> Path:
+        s = self.s
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{s.kafka_host}:{s.kafka_controller_port}",
+            "listeners": f"PLAINTEXT://{s.kafka_host}:{s.kafka_port},CONTROLLER://{s.kafka_host}:{s.kafka_controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{s.kafka_host}:{s.kafka_port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.log_dir),
+            "num.partitions": str(s.partitions),
+            "auto.create.topics.enable": "false",
+            # One broker: internal topics cannot be replicated; fewer partitions start faster.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "10",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+        }
+        path = self.home / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    # --- lifecycle --------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if is_alive(pid, str(self.home)) else None
+
+    def start(self, log: LogFn = print, timeout_s: float = 90.0) -> bool:
+        """Start the broker unless it runs; True when this call started it."""
+        if self.pid() is not None:
+            return False
+        java = shutil.which("java")
+        if java is None:
+            raise MissingTool("java", _JAVA_HINT)
+        libs = self.ensure_jars(log)
+        check_port_free(self.s.kafka_host, self.s.kafka_port, "kafka (broker listener)")
+        check_port_free(self.s.kafka_host, self.s.kafka_controller_port, "kafka (controller listener)")
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        log4j = resources.files("stack") / "kafka" / "log4j2.properties"
+        base = [
+            java,
+            "-cp", f"{libs}/*",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.logs}",
+        ]
+        if not (self.log_dir / "meta.properties").exists():
+            fmt = subprocess.run(
+                [*base, "kafka.tools.StorageTool", "format", "-t", _kraft_cluster_id(), "-c", str(config)],
+                capture_output=True, text=True,
+            )
+            if fmt.returncode != 0:
+                raise ServiceFailed("kafka", "formatting KRaft storage failed", (fmt.stdout + fmt.stderr)[-3000:])
+        out_path = self.logs / "kafka.out"
+        with out_path.open("ab") as out:
+            proc = subprocess.Popen(
+                [
+                    java,
+                    f"-Xms{min_heap(self.s.kafka_heap)}", f"-Xmx{self.s.kafka_heap}",
+                    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                    *base[1:],
+                    "kafka.Kafka", str(config),
+                ],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.home,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise ServiceFailed(
+                    "kafka", f"the broker exited with code {proc.returncode}",
+                    tail(self.logs / "kafka.log") + "\n" + tail(out_path, 10),
+                )
+            if asyncio.run(self._answers_metadata()):
+                return True
+            if time.monotonic() > deadline:
+                stop_pid(proc.pid, str(self.home))
+                raise ServiceFailed("kafka", f"no metadata answer within {timeout_s:g} s", tail(self.logs / "kafka.log"))
+            time.sleep(0.2)
+
+    async def _answers_metadata(self) -> bool:
+        from aiokafka import AIOKafkaClient
+        from aiokafka.errors import KafkaError
+
+        client = AIOKafkaClient(bootstrap_servers=self.s.kafka_bootstrap, request_timeout_ms=2000)
+        # Refused connections are the expected answer while the broker boots; do not log each one.
+        quiet = logging.getLogger("aiokafka")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            await client.bootstrap()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            quiet.setLevel(level)
+            await client.close()
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        stop_pid(pid, str(self.home), grace_s=45.0)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> ServiceStatus:
+        pid = self.pid()
+        return ServiceStatus(
+            name=self.name,
+            running=pid is not None,
+            pid=pid,
+            address=f"{self.s.kafka_host}:{self.s.kafka_port} (controller :{self.s.kafka_controller_port})",
+            data=str(self.log_dir),
+            log=str(self.logs / "kafka.log"),
+            rss_bytes=rss_bytes(pid),
+        )
+
+    def log_path(self) -> Path:
+        return self.logs / "kafka.log"
+
+
+def min_heap(heap: str) -> str:
+    """Initial heap: a quarter of the maximum, so an idle broker stays small."""
+    unit = heap[-1].lower() if heap[-1].isalpha() else ""
+    number = int(heap[:-1] if unit else heap)
+    return f"{max(1, number // 4)}{unit}"

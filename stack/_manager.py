@@ -1,0 +1,74 @@
+"""``Stack``: starts, stops and reports the local services in dependency order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+from assessment_store._config import Settings
+from streams import ensure_topics
+
+from ._kafka import KafkaService
+from ._postgres import PostgresService
+from ._procs import LogFn, ServiceStatus
+from ._projector import ProjectorService
+
+__all__ = ["SERVICES", "Stack"]
+
+SERVICES = ("kafka", "postgres", "projector")
+
+
+class _Service(Protocol):
+    name: str
+
+    def start(self, log: LogFn = ..., timeout_s: float = ...) -> bool: ...
+    def stop(self) -> bool: ...
+    def status(self) -> ServiceStatus: ...
+
+
+class Stack:
+    """Kafka, PostgreSQL and the projector of one data directory."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.kafka = KafkaService(self.settings)
+        self.postgres = PostgresService(self.settings)
+        self.projector = ProjectorService(self.settings)
+        self._by_name: dict[str, _Service] = {
+            "kafka": self.kafka, "postgres": self.postgres, "projector": self.projector,
+        }
+
+    def _select(self, names: Sequence[str] | None) -> list[_Service]:
+        chosen = list(names) if names else list(SERVICES)
+        unknown = [n for n in chosen if n not in self._by_name]
+        if unknown:
+            raise ValueError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(SERVICES)}")
+        return [self._by_name[n] for n in SERVICES if n in chosen]
+
+    def up(self, services: Sequence[str] | None = None, log: LogFn = print) -> dict[str, bool]:
+        """Start what is not running; returns {service: started_now}. A second call is a no-op."""
+        started: dict[str, bool] = {}
+        for svc in self._select(services):
+            if svc is self.projector:
+                # The projector subscribes to the events topic, which must exist first.
+                created = asyncio.run(ensure_topics(self.settings))
+                if created:
+                    log(f"created topics: {', '.join(created)}")
+            started[svc.name] = svc.start(log)
+            log(f"{svc.name}: {'started' if started[svc.name] else 'already running'}")
+        return started
+
+    def down(self, services: Sequence[str] | None = None, log: LogFn = print) -> dict[str, bool]:
+        """Stop what runs, dependents first; returns {service: stopped_now}."""
+        stopped: dict[str, bool] = {}
+        for svc in reversed(self._select(services)):
+            stopped[svc.name] = svc.stop()
+            log(f"{svc.name}: {'stopped' if stopped[svc.name] else 'not running'}")
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        return [svc.status() for svc in self._select(None)]
+
+    def log_path(self, service: str) -> str:
+        return self._select([service])[0].status().log

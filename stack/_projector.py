@@ -1,0 +1,87 @@
+"""The store's own long-running process, the projector, managed like the other services."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from assessment_store._config import Settings
+from assessment_store._errors import ServiceFailed
+
+from ._procs import LogFn, ServiceStatus, is_alive, read_pid, rss_bytes, stop_pid, tail
+
+__all__ = ["ProjectorService", "settings_env"]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as ASSESSMENT_STORE_* variables, so a child process sees the same config."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, Path):
+            value = value.resolve()
+        env[f"ASSESSMENT_STORE_{name.upper()}"] = str(value)
+    return env
+
+
+class ProjectorService:
+    name = "projector"
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.run_dir = settings.data_dir.resolve() / "run"
+        self.pid_file = self.run_dir / "projector.pid"
+        self.ready_file = self.run_dir / "projector.ready"
+        self.log_file = settings.data_dir.resolve() / "logs" / "projector.log"
+
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if is_alive(pid, str(self.pid_file)) else None
+
+    def start(self, log: LogFn = print, timeout_s: float = 60.0) -> bool:
+        if self.pid() is not None:
+            return False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        env = {**os.environ, **settings_env(self.s)}
+        with self.log_file.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "assessment_store", "projector", "--pid-file", str(self.pid_file)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_file.exists():
+            if proc.poll() is not None:
+                raise ServiceFailed("projector", f"exited with code {proc.returncode}", tail(self.log_file))
+            if time.monotonic() > deadline:
+                stop_pid(proc.pid, str(self.pid_file))
+                raise ServiceFailed("projector", f"not ready within {timeout_s:g} s", tail(self.log_file))
+            time.sleep(0.1)
+        return True
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        stop_pid(pid, str(self.pid_file), grace_s=20.0)
+        self.pid_file.unlink(missing_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> ServiceStatus:
+        pid = self.pid()
+        return ServiceStatus(
+            name=self.name, running=pid is not None, pid=pid,
+            address=f"group {self.s.projector_group} on {self.s.events_topic}",
+            data="postgres schema 'projection'", log=str(self.log_file), rss_bytes=rss_bytes(pid),
+        )
+
+    def log_path(self) -> Path:
+        return self.log_file

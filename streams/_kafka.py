@@ -1,0 +1,76 @@
+"""The one place aiokafka errors become store errors, and the topics the store needs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from assessment_store._config import Settings
+from assessment_store._errors import KafkaUnavailable
+
+__all__ = ["TopicSpec", "ensure_topics", "store_topics", "translate_kafka_errors"]
+
+
+@contextlib.contextmanager
+def translate_kafka_errors(what: str) -> Iterator[None]:
+    """aiokafka and socket failures -> ``KafkaUnavailable``; keeps aiokafka's ``retriable``."""
+    try:
+        yield
+    except KafkaError as e:
+        err = KafkaUnavailable(f"{what}: {type(e).__name__}: {e}")
+        err.retriable = bool(getattr(e, "retriable", False))
+        raise err from e
+    except OSError as e:
+        raise KafkaUnavailable(f"{what}: broker unreachable ({e})") from e
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def store_topics(settings: Settings) -> list[TopicSpec]:
+    forever = {"retention.ms": "-1", "retention.bytes": "-1"}
+    return [
+        # The log of record: never expires; rebuilds and time travel read it from offset 0.
+        TopicSpec(settings.events_topic, settings.partitions, {**forever, "min.insync.replicas": "1"}),
+        TopicSpec(settings.commands_topic, settings.partitions, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+        TopicSpec(settings.legacy_topic, settings.partitions, forever),
+        TopicSpec(settings.legacy_topic + ".dlq", 1, forever),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
+    with translate_kafka_errors(f"connecting to {settings.kafka_bootstrap}"):
+        await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
+    """Create the missing topics; returns the names created. Existing topics are left as they are."""
+    specs = specs if specs is not None else store_topics(settings)
+    created: list[str] = []
+    async with admin_client(settings) as admin:
+        with translate_kafka_errors("creating topics"):
+            existing = set(await admin.list_topics())
+            missing = [s for s in specs if s.name not in existing]
+            for spec in missing:
+                try:
+                    await admin.create_topics(
+                        [NewTopic(spec.name, spec.partitions, settings.replication_factor, topic_configs=spec.config)]
+                    )
+                    created.append(spec.name)
+                except TopicAlreadyExistsError:
+                    pass  # another process created it between list and create
+    return created
