@@ -128,6 +128,19 @@ def stack_down(services: ServicesArg = None) -> None:
         _fail(str(e))
 
 
+@stack_app.command("purge")
+def stack_purge(
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: delete all Kafka and PostgreSQL data.")] = False,
+) -> None:
+    """Stop the stack and delete its data directory. Needs --yes."""
+    from stack import Stack
+
+    settings = Settings()
+    if not yes:
+        _fail(f"this deletes every event and projection under {settings.data_dir.resolve()}; add --yes to confirm")
+    Stack(settings).purge(log=lambda m: err.print(f"[dim]{m}[/]"))
+
+
 @stack_app.command("status")
 def stack_status(as_json: JsonFlag = False) -> None:
     """What runs, where, with pids, ports, data and log paths. Exit code 1 if anything is down."""

@@ -148,7 +148,9 @@ class EventCodec:
         try:
             # Schema resolution costs a third of the decode; skip it when nothing to resolve.
             reader = None if writer is self._current.parsed else self._current.parsed
-            r = fastavro.schemaless_reader(io.BytesIO(value), writer, reader, return_record_name=True)
+            r: dict[str, Any] = fastavro.schemaless_reader(  # type: ignore[assignment]  # a record schema
+                io.BytesIO(value), writer, reader, return_record_name=True
+            )
             name, payload = r["payload"]
             return Event(
                 assessment_id=r["assessment_id"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -66,6 +67,17 @@ class Stack:
             stopped[svc.name] = svc.stop()
             log(f"{svc.name}: {'stopped' if stopped[svc.name] else 'not running'}")
         return stopped
+
+    def purge(self, log: LogFn = print) -> None:
+        """Stop everything and delete the data directory (and a relocated PostgreSQL cluster).
+        Destructive: the CLI asks for ``--yes``."""
+        self.down(log=log)
+        pgdata = self.postgres.pgdata()
+        data_dir = self.settings.data_dir.resolve()
+        if not pgdata.is_relative_to(data_dir):
+            shutil.rmtree(pgdata.parent, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        log(f"deleted {data_dir}")
 
     def status(self) -> list[ServiceStatus]:
         return [svc.status() for svc in self._select(None)]

@@ -1,0 +1,128 @@
+"""Helpers for testing code that uses the store, against the real services.
+
+    from assessment_store.testing import isolated_settings, running_stack, eventually
+
+    settings = isolated_settings(tmp_dir, port_base=29000)
+    with running_stack(settings):
+        ...
+
+Nothing here mocks Kafka or PostgreSQL: ``running_stack`` starts the real local stack (or,
+with ``ASSESSMENT_STORE_TEST_BACKEND=testcontainers``, Docker containers) for the settings given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ._config import Settings
+
+__all__ = ["eventually", "isolated_settings", "running_stack", "topic_end_offsets"]
+
+T = TypeVar("T")
+
+
+def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) -> Settings:
+    """Settings for a stack of its own: its own data directory and ports port_base..+2.
+
+    The jar cache stays shared (``ASSESSMENT_STORE_CACHE_DIR`` or ``.cache``) so tests never
+    download Kafka twice.
+    """
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "kafka_port": port_base,
+        "kafka_controller_port": port_base + 1,
+        "postgres_port": port_base + 2,
+        "cache_dir": Path(os.environ.get("ASSESSMENT_STORE_CACHE_DIR", ".cache")).resolve(),
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def running_stack(settings: Settings, *, keep_running: bool = False) -> Iterator[Settings]:
+    """Start Kafka, PostgreSQL and the projector for ``settings``; stop them afterwards.
+
+    Yields the settings the services actually use (with testcontainers, the mapped ports).
+    """
+    if settings.test_backend == "testcontainers":
+        with _containers(settings) as effective:
+            yield effective
+        return
+    from stack import Stack
+
+    stack = Stack(settings)
+    try:
+        stack.up(log=lambda _m: None)
+        yield settings
+    finally:
+        if not keep_running:
+            stack.down(log=lambda _m: None)
+
+
+@contextlib.contextmanager
+def _containers(settings: Settings) -> Iterator[Settings]:
+    """The same services from the official images, where a Docker engine exists."""
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    from stack import ProjectorService
+    from streams import ensure_topics
+
+    with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka, PostgresContainer(
+        "postgres:15", username=settings.postgres_user, dbname=settings.postgres_db
+    ) as pg:
+        host, port = kafka.get_bootstrap_server().rsplit(":", 1)
+        pg_port = int(pg.get_exposed_port(5432))
+        dsn = f"postgresql://{settings.postgres_user}:{pg.password}@{pg.get_container_host_ip()}:{pg_port}/{settings.postgres_db}"
+        effective = settings.model_copy(
+            update={"bootstrap_servers": f"{host}:{port}", "postgres_dsn": dsn, "postgres_port": pg_port}
+        )
+        asyncio.run(ensure_topics(effective))
+        projector = ProjectorService(effective)
+        projector.start(log=lambda _m: None)
+        try:
+            yield effective
+        finally:
+            projector.stop()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *, timeout_s: float = 10.0, what: str = "condition"
+) -> T:
+    """Await ``probe()`` until ``accept`` holds for its result; AssertionError after ``timeout_s``.
+
+    A bounded wait on a condition, never a fixed sleep: it returns as soon as the condition holds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = 0.01
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s; last value: {value!r}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Partition -> end offset (the offset the next record will get)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()  # first metadata may predate the topic
+            partitions = consumer.partitions_for_topic(topic) or set()
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,61 @@
+"""The command line, run as a user would run it, against the session's stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from assessment_store import Settings
+from stack import settings_env
+
+pytestmark = pytest.mark.stack
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "assessment_store", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_cli_drives_a_lifecycle_with_json_output(stack_settings: Settings) -> None:
+    """create, start, progress, complete, get --json and wait print the states the projection holds."""
+    created = _cli(stack_settings, "create", "--request", '{"subject": "cli"}', "--json")
+    assert created.returncode == 0, created.stderr
+    aid = json.loads(created.stdout)["assessmentId"]
+    for args in (("start", aid), ("progress", aid, "50", "--message", "half"),
+                 ("complete", aid, "--result", '{"score": 1}')):
+        r = _cli(stack_settings, *args)
+        assert r.returncode == 0, r.stderr
+    got = json.loads(_cli(stack_settings, "get", aid, "--json").stdout)
+    assert (got["assessmentId"], got["state"], got["version"], got["message"], got["resultData"]) == (
+        aid, "COMPLETED", 4, "half", {"score": 1}
+    )
+    assert json.loads(_cli(stack_settings, "wait", aid, "--timeout", "5", "--json").stdout)["state"] == "COMPLETED"
+
+
+def test_cli_errors_are_clear_and_non_zero(stack_settings: Settings) -> None:
+    """Bad JSON, an unknown id, an illegal transition and a wait timeout each exit non-zero with a message."""
+    bad = _cli(stack_settings, "create", "--request", "{nope")
+    assert bad.returncode != 0 and "--request is not valid JSON" in bad.stderr
+    missing = _cli(stack_settings, "get", "no-such-id")
+    assert missing.returncode == 1 and "'no-such-id' does not exist" in missing.stderr
+    aid = json.loads(_cli(stack_settings, "create", "--json").stdout)["assessmentId"]
+    illegal = _cli(stack_settings, "complete", aid)
+    assert illegal.returncode == 1 and "is PENDING" in illegal.stderr and "'complete'" in illegal.stderr
+    timeout = _cli(stack_settings, "wait", aid, "--timeout", "0.2")
+    assert timeout.returncode == 3 and "0.2 s" in timeout.stderr
+
+
+def test_stack_status_reports_pids_and_ports(stack_settings: Settings) -> None:
+    """`stack status --json` lists the three services running, with pids and addresses."""
+    r = _cli(stack_settings, "stack", "status", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == {"kafka", "postgres", "projector"}
+    assert all(row["running"] and row["pid"] for row in rows.values())
+    assert str(stack_settings.kafka_port) in rows["kafka"]["address"]
+    assert str(stack_settings.postgres_port) in rows["postgres"]["address"]

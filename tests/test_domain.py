@@ -1,0 +1,131 @@
+"""The state machine as pure functions: no services needed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from assessment_store import AssessmentNotFound, InvalidTransition, State, ValidationError, VersionConflict
+from assessment_store._domain import decide, evolve
+from assessment_store._model import (
+    Assessment, Cancel, Command, Complete, Create, Fail, Retry, Start, UpdateProgress,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+AID = "a-1"
+
+
+def _in_state(state: State) -> Assessment:
+    """Fold the shortest legal path from creation to ``state``."""
+    paths: dict[State, list[Command]] = {
+        State.PENDING: [],
+        State.PROCESSING: [Start(assessment_id=AID)],
+        State.COMPLETED: [Start(assessment_id=AID), Complete(assessment_id=AID, result={"ok": True})],
+        State.FAILED: [Start(assessment_id=AID), Fail(assessment_id=AID, error="boom")],
+        State.CANCELLED: [Cancel(assessment_id=AID, reason="x")],
+    }
+    a = evolve(None, decide(None, Create(assessment_id=AID, request={"q": 1}), T0))
+    for i, cmd in enumerate(paths[state], start=1):
+        a = evolve(a, decide(a, cmd, T0 + timedelta(seconds=i)))
+    assert a.state is state
+    return a
+
+
+TRANSITIONS: dict[str, Command] = {
+    "start": Start(assessment_id=AID),
+    "update_progress": UpdateProgress(assessment_id=AID, progress=40, message="m"),
+    "complete": Complete(assessment_id=AID, result=1),
+    "fail": Fail(assessment_id=AID, error="e"),
+    "cancel": Cancel(assessment_id=AID),
+    "retry": Retry(assessment_id=AID),
+}
+LEGAL = {
+    (State.PENDING, "start"): State.PROCESSING,
+    (State.PENDING, "update_progress"): State.PENDING,
+    (State.PENDING, "fail"): State.FAILED,
+    (State.PENDING, "cancel"): State.CANCELLED,
+    (State.PROCESSING, "update_progress"): State.PROCESSING,
+    (State.PROCESSING, "complete"): State.COMPLETED,
+    (State.PROCESSING, "fail"): State.FAILED,
+    (State.PROCESSING, "cancel"): State.CANCELLED,
+    (State.FAILED, "retry"): State.PENDING,
+}
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("name", list(TRANSITIONS))
+def test_every_state_transition_pair(state: State, name: str) -> None:
+    """Legal pairs yield the next version and target state; illegal ones raise InvalidTransition naming all three."""
+    current = _in_state(state)
+    cmd = TRANSITIONS[name]
+    if (state, name) in LEGAL:
+        ev = decide(current, cmd, T0 + timedelta(minutes=1))
+        assert ev.version == current.version + 1
+        assert evolve(current, ev).state is LEGAL[(state, name)]
+    else:
+        with pytest.raises(InvalidTransition) as info:
+            decide(current, cmd, T0 + timedelta(minutes=1))
+        assert (info.value.assessment_id, info.value.state, info.value.transition) == (AID, state.value, name)
+        assert AID in str(info.value) and state.value in str(info.value) and name in str(info.value)
+
+
+def test_create_twice_is_invalid() -> None:
+    """Creating an id that exists is refused."""
+    with pytest.raises(InvalidTransition):
+        decide(_in_state(State.PENDING), Create(assessment_id=AID, request={}), T0)
+
+
+def test_command_on_unknown_id_is_not_found() -> None:
+    """Any non-create command on a missing assessment raises AssessmentNotFound with the id."""
+    with pytest.raises(AssessmentNotFound) as info:
+        decide(None, Start(assessment_id="nope"), T0)
+    assert info.value.assessment_id == "nope"
+
+
+@pytest.mark.parametrize("progress", [-1, 101, True, 50.5])
+def test_progress_out_of_range_names_the_field(progress: object) -> None:
+    """Progress outside 0..100 or not an int is a ValidationError on 'progress'."""
+    with pytest.raises(ValidationError) as info:
+        decide(_in_state(State.PROCESSING), UpdateProgress(assessment_id=AID, progress=progress), T0)  # type: ignore[arg-type]
+    assert info.value.field == "progress"
+
+
+def test_expected_version_mismatch_is_a_conflict() -> None:
+    """A stale expected_version raises VersionConflict carrying expected and actual."""
+    with pytest.raises(VersionConflict) as info:
+        decide(_in_state(State.PROCESSING), Start(assessment_id=AID, expected_version=1), T0)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+
+
+def test_oversized_request_is_refused() -> None:
+    """A request document above the byte limit is a ValidationError on 'request'."""
+    with pytest.raises(ValidationError) as info:
+        decide(None, Create(assessment_id=AID, request={"x": "y" * 2000}), T0, max_json_bytes=1024)
+    assert info.value.field == "request"
+
+
+def test_retry_increments_count_and_respects_limit() -> None:
+    """Retry moves FAILED to PENDING with retry_count + 1, and stops at max_retries."""
+    a = evolve(None, decide(None, Create(assessment_id=AID, request={}, max_retries=1), T0))
+    a = evolve(a, decide(a, Fail(assessment_id=AID, error="e", retryable=True), T0))
+    a = evolve(a, decide(a, Retry(assessment_id=AID), T0))
+    assert (a.state, a.retry_count, a.error_message) == (State.PENDING, 1, None)
+    a = evolve(a, decide(a, Fail(assessment_id=AID, error="e"), T0))
+    with pytest.raises(InvalidTransition, match="limit of 1"):
+        decide(a, Retry(assessment_id=AID), T0)
+
+
+def test_complete_computes_duration_from_start() -> None:
+    """Without an explicit duration, completion records the milliseconds since start."""
+    a = _in_state(State.PROCESSING)  # started at T0 + 1 s
+    ev = decide(a, Complete(assessment_id=AID, result=None), T0 + timedelta(seconds=3.5))
+    assert evolve(a, ev).duration == 2500
+
+
+@pytest.mark.parametrize("bad", ["", " ", "a|b", "x" * 201, "tab\there"])
+def test_bad_ids_are_refused(bad: str) -> None:
+    """Empty, overlong, non-printable or '|'-containing ids are refused on 'assessment_id'."""
+    with pytest.raises(ValidationError) as info:
+        decide(None, Create(assessment_id=bad, request={}), T0)
+    assert info.value.field == "assessment_id"

@@ -1,0 +1,53 @@
+"""The projector's fold: duplicates are ignored and counted, offsets move with the rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from assessment_store import AssessmentStore, State
+from assessment_store._model import Event, ProgressUpdated, Started
+from assessment_store.testing import eventually
+from projections import connect
+from streams import EventProducer
+
+pytestmark = pytest.mark.stack
+
+
+async def _anomalies(store: AssessmentStore, aid: str) -> list[tuple[str, int]]:
+    conn = await connect(store.settings)
+    try:
+        rows = await conn.fetch(
+            "SELECT kind, version FROM projection.anomalies WHERE assessment_id = $1 ORDER BY id", aid
+        )
+        return [(r["kind"], r["version"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_redelivered_event_is_ignored_and_recorded(store: AssessmentStore) -> None:
+    """Appending an already-applied event again changes no row and leaves a 'duplicate' anomaly."""
+    aid = await store.create_assessment({"k": "dup"})
+    await store.start_assessment(aid)
+    before = await store.get_state(aid)
+    history = await store.get_history(aid)
+    assert history[-1]["version"] == 2
+    async with EventProducer(store.settings) as producer:  # re-send version 2 with its own event id
+        now = datetime.now(UTC)
+        await producer.append(Event(aid, 2, Started(), now, now, event_id=str(history[-1]["event_id"])))
+    assert await eventually(lambda: _anomalies(store, aid), lambda a: a == [("duplicate", 2)],
+                            what="duplicate anomaly")
+    after = await store.get_state(aid)
+    assert after == before and after.state is State.PROCESSING
+
+
+async def test_version_gap_is_not_applied(store: AssessmentStore) -> None:
+    """An event whose version skips ahead is held out of the projection and reported as a gap."""
+    aid = await store.create_assessment({"k": "gap"})
+    async with EventProducer(store.settings) as producer:
+        now = datetime.now(UTC)
+        await producer.append(Event(aid, 5, ProgressUpdated(10), now, now))
+    assert await eventually(lambda: _anomalies(store, aid), lambda a: a == [("version_gap", 5)],
+                            what="gap anomaly")
+    assert (await store.get_state(aid)).version == 1

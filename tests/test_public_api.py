@@ -1,0 +1,35 @@
+"""Pins the public names: removing or renaming one is a breaking change and must be deliberate."""
+
+import assessment_store
+import projections
+import schemas
+import streams
+
+
+def test_assessment_store_public_names() -> None:
+    """The top-level package exports exactly these names."""
+    assert sorted(assessment_store.__all__) == sorted([
+        "Assessment", "AssessmentNotFound", "AssessmentStore", "AssessmentStoreError", "BackendError",
+        "CodecError", "DatabaseUnavailable", "DownloadFailed", "Event", "EventSource", "EventType",
+        "InvalidTransition", "KafkaUnavailable", "MissingTool", "PortInUse", "ServiceFailed", "Settings",
+        "StackError", "State", "StoreUsageError", "ValidationError", "VersionConflict", "WaitTimeout",
+        "__version__",
+    ])
+    for name in assessment_store.__all__:
+        assert hasattr(assessment_store, name), name
+
+
+def test_every_error_derives_from_one_root() -> None:
+    """Every exported exception class is an AssessmentStoreError."""
+    errors = [getattr(assessment_store, n) for n in assessment_store.__all__ if n.endswith(("Error", "Found",
+              "Transition", "Conflict", "Timeout", "Unavailable", "InUse", "Tool", "Failed"))]
+    assert errors
+    for cls in errors:
+        assert issubclass(cls, assessment_store.AssessmentStoreError), cls
+
+
+def test_role_packages_export_what_they_declare() -> None:
+    """schemas, streams and projections re-export every name of their __all__."""
+    for mod in (schemas, streams, projections):
+        for name in mod.__all__:
+            assert hasattr(mod, name), f"{mod.__name__}.{name}"
