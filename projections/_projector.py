@@ -38,7 +38,7 @@ from assessment_store._domain import evolve
 from assessment_store._errors import AssessmentStoreError, CodecError
 from assessment_store._model import Assessment, Event
 from schemas import EventCodec
-from streams import translate_kafka_errors
+from streams import ensure_topics, translate_kafka_errors
 
 from ._db import create_pool, migrate, translate_db_errors
 from ._queries import ASSESSMENT_COLUMNS, assessment_to_row, fetch_assessments
@@ -115,6 +115,7 @@ class Projector:
     async def start(self) -> None:
         if self._consumer is not None:
             return
+        await ensure_topics(self.s)
         self._pool = await create_pool(self.s, min_size=1, max_size=2)
         async with self._pool.acquire() as conn:
             await migrate(conn)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian machine, idempotently:
+#   - system packages: PostgreSQL server binaries, Java 17+ and Maven (only when missing)
+#   - a virtualenv in .venv with the project and its test dependencies
+# The Kafka broker's jars are fetched by `assessment-store stack up` on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "need root or sudo to install: $*" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  say "installing system packages: $*"
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+command -v runuser >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+
+py=${PYTHON:-python3}
+"$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "Python >= 3.11 required (found $("$py" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2; exit 1; }
+
+stamp=.venv/.installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "creating .venv and installing the project"
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+say "ready: .venv/bin/assessment-store"
