@@ -3,8 +3,11 @@
 Public names are re-exported here from private modules; ``tests/test_public_api.py`` pins them.
 """
 
-# Order matters: the role packages (streams, projections, schemas) import the core modules
-# (_config, _errors, _model, _domain) of this package, so those load before _store.
+# The role packages (streams, projections, schemas) import this package's core modules
+# (_config, _errors, _model, _domain), and _store imports the role packages. So _store is loaded
+# lazily (module __getattr__ below): importing `projections` first must not run into a cycle.
+from typing import TYPE_CHECKING, Any
+
 from ._config import Settings
 from ._errors import (
     AssessmentNotFound,
@@ -25,7 +28,9 @@ from ._errors import (
     WaitTimeout,
 )
 from ._model import Assessment, Event, EventSource, EventType, State
-from ._store import AssessmentStore
+
+if TYPE_CHECKING:
+    from ._store import AssessmentStore
 
 __version__ = "0.1.0"
 
@@ -55,3 +60,11 @@ __all__ = [
     "WaitTimeout",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AssessmentStore":
+        from ._store import AssessmentStore
+
+        return AssessmentStore
+    raise AttributeError(f"module 'assessment_store' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from assessment_store._config import Settings
 from assessment_store._errors import MissingTool, ServiceFailed
 
-from ._procs import LogFn, ServiceStatus, check_port_free, is_alive, read_pid, rss_bytes, tail
+from ._procs import LogFn, ServiceStatus, check_port_free, is_alive, pss_bytes, read_pid, rss_bytes, tail
 
 __all__ = ["PostgresService"]
 
@@ -233,10 +233,15 @@ def _password_for(passfile: Path, user: str) -> str:
 
 
 def _cluster_rss(postmaster: int | None) -> int | None:
-    """Resident memory of the postmaster and its children (backends, walwriter, ...)."""
+    """Memory of the postmaster and its children (backends, walwriter, ...): the sum of their
+    PSS where readable, else of their RSS (which counts shared buffers once per process)."""
     if postmaster is None:
         return None
-    total = rss_bytes(postmaster) or 0
+
+    def mem(pid: int) -> int:
+        return pss_bytes(pid) or rss_bytes(pid) or 0
+
+    total = mem(postmaster)
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -244,5 +249,5 @@ def _cluster_rss(postmaster: int | None) -> int | None:
             except (OSError, ValueError, IndexError):
                 continue
             if ppid == postmaster:
-                total += rss_bytes(int(proc.name)) or 0
+                total += mem(int(proc.name))
     return total

@@ -23,6 +23,7 @@ __all__ = [
     "check_port_free",
     "is_alive",
     "port_holder",
+    "pss_bytes",
     "read_pid",
     "rss_bytes",
     "stop_pid",
@@ -75,16 +76,24 @@ def is_alive(pid: int | None, marker: str | None = None) -> bool:
     return True
 
 
-def rss_bytes(pid: int | None) -> int | None:
-    if pid is None:
-        return None
+def _kb_field(path: str, key: str) -> int | None:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):
         return None
     return None
+
+
+def rss_bytes(pid: int | None) -> int | None:
+    return None if pid is None else _kb_field(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_bytes(pid: int) -> int | None:
+    """Proportional set size: shared pages split among their users, so a sum over processes
+    that share memory (PostgreSQL's backends) does not count shared buffers many times."""
+    return _kb_field(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def _listening_inodes(port: int) -> set[str]:

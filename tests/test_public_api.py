@@ -33,3 +33,14 @@ def test_role_packages_export_what_they_declare() -> None:
     for mod in (schemas, streams, projections):
         for name in mod.__all__:
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
+
+
+def test_each_package_imports_first_without_a_cycle() -> None:
+    """Importing any package first, in a fresh interpreter, succeeds (no circular import)."""
+    import subprocess
+    import sys
+
+    for name in ("projections", "streams", "schemas", "stack", "bridge", "assessment_store"):
+        r = subprocess.run([sys.executable, "-c", f"import {name}, assessment_store; assessment_store.AssessmentStore"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"{name}: {r.stderr}"
