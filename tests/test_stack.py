@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from assessment_store import MissingTool, PortInUse, Settings
+from assessment_store import DownloadFailed, MissingTool, PortInUse, Settings
 from assessment_store.testing import isolated_settings
 from projections import connect
 from stack import Stack
@@ -93,3 +93,15 @@ def test_missing_java_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mo
         Stack(settings).kafka.start(log=lambda _m: None)
     assert info.value.tool == "java"
     assert "apt-get install" in str(info.value)
+
+
+def test_undownloadable_kafka_version_fails_with_mvn_output(tmp_path: Path) -> None:
+    """A Kafka version Maven cannot resolve raises DownloadFailed with the tail of mvn's output,
+    and leaves no half-filled jar directory behind."""
+    settings = isolated_settings(tmp_path / "data", port_base=PORT_BASE + 300, kafka_version="0.0.0-no-such",
+                                 cache_dir=tmp_path / "cache")
+    with pytest.raises(DownloadFailed) as info:
+        Stack(settings).kafka.ensure_jars(log=lambda _m: None)
+    assert "0.0.0-no-such" in str(info.value)
+    assert info.value.log_tail.strip()
+    assert not (tmp_path / "cache" / "kafka-0.0.0-no-such" / "libs").exists()
