@@ -99,7 +99,8 @@ def _show(a: Assessment, as_json: bool) -> None:
 # --- stack ------------------------------------------------------------------------------
 
 ServicesArg = Annotated[
-    list[str] | None, typer.Argument(help="kafka, postgres and/or projector (default: all).", show_default=False)
+    list[str] | None,
+    typer.Argument(help="kafka, postgres, processor and/or projector (default: all).", show_default=False),
 ]
 
 
@@ -164,7 +165,7 @@ def stack_status(as_json: JsonFlag = False) -> None:
 
 @stack_app.command("logs")
 def stack_logs(
-    service: Annotated[str, typer.Argument(help="kafka, postgres or projector.")],
+    service: Annotated[str, typer.Argument(help="kafka, postgres, processor or projector.")],
     lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines.")] = 50,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
 ) -> None:
@@ -195,28 +196,43 @@ def stack_logs(
 # --- services ---------------------------------------------------------------------------
 
 
-@app.command("projector")
-def projector(
-    pid_file: Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-file>.ready' once consuming.")] = None,
-) -> None:
-    """Run the projector in the foreground (fold the events topic into PostgreSQL) until SIGTERM."""
-    from projections import Projector
-
+def _serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], Any]) -> None:
+    """Run a store process until SIGTERM/SIGINT; write '<pid-file>.ready' once it consumes."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logger = logging.getLogger(f"assessment_store.{name}")
 
     async def go() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with Projector(Settings()) as p:
+        async with make(Settings()) as p:
             if pid_file is not None:
                 pid_file.with_suffix(".ready").write_text("ready\n")
-            logging.getLogger("assessment_store.projector").info("projector consuming")
+            logger.info("%s consuming", name)
             await p.run(stop)
-            logging.getLogger("assessment_store.projector").info("projector stopping: %s", p.stats)
+            logger.info("%s stopping: %s", name, p.stats)
 
     _run(go())
+
+
+PidFile = Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-file>.ready' once consuming.")]
+
+
+@app.command("processor")
+def processor(pid_file: PidFile = None) -> None:
+    """Run the command processor (the single writer of the events topic) in the foreground until SIGTERM."""
+    from streams import CommandProcessor
+
+    _serve_forever(pid_file, "processor", CommandProcessor)
+
+
+@app.command("projector")
+def projector(pid_file: PidFile = None) -> None:
+    """Run the projector (fold the events and outcomes topics into PostgreSQL) in the foreground until SIGTERM."""
+    from projections import Projector
+
+    _serve_forever(pid_file, "projector", Projector)
 
 
 # --- assessments ------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # --- topics ------------------------------------------------------------
     events_topic: str = "assessments.events"
     commands_topic: str = "assessments.commands"
+    outcomes_topic: str = "assessments.outcomes"
     legacy_topic: str = "legacy.assessment-events"
     partitions: int = Field(default=6, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1)
@@ -65,6 +66,16 @@ class Settings(BaseSettings):
 
     # --- store services ----------------------------------------------------
     projector_group: str = "assessment-store-projector"
+    processor_group: str = "assessment-store-processor"
+    default_max_retries: int | None = Field(
+        default=3, ge=0, description="Retry limit for assessments created without one (None: unlimited)."
+    )
+    default_processing_timeout_ms: int | None = Field(
+        default=None, ge=1, description="Deadline for PROCESSING when the create did not set one (None: none)."
+    )
+    command_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a client waits for the processor's outcome of a command."
+    )
     projector_batch_size: int = Field(default=2000, ge=1, le=100_000)
     visibility_timeout_s: float = Field(
         default=30.0,

@@ -30,6 +30,7 @@ from ._model import (
     Created,
     Event,
     EventSource,
+    ExpireDeadline,
     Fail,
     Failed,
     Payload,
@@ -42,7 +43,9 @@ from ._model import (
     UpdateProgress,
 )
 
-__all__ = ["MAX_ID_LENGTH", "MAX_TEXT_LENGTH", "decide", "evolve", "transition_name", "validate_id"]
+__all__ = [
+    "MAX_ID_LENGTH", "MAX_TEXT_LENGTH", "decide", "evolve", "transition_name", "validate_command", "validate_id",
+]
 
 MAX_ID_LENGTH = 200
 MAX_TEXT_LENGTH = 10_000
@@ -54,6 +57,7 @@ _ALLOWED: dict[type[Command], frozenset[State]] = {
     Fail: frozenset({State.PENDING, State.PROCESSING}),
     Cancel: frozenset({State.PENDING, State.PROCESSING}),
     Retry: frozenset({State.FAILED}),
+    ExpireDeadline: frozenset({State.PROCESSING}),
 }
 
 _NAMES: dict[type[Command], str] = {
@@ -64,6 +68,7 @@ _NAMES: dict[type[Command], str] = {
     Fail: "fail",
     Cancel: "cancel",
     Retry: "retry",
+    ExpireDeadline: "expire_deadline",
 }
 
 
@@ -103,8 +108,11 @@ def _json_document(field_name: str, value: object, max_bytes: int) -> None:
         raise ValidationError(field_name, f"is {size} bytes, above the limit of {max_bytes}")
 
 
-def _validate(command: Command, max_json_bytes: int) -> None:
+def validate_command(command: Command, max_json_bytes: int) -> None:
+    """Field checks that need no state: clients run them before sending, the processor again."""
     validate_id(command.assessment_id)
+    if not isinstance(command.command_id, str) or not command.command_id or len(command.command_id) > MAX_ID_LENGTH:
+        raise ValidationError("command_id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
     if command.expected_version is not None and (
         isinstance(command.expected_version, bool)
         or not isinstance(command.expected_version, int)
@@ -138,7 +146,7 @@ def _validate(command: Command, max_json_bytes: int) -> None:
             _text("reason", command.reason)
         case Start():
             _text("worker", command.worker)
-        case Retry():
+        case Retry() | ExpireDeadline():
             pass
 
 
@@ -154,9 +162,10 @@ def decide(
     *,
     source: EventSource = EventSource.STORE,
     max_json_bytes: int = 1_000_000,
+    default_max_retries: int | None = None,
 ) -> Event:
     """The event ``command`` produces against ``current``, or the reason it is refused."""
-    _validate(command, max_json_bytes)
+    validate_command(command, max_json_bytes)
     name = transition_name(command)
     aid = command.assessment_id
     actual = current.version if current is not None else 0
@@ -185,11 +194,19 @@ def decide(
                 payload = Failed(command.error, command.retryable, _elapsed_ms(current, now))
             case Cancel():
                 payload = Cancelled(command.reason)
+            case ExpireDeadline():
+                if current.started_at != command.started_at:
+                    # Restarted since the deadline was computed: that deadline no longer applies.
+                    raise InvalidTransition(aid, current.state.value, f"{name} (stale: restarted since)")
+                payload = Failed(
+                    f"deadline exceeded: still PROCESSING {command.timeout_ms} ms after start",
+                    True,
+                    _elapsed_ms(current, now),
+                )
             case Retry():
-                if current.max_retries is not None and current.retry_count >= current.max_retries:
-                    raise InvalidTransition(
-                        aid, current.state.value, f"retry (limit of {current.max_retries} reached)"
-                    )
+                limit = current.max_retries if current.max_retries is not None else default_max_retries
+                if limit is not None and current.retry_count >= limit:
+                    raise InvalidTransition(aid, current.state.value, f"retry (limit of {limit} reached)")
                 payload = Retried(current.retry_count + 1)
             case _:  # pragma: no cover - exhaustive above
                 raise AssertionError(command)

@@ -9,6 +9,7 @@ The tree::
     │   ├── InvalidTransition               the state machine forbids it (.assessment_id, .state, .transition)
     │   └── VersionConflict                 expected_version differs (.assessment_id, .expected, .actual)
     ├── WaitTimeout                         a wait ended before its condition (.assessment_id, .timeout_s)
+    │   └── CommandTimeout                  no outcome for a command (.command_id, .assessment_id)
     ├── CodecError                          bytes that are not one of our events (.reason)
     ├── BackendError                        Kafka or PostgreSQL failed; .retriable says whether to retry
     │   ├── KafkaUnavailable
@@ -31,6 +32,7 @@ __all__ = [
     "AssessmentStoreError",
     "BackendError",
     "CodecError",
+    "CommandTimeout",
     "DatabaseUnavailable",
     "DownloadFailed",
     "InvalidTransition",
@@ -43,6 +45,7 @@ __all__ = [
     "ValidationError",
     "VersionConflict",
     "WaitTimeout",
+    "error_from_rejection",
 ]
 
 
@@ -54,6 +57,10 @@ class AssessmentStoreError(Exception):
 
 class StoreUsageError(AssessmentStoreError):
     """The request cannot succeed as given; retrying it unchanged will fail again."""
+
+    def details(self) -> dict[str, object]:
+        """The ids and values this error names, as they travel in a command outcome."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
 class ValidationError(StoreUsageError):
@@ -89,6 +96,26 @@ class VersionConflict(StoreUsageError):
         )
 
 
+_REJECTIONS: dict[str, type[StoreUsageError]] = {
+    "ValidationError": ValidationError,
+    "AssessmentNotFound": AssessmentNotFound,
+    "InvalidTransition": InvalidTransition,
+    "VersionConflict": VersionConflict,
+}
+
+
+def error_from_rejection(error_type: str, message: str, details: dict[str, object]) -> StoreUsageError:
+    """Rebuild the typed error a command processor reported for a rejected command."""
+    cls = _REJECTIONS.get(error_type)
+    if cls is not None:
+        try:
+            return cls(**details)
+        except TypeError:
+            pass  # details from a newer or older processor: fall back to the message
+    err = StoreUsageError(message)
+    return err
+
+
 class WaitTimeout(AssessmentStoreError):
     retriable = True
 
@@ -99,6 +126,21 @@ class WaitTimeout(AssessmentStoreError):
         super().__init__(
             f"assessment {assessment_id!r}: no {waiting_for} within {timeout_s:g} s"
         )
+
+
+class CommandTimeout(WaitTimeout):
+    """No outcome arrived for a command; re-sending it with the same command_id is always safe."""
+
+    def __init__(self, command_id: str, assessment_id: str, timeout_s: float) -> None:
+        self.command_id = command_id
+        AssessmentStoreError.__init__(
+            self,
+            f"command {command_id!r} for assessment {assessment_id!r}: no outcome within {timeout_s:g} s "
+            "(is the command processor running?); re-sending the same command_id is safe",
+        )
+        self.assessment_id = assessment_id
+        self.timeout_s = timeout_s
+        self.waiting_for = "outcome"
 
 
 class CodecError(AssessmentStoreError):

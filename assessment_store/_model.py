@@ -15,10 +15,12 @@ from typing import Any, TypeAlias
 
 __all__ = [
     "JSON",
+    "Outcome",
     "Assessment",
     "Cancel",
     "Cancelled",
     "Command",
+    "CommandEnvelope",
     "Complete",
     "Completed",
     "Create",
@@ -26,6 +28,7 @@ __all__ = [
     "Event",
     "EventSource",
     "EventType",
+    "ExpireDeadline",
     "Fail",
     "Failed",
     "Payload",
@@ -207,7 +210,41 @@ class Retry(_CommandBase):
     pass
 
 
-Command: TypeAlias = Create | Start | UpdateProgress | Complete | Fail | Cancel | Retry
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExpireDeadline(_CommandBase):
+    """Issued by the command processor when an assessment stays PROCESSING past its deadline."""
+
+    started_at: datetime
+    timeout_ms: int
+
+
+Command: TypeAlias = Create | Start | UpdateProgress | Complete | Fail | Cancel | Retry | ExpireDeadline
+
+
+@dataclass(frozen=True, slots=True)
+class CommandEnvelope:
+    """A command as it travels on the commands topic."""
+
+    command: Command
+    issued_at: datetime
+    source: EventSource = EventSource.STORE
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one command: accepted (with the event it produced) or rejected (with why)."""
+
+    command_id: str
+    assessment_id: str
+    accepted: bool
+    processed_at: datetime
+    command_offset: int
+    version: int | None = None
+    event_id: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_details: dict[str, JSON] | None = None
+    duplicate: bool = False
 
 
 # --- the folded state ----------------------------------------------------------------

@@ -1,14 +1,11 @@
 """``AssessmentStore``: the API services use to write and read assessments.
 
-Writes go to Kafka, reads come from the PostgreSQL projection. Each write returns only once
-its own event is visible in the projection, so a caller (or the next CLI invocation) always
-reads its own writes.
-
-Thin-slice caveat, removed by the command processor: the state a command is checked against
-is read from the projection by the calling process, so two processes racing on one assessment
-can both append the same next version. The projector applies only the first; the loser is
-told with ``VersionConflict`` (its event stays in the log, flagged as a duplicate in
-``projection.anomalies``).
+A write is a command sent to ``assessments.commands``; the command processor that owns the
+assessment's partition (the single writer) accepts it with one event or rejects it, and the
+projector folds both the event and the outcome into PostgreSQL. The client waits for the
+outcome there, then for its event to be visible, so a caller (or the next CLI invocation)
+always reads its own writes. Every command has a ``command_id``; sending one again returns
+the original outcome and appends nothing.
 """
 
 from __future__ import annotations
@@ -21,17 +18,21 @@ import asyncpg
 from projections import ChangeListener, create_pool, fetch_assessment, translate_db_errors
 from projections import count_by_state as _count_by_state
 from projections import fetch_history as _fetch_history
+from projections import fetch_outcome as _fetch_outcome
 from projections import list_ids as _list_ids
-from streams import EventProducer, ensure_topics
+from streams import CommandSender, ensure_topics
 
 from ._config import Settings
-from ._domain import decide, validate_id
-from ._errors import AssessmentNotFound, VersionConflict
+from ._domain import validate_command, validate_id
+from ._errors import AssessmentNotFound, ValidationError, error_from_rejection
 from ._model import (
     JSON,
     Assessment,
     Cancel,
     Command,
+    CommandEnvelope,
+    EventSource,
+    Outcome,
     Complete,
     Create,
     Fail,
@@ -45,12 +46,16 @@ from ._model import (
 __all__ = ["AssessmentStore"]
 
 
+def _ids(command_id: str | None) -> dict[str, str]:
+    return {"command_id": command_id} if command_id is not None else {}
+
+
 class AssessmentStore:
     """Async client of the store. ``async with AssessmentStore() as store: ...``"""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self._producer = EventProducer(self.settings)
+        self._sender = CommandSender(self.settings)
         self._listener = ChangeListener(self.settings)
         self._pool: asyncpg.Pool | None = None
 
@@ -61,12 +66,12 @@ class AssessmentStore:
             return
         await ensure_topics(self.settings)
         self._pool = await create_pool(self.settings, min_size=1, max_size=10)
-        await self._producer.start()
+        await self._sender.start()
         await self._listener.start()
 
     async def stop(self) -> None:
         await self._listener.stop()
-        await self._producer.stop()
+        await self._sender.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -153,62 +158,73 @@ class AssessmentStore:
         return (await self.execute(cmd)).assessment_id
 
     async def start_assessment(self, assessment_id: str, *, worker: str | None = None,
-                               expected_version: int | None = None) -> Assessment:
-        return await self.execute(Start(assessment_id=assessment_id, worker=worker, expected_version=expected_version))
+                               expected_version: int | None = None, command_id: str | None = None) -> Assessment:
+        """PENDING -> PROCESSING."""
+        return await self.execute(Start(assessment_id=assessment_id, worker=worker, expected_version=expected_version,
+                                        **_ids(command_id)))
 
     async def update_progress(self, assessment_id: str, progress: int, message: str | None = None, *,
-                              expected_version: int | None = None) -> Assessment:
-        return await self.execute(
-            UpdateProgress(assessment_id=assessment_id, progress=progress, message=message,
-                           expected_version=expected_version)
-        )
+                              expected_version: int | None = None, command_id: str | None = None) -> Assessment:
+        """Progress 0-100 (with a message) while PENDING or PROCESSING."""
+        return await self.execute(UpdateProgress(assessment_id=assessment_id, progress=progress, message=message,
+                                                 expected_version=expected_version, **_ids(command_id)))
 
     async def complete_assessment(self, assessment_id: str, result: JSON, *, duration_ms: int | None = None,
-                                  expected_version: int | None = None) -> Assessment:
-        return await self.execute(
-            Complete(assessment_id=assessment_id, result=result, duration_ms=duration_ms,
-                     expected_version=expected_version)
-        )
+                                  expected_version: int | None = None, command_id: str | None = None) -> Assessment:
+        """PROCESSING -> COMPLETED; the duration defaults to the time since start."""
+        return await self.execute(Complete(assessment_id=assessment_id, result=result, duration_ms=duration_ms,
+                                           expected_version=expected_version, **_ids(command_id)))
 
     async def fail_assessment(self, assessment_id: str, error: str, *, retryable: bool = False,
-                              expected_version: int | None = None) -> Assessment:
-        return await self.execute(
-            Fail(assessment_id=assessment_id, error=error, retryable=retryable, expected_version=expected_version)
-        )
+                              expected_version: int | None = None, command_id: str | None = None) -> Assessment:
+        """PENDING or PROCESSING -> FAILED."""
+        return await self.execute(Fail(assessment_id=assessment_id, error=error, retryable=retryable,
+                                       expected_version=expected_version, **_ids(command_id)))
 
     async def cancel_assessment(self, assessment_id: str, reason: str | None = None, *,
-                                expected_version: int | None = None) -> Assessment:
-        return await self.execute(Cancel(assessment_id=assessment_id, reason=reason, expected_version=expected_version))
+                                expected_version: int | None = None, command_id: str | None = None) -> Assessment:
+        """PENDING or PROCESSING -> CANCELLED."""
+        return await self.execute(Cancel(assessment_id=assessment_id, reason=reason,
+                                         expected_version=expected_version, **_ids(command_id)))
 
-    async def retry_assessment(self, assessment_id: str, *, expected_version: int | None = None) -> Assessment:
-        return await self.execute(Retry(assessment_id=assessment_id, expected_version=expected_version))
+    async def retry_assessment(self, assessment_id: str, *, expected_version: int | None = None,
+                               command_id: str | None = None) -> Assessment:
+        """FAILED -> PENDING with retry_count + 1, up to the assessment's (or the default) limit."""
+        return await self.execute(Retry(assessment_id=assessment_id, expected_version=expected_version,
+                                        **_ids(command_id)))
 
-    async def execute(self, command: Command) -> Assessment:
-        """Check ``command`` against the current state, append its event, and return the
-        state once the projection shows it."""
-        validate_id(command.assessment_id)
-        current = await self.find_state(command.assessment_id)
-        event = decide(current, command, datetime.now(UTC), max_json_bytes=self.settings.max_request_bytes)
-        await self._producer.append(event)
-        state = await self._listener.wait_for(
-            event.assessment_id,
-            lambda version, _s: version >= event.version,
+    async def get_outcome(self, command_id: str) -> Outcome | None:
+        """What became of a command, once the projection has folded its outcome."""
+        with translate_db_errors(f"reading the outcome of command {command_id!r}"):
+            found: Outcome | None = await _fetch_outcome(self._db, command_id)
+            return found
+
+    async def execute(self, command: Command, *, source: EventSource = EventSource.STORE) -> Assessment:
+        """Send ``command`` to its single writer, and return the state once the projection shows
+        its event. A rejection raises the typed error the processor reported."""
+        validate_command(command, self.settings.max_request_bytes)  # fail fast, before any I/O
+        envelope = CommandEnvelope(command, datetime.now(UTC), source)
+
+        async def send() -> None:
+            await self._sender.send(envelope)
+
+        outcome = await self._listener.wait_for_outcome(
+            command.command_id, command.assessment_id, self.get_outcome, self.settings.command_timeout_s, send
+        )
+        if outcome.assessment_id != command.assessment_id:
+            raise ValidationError(
+                "command_id", f"{command.command_id!r} was already used for assessment {outcome.assessment_id!r}"
+            )
+        if not outcome.accepted:
+            raise error_from_rejection(
+                outcome.error_type or "", outcome.error_message or "rejected", outcome.error_details or {}
+            )
+        assert outcome.version is not None
+        version = outcome.version
+        return await self._listener.wait_for(
+            command.assessment_id,
+            lambda v, _s: v >= version,
             self.find_state,
             self.settings.visibility_timeout_s,
-            f"projection of version {event.version} (is the projector running?)",
+            f"projection of version {version} (is the projector running?)",
         )
-        if state.version == event.version and state.last_event_id == event.event_id:
-            return state
-        winner = await self._event_id_at(event.assessment_id, event.version)
-        if winner != event.event_id:
-            raise VersionConflict(event.assessment_id, event.version - 1, state.version)
-        # Ours was applied and later events followed; report the state as of now.
-        return state
-
-    async def _event_id_at(self, assessment_id: str, version: int) -> str | None:
-        with translate_db_errors(f"reading event {version} of {assessment_id!r}"):
-            v = await self._db.fetchval(
-                "SELECT event_id FROM projection.assessment_events WHERE assessment_id = $1 AND version = $2",
-                assessment_id, version,
-            )
-        return str(v) if v is not None else None

@@ -2,11 +2,12 @@
 
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
-from ._projector import CHANGES_CHANNEL, FoldStats, Projector
-from ._queries import count_by_state, fetch_assessment, fetch_history, list_ids
+from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector
+from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids
 
 __all__ = [
     "CHANGES_CHANNEL",
+    "OUTCOMES_CHANNEL",
     "SCHEMA_VERSION",
     "Change",
     "ChangeListener",
@@ -17,6 +18,7 @@ __all__ = [
     "create_pool",
     "fetch_assessment",
     "fetch_history",
+    "fetch_outcome",
     "list_ids",
     "migrate",
     "translate_db_errors",

@@ -75,10 +75,14 @@ async def connect(settings: Settings, *, timeout_s: float = 10.0) -> asyncpg.Con
         return conn
 
 
-async def create_pool(settings: Settings, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 10, synchronous_commit: bool = True
+) -> asyncpg.Pool:
+    server_settings = {} if synchronous_commit else {"synchronous_commit": "off"}
     with translate_db_errors(f"opening a pool to {settings.postgres_host}:{settings.postgres_port}"):
         pool = await asyncpg.create_pool(
-            **_connect_kwargs(settings), min_size=min_size, max_size=max_size, init=_init_connection
+            **_connect_kwargs(settings), min_size=min_size, max_size=max_size, init=_init_connection,
+            server_settings=server_settings,
         )
         assert pool is not None
         return pool

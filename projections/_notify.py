@@ -18,11 +18,11 @@ from typing import Any
 import asyncpg
 
 from assessment_store._config import Settings
-from assessment_store._errors import DatabaseUnavailable, WaitTimeout
-from assessment_store._model import Assessment, State
+from assessment_store._errors import CommandTimeout, DatabaseUnavailable, WaitTimeout
+from assessment_store._model import Assessment, Outcome, State
 
 from ._db import connect, translate_db_errors
-from ._projector import CHANGES_CHANNEL
+from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL
 
 __all__ = ["ChangeListener", "Change"]
 
@@ -47,11 +47,12 @@ class ChangeListener:
         self.s = settings
         self._conn: asyncpg.Connection | None = None
         self._waiters: dict[str, set[_Waiter]] = {}
+        self._outcome_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._lock = asyncio.Lock()
 
     @property
     def waiting(self) -> int:
-        return sum(len(w) for w in self._waiters.values())
+        return sum(len(w) for w in self._waiters.values()) + sum(len(w) for w in self._outcome_waiters.values())
 
     async def start(self) -> None:
         async with self._lock:
@@ -60,6 +61,7 @@ class ChangeListener:
             conn = await connect(self.s)
             with translate_db_errors("subscribing to projection changes"):
                 await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
+                await conn.add_listener(OUTCOMES_CHANNEL, self._on_outcome)
             conn.add_termination_listener(self._on_terminated)
             self._conn = conn
 
@@ -79,13 +81,57 @@ class ChangeListener:
             if not w.future.done() and w.predicate(change.version, change.state):
                 w.future.set_result(None)
 
+    def _on_outcome(self, _conn: Any, _pid: int, _channel: str, command_id: str) -> None:
+        for f in list(self._outcome_waiters.get(command_id, ())):
+            if not f.done():
+                f.set_result(None)
+
     def _on_terminated(self, _conn: Any) -> None:
         self._conn = None
         err = DatabaseUnavailable("the LISTEN connection to PostgreSQL was lost")
-        for ws in self._waiters.values():
-            for w in ws:
-                if not w.future.done():
-                    w.future.set_exception(err)
+        futures = [w.future for ws in self._waiters.values() for w in ws]
+        futures += [f for fs in self._outcome_waiters.values() for f in fs]
+        for f in futures:
+            if not f.done():
+                f.set_exception(err)
+
+    async def wait_for_outcome(
+        self,
+        command_id: str,
+        assessment_id: str,
+        read: Callable[[str], Awaitable[Outcome | None]],
+        timeout_s: float,
+        before_wait: Callable[[], Awaitable[None]] | None = None,
+    ) -> Outcome:
+        """The outcome of ``command_id`` once the projection has it.
+
+        Registers, reads, and only if nothing is there yet runs ``before_wait`` (which sends the
+        command): a re-sent command id whose outcome is known returns without touching Kafka.
+        """
+        await self.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._outcome_waiters.setdefault(command_id, set()).add(future)
+        try:
+            found = await read(command_id)
+            if found is not None:
+                return found
+            if before_wait is not None:
+                await before_wait()
+            try:
+                await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            except TimeoutError as e:
+                raise CommandTimeout(command_id, assessment_id, timeout_s) from e
+            found = await read(command_id)
+            if found is None:  # pragma: no cover - the notification follows the commit of the row
+                raise DatabaseUnavailable(f"notified of command {command_id!r} but its outcome is not readable")
+            return found
+        finally:
+            fs = self._outcome_waiters.get(command_id)
+            if fs is not None:
+                fs.discard(future)
+                if not fs:
+                    del self._outcome_waiters[command_id]
 
     async def wait_for(
         self,

@@ -36,19 +36,21 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from assessment_store._config import Settings
 from assessment_store._domain import evolve
 from assessment_store._errors import AssessmentStoreError, CodecError
-from assessment_store._model import Assessment, Event
-from schemas import EventCodec
+from assessment_store._model import Assessment, Event, Outcome
+from schemas import EventCodec, OutcomeCodec
 from streams import ensure_topics, translate_kafka_errors
 
 from ._db import create_pool, migrate, translate_db_errors
 from ._queries import ASSESSMENT_COLUMNS, assessment_to_row, fetch_assessments
 
-__all__ = ["CHANGES_CHANNEL", "FoldStats", "Projector"]
+__all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector"]
 
 log = logging.getLogger("assessment_store.projector")
 
 CHANGES_CHANNEL = "assessment_store_changes"
 """NOTIFY channel; payload ``<assessment_id>|<version>|<state>``."""
+OUTCOMES_CHANNEL = "assessment_store_outcomes"
+"""NOTIFY channel; payload ``<command_id>``."""
 
 _UPSERT = (
     f"INSERT INTO projection.assessments ({', '.join(ASSESSMENT_COLUMNS)}) VALUES "
@@ -64,6 +66,11 @@ _INSERT_EVENT = (
 _INSERT_ANOMALY = (
     "INSERT INTO projection.anomalies (kind, assessment_id, version, expected_version, event_id,"
     " kafka_topic, kafka_partition, kafka_offset, detail, raw_value) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+)
+_INSERT_OUTCOME = (
+    "INSERT INTO projection.command_outcomes (command_id, assessment_id, accepted, version, event_id, error_type,"
+    " error_message, error_details, processed_at, kafka_partition, kafka_offset, command_offset)"
+    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT (command_id) DO NOTHING"
 )
 _SAVE_OFFSET = (
     "INSERT INTO projection.projector_offsets (consumer_group, topic, partition, next_offset, updated_at)"
@@ -89,6 +96,7 @@ class FoldStats:
 @dataclass
 class _Batch:
     events: list[tuple[ConsumerRecord[bytes, bytes], Event]] = field(default_factory=list)
+    outcomes: list[tuple[ConsumerRecord[bytes, bytes], Outcome]] = field(default_factory=list)
     anomalies: list[tuple[Any, ...]] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
@@ -108,6 +116,7 @@ class Projector:
         self.s = settings
         self.group = group or settings.projector_group
         self.codec = EventCodec()
+        self.outcome_codec = OutcomeCodec()
         self.stats = FoldStats()
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -116,7 +125,10 @@ class Projector:
         if self._consumer is not None:
             return
         await ensure_topics(self.s)
-        self._pool = await create_pool(self.s, min_size=1, max_size=2)
+        # synchronous_commit=off: a PostgreSQL crash may lose the last few folded batches, but
+        # always rows and offsets together (one transaction), so the projector re-reads them from
+        # Kafka on restart. The log stays the durable record; the fold saves a WAL flush per batch.
+        self._pool = await create_pool(self.s, min_size=1, max_size=2, synchronous_commit=False)
         async with self._pool.acquire() as conn:
             await migrate(conn)
         consumer = AIOKafkaConsumer(
@@ -127,7 +139,7 @@ class Projector:
             isolation_level="read_committed",
             max_poll_records=self.s.projector_batch_size,
         )
-        consumer.subscribe([self.s.events_topic], listener=_SeekToStoredOffsets(self))
+        consumer.subscribe([self.s.events_topic, self.s.outcomes_topic], listener=_SeekToStoredOffsets(self))
         # Set before start(): the first assignment callback may run as soon as the group is joined.
         self._consumer = consumer
         with translate_kafka_errors(f"starting projector consumer on {self.s.events_topic}"):
@@ -180,7 +192,10 @@ class Projector:
         for tp, recs in records.items():
             for rec in recs:
                 try:
-                    batch.events.append((rec, self.codec.decode(rec.value, rec.headers)))
+                    if rec.topic == self.s.outcomes_topic:
+                        batch.outcomes.append((rec, self.outcome_codec.decode(rec.value, rec.headers)))
+                    else:
+                        batch.events.append((rec, self.codec.decode(rec.value, rec.headers)))
                 except CodecError as e:
                     stats.undecodable += 1
                     batch.anomalies.append(_anomaly("undecodable", rec, str(e), raw=rec.value))
@@ -231,6 +246,12 @@ class Projector:
             await conn.executemany(_INSERT_EVENT, history)
         if batch.anomalies:
             await conn.executemany(_INSERT_ANOMALY, batch.anomalies)
+        if batch.outcomes:
+            await conn.executemany(_INSERT_OUTCOME, [
+                (o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
+                 o.error_details, o.processed_at, rec.partition, rec.offset, o.command_offset)
+                for rec, o in batch.outcomes
+            ])
         await conn.executemany(
             _SAVE_OFFSET, [(self.group, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
         )
@@ -238,6 +259,12 @@ class Projector:
             await conn.execute(
                 "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x",
                 CHANGES_CHANNEL, [f"{a.assessment_id}|{a.version}|{a.state.value}" for a in changed.values()],
+            )
+        if batch.outcomes:
+            # Duplicates too: the client that re-sent a command waits for this wake-up.
+            await conn.execute(
+                "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x",
+                OUTCOMES_CHANNEL, list({o.command_id for _, o in batch.outcomes}),
             )
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from assessment_store._model import Assessment, State
+from assessment_store._model import Assessment, Outcome, State
 
 __all__ = [
     "ASSESSMENT_COLUMNS",
@@ -16,6 +16,7 @@ __all__ = [
     "fetch_assessment",
     "fetch_assessments",
     "fetch_history",
+    "fetch_outcome",
     "list_ids",
 ]
 
@@ -87,6 +88,22 @@ async def list_ids(conn: asyncpg.Connection | asyncpg.Pool, *, state: State | No
             "SELECT assessment_id FROM projection.assessments WHERE state = $1 ORDER BY assessment_id", state.value
         )
     return [r["assessment_id"] for r in rows]
+
+
+async def fetch_outcome(conn: asyncpg.Connection | asyncpg.Pool, command_id: str) -> Outcome | None:
+    r = await conn.fetchrow(
+        "SELECT command_id, assessment_id, accepted, version, event_id, error_type, error_message, error_details,"
+        " processed_at, command_offset FROM projection.command_outcomes WHERE command_id = $1",
+        command_id,
+    )
+    if r is None:
+        return None
+    return Outcome(
+        command_id=r["command_id"], assessment_id=r["assessment_id"], accepted=r["accepted"],
+        processed_at=r["processed_at"], command_offset=r["command_offset"], version=r["version"],
+        event_id=str(r["event_id"]) if r["event_id"] is not None else None, error_type=r["error_type"],
+        error_message=r["error_message"], error_details=r["error_details"],
+    )
 
 
 async def fetch_history(conn: asyncpg.Connection | asyncpg.Pool, assessment_id: str) -> list[dict[str, Any]]:

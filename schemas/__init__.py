@@ -1,5 +1,7 @@
-"""Avro schemas of the store's events (``*.avsc`` beside this file) and their codec."""
+"""Avro schemas of the store's records (``*.avsc`` beside this file) and their codecs."""
 
-from ._codec import CONTENT_TYPE, SCHEMA_DIR, EventCodec, Headers
+from ._avro import SCHEMA_DIR, Headers
+from ._codec import CONTENT_TYPE, EventCodec
+from ._commands import CommandCodec, OutcomeCodec
 
-__all__ = ["CONTENT_TYPE", "SCHEMA_DIR", "EventCodec", "Headers"]
+__all__ = ["CONTENT_TYPE", "SCHEMA_DIR", "CommandCodec", "EventCodec", "Headers", "OutcomeCodec"]

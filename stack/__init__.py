@@ -1,10 +1,13 @@
 """The local stack: a real Kafka broker (jars from Maven) and a real PostgreSQL cluster
-(Debian's binaries), plus the store's projector, started without Docker."""
+(Debian's binaries), plus the store's command processor and projector, started without Docker."""
 
 from ._kafka import KafkaService
 from ._manager import SERVICES, Stack
 from ._postgres import PostgresService
 from ._procs import ServiceStatus
-from ._projector import ProjectorService, settings_env
+from ._store_services import ProcessorService, ProjectorService, settings_env
 
-__all__ = ["SERVICES", "KafkaService", "PostgresService", "ProjectorService", "ServiceStatus", "Stack", "settings_env"]
+__all__ = [
+    "SERVICES", "KafkaService", "PostgresService", "ProcessorService", "ProjectorService", "ServiceStatus", "Stack",
+    "settings_env",
+]

@@ -13,11 +13,11 @@ from streams import ensure_topics
 from ._kafka import KafkaService
 from ._postgres import PostgresService
 from ._procs import LogFn, ServiceStatus
-from ._projector import ProjectorService
+from ._store_services import ProcessorService, ProjectorService
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("kafka", "postgres", "projector")
+SERVICES = ("kafka", "postgres", "processor", "projector")
 
 
 class _Service(Protocol):
@@ -29,15 +29,16 @@ class _Service(Protocol):
 
 
 class Stack:
-    """Kafka, PostgreSQL and the projector of one data directory."""
+    """Kafka, PostgreSQL, the command processor and the projector of one data directory."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.kafka = KafkaService(self.settings)
         self.postgres = PostgresService(self.settings)
+        self.processor = ProcessorService(self.settings)
         self.projector = ProjectorService(self.settings)
         self._by_name: dict[str, _Service] = {
-            "kafka": self.kafka, "postgres": self.postgres, "projector": self.projector,
+            "kafka": self.kafka, "postgres": self.postgres, "processor": self.processor, "projector": self.projector,
         }
 
     def _select(self, names: Sequence[str] | None) -> list[_Service]:
@@ -51,8 +52,8 @@ class Stack:
         """Start what is not running; returns {service: started_now}. A second call is a no-op."""
         started: dict[str, bool] = {}
         for svc in self._select(services):
-            if svc is self.projector:
-                # The projector subscribes to the events topic, which must exist first.
+            if svc is self.processor or (svc is self.projector and "processor" not in started):
+                # The store's processes subscribe to topics, which must exist first.
                 created = asyncio.run(ensure_topics(self.settings))
                 if created:
                     log(f"created topics: {', '.join(created)}")

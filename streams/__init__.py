@@ -1,6 +1,19 @@
-"""Topics, producers and (later) the command processor: everything that writes the log."""
+"""Topics, producers and the command processor: everything that writes the log."""
 
-from ._kafka import TopicSpec, ensure_topics, store_topics, translate_kafka_errors
+from ._commands import CommandSender
+from ._kafka import TopicSpec, ensure_topics, partition_counts, store_topics, translate_kafka_errors
+from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
 from ._producer import EventProducer
 
-__all__ = ["EventProducer", "TopicSpec", "ensure_topics", "store_topics", "translate_kafka_errors"]
+__all__ = [
+    "COMMAND_OFFSET_HEADER",
+    "CommandProcessor",
+    "CommandSender",
+    "EventProducer",
+    "ProcessorStats",
+    "TopicSpec",
+    "ensure_topics",
+    "partition_counts",
+    "store_topics",
+    "translate_kafka_errors",
+]

@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from assessment_store._config import Settings
 from assessment_store._errors import KafkaUnavailable
 
-__all__ = ["TopicSpec", "ensure_topics", "store_topics", "translate_kafka_errors"]
+__all__ = ["TopicSpec", "admin_client", "ensure_topics", "partition_counts", "store_topics", "translate_kafka_errors"]
 
 
 @contextlib.contextmanager
@@ -40,7 +40,12 @@ def store_topics(settings: Settings) -> list[TopicSpec]:
     return [
         # The log of record: never expires; rebuilds and time travel read it from offset 0.
         TopicSpec(settings.events_topic, settings.partitions, {**forever, "min.insync.replicas": "1"}),
+        # Commands and outcomes must have the events topic's partition count: the processor
+        # owning command partition p writes events and outcomes to partition p of each.
         TopicSpec(settings.commands_topic, settings.partitions, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
+        # Outcomes are the idempotency record: kept as long as the events.
+        TopicSpec(settings.outcomes_topic, settings.partitions, forever),
+        TopicSpec(settings.commands_topic + ".dlq", 1, forever),
         TopicSpec(settings.legacy_topic, settings.partitions, forever),
         TopicSpec(settings.legacy_topic + ".dlq", 1, forever),
     ]
@@ -74,3 +79,10 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
                 except TopicAlreadyExistsError:
                     pass  # another process created it between list and create
     return created
+
+
+async def partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
+    async with admin_client(settings) as admin:
+        with translate_kafka_errors("describing topics"):
+            described = await admin.describe_topics(topics)
+    return {d["topic"]: len(d["partitions"]) for d in described}

@@ -1,4 +1,5 @@
-"""The store's own long-running process, the projector, managed like the other services."""
+"""The store's own long-running processes (command processor, projector), managed like the
+other services: started in the background with the stack's settings, pid files, logs, readiness."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from assessment_store._errors import ServiceFailed
 
 from ._procs import LogFn, ServiceStatus, is_alive, read_pid, rss_bytes, stop_pid, tail
 
-__all__ = ["ProjectorService", "settings_env"]
+__all__ = ["ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -28,15 +29,19 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class ProjectorService:
-    name = "projector"
+class StoreProcess:
+    """``assessment-store <name> --pid-file ...`` in the background; ready once it writes
+    ``<pid-file>.ready`` (after it has started consuming)."""
+
+    name = ""
+    description = ""
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
         self.run_dir = settings.data_dir.resolve() / "run"
-        self.pid_file = self.run_dir / "projector.pid"
-        self.ready_file = self.run_dir / "projector.ready"
-        self.log_file = settings.data_dir.resolve() / "logs" / "projector.log"
+        self.pid_file = self.run_dir / f"{self.name}.pid"
+        self.ready_file = self.run_dir / f"{self.name}.ready"
+        self.log_file = settings.data_dir.resolve() / "logs" / f"{self.name}.log"
 
     def pid(self) -> int | None:
         pid = read_pid(self.pid_file)
@@ -51,17 +56,17 @@ class ProjectorService:
         env = {**os.environ, **settings_env(self.s)}
         with self.log_file.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "assessment_store", "projector", "--pid-file", str(self.pid_file)],
+                [sys.executable, "-m", "assessment_store", self.name, "--pid-file", str(self.pid_file)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + timeout_s
         while not self.ready_file.exists():
             if proc.poll() is not None:
-                raise ServiceFailed("projector", f"exited with code {proc.returncode}", tail(self.log_file))
+                raise ServiceFailed(self.name, f"exited with code {proc.returncode}", tail(self.log_file))
             if time.monotonic() > deadline:
                 stop_pid(proc.pid, str(self.pid_file))
-                raise ServiceFailed("projector", f"not ready within {timeout_s:g} s", tail(self.log_file))
+                raise ServiceFailed(self.name, f"not ready within {timeout_s:g} s", tail(self.log_file))
             time.sleep(0.1)
         return True
 
@@ -78,10 +83,25 @@ class ProjectorService:
     def status(self) -> ServiceStatus:
         pid = self.pid()
         return ServiceStatus(
-            name=self.name, running=pid is not None, pid=pid,
-            address=f"group {self.s.projector_group} on {self.s.events_topic}",
-            data="postgres schema 'projection'", log=str(self.log_file), rss_bytes=rss_bytes(pid),
+            name=self.name, running=pid is not None, pid=pid, address=self.description,
+            data="-", log=str(self.log_file), rss_bytes=rss_bytes(pid),
         )
 
     def log_path(self) -> Path:
         return self.log_file
+
+
+class ProcessorService(StoreProcess):
+    name = "processor"
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"group {self.s.processor_group}: {self.s.commands_topic} -> {self.s.events_topic}"
+
+
+class ProjectorService(StoreProcess):
+    name = "projector"
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"group {self.s.projector_group}: {self.s.events_topic} -> postgres schema 'projection'"

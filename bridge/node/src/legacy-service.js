@@ -1,0 +1,243 @@
+'use strict';
+
+const { EventEmitter } = require('node:events');
+const { randomUUID } = require('node:crypto');
+
+/**
+ * @typedef {'pending'|'processing'|'completed'|'failed'|'cancelled'} LegacyStatus
+ */
+
+/**
+ * A legacy assessment record, and one line of the JSON Lines export (DESIGN.md, "Legacy system and
+ * its messages").
+ * @typedef {object} LegacyAssessment
+ * @property {string} assessmentId
+ * @property {LegacyStatus} status
+ * @property {number} progress 0..100
+ * @property {string|null} message
+ * @property {unknown} request
+ * @property {unknown} result
+ * @property {string|null} error
+ * @property {string} timestamp ISO-8601 creation time
+ * @property {string} updatedAt ISO-8601 time of the last change
+ * @property {number|null} duration ms from start (or creation) to the terminal state
+ */
+
+const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+
+/**
+ * A sample of the legacy Node.js service the AssessmentStore replaces: assessments kept in a Map,
+ * each state change announced on the EventEmitter as 'assessment.<what>' with a data object of the
+ * legacy fields. It exists to exercise the tap and the bridge with realistic traffic.
+ */
+class LegacyAssessmentService extends EventEmitter {
+  /** @type {Map<string, LegacyAssessment & {startedMs: number|null, createdMs: number}>} */
+  #assessments = new Map();
+  #newId;
+  #now;
+
+  /**
+   * @param {{newId?: () => string, now?: () => Date}} [options] id generator (default
+   *   crypto.randomUUID) and clock (default new Date())
+   */
+  constructor(options = {}) {
+    super();
+    this.#newId = options.newId || randomUUID;
+    this.#now = options.now || (() => new Date());
+  }
+
+  /**
+   * Creates a pending assessment; emits 'assessment.created'.
+   * @param {unknown} request the request document, kept as given
+   * @returns {string} the new assessment id
+   */
+  createAssessment(request) {
+    const assessmentId = this.#newId();
+    if (this.#assessments.has(assessmentId)) throw new Error(`assessment ${assessmentId} already exists`);
+    const now = this.#now();
+    const timestamp = now.toISOString();
+    this.#assessments.set(assessmentId, {
+      assessmentId,
+      status: 'pending',
+      progress: 0,
+      message: null,
+      request: request === undefined ? null : request,
+      result: null,
+      error: null,
+      timestamp,
+      updatedAt: timestamp,
+      duration: null,
+      createdMs: now.getTime(),
+      startedMs: null,
+    });
+    this.emit('assessment.created', { assessmentId, status: 'pending', progress: 0, timestamp, request });
+    return assessmentId;
+  }
+
+  /**
+   * pending -> processing; emits 'assessment.started'.
+   * @param {string} assessmentId
+   */
+  startAssessment(assessmentId) {
+    const a = this.#get(assessmentId, 'start', ['pending']);
+    const now = this.#touch(a);
+    a.status = 'processing';
+    a.startedMs = now.getTime();
+    this.emit('assessment.started', {
+      assessmentId,
+      status: a.status,
+      progress: a.progress,
+      timestamp: a.updatedAt,
+    });
+  }
+
+  /**
+   * Records progress while pending or processing; emits 'assessment.progress'.
+   * @param {string} assessmentId
+   * @param {number} progress 0..100
+   * @param {string} [message]
+   */
+  updateProgress(assessmentId, progress, message) {
+    if (typeof progress !== 'number' || !Number.isFinite(progress) || progress < 0 || progress > 100) {
+      throw new RangeError(`progress of assessment ${assessmentId} must be a number in [0, 100], got ${String(progress)}`);
+    }
+    const a = this.#get(assessmentId, 'update progress of', ['pending', 'processing']);
+    this.#touch(a);
+    a.progress = progress;
+    a.message = message === undefined ? null : message;
+    this.emit('assessment.progress', {
+      assessmentId,
+      status: a.status,
+      progress,
+      message: a.message,
+      timestamp: a.updatedAt,
+    });
+  }
+
+  /**
+   * processing -> completed; emits 'assessment.completed' with the result and duration (ms).
+   * @param {string} assessmentId
+   * @param {unknown} result
+   */
+  completeAssessment(assessmentId, result) {
+    const a = this.#get(assessmentId, 'complete', ['processing']);
+    const now = this.#touch(a);
+    a.status = 'completed';
+    a.progress = 100;
+    a.result = result === undefined ? null : result;
+    a.duration = now.getTime() - (a.startedMs ?? a.createdMs);
+    this.emit('assessment.completed', {
+      assessmentId,
+      status: a.status,
+      progress: a.progress,
+      result: a.result,
+      duration: a.duration,
+      timestamp: a.updatedAt,
+    });
+  }
+
+  /**
+   * pending|processing -> failed; emits 'assessment.failed'.
+   * @param {string} assessmentId
+   * @param {Error|string} error
+   */
+  failAssessment(assessmentId, error) {
+    const a = this.#get(assessmentId, 'fail', ['pending', 'processing']);
+    const now = this.#touch(a);
+    a.status = 'failed';
+    a.error = error instanceof Error ? error.message : String(error);
+    a.duration = now.getTime() - (a.startedMs ?? a.createdMs);
+    this.emit('assessment.failed', {
+      assessmentId,
+      status: a.status,
+      progress: a.progress,
+      error: a.error,
+      duration: a.duration,
+      timestamp: a.updatedAt,
+    });
+  }
+
+  /**
+   * pending|processing -> cancelled; emits 'assessment.cancelled'.
+   * @param {string} assessmentId
+   */
+  cancelAssessment(assessmentId) {
+    const a = this.#get(assessmentId, 'cancel', ['pending', 'processing']);
+    const now = this.#touch(a);
+    a.status = 'cancelled';
+    a.duration = now.getTime() - (a.startedMs ?? a.createdMs);
+    this.emit('assessment.cancelled', {
+      assessmentId,
+      status: a.status,
+      progress: a.progress,
+      duration: a.duration,
+      timestamp: a.updatedAt,
+    });
+  }
+
+  /**
+   * @param {string} assessmentId
+   * @returns {LegacyAssessment|null} a copy, or null when unknown
+   */
+  getAssessment(assessmentId) {
+    const a = this.#assessments.get(assessmentId);
+    return a ? exportRecord(a) : null;
+  }
+
+  /** @returns {LegacyAssessment[]} copies, in creation order */
+  getAllAssessments() {
+    return [...this.#assessments.values()].map(exportRecord);
+  }
+
+  /**
+   * The legacy export: one record per assessment, the fields of the JSON Lines export format
+   * (`exportSnapshot().map(r => JSON.stringify(r)).join('\n')`).
+   * @returns {LegacyAssessment[]}
+   */
+  exportSnapshot() {
+    return this.getAllAssessments();
+  }
+
+  /**
+   * @param {string} assessmentId
+   * @param {string} action
+   * @param {LegacyStatus[]} allowed
+   */
+  #get(assessmentId, action, allowed) {
+    const a = this.#assessments.get(assessmentId);
+    if (!a) throw new Error(`cannot ${action} assessment ${assessmentId}: not found`);
+    if (!allowed.includes(a.status)) {
+      const why = TERMINAL.has(a.status) ? 'it is already final' : `allowed from ${allowed.join(' or ')}`;
+      throw new Error(`cannot ${action} assessment ${assessmentId} in status '${a.status}' (${why})`);
+    }
+    return a;
+  }
+
+  /** @param {LegacyAssessment} a */
+  #touch(a) {
+    const now = this.#now();
+    a.updatedAt = now.toISOString();
+    return now;
+  }
+}
+
+/**
+ * @param {LegacyAssessment} a
+ * @returns {LegacyAssessment}
+ */
+function exportRecord(a) {
+  return structuredClone({
+    assessmentId: a.assessmentId,
+    status: a.status,
+    progress: a.progress,
+    message: a.message,
+    request: a.request,
+    result: a.result,
+    error: a.error,
+    timestamp: a.timestamp,
+    updatedAt: a.updatedAt,
+    duration: a.duration,
+  });
+}
+
+module.exports = { LegacyAssessmentService };

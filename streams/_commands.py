@@ -1,0 +1,65 @@
+"""Sends commands to the commands topic (the client side of the single writer)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
+
+from assessment_store._config import Settings
+from assessment_store._model import CommandEnvelope
+from schemas import CommandCodec
+
+from ._kafka import translate_kafka_errors
+
+__all__ = ["CommandSender"]
+
+
+class CommandSender:
+    """Idempotent, acks=all producer of commands keyed by assessment id.
+
+    The key decides the partition, and so which processor instance owns the command: every
+    command of one assessment reaches the same single writer, in the order it was sent.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._codec = CommandCodec()
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+            linger_ms=0, max_request_size=4 * 1024 * 1024,
+        )
+        with translate_kafka_errors(f"starting command producer for {self._settings.kafka_bootstrap}"):
+            await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def __aenter__(self) -> CommandSender:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def send(self, envelope: CommandEnvelope) -> RecordMetadata:
+        if self._producer is None:
+            await self.start()
+        assert self._producer is not None
+        value, headers = self._codec.encode(envelope)
+        c = envelope.command
+        with translate_kafka_errors(f"sending command {c.command_id!r} for {c.assessment_id!r}"):
+            return await self._producer.send_and_wait(
+                self._settings.commands_topic, value=value, key=c.assessment_id.encode(), headers=headers
+            )
