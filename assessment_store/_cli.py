@@ -375,6 +375,23 @@ def list_(
     err.print(", ".join(f"{k.value}={v}" for k, v in counts.items()))
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: ASSESSMENT_STORE_API_HOST (127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: ASSESSMENT_STORE_API_PORT (8080).")] = None,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs and /openapi.json). Writes need ASSESSMENT_STORE_API_TOKEN."""
+    import uvicorn
+
+    from api import create_app
+
+    settings = Settings()
+    if settings.api_token is None:
+        err.print("[yellow]ASSESSMENT_STORE_API_TOKEN is not set: write endpoints will answer 403.[/]")
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
+                log_level="info", proxy_headers=False)
+
+
 @app.command("demo")
 def demo(count: Annotated[int, typer.Option(min=1, max=1000, help="How many assessments.")] = 6) -> None:
     """Drive a few assessments through their lifecycle and print their final states from PostgreSQL."""

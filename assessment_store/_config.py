@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         default=1_000_000, ge=1024, description="Upper bound on a request/result JSON document."
     )
+
+    # --- HTTP API ----------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required by every write endpoint. No default: without it, writes are refused.",
+    )
+    api_max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Larger request bodies get 413.")
+    api_max_wait_s: float = Field(default=60.0, gt=0, description="Upper bound of the long-poll wait timeout.")
 
     # --- tests -------------------------------------------------------------
     test_backend: str = Field(

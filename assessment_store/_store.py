@@ -20,6 +20,7 @@ from projections import count_by_state as _count_by_state
 from projections import fetch_history as _fetch_history
 from projections import fetch_outcome as _fetch_outcome
 from projections import list_ids as _list_ids
+from projections import list_page as _list_page
 from streams import CommandSender, ensure_topics
 
 from ._config import Settings
@@ -117,6 +118,17 @@ class AssessmentStore:
     async def get_all_assessment_ids(self, state: State | None = None) -> list[str]:
         with translate_db_errors("listing assessment ids"):
             return await _list_ids(self._db, state=state)
+
+    async def list_assessments(
+        self, *, state: State | None = None, after: str | None = None, limit: int = 100
+    ) -> list[Assessment]:
+        """A page of assessments ordered by id, after the id ``after`` (pass the last id of the
+        previous page)."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError("limit", "must be between 1 and 1000")
+        with translate_db_errors("listing assessments"):
+            page: list[Assessment] = await _list_page(self._db, state=state, after=after, limit=limit)
+            return page
 
     async def get_history(self, assessment_id: str) -> list[dict[str, JSON]]:
         validate_id(assessment_id)

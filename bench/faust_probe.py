@@ -25,12 +25,18 @@ Scenarios (each in its own worker subprocess, own topic, own group / app id):
   D  aiokafka-eos  consume-transform-produce with a transactional AIOKafkaProducer,
                one transaction per fetched batch (``send_offsets_to_transaction``).
 
-For C and D two rows are printed: the latency until the agent *receives* the message,
-and the latency until its output is *committed*, i.e. visible to a ``read_committed``
-consumer of the output topic (that is the latency a caller of an exactly-once
-command processor sees). The EOS scenarios only do one idle period (5 s) to keep
-the run short. After each EOS scenario the probe checks that every output is
-visible and that the group's committed input offsets cover every message.
+For C and D two rows are printed: the latency until the worker *receives* the
+message, and the latency until its output is *visible* to a ``read_committed``
+consumer of the output topic (what a caller of an exactly-once command processor
+waits for). In C and D the closed loop waits for that visibility before the next
+send. The EOS scenarios do one idle period (5 s) to keep the run short, then a
+crash test: the worker is SIGKILLed right after handling a message (once its
+output is visible, or 300 ms), restarted with the same group / transactional ids
+(static group membership, so the successor takes over at once), and the copies of
+that message's output visible to ``read_committed`` are counted. Exactly-once
+means 1: either output and input offset were committed together before the kill,
+or neither was and the successor processes the message again inside a new
+transaction. 2 means the output escaped the transaction (duplicate).
 
 Time stamps are ``time.time()`` in the probe (just before ``send_and_wait``) and in
 the worker (on receipt); both run on the same machine. The producer is an
@@ -51,9 +57,10 @@ from the repository root, run the probe, stop the broker::
     .venv/bin/assessment-store stack down kafka
 
 ``KAFKA_BOOTSTRAP`` defaults to ``127.0.0.1:39092``. ``--scenarios A,B`` runs a subset;
-``--idle 5,15,30`` and ``--steady 20`` change the pattern; ``--partitions`` (1-3,
-default 3). A full run takes about 2.5 minutes. Topics are created per run with a
-uuid suffix and deleted at the end. Exit status 0 when the probe ran (a scenario
+``--idle 5,15,30``, ``--eos-idle 5`` and ``--steady 20`` change the pattern;
+``--partitions`` (1-3, default 3); ``--verbose`` prints every sample;
+``--no-crash-test``; ``--keep-topics``; ``--txn-retry-backoff-ms`` (D's producer). A full run takes about 2 minutes. Topics
+are created per run with a uuid suffix and deleted at the end. Exit status 0 when the probe ran (a scenario
 that fails to deliver is a finding and is reported as such), 1 when the broker is
 unreachable, 2 on bad arguments.
 
@@ -180,6 +187,7 @@ async def _aiokafka_worker(args: argparse.Namespace) -> None:
             transactional_id=f"{args.app_id}-tx",
             enable_idempotence=True,
             acks="all",
+            retry_backoff_ms=args.txn_retry_backoff_ms,
         )
         await producer.start()
     await consumer.start()
@@ -202,6 +210,10 @@ async def _aiokafka_worker(args: argparse.Namespace) -> None:
                         await producer.send(args.out_topic, key=rec.key, value=rec.value)
                     offsets[tp] = records[-1].offset + 1
                 await producer.send_offsets_to_transaction(offsets, args.app_id)
+            t_done = time.time()
+            for records in batches.values():
+                for rec in records:
+                    log.note("txn_committed", t=t_done, seq=json.loads(rec.value)["seq"])
 
     task = asyncio.create_task(consume())
     stopper = asyncio.create_task(stop.wait())
@@ -249,6 +261,7 @@ class Sample:
     acked: float
     received: float | None = None
     committed: float | None = None
+    txn_done: float | None = None  # D only: when the worker's commit_transaction returned
 
     @property
     def ack_ms(self) -> float:
@@ -292,9 +305,10 @@ class ReceiptReader:
         self._fh: IO[str] = path.open("r", encoding="utf-8")
         self._buf = ""
         self.received: dict[int, list[float]] = {}
+        self.txn_committed: dict[int, float] = {}
         self.events: dict[str, list[float]] = {}
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         self._buf += self._fh.read()
         *lines, self._buf = self._buf.split("\n")
         for line in lines:
@@ -303,11 +317,13 @@ class ReceiptReader:
             rec = json.loads(line)
             if rec["event"] == "recv":
                 self.received.setdefault(int(rec["seq"]), []).append(float(rec["t"]))
+            elif rec["event"] == "txn_committed":
+                self.txn_committed.setdefault(int(rec["seq"]), float(rec["t"]))
             else:
                 self.events.setdefault(str(rec["event"]), []).append(float(rec["t"]))
 
     def last_event(self, name: str) -> float | None:
-        self._drain()
+        self.drain()
         times = self.events.get(name)
         return times[-1] if times else None
 
@@ -316,7 +332,7 @@ class ReceiptReader:
         """Time of the ``count``-th receipt of ``seq``, or None (timeout / worker died)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._drain()
+            self.drain()
             times = self.received.get(seq, [])
             if len(times) >= count:
                 return times[count - 1]
@@ -418,6 +434,7 @@ def spawn_worker(sc: Scenario, args: argparse.Namespace, run_dir: Path, topic: s
         "--app-id", app_id,
         "--partitions", str(args.partitions),
         "--receipts", str(receipts),
+        "--txn-retry-backoff-ms", str(args.txn_retry_backoff_ms),
     ]
     with log_path.open("wb") as log_fh:
         proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT,
@@ -484,6 +501,8 @@ class Run:
             self.out.notes.append(f"{phase}: seq {s.seq} not received within {RECEIPT_TIMEOUT_S:.0f} s")
         elif self.observer is not None:
             s.committed = await self.observer.wait_for(s.seq, RECEIPT_TIMEOUT_S)
+            self.reader.drain()
+            s.txn_done = self.reader.txn_committed.get(s.seq)
             if s.committed is None:
                 self.out.notes.append(f"{phase}: output of seq {s.seq} not visible to "
                                       f"read_committed within {RECEIPT_TIMEOUT_S:.0f} s")
@@ -628,7 +647,7 @@ def report(outcomes: Sequence[Outcome], idles: Sequence[float], eos_idles: Seque
     for o in outcomes:
         metrics: list[tuple[str, str]] = [("receive", "recv_ms")]
         if o.scenario.eos:
-            metrics.append(("committed", "commit_ms"))
+            metrics.append(("output visible", "commit_ms"))
         for name, attr in metrics:
             label = f"{o.scenario.key} {o.scenario.label}" + (f" ({name})" if o.scenario.eos else "")
             steady = [v for s in o.samples if s.phase == "steady"
@@ -671,8 +690,11 @@ def report(outcomes: Sequence[Outcome], idles: Sequence[float], eos_idles: Seque
             print(f"     {note}")
         if verbose:
             for smp in o.samples:
+                visible = f"  output visible {_fmt(smp.commit_ms):>8s}" if o.scenario.eos else ""
+                if smp.txn_done is not None:
+                    visible += f"  (worker's commit returned at {(smp.txn_done - smp.sent) * 1e3:.1f})"
                 print(f"       seq {smp.seq:3d} {smp.phase:14s} ack {smp.ack_ms:7.1f}  "
-                      f"receive {_fmt(smp.recv_ms):>8s}  committed {_fmt(smp.commit_ms):>8s}")
+                      f"receive {_fmt(smp.recv_ms):>8s}{visible}")
         if o.crash is not None:
             print(f"     {o.crash}")
         for path in o.log_paths:
@@ -689,7 +711,8 @@ async def probe(args: argparse.Namespace) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix=f"faustprobe-{run_id}-"))
     import aiokafka
     print(f"faust-streaming {faust.__version__}, aiokafka {aiokafka.__version__}, "
-          f"python {sys.version.split()[0]}, broker {args.bootstrap}, run {run_id}", flush=True)
+          f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, broker {args.bootstrap}, "
+          f"run {run_id}, load average {_load()}", flush=True)
     try:
         async with admin_client(args.bootstrap) as admin:
             versions = await admin.describe_cluster()
@@ -715,8 +738,13 @@ async def probe(args: argparse.Namespace) -> int:
                 n = await delete_run_topics(args.bootstrap, run_id)
                 print(f"deleted {n} topic(s) of run {run_id}", flush=True)
     report(outcomes, args.idle, args.eos_idle, args.verbose)
-    print(f"\ntotal probe time {time.monotonic() - t0:.0f} s; worker files in {run_dir}")
+    print(f"\ntotal probe time {time.monotonic() - t0:.0f} s; load average {_load()} "
+          f"(other load on the machine shows up as tail latency); worker files in {run_dir}")
     return 0
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _floats(text: str) -> list[float]:
@@ -734,6 +762,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=3, choices=[1, 2, 3])
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics")
     p.add_argument("--verbose", action="store_true", help="print every sample")
+    p.add_argument("--txn-retry-backoff-ms", type=int, default=100,
+                   help="retry_backoff_ms of scenario D's transactional producer (aiokafka "
+                        "default 100; a commit that meets CONCURRENT_TRANSACTIONS waits this long)")
     p.add_argument("--no-crash-test", dest="crash_test", action="store_false",
                    help="skip the SIGKILL/restart exactly-once check of scenarios C and D")
     # worker mode (internal)

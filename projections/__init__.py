@@ -3,7 +3,7 @@
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector
-from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids
+from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids, list_page
 
 __all__ = [
     "CHANGES_CHANNEL",
@@ -20,6 +20,7 @@ __all__ = [
     "fetch_history",
     "fetch_outcome",
     "list_ids",
+    "list_page",
     "migrate",
     "translate_db_errors",
 ]

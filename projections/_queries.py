@@ -18,6 +18,7 @@ __all__ = [
     "fetch_history",
     "fetch_outcome",
     "list_ids",
+    "list_page",
 ]
 
 ASSESSMENT_COLUMNS = (
@@ -104,6 +105,19 @@ async def fetch_outcome(conn: asyncpg.Connection | asyncpg.Pool, command_id: str
         event_id=str(r["event_id"]) if r["event_id"] is not None else None, error_type=r["error_type"],
         error_message=r["error_message"], error_details=r["error_details"],
     )
+
+
+async def list_page(
+    conn: asyncpg.Connection | asyncpg.Pool, *, state: State | None, after: str | None, limit: int
+) -> list[Assessment]:
+    """Up to ``limit`` assessments ordered by id, strictly after ``after`` (keyset paging: stable
+    under concurrent inserts, and an index range scan however deep the page)."""
+    rows = await conn.fetch(
+        _SELECT + " WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR assessment_id > $2)"
+        " ORDER BY assessment_id LIMIT $3",
+        state.value if state is not None else None, after, limit,
+    )
+    return [assessment_from_row(r) for r in rows]
 
 
 async def fetch_history(conn: asyncpg.Connection | asyncpg.Pool, assessment_id: str) -> list[dict[str, Any]]:

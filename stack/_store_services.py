@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from assessment_store._config import Settings
 from assessment_store._errors import ServiceFailed
 
@@ -25,6 +27,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, Path):
             value = value.resolve()
+        elif isinstance(value, SecretStr):
+            value = value.get_secret_value()
         env[f"ASSESSMENT_STORE_{name.upper()}"] = str(value)
     return env
 

@@ -136,6 +136,9 @@ class CommandProcessor:
             bootstrap_servers=s.kafka_bootstrap, group_id=s.processor_group, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=1000,
             fetch_max_wait_ms=100,
+            # A processor killed with -9 holds its partitions until its session expires; the
+            # broker's minimum (6 s) keeps that pause as short as Kafka allows.
+            session_timeout_ms=6000, heartbeat_interval_ms=1500,
         )
         consumer.subscribe([s.commands_topic], listener=_Rebalance(self))
         self._consumer = consumer  # before start(): the first assignment may arrive during it

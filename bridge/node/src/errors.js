@@ -23,7 +23,8 @@ class TapCloseError extends LegacyTapError {}
  */
 function describeError(err) {
   if (!(err instanceof Error)) return String(err);
-  let text = `${err.name}: ${err.message}`;
+  const type = /** @type {any} */ (err).type;
+  let text = typeof type === 'string' ? `${err.name} [${type}]: ${err.message}` : `${err.name}: ${err.message}`;
   const cause = /** @type {any} */ (err).cause;
   if (cause instanceof Error && cause !== err && !err.message.includes(cause.message)) {
     text += ` (cause: ${cause.name}: ${cause.message})`;

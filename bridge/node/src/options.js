@@ -164,6 +164,7 @@ function resolveOptions(options = {}, env = process.env) {
     throw new TypeError('options.kafka must be an object of kafkajs client settings');
   }
   const retryIn = /** @type {Record<string, unknown>} */ (opts.retry === undefined ? {} : opts.retry);
+  /** @type {{initialRetryTime: number, maxRetryTime: number}} */
   const retry = { ...DEFAULTS.retry, ...retryIn };
   for (const k of ['initialRetryTime', 'maxRetryTime']) {
     const v = /** @type {any} */ (retry)[k];

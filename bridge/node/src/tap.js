@@ -36,6 +36,8 @@ const { TapCloseError, TapFlushTimeoutError, describeError, protocolErrorTypes }
 const EVENTS = new Set(LEGACY_EVENTS);
 const TAPPED = Symbol.for('@assessment-store/legacy-tap');
 const TOO_LARGE = ['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE'];
+/** Cap of kafkajs's own retry backoff unless options.kafka.retry says otherwise. */
+const KAFKAJS_MAX_RETRY_MS = 5000;
 /** How long close() waits, after disconnecting, for a connect/send kafkajs is still retrying. */
 const CLOSE_GRACE_MS = 2000;
 
@@ -109,8 +111,13 @@ class LegacyTap extends EventEmitter {
     this.#emitter = emitter;
     this.#queue = new BoundedQueue(this.#opts.maxBuffered);
     this.#batchLimit = this.#opts.batchSize;
+    const userKafka = /** @type {Record<string, any>} */ (this.#opts.kafka);
     this.#kafka = new Kafka({
-      ...this.#opts.kafka,
+      ...userKafka,
+      // kafkajs retries each connect/produce internally first (5 times by default); cap its
+      // backoff so delivery resumes within seconds of the broker coming back. No `retries` key:
+      // setting one makes kafkajs warn that the idempotent producer's retries are limited.
+      retry: { maxRetryTime: KAFKAJS_MAX_RETRY_MS, ...(userKafka.retry || {}) },
       clientId: this.#opts.clientId,
       brokers: this.#opts.brokers,
       logLevel: this.#opts.logLevel,
@@ -390,13 +397,16 @@ class LegacyTap extends EventEmitter {
     }
   }
 
-  /** @param {number} failures consecutive failed attempts */
+  /**
+   * @param {number} failures consecutive failed attempts
+   * @returns {Promise<void>}
+   */
   #backoff(failures) {
     if (this.#stopped) return Promise.resolve();
     const { initialRetryTime, maxRetryTime } = this.#opts.retry;
     const base = Math.min(maxRetryTime, initialRetryTime * 2 ** Math.min(failures - 1, 30));
     const delay = Math.round(base * (0.8 + 0.4 * Math.random()));
-    return new Promise((resolve) => {
+    return new Promise(/** @param {(value?: void) => void} resolve */ (resolve) => {
       const done = () => {
         clearTimeout(timer);
         this.#wake = null;

@@ -1,0 +1,195 @@
+"""The FastAPI application: ``create_app(settings)``; served by ``assessment-store serve``."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from assessment_store import __version__
+from assessment_store._config import Settings
+from assessment_store._model import (
+    Cancel,
+    Command,
+    Complete,
+    Create,
+    Fail,
+    Retry,
+    Start,
+    State,
+    UpdateProgress,
+    new_id,
+)
+from assessment_store._store import AssessmentStore
+
+from ._models import (
+    AssessmentOut,
+    CancelIn,
+    CommandIn,
+    CompleteIn,
+    CreateIn,
+    FailIn,
+    OutcomeOut,
+    PageOut,
+    ProgressIn,
+    StartIn,
+)
+from ._problems import BodySizeLimit, install_problem_handlers, problem
+
+__all__ = ["create_app"]
+
+
+class _AuthError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+
+
+def _cursor(assessment_id: str) -> str:
+    return base64.urlsafe_b64encode(assessment_id.encode()).decode()
+
+
+def _uncursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as e:
+        from assessment_store._errors import ValidationError
+
+        raise ValidationError("cursor", "is not a cursor returned by this API") from e
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    store = AssessmentStore(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with store:
+            yield
+
+    app = FastAPI(
+        title="AssessmentStore",
+        version=__version__,
+        description="Event-sourced assessment store on Apache Kafka and PostgreSQL. Writes need "
+        "`Authorization: Bearer <ASSESSMENT_STORE_API_TOKEN>`; errors are application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    install_problem_handlers(app)
+
+    @app.exception_handler(_AuthError)
+    async def _auth_error(_req: Request, e: _AuthError) -> JSONResponse:
+        resp = problem(e.status, "Unauthorized" if e.status == 401 else "Forbidden", e.detail)
+        if e.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="assessment-store"'
+        return resp
+
+    async def require_writer(authorization: Annotated[str | None, Header()] = None) -> None:
+        configured = settings.api_token
+        if configured is None or not configured.get_secret_value():
+            raise _AuthError(403, "writes are disabled: no API token is configured; set ASSESSMENT_STORE_API_TOKEN "
+                                  "to a long random secret and send it as 'Authorization: Bearer <token>'")
+        if authorization is None or not authorization.startswith("Bearer "):
+            raise _AuthError(401, "this endpoint needs 'Authorization: Bearer <token>'")
+        # Constant-time comparison: the token must not leak through response timing.
+        if not hmac.compare_digest(authorization[7:].encode(), configured.get_secret_value().encode()):
+            raise _AuthError(403, "the bearer token is not valid")
+
+    # As route dependencies, not parameters: the annotations of these nested functions are
+    # resolved against module globals (postponed evaluation), where a local alias is invisible.
+    writer = [Depends(require_writer)]
+
+    async def run(command: Command) -> AssessmentOut:
+        return AssessmentOut.of(await store.execute(command))
+
+    def ids(assessment_id: str, body: CommandIn) -> dict[str, Any]:
+        return {"assessment_id": assessment_id, "command_id": body.command_id or new_id(),
+                "expected_version": body.expected_version}
+
+    @app.post("/assessments", status_code=201, response_model=AssessmentOut, tags=["write"], dependencies=writer)
+    async def create(body: CreateIn) -> AssessmentOut:
+        """Create a PENDING assessment."""
+        return await run(Create(request=body.request, processing_timeout_ms=body.processing_timeout_ms,
+                                max_retries=body.max_retries, **ids(body.assessment_id or new_id(), body)))
+
+    @app.post("/assessments/{assessment_id}/start", response_model=AssessmentOut, tags=["write"], dependencies=writer)
+    async def start(assessment_id: str, body: StartIn) -> AssessmentOut:
+        """PENDING -> PROCESSING."""
+        return await run(Start(worker=body.worker, **ids(assessment_id, body)))
+
+    @app.post("/assessments/{assessment_id}/progress", response_model=AssessmentOut, tags=["write"], dependencies=writer)
+    async def progress(assessment_id: str, body: ProgressIn) -> AssessmentOut:
+        """Record progress 0-100 while PENDING or PROCESSING."""
+        return await run(UpdateProgress(progress=body.progress, message=body.message, **ids(assessment_id, body)))
+
+    @app.post("/assessments/{assessment_id}/complete", response_model=AssessmentOut, tags=["write"], dependencies=writer)
+    async def complete(assessment_id: str, body: CompleteIn) -> AssessmentOut:
+        """PROCESSING -> COMPLETED."""
+        return await run(Complete(result=body.result, duration_ms=body.duration_ms, **ids(assessment_id, body)))
+
+    @app.post("/assessments/{assessment_id}/fail", response_model=AssessmentOut, tags=["write"], dependencies=writer)
+    async def fail(assessment_id: str, body: FailIn) -> AssessmentOut:
+        """PENDING or PROCESSING -> FAILED."""
+        return await run(Fail(error=body.error, retryable=body.retryable, **ids(assessment_id, body)))
+
+    @app.post("/assessments/{assessment_id}/cancel", response_model=AssessmentOut, tags=["write"], dependencies=writer)
+    async def cancel(assessment_id: str, body: CancelIn) -> AssessmentOut:
+        """PENDING or PROCESSING -> CANCELLED."""
+        return await run(Cancel(reason=body.reason, **ids(assessment_id, body)))
+
+    @app.post("/assessments/{assessment_id}/retry", response_model=AssessmentOut, tags=["write"], dependencies=writer)
+    async def retry(assessment_id: str, body: CommandIn) -> AssessmentOut:
+        """FAILED -> PENDING, retry count + 1."""
+        return await run(Retry(**ids(assessment_id, body)))
+
+    @app.get("/assessments/{assessment_id}", response_model=AssessmentOut, tags=["read"])
+    async def get(assessment_id: str) -> AssessmentOut:
+        """Current state from the projection."""
+        return AssessmentOut.of(await store.get_state(assessment_id))
+
+    @app.get("/assessments", response_model=PageOut, tags=["read"])
+    async def list_(
+        state: Annotated[State | None, Query(description="Only this state.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(description="nextCursor of the previous page.")] = None,
+    ) -> PageOut:
+        """Assessments ordered by id, a page at a time."""
+        items = await store.list_assessments(state=state, after=_uncursor(cursor) if cursor else None, limit=limit)
+        nxt = _cursor(items[-1].assessment_id) if len(items) == limit else None
+        return PageOut(items=[AssessmentOut.of(a) for a in items], next_cursor=nxt)
+
+    @app.get("/assessments/{assessment_id}/events", tags=["read"])
+    async def events(assessment_id: str) -> list[dict[str, Any]]:
+        """The assessment's event history: version, type, when, source, payload, Kafka position."""
+        await store.get_state(assessment_id)  # 404 for an unknown id rather than an empty list
+        return await store.get_history(assessment_id)
+
+    @app.get("/assessments/{assessment_id}/wait", response_model=AssessmentOut, tags=["read"])
+    async def wait(
+        assessment_id: str,
+        timeout: Annotated[float, Query(gt=0, description="Seconds; 408 when it passes.")] = 30.0,
+    ) -> AssessmentOut:
+        """Long poll: answers as soon as the assessment is COMPLETED, FAILED or CANCELLED."""
+        await store.get_state(assessment_id)
+        return AssessmentOut.of(await store.wait_for_completion(assessment_id, min(timeout, settings.api_max_wait_s)))
+
+    @app.get("/commands/{command_id}", response_model=OutcomeOut, tags=["read"])
+    async def outcome(command_id: str) -> OutcomeOut | JSONResponse:
+        """What became of a command."""
+        found = await store.get_outcome(command_id)
+        if found is None:
+            return problem(404, "Command not found", f"no outcome for command {command_id!r} (yet)",
+                           commandId=command_id)
+        return OutcomeOut.of(found)
+
+    @app.get("/healthz", tags=["read"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness plus the store's counts per state."""
+        return {"status": "ok", "counts": {k.value: v for k, v in (await store.count_by_state()).items()}}
+
+    return app
