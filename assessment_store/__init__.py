@@ -14,6 +14,7 @@ from ._errors import (
     AssessmentStoreError,
     BackendError,
     CodecError,
+    CommandTimeout,
     DatabaseUnavailable,
     DownloadFailed,
     InvalidTransition,
@@ -27,10 +28,11 @@ from ._errors import (
     VersionConflict,
     WaitTimeout,
 )
-from ._model import Assessment, Event, EventSource, EventType, State
+from ._model import Assessment, Event, EventSource, EventType, Outcome, State
 
 if TYPE_CHECKING:
     from ._store import AssessmentStore
+    from ._sync import SyncAssessmentStore
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "AssessmentStoreError",
     "BackendError",
     "CodecError",
+    "CommandTimeout",
     "DatabaseUnavailable",
     "DownloadFailed",
     "Event",
@@ -49,12 +52,14 @@ __all__ = [
     "InvalidTransition",
     "KafkaUnavailable",
     "MissingTool",
+    "Outcome",
     "PortInUse",
     "ServiceFailed",
     "Settings",
     "StackError",
     "State",
     "StoreUsageError",
+    "SyncAssessmentStore",
     "ValidationError",
     "VersionConflict",
     "WaitTimeout",
@@ -67,4 +72,8 @@ def __getattr__(name: str) -> Any:
         from ._store import AssessmentStore
 
         return AssessmentStore
+    if name == "SyncAssessmentStore":
+        from ._sync import SyncAssessmentStore
+
+        return SyncAssessmentStore
     raise AttributeError(f"module 'assessment_store' has no attribute {name!r}")

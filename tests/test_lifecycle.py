@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from assessment_store import AssessmentNotFound, AssessmentStore, InvalidTransition, State, WaitTimeout
+from assessment_store import (
+    AssessmentNotFound,
+    AssessmentStore,
+    InvalidTransition,
+    Settings,
+    State,
+    SyncAssessmentStore,
+    WaitTimeout,
+)
 from assessment_store.testing import topic_end_offsets
 
 pytestmark = pytest.mark.stack
@@ -119,3 +127,13 @@ async def test_counts_and_ids_reflect_the_projection(store: AssessmentStore) -> 
     aid = await store.create_assessment({"k": "count"})
     assert await store.get_assessment_count(State.PENDING) == before + 1
     assert aid in await store.get_all_assessment_ids(State.PENDING)
+
+
+def test_sync_client_drives_a_lifecycle(stack_settings: Settings) -> None:
+    """SyncAssessmentStore does create/start/complete/wait from plain synchronous code."""
+    with SyncAssessmentStore(stack_settings) as store:
+        aid = store.create_assessment({"sync": True})
+        store.start_assessment(aid)
+        store.complete_assessment(aid, {"ok": 1})
+        done = store.wait_for_completion(aid, timeout=10)
+    assert (done.state, done.result_data, done.version) == (State.COMPLETED, {"ok": 1}, 3)

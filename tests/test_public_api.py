@@ -10,9 +10,9 @@ def test_assessment_store_public_names() -> None:
     """The top-level package exports exactly these names."""
     assert sorted(assessment_store.__all__) == sorted([
         "Assessment", "AssessmentNotFound", "AssessmentStore", "AssessmentStoreError", "BackendError",
-        "CodecError", "DatabaseUnavailable", "DownloadFailed", "Event", "EventSource", "EventType",
-        "InvalidTransition", "KafkaUnavailable", "MissingTool", "PortInUse", "ServiceFailed", "Settings",
-        "StackError", "State", "StoreUsageError", "ValidationError", "VersionConflict", "WaitTimeout",
+        "CodecError", "CommandTimeout", "DatabaseUnavailable", "DownloadFailed", "Event", "EventSource", "EventType",
+        "InvalidTransition", "KafkaUnavailable", "MissingTool", "Outcome", "PortInUse", "ServiceFailed", "Settings",
+        "StackError", "State", "StoreUsageError", "SyncAssessmentStore", "ValidationError", "VersionConflict", "WaitTimeout",
         "__version__",
     ])
     for name in assessment_store.__all__:

@@ -476,7 +476,7 @@ class LegacyTap extends EventEmitter {
   #recordFailure(operation, err, attempt = true) {
     if (attempt) this.#counts.failedAttempts += 1;
     this.#lastError = `${operation}: ${describeError(err)}`;
-    this.#logger.warn(`${operation} failed; retrying with backoff`, {
+    this.#logger.warn(`${operation} failed`, {
       error: this.#lastError,
       buffered: this.#queue.length + this.#inFlight.length,
       failedAttempts: this.#counts.failedAttempts,
