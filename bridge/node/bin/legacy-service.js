@@ -17,6 +17,8 @@ const USAGE = `usage: legacy-service [options]
   --fail-every K       every K-th assessment fails instead of completing (default 0: none)
   --cancel-every K     every K-th assessment is cancelled while processing (default 0: none)
   --progress-steps S   progress updates per assessment (default 3)
+  --concurrency C      assessments in flight at once; the next wave starts once the tap has
+                       delivered the previous one (default 100)
   --brokers LIST       host:port[,host:port] (default env KAFKA_BOOTSTRAP, else 127.0.0.1:19092)
   --topic NAME         (default ${DEFAULTS.topic})
   --emitter-id ID      the messages' "emitter" (default hostname-pid)
@@ -48,6 +50,7 @@ function parse() {
       'fail-every': { type: 'string' },
       'cancel-every': { type: 'string' },
       'progress-steps': { type: 'string' },
+      concurrency: { type: 'string' },
       brokers: { type: 'string' },
       topic: { type: 'string' },
       'emitter-id': { type: 'string' },
@@ -68,6 +71,7 @@ function parse() {
     failEvery: intArg(values, 'fail-every', 0, 0),
     cancelEvery: intArg(values, 'cancel-every', 0, 0),
     progressSteps: intArg(values, 'progress-steps', 3, 0),
+    concurrency: intArg(values, 'concurrency', 100, 1),
     partitions: intArg(values, 'partitions', 6, 1),
     timeoutMs: intArg(values, 'timeout-ms', DEFAULTS.closeTimeoutMs, 0),
     brokers: values.brokers,
@@ -80,12 +84,54 @@ function parse() {
 }
 
 /**
+ * Assessments first..last through their lifecycle, interleaved, one step per event-loop turn.
+ * @param {LegacyAssessmentService} service
+ * @param {ReturnType<typeof parse>} args
+ * @param {number} first
+ * @param {number} last
+ * @param {{completed: number, failed: number, cancelled: number}} outcome
+ */
+async function runWave(service, args, first, last, outcome) {
+  /** @type {Array<[number, string]>} */
+  const wave = [];
+  for (let n = first; n <= last; n += 1) {
+    wave.push([n, service.createAssessment({ subject: `subject-${n}`, kind: 'sample', n })]);
+  }
+  await nextTurn();
+  for (const [, id] of wave) service.startAssessment(id);
+  for (let step = 1; step <= args.progressSteps; step += 1) {
+    await nextTurn();
+    const progress = Math.round((step * 100) / (args.progressSteps + 1));
+    for (const [, id] of wave) service.updateProgress(id, progress, `step ${step} of ${args.progressSteps}`);
+  }
+  await nextTurn();
+  for (const [n, id] of wave) {
+    if (args.cancelEvery > 0 && n % args.cancelEvery === 0) {
+      service.cancelAssessment(id);
+      outcome.cancelled += 1;
+    } else if (args.failEvery > 0 && n % args.failEvery === 0) {
+      service.failAssessment(id, new Error(`simulated failure of assessment ${n}`));
+      outcome.failed += 1;
+    } else {
+      service.completeAssessment(id, { score: 500 + ((n * 37) % 300), passed: n % 4 !== 0 });
+      outcome.completed += 1;
+    }
+  }
+}
+
+/**
  * @param {ReturnType<typeof parse>} args
  */
 async function run(args) {
   const started = Date.now();
   if (args.createTopic) {
-    await ensureTopic({ topic: args.topic, brokers: args.brokers, partitions: args.partitions });
+    await ensureTopic({
+      topic: args.topic,
+      brokers: args.brokers,
+      partitions: args.partitions,
+      logLevel: /** @type {any} */ (args.logLevel),
+      kafka: { retry: { retries: 3, maxRetryTime: 2000 } },
+    });
   }
   const service = new LegacyAssessmentService();
   const legacyTap = tap(service, {
@@ -101,31 +147,18 @@ async function run(args) {
   });
 
   const outcome = { completed: 0, failed: 0, cancelled: 0 };
-  const ids = [];
-  for (let i = 1; i <= args.count; i += 1) {
-    ids.push(service.createAssessment({ subject: `subject-${i}`, kind: 'sample', n: i }));
-  }
-  await nextTurn();
-  for (const id of ids) service.startAssessment(id);
-  for (let step = 1; step <= args.progressSteps; step += 1) {
-    await nextTurn();
-    const progress = Math.round((step * 100) / (args.progressSteps + 1));
-    for (const id of ids) service.updateProgress(id, progress, `step ${step} of ${args.progressSteps}`);
-  }
-  await nextTurn();
-  ids.forEach((id, index) => {
-    const n = index + 1;
-    if (args.cancelEvery > 0 && n % args.cancelEvery === 0) {
-      service.cancelAssessment(id);
-      outcome.cancelled += 1;
-    } else if (args.failEvery > 0 && n % args.failEvery === 0) {
-      service.failAssessment(id, new Error(`simulated failure of assessment ${n}`));
-      outcome.failed += 1;
-    } else {
-      service.completeAssessment(id, { score: 500 + ((n * 37) % 300), passed: n % 4 !== 0 });
-      outcome.completed += 1;
+  /** @type {unknown} */
+  let runError = null;
+  try {
+    for (let first = 1; first <= args.count; first += args.concurrency) {
+      const last = Math.min(args.count, first + args.concurrency - 1);
+      await runWave(service, args, first, last, outcome);
+      // Like a real service, don't outrun the tap: the next wave starts once this one is delivered.
+      await legacyTap.flush({ timeoutMs: args.timeoutMs });
     }
-  });
+  } catch (err) {
+    runError = err; // reported in the summary; the tap is still closed below
+  }
 
   if (args.exportFile) {
     const lines = service.exportSnapshot().map((r) => JSON.stringify(r));
@@ -135,10 +168,13 @@ async function run(args) {
   /** @type {unknown} */
   let closeError = null;
   try {
-    await legacyTap.close();
+    await legacyTap.close({ timeoutMs: runError === null ? args.timeoutMs : 0 });
   } catch (err) {
     closeError = err;
   }
+  const errors = [runError, closeError]
+    .filter((e) => e !== null)
+    .map((e) => (e instanceof Error ? `${e.name}: ${e.message}` : String(e)));
   const summary = {
     assessments: args.count,
     ...outcome,
@@ -148,11 +184,11 @@ async function run(args) {
     droppedByReason: dropped,
     elapsedMs: Date.now() - started,
     ...(args.exportFile ? { export: args.exportFile } : {}),
-    ...(closeError ? { error: closeError instanceof Error ? closeError.message : String(closeError) } : {}),
+    ...(errors.length > 0 ? { errors } : {}),
   };
   process.stdout.write(`${JSON.stringify(summary)}\n`);
   const s = summary.tap;
-  return closeError === null && s.dropped === 0 && s.oversized === 0 && s.unserializable === 0 ? 0 : 1;
+  return errors.length === 0 && s.dropped === 0 && s.oversized === 0 && s.unserializable === 0 ? 0 : 1;
 }
 
 async function main() {

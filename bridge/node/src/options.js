@@ -193,4 +193,4 @@ function resolveOptions(options = {}, env = process.env) {
   };
 }
 
-module.exports = { LEGACY_EVENTS, DEFAULTS, DEFAULT_BROKERS, resolveOptions, parseBrokers };
+module.exports = { LEGACY_EVENTS, DEFAULTS, DEFAULT_BROKERS, resolveOptions, parseBrokers, parseLogLevel };

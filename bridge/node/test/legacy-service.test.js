@@ -172,7 +172,7 @@ test('the bin script runs assessments through the tap, prints a summary line and
   const topic = await h.createTopic('bin', { partitions: 2 });
   topics.push(topic);
   const script = path.join(__dirname, '..', 'bin', 'legacy-service.js');
-  const args = [script, '--count', '8', '--fail-every', '3', '--brokers', h.BOOTSTRAP, '--topic', topic, '--no-create-topic'];
+  const args = [script, '--count', '8', '--fail-every', '3', '--concurrency', '3', '--brokers', h.BOOTSTRAP, '--topic', topic, '--no-create-topic'];
   const { code, stdout, stderr } = await new Promise((resolve) => {
     execFile(process.execPath, args, { timeout: 30000 }, (err, out, errOut) => {
       resolve({ code: err ? (/** @type {any} */ (err).code ?? 1) : 0, stdout: out, stderr: errOut });
