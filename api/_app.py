@@ -104,8 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # resolved against module globals (postponed evaluation), where a local alias is invisible.
     writer = [Depends(require_writer)]
 
-    async def run(command: Command) -> AssessmentOut:
-        return AssessmentOut.of(await store.execute(command))
+    async def run(command: Command, body: CommandIn) -> AssessmentOut:
+        return AssessmentOut.of(await store.execute(command, fresh_id=body.command_id is None))
 
     def ids(assessment_id: str, body: CommandIn) -> dict[str, Any]:
         return {"assessment_id": assessment_id, "command_id": body.command_id or new_id(),
@@ -115,37 +115,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def create(body: CreateIn) -> AssessmentOut:
         """Create a PENDING assessment."""
         return await run(Create(request=body.request, processing_timeout_ms=body.processing_timeout_ms,
-                                max_retries=body.max_retries, **ids(body.assessment_id or new_id(), body)))
+                                max_retries=body.max_retries, **ids(body.assessment_id or new_id(), body)), body)
 
     @app.post("/assessments/{assessment_id}/start", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def start(assessment_id: str, body: StartIn) -> AssessmentOut:
         """PENDING -> PROCESSING."""
-        return await run(Start(worker=body.worker, **ids(assessment_id, body)))
+        return await run(Start(worker=body.worker, **ids(assessment_id, body)), body)
 
     @app.post("/assessments/{assessment_id}/progress", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def progress(assessment_id: str, body: ProgressIn) -> AssessmentOut:
         """Record progress 0-100 while PENDING or PROCESSING."""
-        return await run(UpdateProgress(progress=body.progress, message=body.message, **ids(assessment_id, body)))
+        return await run(UpdateProgress(progress=body.progress, message=body.message, **ids(assessment_id, body)), body)
 
     @app.post("/assessments/{assessment_id}/complete", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def complete(assessment_id: str, body: CompleteIn) -> AssessmentOut:
         """PROCESSING -> COMPLETED."""
-        return await run(Complete(result=body.result, duration_ms=body.duration_ms, **ids(assessment_id, body)))
+        return await run(Complete(result=body.result, duration_ms=body.duration_ms, **ids(assessment_id, body)), body)
 
     @app.post("/assessments/{assessment_id}/fail", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def fail(assessment_id: str, body: FailIn) -> AssessmentOut:
         """PENDING or PROCESSING -> FAILED."""
-        return await run(Fail(error=body.error, retryable=body.retryable, **ids(assessment_id, body)))
+        return await run(Fail(error=body.error, retryable=body.retryable, **ids(assessment_id, body)), body)
 
     @app.post("/assessments/{assessment_id}/cancel", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def cancel(assessment_id: str, body: CancelIn) -> AssessmentOut:
         """PENDING or PROCESSING -> CANCELLED."""
-        return await run(Cancel(reason=body.reason, **ids(assessment_id, body)))
+        return await run(Cancel(reason=body.reason, **ids(assessment_id, body)), body)
 
     @app.post("/assessments/{assessment_id}/retry", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def retry(assessment_id: str, body: CommandIn) -> AssessmentOut:
         """FAILED -> PENDING, retry count + 1."""
-        return await run(Retry(**ids(assessment_id, body)))
+        return await run(Retry(**ids(assessment_id, body)), body)
 
     @app.get("/assessments/{assessment_id}", response_model=AssessmentOut, tags=["read"])
     async def get(assessment_id: str) -> AssessmentOut:

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     )
 
     # --- store services ----------------------------------------------------
+    fetch_max_wait_ms: int = Field(
+        default=50, ge=0, le=500,
+        description="How long the broker may hold an empty fetch of the processor/projector. A fetch returns as "
+        "soon as any of its partitions has data, so this bounds the wait only when a partition's records "
+        "arrive while a fetch for the others is in flight (aiokafka keeps one in flight per broker).",
+    )
     projector_group: str = "assessment-store-projector"
     processor_group: str = "assessment-store-processor"
     default_max_retries: int | None = Field(

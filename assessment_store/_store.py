@@ -167,43 +167,43 @@ class AssessmentStore:
             processing_timeout_ms=processing_timeout_ms,
             max_retries=max_retries,
         )
-        return (await self.execute(cmd)).assessment_id
+        return (await self.execute(cmd, fresh_id=command_id is None)).assessment_id
 
     async def start_assessment(self, assessment_id: str, *, worker: str | None = None,
                                expected_version: int | None = None, command_id: str | None = None) -> Assessment:
         """PENDING -> PROCESSING."""
         return await self.execute(Start(assessment_id=assessment_id, worker=worker, expected_version=expected_version,
-                                        **_ids(command_id)))
+                                        **_ids(command_id)), fresh_id=command_id is None)
 
     async def update_progress(self, assessment_id: str, progress: int, message: str | None = None, *,
                               expected_version: int | None = None, command_id: str | None = None) -> Assessment:
         """Progress 0-100 (with a message) while PENDING or PROCESSING."""
         return await self.execute(UpdateProgress(assessment_id=assessment_id, progress=progress, message=message,
-                                                 expected_version=expected_version, **_ids(command_id)))
+                                                 expected_version=expected_version, **_ids(command_id)), fresh_id=command_id is None)
 
     async def complete_assessment(self, assessment_id: str, result: JSON, *, duration_ms: int | None = None,
                                   expected_version: int | None = None, command_id: str | None = None) -> Assessment:
         """PROCESSING -> COMPLETED; the duration defaults to the time since start."""
         return await self.execute(Complete(assessment_id=assessment_id, result=result, duration_ms=duration_ms,
-                                           expected_version=expected_version, **_ids(command_id)))
+                                           expected_version=expected_version, **_ids(command_id)), fresh_id=command_id is None)
 
     async def fail_assessment(self, assessment_id: str, error: str, *, retryable: bool = False,
                               expected_version: int | None = None, command_id: str | None = None) -> Assessment:
         """PENDING or PROCESSING -> FAILED."""
         return await self.execute(Fail(assessment_id=assessment_id, error=error, retryable=retryable,
-                                       expected_version=expected_version, **_ids(command_id)))
+                                       expected_version=expected_version, **_ids(command_id)), fresh_id=command_id is None)
 
     async def cancel_assessment(self, assessment_id: str, reason: str | None = None, *,
                                 expected_version: int | None = None, command_id: str | None = None) -> Assessment:
         """PENDING or PROCESSING -> CANCELLED."""
         return await self.execute(Cancel(assessment_id=assessment_id, reason=reason,
-                                         expected_version=expected_version, **_ids(command_id)))
+                                         expected_version=expected_version, **_ids(command_id)), fresh_id=command_id is None)
 
     async def retry_assessment(self, assessment_id: str, *, expected_version: int | None = None,
                                command_id: str | None = None) -> Assessment:
         """FAILED -> PENDING with retry_count + 1, up to the assessment's (or the default) limit."""
         return await self.execute(Retry(assessment_id=assessment_id, expected_version=expected_version,
-                                        **_ids(command_id)))
+                                        **_ids(command_id)), fresh_id=command_id is None)
 
     async def get_outcome(self, command_id: str) -> Outcome | None:
         """What became of a command, once the projection has folded its outcome."""
@@ -211,28 +211,33 @@ class AssessmentStore:
             found: Outcome | None = await _fetch_outcome(self._db, command_id)
             return found
 
-    async def execute(self, command: Command, *, source: EventSource = EventSource.STORE) -> Assessment:
+    async def execute(
+        self, command: Command, *, source: EventSource = EventSource.STORE, fresh_id: bool = False
+    ) -> Assessment:
         """Send ``command`` to its single writer, and return the state once the projection shows
-        its event. A rejection raises the typed error the processor reported."""
+        its event. A rejection raises the typed error the processor reported.
+
+        ``fresh_id=True`` promises the command id was just generated (never sent before), which
+        saves the look-up of an earlier outcome.
+        """
         validate_command(command, self.settings.max_request_bytes)  # fail fast, before any I/O
         envelope = CommandEnvelope(command, datetime.now(UTC), source)
 
         async def send() -> None:
             await self._sender.send(envelope)
 
-        outcome = await self._listener.wait_for_outcome(
-            command.command_id, command.assessment_id, self.get_outcome, self.settings.command_timeout_s, send
+        accepted, version, row = await self._listener.wait_for_outcome(
+            command.command_id, command.assessment_id, self.get_outcome, self.settings.command_timeout_s, send,
+            may_exist=not fresh_id,
         )
-        if outcome.assessment_id != command.assessment_id:
+        if row is not None and row.assessment_id != command.assessment_id:
             raise ValidationError(
-                "command_id", f"{command.command_id!r} was already used for assessment {outcome.assessment_id!r}"
+                "command_id", f"{command.command_id!r} was already used for assessment {row.assessment_id!r}"
             )
-        if not outcome.accepted:
-            raise error_from_rejection(
-                outcome.error_type or "", outcome.error_message or "rejected", outcome.error_details or {}
-            )
-        assert outcome.version is not None
-        version = outcome.version
+        if not accepted:
+            assert row is not None
+            raise error_from_rejection(row.error_type or "", row.error_message or "rejected", row.error_details or {})
+        assert version is not None
         return await self._listener.wait_for(
             command.assessment_id,
             lambda v, _s: v >= version,

@@ -60,6 +60,13 @@ def _jsonb_encode(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Pool reset hook. asyncpg's default runs RESET ALL / UNLISTEN * / CLOSE ALL on every
+    release - a second round trip per query. Pooled connections here never LISTEN, never change
+    session settings after connect and never leave cursors open (asyncpg still rolls back an
+    open transaction before calling this), so there is nothing to reset."""
+
+
 def _connect_kwargs(settings: Settings) -> dict[str, Any]:
     passfile = settings.postgres_passfile
     kwargs: dict[str, Any] = {"dsn": settings.dsn}
@@ -82,7 +89,7 @@ async def create_pool(
     with translate_db_errors(f"opening a pool to {settings.postgres_host}:{settings.postgres_port}"):
         pool = await asyncpg.create_pool(
             **_connect_kwargs(settings), min_size=min_size, max_size=max_size, init=_init_connection,
-            server_settings=server_settings,
+            server_settings=server_settings, reset=_keep_session,
         )
         assert pool is not None
         return pool

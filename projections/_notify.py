@@ -47,7 +47,7 @@ class ChangeListener:
         self.s = settings
         self._conn: asyncpg.Connection | None = None
         self._waiters: dict[str, set[_Waiter]] = {}
-        self._outcome_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._outcome_waiters: dict[str, set[asyncio.Future[tuple[bool, int | None]]]] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -81,15 +81,20 @@ class ChangeListener:
             if not w.future.done() and w.predicate(change.version, change.state):
                 w.future.set_result(None)
 
-    def _on_outcome(self, _conn: Any, _pid: int, _channel: str, command_id: str) -> None:
+    def _on_outcome(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            command_id, _aid, accepted, version = payload.rsplit("|", 3)
+            result = (accepted == "1", int(version) if version else None)
+        except ValueError:
+            return
         for f in list(self._outcome_waiters.get(command_id, ())):
             if not f.done():
-                f.set_result(None)
+                f.set_result(result)
 
     def _on_terminated(self, _conn: Any) -> None:
         self._conn = None
         err = DatabaseUnavailable("the LISTEN connection to PostgreSQL was lost")
-        futures = [w.future for ws in self._waiters.values() for w in ws]
+        futures: list[asyncio.Future[Any]] = [w.future for ws in self._waiters.values() for w in ws]
         futures += [f for fs in self._outcome_waiters.values() for f in fs]
         for f in futures:
             if not f.done():
@@ -101,31 +106,37 @@ class ChangeListener:
         assessment_id: str,
         read: Callable[[str], Awaitable[Outcome | None]],
         timeout_s: float,
-        before_wait: Callable[[], Awaitable[None]] | None = None,
-    ) -> Outcome:
-        """The outcome of ``command_id`` once the projection has it.
+        send: Callable[[], Awaitable[None]],
+        *,
+        may_exist: bool = True,
+    ) -> tuple[bool, int | None, Outcome | None]:
+        """Send a command and wait for its outcome: ``(accepted, version, outcome_row)``.
 
-        Registers, reads, and only if nothing is there yet runs ``before_wait`` (which sends the
-        command): a re-sent command id whose outcome is known returns without touching Kafka.
+        Registers first, then (when ``may_exist``: a caller-chosen command id) reads the outcome
+        table, and only if nothing is there sends; a re-sent command id whose outcome is known
+        returns without touching Kafka. An accepted outcome is answered from the notification
+        alone (``outcome_row`` is None); a rejected one is read back for its error details.
         """
         await self.start()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[tuple[bool, int | None]] = loop.create_future()
         self._outcome_waiters.setdefault(command_id, set()).add(future)
         try:
-            found = await read(command_id)
-            if found is not None:
-                return found
-            if before_wait is not None:
-                await before_wait()
+            if may_exist:
+                found = await read(command_id)
+                if found is not None:
+                    return found.accepted, found.version, found
+            await send()
             try:
-                await asyncio.wait_for(asyncio.shield(future), timeout_s)
+                accepted, version = await asyncio.wait_for(asyncio.shield(future), timeout_s)
             except TimeoutError as e:
                 raise CommandTimeout(command_id, assessment_id, timeout_s) from e
-            found = await read(command_id)
-            if found is None:  # pragma: no cover - the notification follows the commit of the row
+            if accepted:
+                return accepted, version, None
+            row = await read(command_id)
+            if row is None:  # pragma: no cover - the notification follows the commit of the row
                 raise DatabaseUnavailable(f"notified of command {command_id!r} but its outcome is not readable")
-            return found
+            return row.accepted, row.version, row
         finally:
             fs = self._outcome_waiters.get(command_id)
             if fs is not None:

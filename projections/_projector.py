@@ -50,7 +50,7 @@ log = logging.getLogger("assessment_store.projector")
 CHANGES_CHANNEL = "assessment_store_changes"
 """NOTIFY channel; payload ``<assessment_id>|<version>|<state>``."""
 OUTCOMES_CHANNEL = "assessment_store_outcomes"
-"""NOTIFY channel; payload ``<command_id>``."""
+"""NOTIFY channel; payload ``<command_id>|<assessment_id>|<accepted 1/0>|<version or empty>``."""
 
 _UPSERT = (
     f"INSERT INTO projection.assessments ({', '.join(ASSESSMENT_COLUMNS)}) VALUES "
@@ -138,6 +138,7 @@ class Projector:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self.s.projector_batch_size,
+            fetch_max_wait_ms=self.s.fetch_max_wait_ms,
         )
         consumer.subscribe([self.s.events_topic, self.s.outcomes_topic], listener=_SeekToStoredOffsets(self))
         # Set before start(): the first assignment callback may run as soon as the group is joined.
@@ -264,7 +265,8 @@ class Projector:
             # Duplicates too: the client that re-sent a command waits for this wake-up.
             await conn.execute(
                 "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x",
-                OUTCOMES_CHANNEL, list({o.command_id for _, o in batch.outcomes}),
+                OUTCOMES_CHANNEL,
+                list({f"{o.command_id}|{o.assessment_id}|{int(o.accepted)}|{o.version or ''}" for _, o in batch.outcomes}),
             )
 
 

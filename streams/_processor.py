@@ -109,6 +109,11 @@ class CommandProcessor:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._parts: dict[int, _Partition] = {}
+        # Assigned partitions not yet rebuilt. They stay paused (nothing fetched) until the main
+        # loop has rebuilt them: rebuilding inside the rebalance callback would stall the group
+        # protocol for as long as the rebuild takes and get this member expelled.
+        self._pending: dict[int, int] = {}
+        self._generation = 0
         # Held while a batch is handled and while partitions are assigned or revoked, so a
         # rebalance never sees half a batch and a batch never runs on a half-built partition.
         self._lock = asyncio.Lock()
@@ -135,10 +140,9 @@ class CommandProcessor:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.processor_group, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=1000,
-            fetch_max_wait_ms=100,
-            # A processor killed with -9 holds its partitions until its session expires; the
-            # broker's minimum (6 s) keeps that pause as short as Kafka allows.
-            session_timeout_ms=6000, heartbeat_interval_ms=1500,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            # A processor killed with -9 holds its partitions until its session expires (10 s).
+            session_timeout_ms=10000, heartbeat_interval_ms=3000,
         )
         consumer.subscribe([s.commands_topic], listener=_Rebalance(self))
         self._consumer = consumer  # before start(): the first assignment may arrive during it
@@ -176,15 +180,27 @@ class CommandProcessor:
         assert self._consumer is not None
         stop = stop or asyncio.Event()
         while not stop.is_set():
+            await self._rebuild_pending()
             with translate_kafka_errors("fetching commands"):
                 batches = await self._consumer.getmany(timeout_ms=100)
-            for tp, records in batches.items():
-                committed = await self._handle(tp, records)
-                if committed is not None:
-                    await self._commit(tp, committed)
+            if batches:
+                committed = await self._handle(batches)
+                if committed:
+                    await self._commit(committed)
             await self._fire_deadlines()
 
     # --- rebuilding a partition from the log --------------------------------------------------
+
+    async def _rebuild_pending(self) -> None:
+        assert self._consumer is not None
+        for partition, generation in list(self._pending.items()):
+            part = await self._rebuild(partition)
+            async with self._lock:
+                # Installed only if no rebalance happened meanwhile (else it is rebuilt again).
+                if self._pending.get(partition) == generation:
+                    del self._pending[partition]
+                    self._parts[partition] = part
+                    self._consumer.resume(TopicPartition(self.s.commands_topic, partition))
 
     async def _rebuild(self, partition: int) -> _Partition:
         s = self.s
@@ -270,22 +286,28 @@ class CommandProcessor:
 
     # --- handling commands ---------------------------------------------------------------------
 
-    async def _handle(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> int | None:
-        """Handle one fetched batch of one partition; returns the offset to commit, or None when
-        the partition is no longer ours."""
+    async def _handle(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> dict[TopicPartition, int]:
+        """Handle one fetch (all its partitions together, so a fetch costs two produce round
+        trips whatever the partition count); returns the offsets to commit, leaving out
+        partitions that are no longer ours."""
         async with self._lock:
-            part = self._parts.get(tp.partition)
-            if part is None or not records:
-                return None
             assert self._producer is not None
             now = datetime.now(UTC)
-            events: list[tuple[Event, int]] = []
-            outcomes: list[Outcome] = []
+            events: list[tuple[Event, int, int]] = []
+            outcomes: list[tuple[Outcome, int]] = []
             dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
-            for rec in records:
-                self._handle_one(part, rec, now, events, outcomes, dead)
+            commit: dict[TopicPartition, int] = {}
+            for tp, records in batches.items():
+                part = self._parts.get(tp.partition)
+                if part is None or not records:
+                    continue  # revoked (or not rebuilt yet) since the fetch: the next owner handles them
+                for rec in records:
+                    self._handle_one(part, rec, now, events, outcomes, dead)
+                commit[tp] = records[-1].offset + 1
             # Events first, all acknowledged, then outcomes: see point 2 of the module docstring.
-            with translate_kafka_errors(f"appending events for partition {tp.partition}"):
+            with translate_kafka_errors("appending events"):
                 sent = []
                 for rec, reason in dead:
                     # Undecodable commands are kept, with the reason, before their offset is committed.
@@ -293,27 +315,26 @@ class CommandProcessor:
                                ("dlq-source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
                     sent.append(await self._producer.send(
                         self.s.commands_topic + ".dlq", rec.value, key=rec.key, headers=headers))
-                for ev, cmd_offset in events:
+                for ev, partition, cmd_offset in events:
                     value, headers = self._events.encode(ev)
                     headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
                     sent.append(await self._producer.send(
-                        self.s.events_topic, value, key=ev.assessment_id.encode(), partition=tp.partition,
+                        self.s.events_topic, value, key=ev.assessment_id.encode(), partition=partition,
                         headers=headers, timestamp_ms=int(ev.recorded_at.timestamp() * 1000),
                     ))
                 await asyncio.gather(*sent)
                 sent = []
-                for o in outcomes:
+                for o, partition in outcomes:
                     value, headers = self._outcomes.encode(o)
                     sent.append(await self._producer.send(
-                        self.s.outcomes_topic, value, key=o.assessment_id.encode(), partition=tp.partition,
+                        self.s.outcomes_topic, value, key=o.assessment_id.encode(), partition=partition,
                         headers=headers,
                     ))
                 await asyncio.gather(*sent)
-            next_offset: int = records[-1].offset + 1
-            return next_offset
+            return commit
 
     def _handle_one(self, part: _Partition, rec: ConsumerRecord[bytes, bytes], now: datetime,
-                    events: list[tuple[Event, int]], outcomes: list[Outcome],
+                    events: list[tuple[Event, int, int]], outcomes: list[tuple[Outcome, int]],
                     dead: list[tuple[ConsumerRecord[bytes, bytes], str]]) -> None:
         try:
             env = self._commands.decode(rec.value, rec.headers)
@@ -333,16 +354,16 @@ class CommandProcessor:
                 o = Outcome(cmd.command_id, cmd.assessment_id, True, now, rec.offset,
                             version=held.version, event_id=held.event_id)
                 part.outcomes[cmd.command_id] = o
-                outcomes.append(o)
+                outcomes.append((o, rec.partition))
             return
         prior = part.outcomes.get(cmd.command_id)
         if prior is not None:
             if prior.command_offset != rec.offset:  # a re-sent command, not our own replay
                 self.stats.duplicates += 1
-                outcomes.append(Outcome(
+                outcomes.append((Outcome(
                     prior.command_id, prior.assessment_id, prior.accepted, now, rec.offset, prior.version,
                     prior.event_id, prior.error_type, prior.error_message, prior.error_details, duplicate=True,
-                ))
+                ), rec.partition))
             return
         try:
             ev = decide(part.states.get(cmd.assessment_id), cmd, now, source=env.source,
@@ -356,20 +377,20 @@ class CommandProcessor:
             if isinstance(cmd, ExpireDeadline):
                 self.stats.deadlines_fired += 1
             self._apply(part, ev)
-            events.append((ev, rec.offset))
+            events.append((ev, rec.partition, rec.offset))
             o = Outcome(cmd.command_id, cmd.assessment_id, True, now, rec.offset,
                         version=ev.version, event_id=ev.event_id)
         part.outcomes[cmd.command_id] = o
-        outcomes.append(o)
+        outcomes.append((o, rec.partition))
 
 
-    async def _commit(self, tp: TopicPartition, offset: int) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         # Outside the lock: a commit can wait for a rebalance, which waits for the lock.
         assert self._consumer is not None
         try:
-            await self._consumer.commit({tp: offset})
+            await self._consumer.commit(offsets)
         except Exception as e:  # noqa: BLE001 - safe to lose: re-consumed commands replay (point 3)
-            log.warning("commit of %s@%d failed (%s); the next owner replays from the last commit", tp, offset, e)
+            log.warning("commit of %s failed (%s); the next owner replays from the last commit", offsets, e)
 
     # --- deadlines ---------------------------------------------------------------------------
 
@@ -402,12 +423,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.p = processor
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self.p._lock:
+        async with self.p._lock:  # waits for the batch in flight: it completes before handover
             for tp in revoked:
                 self.p._parts.pop(tp.partition, None)
+                self.p._pending.pop(tp.partition, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self.p._consumer
+        assert consumer is not None
         async with self.p._lock:
+            self.p._generation += 1
             for tp in assigned:
-                self.p._parts[tp.partition] = await self.p._rebuild(tp.partition)
+                self.p._parts.pop(tp.partition, None)
+                self.p._pending[tp.partition] = self.p._generation
+            consumer.pause(*assigned)
 

@@ -1,0 +1,176 @@
+"""Command path benchmark: command -> event -> visible in the projection.
+
+    .venv/bin/python -m bench.commands [--duration 10] [--rates 500,2000] [--preload 50000]
+
+Starts a private stack (data in .data/bench, ports 29392-29394), then measures, in one run:
+
+1. latency at fixed offered rates (open loop: a command is issued every 1/rate s whatever the
+   previous ones are doing): each sample is the time from `AssessmentStore.execute` being called
+   to its event being visible in PostgreSQL (the call returns only then), p50/p95/p99;
+2. the maximum sustained rate of the store's pipeline: N commands pre-loaded on the commands
+   topic, timed from the moment the processor and projector are let loose until the projection
+   holds every resulting event;
+3. the baseline: the same encoded command bytes produced with a bare aiokafka producer
+   (acks=all, idempotent), messages/s - the rate of merely appending to Kafka once.
+
+Prints a table with the goals beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from assessment_store import AssessmentStore, Settings
+from assessment_store._model import CommandEnvelope, Create, UpdateProgress, new_id
+from assessment_store.testing import isolated_settings, running_stack
+from projections import connect
+from schemas import CommandCodec
+from stack import Stack
+from streams import TopicSpec, ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+console = Console()
+
+
+def _pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def latency_at(store: AssessmentStore, rate: int, duration_s: float, ids: list[str]) -> dict[str, float]:
+    """Open loop at ``rate`` commands/s; returns latency percentiles in ms and the achieved rate."""
+    latencies: list[float] = []
+    errors = 0
+    tasks: list[asyncio.Task[None]] = []
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        aid = ids[i % len(ids)]
+        t0 = time.perf_counter()
+        try:
+            await store.execute(UpdateProgress(assessment_id=aid, progress=i % 101, message="bench"))
+        except Exception:  # noqa: BLE001 - counted and reported
+            errors += 1
+            return
+        latencies.append((time.perf_counter() - t0) * 1000)
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    n = int(rate * duration_s)
+    for i in range(n):
+        target = start + i / rate
+        delay = target - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    return {
+        "p50": _pct(latencies, 0.50), "p95": _pct(latencies, 0.95), "p99": _pct(latencies, 0.99),
+        "max": max(latencies), "mean": statistics.fmean(latencies), "achieved": len(latencies) / elapsed,
+        "errors": errors,
+    }
+
+
+async def _encoded_commands(n: int, ids: list[str]) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    codec = CommandCodec()
+    now = datetime.now(UTC)
+    out = []
+    for i in range(n):
+        aid = ids[i % len(ids)]
+        value, headers = codec.encode(CommandEnvelope(
+            UpdateProgress(assessment_id=aid, progress=i % 101, message="bench"), now))
+        out.append((aid.encode(), value, headers))
+    return out
+
+
+async def bare_producer_rate(settings: Settings, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+                             topic: str) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=5)
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = [await producer.send(topic, v, key=k, headers=h) for k, v, h in records]
+        await asyncio.gather(*futures)
+        return len(records) / (time.perf_counter() - t0)
+    finally:
+        await producer.stop()
+
+
+async def _projected_events(settings: Settings) -> int:
+    conn = await connect(settings)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM projection.assessment_events"))
+    finally:
+        await conn.close()
+
+
+async def sustained_rate(settings: Settings, stack: Stack, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> tuple[float, float]:
+    """Pre-load commands with the processor stopped, then time processor + projector draining them.
+    Returns (commands/s end to end, seconds)."""
+    await asyncio.to_thread(stack.down, ["processor"], lambda _m: None)
+    before = await _projected_events(settings)
+    await bare_producer_rate(settings, records, settings.commands_topic)
+    t0 = time.perf_counter()
+    await asyncio.to_thread(stack.up, ["processor"], lambda _m: None)
+    target = before + len(records)
+    while (await _projected_events(settings)) < target:
+        await asyncio.sleep(0.05)
+        if time.perf_counter() - t0 > 600:
+            raise RuntimeError("pipeline did not drain within 600 s")
+    elapsed = time.perf_counter() - t0
+    return len(records) / elapsed, elapsed
+
+
+def main(args: argparse.Namespace) -> None:
+    settings = isolated_settings(ROOT / ".data" / "bench", port_base=29392)
+    Stack(settings).purge(log=lambda _m: None)
+    with running_stack(settings) as s:  # the stack manager is synchronous: outside the event loop
+        asyncio.run(measure(s, args))
+
+
+async def measure(s: Settings, args: argparse.Namespace) -> None:
+    stack = Stack(s)
+    if True:
+        async with AssessmentStore(s) as store:
+            ids = [await store.create_assessment({"bench": i}, assessment_id=f"bench-{i}") for i in range(200)]
+            for aid in ids:
+                await store.start_assessment(aid)
+            await latency_at(store, 200, 2, ids)  # warm-up: JIT of the broker, connection pools
+            results = {rate: await latency_at(store, rate, args.duration, ids) for rate in args.rates}
+        records = await _encoded_commands(args.preload, ids)
+        baseline_topic = s.commands_topic + ".bench-baseline"
+        await ensure_topics(s, [TopicSpec(baseline_topic, s.partitions, {})])
+        baseline = await bare_producer_rate(s, records, baseline_topic)
+        sustained, elapsed = await sustained_rate(s, stack, records)
+
+    t = Table(title="command -> event -> visible in projection (one run, this machine)")
+    for col in ("measure", "value", "goal"):
+        t.add_column(col)
+    for rate, r in results.items():
+        t.add_row(f"latency at {rate}/s offered (achieved {r['achieved']:.0f}/s, {r['errors']:.0f} errors)",
+                  f"p50 {r['p50']:.1f} ms  p95 {r['p95']:.1f} ms  p99 {r['p99']:.1f} ms  max {r['max']:.0f} ms",
+                  "p95 <= 20 ms at 500/s" if rate == 500 else "")
+    t.add_row(f"sustained, {len(records)} pre-loaded commands", f"{sustained:,.0f} commands/s ({elapsed:.1f} s)",
+              ">= 5,000/s")
+    t.add_row("baseline: bare aiokafka producer, acks=all, same bytes", f"{baseline:,.0f} messages/s", "")
+    t.add_row("ratio sustained / baseline", f"{sustained / baseline:.2f}", "")
+    console.print(t)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per latency rate")
+    parser.add_argument("--rates", type=lambda v: [int(x) for x in v.split(",")], default=[500, 2000])
+    parser.add_argument("--preload", type=int, default=50_000, help="commands for the sustained-rate run")
+    main(parser.parse_args())
