@@ -12,9 +12,12 @@ Ordering and offsets, the invariants everything else leans on:
   and every partition assignment seeks to that stored offset. A crash anywhere before COMMIT
   rolls back rows and offsets together; after COMMIT both are durable. Re-reading a batch
   after a crash is therefore harmless, and nothing is skipped.
-* Offsets only move forward (``GREATEST``), and the current rows of a batch are read ``FOR
-  UPDATE``: during a rebalance two projectors may briefly fold the same records; the row locks
-  serialise them and the version check makes the second a no-op.
+* Offsets only move forward (``GREATEST``). During a rebalance two projectors may briefly fold
+  the same records: each new state is written only if its row is still at the version it was
+  folded from (``projection.fold_batch``, migration 003), else the whole batch rolls back and is
+  re-read and re-folded, where the version check makes it a no-op.
+* The whole batch is written by one call of ``projection.fold_batch``: one round trip, one
+  transaction.
 * Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
   tools see the group's position; they are never read back.
 * ``pg_notify`` runs inside the transaction, so a waiter is woken only for committed state.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,49 +39,24 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from assessment_store._config import Settings
 from assessment_store._domain import evolve
-from assessment_store._errors import AssessmentStoreError, CodecError
+from assessment_store._errors import AssessmentStoreError, CodecError, DatabaseUnavailable
 from assessment_store._model import Assessment, Event, Outcome
 from schemas import EventCodec, OutcomeCodec
 from streams import ensure_topics, translate_kafka_errors
 
 from ._db import create_pool, migrate, translate_db_errors
-from ._queries import ASSESSMENT_COLUMNS, assessment_to_row, fetch_assessments
+from ._queries import assessment_to_row, fetch_assessments
 
 __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector"]
 
 log = logging.getLogger("assessment_store.projector")
 
+_FOLD_ATTEMPTS = 10
+
 CHANGES_CHANNEL = "assessment_store_changes"
 """NOTIFY channel; payload ``<assessment_id>|<version>|<state>``."""
 OUTCOMES_CHANNEL = "assessment_store_outcomes"
 """NOTIFY channel; payload ``<command_id>|<assessment_id>|<accepted 1/0>|<version or empty>``."""
-
-_UPSERT = (
-    f"INSERT INTO projection.assessments ({', '.join(ASSESSMENT_COLUMNS)}) VALUES "
-    f"({', '.join(f'${i}' for i in range(1, len(ASSESSMENT_COLUMNS) + 1))}) "
-    "ON CONFLICT (assessment_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in ASSESSMENT_COLUMNS[1:])
-)
-_INSERT_EVENT = (
-    "INSERT INTO projection.assessment_events (assessment_id, version, event_id, type, occurred_at,"
-    " recorded_at, source, correlation_id, causation_id, payload, kafka_topic, kafka_partition, kafka_offset)"
-    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING"
-)
-_INSERT_ANOMALY = (
-    "INSERT INTO projection.anomalies (kind, assessment_id, version, expected_version, event_id,"
-    " kafka_topic, kafka_partition, kafka_offset, detail, raw_value) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
-)
-_INSERT_OUTCOME = (
-    "INSERT INTO projection.command_outcomes (command_id, assessment_id, accepted, version, event_id, error_type,"
-    " error_message, error_details, processed_at, kafka_partition, kafka_offset, command_offset)"
-    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT (command_id) DO NOTHING"
-)
-_SAVE_OFFSET = (
-    "INSERT INTO projection.projector_offsets (consumer_group, topic, partition, next_offset, updated_at)"
-    " VALUES ($1, $2, $3, $4, now()) ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
-    " SET next_offset = GREATEST(projection.projector_offsets.next_offset, EXCLUDED.next_offset),"
-    " updated_at = now()"
-)
 
 
 @dataclass
@@ -120,6 +99,8 @@ class Projector:
         self.stats = FoldStats()
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._pending_mirror: dict[TopicPartition, int] = {}
+        self._next_mirror = 0.0
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -151,6 +132,8 @@ class Projector:
                 raise
 
     async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._mirror_offsets(force=True)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             await consumer.stop()
@@ -203,71 +186,106 @@ class Projector:
             if recs:
                 batch.next_offsets[tp] = recs[-1].offset + 1
         assert self._pool is not None
-        with translate_db_errors("folding a batch"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await self._apply(conn, batch, stats)
-        self.stats.add(stats)
-        if self._consumer is not None:
+        for attempt in range(1, _FOLD_ATTEMPTS + 1):
+            tried = FoldStats(batches=1, undecodable=stats.undecodable)
             try:
-                await self._consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in batch.next_offsets.items()})
-            except Exception as e:  # noqa: BLE001 - advisory only, see module docstring
-                log.warning("could not mirror offsets to Kafka (the projection is unaffected): %s", e)
-        return stats
+                with translate_db_errors("folding a batch"):
+                    async with self._pool.acquire() as conn:
+                        await self._apply(conn, batch, tried)
+                break
+            except DatabaseUnavailable as e:
+                if not e.retriable or attempt == _FOLD_ATTEMPTS:
+                    raise
+                log.info("batch raced another projector (attempt %d): re-reading and re-folding", attempt)
+        self.stats.add(tried)
+        self._pending_mirror.update(batch.next_offsets)
+        await self._mirror_offsets()
+        return tried
 
-    async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
-        ids = list({ev.assessment_id for _, ev in batch.events})
-        states: dict[str, Assessment] = await fetch_assessments(conn, ids, for_update=True) if ids else {}
-        changed: dict[str, Assessment] = {}
+    async def _mirror_offsets(self, force: bool = False) -> None:
+        """Copy the folded offsets to Kafka's group offsets, at most once a second: only lag tools
+        read them (see the module docstring), so they need not cost a round trip per batch."""
+        loop = asyncio.get_running_loop()
+        if self._consumer is None or not self._pending_mirror or (not force and loop.time() < self._next_mirror):
+            return
+        offsets, self._pending_mirror = self._pending_mirror, {}
+        self._next_mirror = loop.time() + 1.0
+        try:
+            await self._consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        except Exception as e:  # noqa: BLE001 - advisory only, see module docstring
+            log.warning("could not mirror offsets to Kafka (the projection is unaffected): %s", e)
+
+    def _fold(self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats) -> tuple[
+        dict[str, tuple[int, Assessment]], list[tuple[Any, ...]], list[tuple[Any, ...]]
+    ]:
+        """Fold ``batch`` onto ``states`` in memory: (changed id -> (folded-from version, state)),
+        history rows, anomaly rows. Pure: the same inputs give the same rows."""
+        changed: dict[str, tuple[int, Assessment]] = {}
         history: list[tuple[Any, ...]] = []
+        anomalies = list(batch.anomalies)
         for rec, ev in batch.events:
             cur = states.get(ev.assessment_id)
             expected = (cur.version if cur else 0) + 1
             if ev.version < expected:
                 stats.duplicates += 1
-                batch.anomalies.append(_anomaly("duplicate", rec, f"version {ev.version} already applied", ev, expected))
+                anomalies.append(_anomaly("duplicate", rec, f"version {ev.version} already applied", ev, expected))
                 continue
             if ev.version > expected:
                 stats.gaps += 1
-                batch.anomalies.append(_anomaly("version_gap", rec, f"expected version {expected}", ev, expected))
+                anomalies.append(_anomaly("version_gap", rec, f"expected version {expected}", ev, expected))
                 continue
             try:
                 new = evolve(cur, ev)
             except AssessmentStoreError as e:
-                batch.anomalies.append(_anomaly("unfoldable", rec, str(e), ev, expected))
+                anomalies.append(_anomaly("unfoldable", rec, str(e), ev, expected))
                 continue
-            states[ev.assessment_id] = changed[ev.assessment_id] = new
+            prev = changed[ev.assessment_id][0] if ev.assessment_id in changed else expected - 1
+            states[ev.assessment_id] = new
+            changed[ev.assessment_id] = (prev, new)
             stats.applied += 1
             history.append((
                 ev.assessment_id, ev.version, ev.event_id, ev.type.value, ev.occurred_at, ev.recorded_at,
-                ev.source.value, ev.correlation_id, ev.causation_id, dataclasses.asdict(ev.payload),
+                ev.source.value, ev.correlation_id, ev.causation_id, _json(dataclasses.asdict(ev.payload)),
                 rec.topic, rec.partition, rec.offset,
             ))
-        if changed:
-            await conn.executemany(_UPSERT, [assessment_to_row(a) for a in changed.values()])
-            await conn.executemany(_INSERT_EVENT, history)
-        if batch.anomalies:
-            await conn.executemany(_INSERT_ANOMALY, batch.anomalies)
-        if batch.outcomes:
-            await conn.executemany(_INSERT_OUTCOME, [
-                (o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
-                 o.error_details, o.processed_at, rec.partition, rec.offset, o.command_offset)
-                for rec, o in batch.outcomes
-            ])
-        await conn.executemany(
-            _SAVE_OFFSET, [(self.group, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
+        return changed, history, anomalies
+
+    async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
+        ids = list({ev.assessment_id for _, ev in batch.events})
+        states: dict[str, Assessment] = await fetch_assessments(conn, ids) if ids else {}
+        changed, history, anomalies = self._fold(batch, states, stats)
+        rows = [(prev, *assessment_to_row(a)) for prev, a in changed.values()]
+        a_cols = _columns(rows, 20)
+        # request_data / result_data travel as JSON text (cast to jsonb in SQL).
+        a_cols[6] = [_json(v) for v in a_cols[6]]
+        a_cols[7] = [_json(v) for v in a_cols[7]]
+        outcome_rows = [
+            (o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
+             _json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
+             rec.offset, o.command_offset)
+            for rec, o in batch.outcomes
+        ]
+        offsets = [(tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
+        notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
+        # Duplicates too: the client that re-sent a command waits for this wake-up.
+        notify_outcomes = list({f"{o.command_id}|{o.assessment_id}|{int(o.accepted)}|{o.version or ''}"
+                                for _, o in batch.outcomes})
+        await conn.execute(
+            _FOLD_BATCH, self.group, *a_cols, *_columns(history, 13), *_columns(outcome_rows, 12),
+            *_columns(anomalies, 10), *_columns(offsets, 3), notify_changes, notify_outcomes,
         )
-        if changed:
-            await conn.execute(
-                "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x",
-                CHANGES_CHANNEL, [f"{a.assessment_id}|{a.version}|{a.state.value}" for a in changed.values()],
-            )
-        if batch.outcomes:
-            # Duplicates too: the client that re-sent a command waits for this wake-up.
-            await conn.execute(
-                "SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x",
-                OUTCOMES_CHANNEL,
-                list({f"{o.command_id}|{o.assessment_id}|{int(o.accepted)}|{o.version or ''}" for _, o in batch.outcomes}),
-            )
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (the parallel arrays fold_batch takes)."""
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_FOLD_BATCH = "SELECT projection.fold_batch($1, " + ", ".join(f"${i}" for i in range(2, 62)) + ")"
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
