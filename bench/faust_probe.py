@@ -56,13 +56,20 @@ from the repository root, run the probe, stop the broker::
     KAFKA_BOOTSTRAP=127.0.0.1:39092 .venv/bin/python bench/faust_probe.py
     .venv/bin/assessment-store stack down kafka
 
-``KAFKA_BOOTSTRAP`` defaults to ``127.0.0.1:39092``. ``--scenarios A,B`` runs a subset;
-``--idle 5,15,30``, ``--eos-idle 5`` and ``--steady 20`` change the pattern;
-``--partitions`` (1-3, default 3); ``--verbose`` prints every sample;
-``--no-crash-test``; ``--keep-topics``; ``--txn-retry-backoff-ms`` (D's producer). A full run takes about 2 minutes. Topics
-are created per run with a uuid suffix and deleted at the end. Exit status 0 when the probe ran (a scenario
-that fails to deliver is a finding and is reported as such), 1 when the broker is
-unreachable, 2 on bad arguments.
+``KAFKA_BOOTSTRAP`` defaults to ``127.0.0.1:39092``. Options: ``--scenarios A,B`` runs
+a subset; ``--idle 5,15,30``, ``--eos-idle 5`` and ``--steady 20`` change the pattern
+(``--idle 600`` probes the 9-10 min idle-connection limits of client and broker);
+``--partitions`` (1-3, default 3); ``--verbose`` prints every sample; ``--no-crash-test``;
+``--keep-topics``; ``--txn-retry-backoff-ms`` (``retry_backoff_ms`` of D's transactional
+producer, aiokafka's default 100: a transaction step answered CONCURRENT_TRANSACTIONS
+because the previous commit's markers are still being written waits that long, which
+shows up as ~110 ms outliers; 10 removes them). A full run takes about 2 minutes.
+Topics are created per run with a uuid suffix and deleted at the end. Exit status 0
+when the probe ran (a scenario that fails to deliver is a finding and is reported as
+such), 1 when the broker is unreachable, 2 on bad arguments.
+
+Other load on the machine shows up as tail latency: the load average is printed at the
+start and the end; run it twice.
 
 The worker processes are this same file, started as
 ``python bench/faust_probe.py --worker {faust,faust-eos,aiokafka,aiokafka-eos} ...``;
@@ -86,6 +93,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import IO, Any
 
@@ -217,16 +225,19 @@ async def _aiokafka_worker(args: argparse.Namespace) -> None:
 
     task = asyncio.create_task(consume())
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
-        log.note("crash", error=repr(task.exception()))
-    task.cancel()
-    stopper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await consumer.stop()
-    if producer is not None:
-        await producer.stop()
+    try:
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:  # consume() only ends by raising
+            log.note("crash", error=repr(task.exception()))
+            raise SystemExit(1)
+    finally:
+        task.cancel()
+        stopper.cancel()
+        with contextlib.suppress(asyncio.CancelledError, KafkaError):
+            await task
+        await consumer.stop()
+        if producer is not None:
+            await producer.stop()
 
 
 def run_aiokafka_worker(args: argparse.Namespace) -> None:
@@ -286,6 +297,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     log_paths: list[Path] = field(default_factory=list)
     crash: str | None = None
+    crash_verdict: str = ""
 
     def first(self) -> Sample | None:
         return next((s for s in self.samples if s.phase == "first"), None)
@@ -343,7 +355,7 @@ class ReceiptReader:
 
 
 class CommittedObserver:
-    """read_committed consumer of an output topic; records when (and how often) each seq is visible."""
+    """read_committed consumer of an output topic: when (and how often) each seq is visible."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.visible: dict[int, list[float]] = {}
@@ -422,7 +434,8 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
 
 
 def spawn_worker(sc: Scenario, args: argparse.Namespace, run_dir: Path, topic: str,
-                 out_topic: str, app_id: str, incarnation: int) -> tuple[subprocess.Popen[bytes], Path, Path]:
+                 out_topic: str, app_id: str,
+                 incarnation: int) -> tuple[subprocess.Popen[bytes], Path, Path]:
     receipts = run_dir / f"{sc.key}-receipts.jsonl"
     log_path = run_dir / f"{sc.key}-worker-{incarnation}.log"
     cmd = [
@@ -498,7 +511,8 @@ class Run:
         s = await self.send(phase)
         s.received = await self.reader.wait_for(s.seq, RECEIPT_TIMEOUT_S, self.proc)
         if s.received is None:
-            self.out.notes.append(f"{phase}: seq {s.seq} not received within {RECEIPT_TIMEOUT_S:.0f} s")
+            self.out.notes.append(
+                f"{phase}: seq {s.seq} not received within {RECEIPT_TIMEOUT_S:.0f} s")
         elif self.observer is not None:
             s.committed = await self.observer.wait_for(s.seq, RECEIPT_TIMEOUT_S)
             self.reader.drain()
@@ -539,6 +553,8 @@ class Run:
         reprocessed = len(reader.received.get(s.seq, [])) > 1
         copies = self.observer.copies(s.seq)
         restart_s = "timeout" if probe.received is None else f"{probe.received - killed:.2f} s"
+        self.out.crash_verdict = ("held" if copies == 1 else
+                                  f"{copies} copies" if copies > 1 else "output lost")
         self.out.crash = (
             f"crash test: SIGKILL right after handling seq {s.seq} (output visible at kill: "
             f"{visible_at_kill}); committed input offsets at restart {pre_restart}; restart -> "
@@ -642,14 +658,16 @@ def _fmt(v: float | None, nd: int = 1) -> str:
 def report(outcomes: Sequence[Outcome], idles: Sequence[float], eos_idles: Sequence[float],
            verbose: bool = False) -> None:
     heads = ["scenario", "steady p50", "p95", "max"]
-    heads += [f"idle {i:g}s" for i in idles] + ["startup s"]
+    heads += [f"idle {i:g}s" for i in idles] + ["startup s", "exactly-once (crash test)"]
     rows: list[list[str]] = []
     for o in outcomes:
         metrics: list[tuple[str, str]] = [("receive", "recv_ms")]
         if o.scenario.eos:
             metrics.append(("output visible", "commit_ms"))
         for name, attr in metrics:
-            label = f"{o.scenario.key} {o.scenario.label}" + (f" ({name})" if o.scenario.eos else "")
+            label = f"{o.scenario.key} {o.scenario.label}"
+            if o.scenario.eos:
+                label += f" ({name})"
             steady = [v for s in o.samples if s.phase == "steady"
                       if (v := getattr(s, attr)) is not None]
             row = [label]
@@ -665,26 +683,33 @@ def report(outcomes: Sequence[Outcome], idles: Sequence[float], eos_idles: Seque
                 else:
                     row.append(_fmt(getattr(sample, attr)))
             row.append(_fmt(o.startup_s(), 2) if name == "receive" else "")
+            row.append(o.crash_verdict if name != "receive" else "")
             rows.append(row)
     widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
     print()
     print("latency produce -> receive, milliseconds (startup in seconds)")
-    print("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(heads)))
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
+                         for i, c in enumerate(cells))
+
+    print(line(heads))
     print("  ".join("-" * w for w in widths))
     for r in rows:
-        print("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        print(line(r))
     print()
     print("details")
     for o in outcomes:
         acks = [s.ack_ms for s in o.samples if s.phase == "steady"]
-        idle_acks = ", ".join(f"{s.phase}={s.ack_ms:.1f}" for s in o.samples if s.phase.startswith("idle"))
+        idle_acks = ", ".join(f"{s.phase}={s.ack_ms:.1f}" for s in o.samples
+                              if s.phase.startswith("idle"))
         spawn = "?"
         if o.app_start is not None and o.process_start is not None:
             spawn = (f"spawn->imports done {o.process_start - o.spawned:.2f} s, "
                      f"imports->app start {o.app_start - o.process_start:.2f} s")
         print(f"  {o.scenario.key} {o.scenario.label}: {spawn}")
         if acks:
-            print(f"     producer ack ms: steady p50 {statistics.median(acks):.1f} max {max(acks):.1f}; "
+            print(f"     producer ack ms: steady p50 {statistics.median(acks):.1f} "
+                  f"max {max(acks):.1f}; "
                   f"after idle {idle_acks or '-'}")
         for note in o.notes:
             print(f"     {note}")
@@ -692,7 +717,8 @@ def report(outcomes: Sequence[Outcome], idles: Sequence[float], eos_idles: Seque
             for smp in o.samples:
                 visible = f"  output visible {_fmt(smp.commit_ms):>8s}" if o.scenario.eos else ""
                 if smp.txn_done is not None:
-                    visible += f"  (worker's commit returned at {(smp.txn_done - smp.sent) * 1e3:.1f})"
+                    done_ms = (smp.txn_done - smp.sent) * 1e3
+                    visible += f"  (worker's commit returned at {done_ms:.1f})"
                 print(f"       seq {smp.seq:3d} {smp.phase:14s} ack {smp.ack_ms:7.1f}  "
                       f"receive {_fmt(smp.recv_ms):>8s}{visible}")
         if o.crash is not None:
@@ -705,12 +731,8 @@ def report(outcomes: Sequence[Outcome], idles: Sequence[float], eos_idles: Seque
 
 
 async def probe(args: argparse.Namespace) -> int:
-    import faust  # for the version line only; workers import it themselves
-
     run_id = uuid.uuid4().hex[:8]
-    run_dir = Path(tempfile.mkdtemp(prefix=f"faustprobe-{run_id}-"))
-    import aiokafka
-    print(f"faust-streaming {faust.__version__}, aiokafka {aiokafka.__version__}, "
+    print(f"faust-streaming {version('faust-streaming')}, aiokafka {version('aiokafka')}, "
           f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, broker {args.bootstrap}, "
           f"run {run_id}, load average {_load()}", flush=True)
     try:
@@ -723,6 +745,7 @@ async def probe(args: argparse.Namespace) -> int:
               "(see the module docstring)", file=sys.stderr)
         return 1
 
+    run_dir = Path(tempfile.mkdtemp(prefix=f"faustprobe-{run_id}-"))
     producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all",
                                 enable_idempotence=True)
     await producer.start()
@@ -753,13 +776,18 @@ def _floats(text: str) -> list[float]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP))
+    p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP),
+                   help=f"broker address (env KAFKA_BOOTSTRAP, default {DEFAULT_BOOTSTRAP})")
     p.add_argument("--scenarios", default="A,B,C,D",
-                   type=lambda s: [x.strip().upper() for x in s.split(",") if x.strip()])
-    p.add_argument("--steady", type=int, default=20)
-    p.add_argument("--idle", type=_floats, default=[5.0, 15.0, 30.0])
-    p.add_argument("--eos-idle", type=_floats, default=[5.0])
-    p.add_argument("--partitions", type=int, default=3, choices=[1, 2, 3])
+                   type=lambda s: [x.strip().upper() for x in s.split(",") if x.strip()],
+                   help="A faust, B aiokafka, C faust exactly_once, D aiokafka transactional")
+    p.add_argument("--steady", type=int, default=20, help="back-to-back messages")
+    p.add_argument("--idle", type=_floats, default=[5.0, 15.0, 30.0],
+                   help="idle periods in seconds for A and B (comma separated)")
+    p.add_argument("--eos-idle", type=_floats, default=[5.0],
+                   help="idle periods in seconds for C and D")
+    p.add_argument("--partitions", type=int, default=3, choices=[1, 2, 3],
+                   help="partitions of the probe's topics")
     p.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics")
     p.add_argument("--verbose", action="store_true", help="print every sample")
     p.add_argument("--txn-retry-backoff-ms", type=int, default=100,

@@ -24,6 +24,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v runuser >/dev/null || missing+=(util-linux)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 py=${PYTHON:-python3}
@@ -38,5 +39,12 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
   echo "$want" > "$stamp"
+fi
+node_stamp=bridge/node/node_modules/.installed
+node_want=$(sha256sum bridge/node/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
+  say "installing the Node legacy tap's dependencies (npm ci)"
+  (cd bridge/node && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$node_want" > "$node_stamp"
 fi
 say "ready: .venv/bin/assessment-store"

@@ -26,7 +26,7 @@ def stack_settings() -> Iterator[Settings]:
     from stack import Stack
 
     settings = isolated_settings(
-        ROOT / ".data" / "test-session",
+        ROOT / ".data" / f"test-session-{PORT_BASE}",
         port_base=PORT_BASE,
         test_backend=os.environ.get("ASSESSMENT_STORE_TEST_BACKEND", "local"),
         visibility_timeout_s=20.0,

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.stack
 @pytest.fixture
 def own_stack() -> Settings:
     """A second, private stack (ports and data dir of its own), purged before and after."""
-    settings = isolated_settings(ROOT / ".data" / "test-stack", port_base=PORT_BASE + 100)
+    settings = isolated_settings(ROOT / ".data" / f"test-stack-{PORT_BASE}", port_base=PORT_BASE + 100)
     Stack(settings).purge(log=lambda _m: None)
     yield settings  # type: ignore[misc]
     Stack(settings).purge(log=lambda _m: None)
