@@ -42,7 +42,7 @@ from assessment_store._domain import evolve
 from assessment_store._errors import AssessmentStoreError, CodecError, DatabaseUnavailable
 from assessment_store._model import Assessment, Event, Outcome
 from schemas import EventCodec, OutcomeCodec
-from streams import ensure_topics, translate_kafka_errors
+from streams import COMMAND_OFFSET_HEADER, ensure_topics, translate_kafka_errors
 
 from ._db import create_pool, migrate, translate_db_errors
 from ._queries import assessment_to_row, fetch_assessments
@@ -216,12 +216,14 @@ class Projector:
             log.warning("could not mirror offsets to Kafka (the projection is unaffected): %s", e)
 
     def _fold(self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats) -> tuple[
-        dict[str, tuple[int, Assessment]], list[tuple[Any, ...]], list[tuple[Any, ...]]
+        dict[str, tuple[int, Assessment]], list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]
     ]:
         """Fold ``batch`` onto ``states`` in memory: (changed id -> (folded-from version, state)),
-        history rows, anomaly rows. Pure: the same inputs give the same rows."""
+        history rows, anomaly rows, and the accepted-outcome rows the events stand for (the
+        processor writes outcome records only for rejections). Pure: same inputs, same rows."""
         changed: dict[str, tuple[int, Assessment]] = {}
         history: list[tuple[Any, ...]] = []
+        accepted: list[tuple[Any, ...]] = []
         anomalies = list(batch.anomalies)
         for rec, ev in batch.events:
             cur = states.get(ev.assessment_id)
@@ -248,12 +250,18 @@ class Projector:
                 ev.source.value, ev.correlation_id, ev.causation_id, _json(dataclasses.asdict(ev.payload)),
                 rec.topic, rec.partition, rec.offset,
             ))
-        return changed, history, anomalies
+            if ev.causation_id is not None:
+                raw = next((v for k, v in rec.headers if k == COMMAND_OFFSET_HEADER), None)
+                accepted.append((
+                    ev.causation_id, ev.assessment_id, True, ev.version, ev.event_id, None, None, None,
+                    ev.recorded_at, rec.partition, rec.offset, int(raw) if raw is not None else -1,
+                ))
+        return changed, history, anomalies, accepted
 
     async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
         ids = list({ev.assessment_id for _, ev in batch.events})
         states: dict[str, Assessment] = await fetch_assessments(conn, ids) if ids else {}
-        changed, history, anomalies = self._fold(batch, states, stats)
+        changed, history, anomalies, accepted = self._fold(batch, states, stats)
         rows = [(prev, *assessment_to_row(a)) for prev, a in changed.values()]
         a_cols = _columns(rows, 20)
         # request_data / result_data travel as JSON text (cast to jsonb in SQL).
@@ -264,12 +272,11 @@ class Projector:
              _json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
              rec.offset, o.command_offset)
             for rec, o in batch.outcomes
-        ]
+        ] + accepted
         offsets = [(tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
         notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
         # Duplicates too: the client that re-sent a command waits for this wake-up.
-        notify_outcomes = list({f"{o.command_id}|{o.assessment_id}|{int(o.accepted)}|{o.version or ''}"
-                                for _, o in batch.outcomes})
+        notify_outcomes = list({f"{r[0]}|{r[1]}|{int(r[2])}|{r[3] or ''}" for r in outcome_rows})
         await conn.execute(
             _FOLD_BATCH, self.group, *a_cols, *_columns(history, 13), *_columns(outcome_rows, 12),
             *_columns(anomalies, 10), *_columns(offsets, 3), notify_changes, notify_outcomes,
