@@ -15,9 +15,15 @@ import asyncpg
 from assessment_store._config import Settings
 from assessment_store._errors import DatabaseUnavailable
 
-__all__ = ["SCHEMA_VERSION", "connect", "create_pool", "migrate", "translate_db_errors"]
+__all__ = [
+    "LIVE_SCHEMA", "SCHEMA_VERSION", "check_schema_name", "connect", "create_pool", "create_projection_schema",
+    "migrate", "translate_db_errors",
+]
 
 _MIGRATION_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+_SCOPE_RE = re.compile(r"^-- scope: (projection|public)\s*$", re.MULTILINE)
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+LIVE_SCHEMA = "projection"
 _MIGRATION_LOCK = 0x617373_6D6967  # pg_advisory_xact_lock key: "assmig"
 
 
@@ -28,6 +34,19 @@ def _migrations() -> list[tuple[int, str, str]]:
         if m:
             found.append((int(m.group(1)), entry.name, entry.read_text()))
     return sorted(found)
+
+
+def _scope(sql: str, name: str) -> str:
+    m = _SCOPE_RE.search(sql)
+    if m is None:
+        raise ValueError(f"migration {name} lacks a '-- scope: projection|public' line")
+    return m.group(1)
+
+
+def check_schema_name(schema: str) -> str:
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(f"invalid projection schema name {schema!r}")
+    return schema
 
 
 SCHEMA_VERSION = max(v for v, _, _ in _migrations())
@@ -118,6 +137,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         for version, name, sql in _migrations():
+            _scope(sql, name)  # every file declares whether a rebuild copies it
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 done = await conn.fetchval("SELECT 1 FROM public.schema_migrations WHERE version = $1", version)
@@ -129,3 +149,15 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                 )
                 applied.append(name)
     return applied
+
+
+async def create_projection_schema(conn: asyncpg.Connection, schema: str) -> None:
+    """Create ``schema`` as a sibling of the live projection: every ``scope: projection``
+    migration, with the schema name substituted. Used by a rebuild; the caller owns the
+    transaction."""
+    check_schema_name(schema)
+    for _version, name, sql in _migrations():
+        if _scope(sql, name) != "projection":
+            continue
+        await conn.execute(sql.replace(f"{LIVE_SCHEMA}.", f"{schema}.").replace(
+            f"CREATE SCHEMA IF NOT EXISTS {LIVE_SCHEMA};", f"CREATE SCHEMA {schema};"))

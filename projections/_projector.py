@@ -29,7 +29,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from assessment_store._model import Assessment, Event, Outcome
 from schemas import EventCodec, OutcomeCodec
 from streams import COMMAND_OFFSET_HEADER, ensure_topics, translate_kafka_errors
 
-from ._db import create_pool, migrate, translate_db_errors
+from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
 from ._queries import assessment_to_row, fetch_assessments
 
 __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector"]
@@ -89,50 +89,76 @@ def _anomaly(kind: str, rec: ConsumerRecord[bytes, bytes], detail: str, ev: Even
 
 
 class Projector:
-    """One projector process's worth of folding; several share the partitions of one group."""
+    """Folds the events and outcomes topics into one projection schema.
 
-    def __init__(self, settings: Settings, *, group: str | None = None) -> None:
+    Live (the default): a member of the projector consumer group, folding into ``projection``;
+    several processes share the partitions. Rebuild (``schema=...``, ``assign_all=True``): no
+    group; it owns every partition and folds into its own schema, up to given target offsets.
+    """
+
+    def __init__(
+        self, settings: Settings, *, group: str | None = None, schema: str = LIVE_SCHEMA, assign_all: bool = False
+    ) -> None:
         self.s = settings
         self.group = group or settings.projector_group
+        self.schema = check_schema_name(schema)
+        self.assign_all = assign_all
         self.codec = EventCodec()
         self.outcome_codec = OutcomeCodec()
         self.stats = FoldStats()
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._generation = 0
         self._pending_mirror: dict[TopicPartition, int] = {}
         self._next_mirror = 0.0
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.s.events_topic, self.s.outcomes_topic]
 
     async def start(self) -> None:
         if self._consumer is not None:
             return
         await ensure_topics(self.s)
-        # synchronous_commit=off: a PostgreSQL crash may lose the last few folded batches, but
-        # always rows and offsets together (one transaction), so the projector re-reads them from
-        # Kafka on restart. The log stays the durable record; the fold saves a WAL flush per batch.
-        self._pool = await create_pool(self.s, min_size=1, max_size=2, synchronous_commit=False)
-        async with self._pool.acquire() as conn:
-            await migrate(conn)
+        await self._open_pool()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.s.kafka_bootstrap,
-            group_id=self.group,
+            group_id=None if self.assign_all else self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=self.s.projector_batch_size,
             fetch_max_wait_ms=self.s.fetch_max_wait_ms,
         )
-        consumer.subscribe([self.s.events_topic, self.s.outcomes_topic], listener=_SeekToStoredOffsets(self))
+        if not self.assign_all:
+            consumer.subscribe(self.topics, listener=_SeekToStoredOffsets(self))
         # Set before start(): the first assignment callback may run as soon as the group is joined.
         self._consumer = consumer
         with translate_kafka_errors(f"starting projector consumer on {self.s.events_topic}"):
             try:
                 await consumer.start()
+                if self.assign_all:
+                    partitions = [TopicPartition(t, p) for t in self.topics
+                                  for p in sorted(consumer.partitions_for_topic(t) or ())]
+                    consumer.assign(partitions)
+                    await self._seek_to_stored(partitions)
             except BaseException:
                 self._consumer = None
+                await consumer.stop()
                 raise
 
+    async def _open_pool(self) -> None:
+        # synchronous_commit=off: a PostgreSQL crash may lose the last few folded batches, but
+        # always rows and offsets together (one transaction), so the projector re-reads them from
+        # Kafka on restart. The log stays the durable record; the fold saves a WAL flush per batch.
+        self._pool = await create_pool(self.s, min_size=1, max_size=2, synchronous_commit=False)
+        async with self._pool.acquire() as conn:
+            await migrate(conn)
+            with translate_db_errors(f"reading the generation of {self.schema}"):
+                self._generation = int(await conn.fetchval(f"SELECT generation FROM {self.schema}.meta"))
+
     async def stop(self) -> None:
-        if self._consumer is not None:
+        if self._consumer is not None and not self.assign_all:
             await self._mirror_offsets(force=True)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
@@ -152,12 +178,24 @@ class Projector:
         assert self._pool is not None
         with translate_db_errors("reading projector offsets"):
             rows = await self._pool.fetch(
-                "SELECT topic, partition, next_offset FROM projection.projector_offsets"
+                f"SELECT topic, partition, next_offset FROM {self.schema}.projector_offsets"
                 " WHERE consumer_group = $1 AND topic = ANY($2::text[])",
                 self.group, list({tp.topic for tp in partitions}),
             )
         stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         return {tp: stored[tp] for tp in partitions if tp in stored}
+
+    async def _seek_to_stored(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Position the consumer at the stored offsets (the beginning where none is stored)."""
+        consumer = self._consumer
+        assert consumer is not None
+        stored = await self.stored_offsets(partitions)
+        for tp in partitions:
+            if tp in stored:
+                consumer.seek(tp, stored[tp])
+            else:
+                await consumer.seek_to_beginning(tp)
+        return stored
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Fold until ``stop`` is set (or forever)."""
@@ -169,6 +207,34 @@ class Projector:
                 records = await self._consumer.getmany(timeout_ms=200, max_records=self.s.projector_batch_size)
             if records:
                 await self.fold(records)
+
+    async def fold_until(
+        self, targets: dict[TopicPartition, int], on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        """(Rebuild mode) fold until every partition's position reaches its target offset, and
+        not one record beyond it: the rebuild must equal the live projection at those offsets."""
+        consumer = self._consumer
+        assert consumer is not None and self.assign_all
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in targets}
+            behind = [tp for tp, end in targets.items() if positions[tp] < end]
+            done = [tp for tp in targets if tp not in behind]
+            if done:
+                consumer.pause(*done)
+            if not behind:
+                return
+            consumer.resume(*behind)
+            with translate_kafka_errors("fetching events to rebuild"):
+                records = await consumer.getmany(*behind, timeout_ms=500, max_records=self.s.projector_batch_size)
+            trimmed = {tp: [r for r in recs if r.offset < targets[tp]] for tp, recs in records.items()}
+            trimmed = {tp: recs for tp, recs in trimmed.items() if recs}
+            for tp, recs in records.items():
+                if recs and recs[-1].offset + 1 > targets[tp]:
+                    consumer.seek(tp, targets[tp])  # fetched past the target: forget the excess
+            if trimmed:
+                await self.fold(trimmed)
+                if on_batch is not None:
+                    on_batch(sum(len(r) for r in trimmed.values()))
 
     async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> FoldStats:
         batch = _Batch()
@@ -194,6 +260,10 @@ class Projector:
                         await self._apply(conn, batch, tried)
                 break
             except DatabaseUnavailable as e:
+                if _swapped(e) and not self.assign_all:
+                    # A rebuilt projection was swapped in: its stored offsets are the truth now.
+                    await self._after_swap()
+                    return tried
                 if not e.retriable or attempt == _FOLD_ATTEMPTS:
                     raise
                 log.info("batch raced another projector (attempt %d): re-reading and re-folding", attempt)
@@ -201,6 +271,19 @@ class Projector:
         self._pending_mirror.update(batch.next_offsets)
         await self._mirror_offsets()
         return tried
+
+    async def _after_swap(self) -> None:
+        """Reconnect (fresh sessions, fresh plans), read the new generation, and move every owned
+        partition to the offsets stored in the swapped-in projection. Records fetched past them are
+        folded again: the version check makes that a no-op."""
+        log.warning("the projection was swapped by a rebuild: reconnecting and resuming from its offsets")
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+        await self._open_pool()
+        if self._consumer is not None:
+            await self._seek_to_stored(sorted(self._consumer.assignment()))
+        self._pending_mirror.clear()
 
     async def _mirror_offsets(self, force: bool = False) -> None:
         """Copy the folded offsets to Kafka's group offsets, at most once a second: only lag tools
@@ -260,7 +343,7 @@ class Projector:
 
     async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
         ids = list({ev.assessment_id for _, ev in batch.events})
-        states: dict[str, Assessment] = await fetch_assessments(conn, ids) if ids else {}
+        states: dict[str, Assessment] = await fetch_assessments(conn, ids, schema=self.schema) if ids else {}
         changed, history, anomalies, accepted = self._fold(batch, states, stats)
         rows = [(prev, *assessment_to_row(a)) for prev, a in changed.values()]
         a_cols = _columns(rows, 20)
@@ -278,7 +361,7 @@ class Projector:
         # Duplicates too: the client that re-sent a command waits for this wake-up.
         notify_outcomes = list({f"{r[0]}|{r[1]}|{int(r[2])}|{r[3] or ''}" for r in outcome_rows})
         await conn.execute(
-            _FOLD_BATCH, self.group, *a_cols, *_columns(history, 13), *_columns(outcome_rows, 12),
+            _FOLD_BATCH, self.schema, not self.assign_all, self._generation, self.group, *a_cols, *_columns(history, 13), *_columns(outcome_rows, 12),
             *_columns(anomalies, 10), *_columns(offsets, 3), notify_changes, notify_outcomes,
         )
 
@@ -292,7 +375,15 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-_FOLD_BATCH = "SELECT projection.fold_batch($1, " + ", ".join(f"${i}" for i in range(2, 62)) + ")"
+_FOLD_BATCH = "SELECT public.fold_batch(" + ", ".join(f"${i}" for i in range(1, 65)) + ")"
+
+# SQLSTATEs that mean "the projection schema changed under this session": our own AS001 from
+# fold_batch (generation mismatch), and a table/function that vanished with a dropped schema.
+_SWAP_STATES = {"AS001", "42P01", "42883", "0A000"}
+
+
+def _swapped(e: DatabaseUnavailable) -> bool:
+    return getattr(e.__cause__, "sqlstate", None) in _SWAP_STATES
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -304,13 +395,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        consumer = self.p._consumer
-        if consumer is None or not assigned:
+        if self.p._consumer is None or not assigned:
             return
-        stored = await self.p.stored_offsets(assigned)
-        for tp in assigned:
-            if tp in stored:
-                consumer.seek(tp, stored[tp])
-            else:
-                await consumer.seek_to_beginning(tp)
+        stored = await self.p._seek_to_stored(assigned)
         log.info("assigned %s; resuming from stored offsets %s", sorted(assigned), stored)

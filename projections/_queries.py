@@ -68,9 +68,11 @@ async def fetch_assessment(conn: asyncpg.Connection | asyncpg.Pool, assessment_i
 
 
 async def fetch_assessments(
-    conn: asyncpg.Connection | asyncpg.Pool, ids: list[str], *, for_update: bool = False
+    conn: asyncpg.Connection | asyncpg.Pool, ids: list[str], *, schema: str = "projection"
 ) -> dict[str, Assessment]:
-    sql = _SELECT + " WHERE assessment_id = ANY($1::text[])" + (" FOR UPDATE" if for_update else "")
+    """The given assessments from ``schema`` (a validated identifier: the live projection or a
+    rebuild's)."""
+    sql = _SELECT.replace("projection.", f"{schema}.") + " WHERE assessment_id = ANY($1::text[])"
     return {r["assessment_id"]: assessment_from_row(r) for r in await conn.fetch(sql, ids)}
 
 

@@ -1,4 +1,6 @@
--- Projection schema, version 1.
+-- scope: projection
+-- Projection schema, version 1. Files marked "scope: projection" are also applied, with the schema
+-- name substituted, to build the sibling schema a rebuild (assessment-store replay) folds into.
 -- The projection's tables live in their own Postgres schema, "projection", so that a rebuild
 -- can fill a sibling schema from offset 0 and swap it in with two renames in one transaction.
 -- Offsets live beside the rows they produced: they are written in the same transaction.
@@ -72,11 +74,9 @@ CREATE TABLE projection.anomalies (
 );
 CREATE INDEX anomalies_kind_idx ON projection.anomalies (kind);
 
--- Every migration operation leaves a row here (export, batch, rollout step, rollback, cleanup).
-CREATE TABLE public.migration_audit (
-    id           bigserial PRIMARY KEY,
-    operation    text NOT NULL,
-    actor        text NOT NULL,
-    details      jsonb NOT NULL DEFAULT '{}'::jsonb,
-    occurred_at  timestamptz NOT NULL DEFAULT now()
+-- Bumped by every swap of a rebuilt projection (assessment-store replay): a projector holding
+-- plans of the previous tables notices the mismatch in fold_batch and reconnects.
+CREATE TABLE projection.meta (
+    generation  bigint NOT NULL
 );
+INSERT INTO projection.meta (generation) VALUES (1);
