@@ -375,6 +375,83 @@ def list_(
     err.print(", ".join(f"{k.value}={v}" for k, v in counts.items()))
 
 
+@app.command("replay")
+def replay_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Rebuild and verify, but do not swap.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted rebuild and start from 0.")] = False,
+    keep_old: Annotated[bool, typer.Option("--keep-old", help="Keep the replaced schema as projection_old_<time>.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Swap even if verification finds differences.")] = False,
+) -> None:
+    """Rebuild the projection from offset 0 into fresh tables while the live one serves, verify it
+    (row counts, versions, checksum) and swap it in atomically. Interrupted, it resumes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from projections import replay
+
+    with Progress(
+        TextColumn("[bold]replay[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} events/s"), TimeRemainingColumn(), console=err,
+    ) as bar:
+        task = bar.add_task("replay", total=None, rate="-")
+        t0 = time.monotonic()
+        seen = 0
+
+        def on_total(total: int, done: int) -> None:
+            bar.update(task, total=total, completed=done)
+
+        def on_batch(n: int) -> None:
+            nonlocal seen
+            seen += n
+            bar.update(task, advance=n, rate=f"{seen / max(time.monotonic() - t0, 1e-6):,.0f}")
+
+        report = _run(replay(Settings(), dry_run=dry_run, restart=restart, keep_old=keep_old, force=force,
+                             on_total=on_total, on_batch=on_batch))
+    v = report.verification
+    out.print(f"folded {report.events_folded:,} records in {report.seconds:.1f} s"
+              f"{' (resumed)' if report.resumed else ''}; verification "
+              f"{'[green]passed[/]' if v.ok else '[red]FAILED[/]'}: assessments {v.live_assessments}/{v.rebuilt_assessments},"
+              f" events {v.live_events}/{v.rebuilt_events}, version mismatches {v.version_mismatches},"
+              f" checksum {v.live_checksum} / {v.rebuilt_checksum}")
+    out.print("swapped in" if report.swapped else "dry run: not swapped (the rebuild stays in schema projection_rebuild)")
+
+
+@app.command("at")
+def at_cmd(
+    assessment_id: Annotated[str | None, typer.Argument(help="One assessment; omit for counts per state.")] = None,
+    at_time: Annotated[str | None, typer.Option("--time", help="ISO-8601 time, e.g. 2026-11-24T09:00:00Z.")] = None,
+    offset: Annotated[int | None, typer.Option("--offset", help="Offset in the assessment's partition (inclusive).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Time travel: an assessment, or the counts per state, as of a time or offset, from the log."""
+    from datetime import datetime
+
+    from projections import counts_at, state_at
+
+    when = None
+    if at_time is not None:
+        try:
+            when = datetime.fromisoformat(at_time.replace("Z", "+00:00"))
+        except ValueError:
+            _fail(f"--time {at_time!r} is not an ISO-8601 time")
+        if when is not None and when.tzinfo is None:
+            _fail("--time needs a time zone (e.g. a trailing Z for UTC)")
+    if assessment_id is None:
+        if when is None:
+            _fail("counts per state need --time")
+        assert when is not None
+        counts = _run(counts_at(Settings(), when))
+        if as_json:
+            out.print_json(data={k.value: v for k, v in counts.items()})
+        else:
+            out.print(", ".join(f"{k.value}={v}" for k, v in counts.items()))
+        return
+    state = _run(state_at(Settings(), assessment_id, at=when, offset=offset))
+    if state is None:
+        _fail(f"assessment {assessment_id!r} did not exist at that point", 1)
+    assert state is not None
+    _show(state, as_json)
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Default: ASSESSMENT_STORE_API_HOST (127.0.0.1).")] = None,

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         "soon as any of its partitions has data, so this bounds the wait only when a partition's records "
         "arrive while a fetch for the others is in flight (aiokafka keeps one in flight per broker).",
     )
+    consumer_session_timeout_ms: int = Field(
+        default=10_000, ge=1000,
+        description="Group session timeout of the processor and projector: how long a killed process holds its "
+        "partitions before the group hands them to the others.",
+    )
     projector_group: str = "assessment-store-projector"
     processor_group: str = "assessment-store-processor"
     default_max_retries: int | None = Field(

@@ -23,7 +23,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ._config import Settings
 
-__all__ = ["eventually", "isolated_settings", "running_stack", "topic_end_offsets"]
+__all__ = [
+    "eventually", "isolated_settings", "produce_lifecycles", "projected_event_count", "running_stack",
+    "topic_end_offsets",
+]
 
 T = TypeVar("T")
 
@@ -115,14 +118,66 @@ async def eventually(
 
 async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Partition -> end offset (the offset the next record will get)."""
+    from streams import partition_counts
+
+    partitions = range((await partition_counts(settings, [topic]))[topic])
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()  # first metadata may predate the topic
-            partitions = consumer.partitions_for_topic(topic) or set()
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
         return {tp.partition: off for tp, off in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def produce_lifecycles(settings: Settings, count: int, *, prefix: str, batch: int = 5000) -> int:
+    """Append ``count`` complete lifecycles (created, started, progress, completed: 4 events each)
+    straight to the events topic, as a fast source of a large, valid log. Returns the event count.
+
+    This bypasses the command processor on purpose (it measures and tests the fold and the replay,
+    not the single writer), so use ids no command will touch.
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from aiokafka import AIOKafkaProducer
+
+    from schemas import EventCodec
+
+    from ._model import Completed, Created, Event, Payload, ProgressUpdated, Started
+
+    codec = EventCodec()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=10, max_batch_size=512 * 1024)
+    await producer.start()
+    t0 = datetime.now(UTC)
+    n = 0
+    try:
+        pending = []
+        for i in range(count):
+            aid = f"{prefix}-{i}"
+            at = t0 + timedelta(microseconds=i)
+            payloads: tuple[Payload, ...] = (Created({"i": i}), Started(None), ProgressUpdated(50, "half"),
+                                             Completed({"ok": i}, 10))
+            for v, payload in enumerate(payloads, start=1):
+                value, headers = codec.encode(Event(aid, v, payload, at, at))
+                pending.append(await producer.send(settings.events_topic, value, key=aid.encode(), headers=headers))
+                n += 1
+            if len(pending) >= batch:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return n
+
+
+async def projected_event_count(settings: Settings, prefix: str) -> int:
+    """How many events of assessments whose id starts with ``prefix`` the live projection holds."""
+    from projections import connect
+
+    conn = await connect(settings)
+    try:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM projection.assessment_events WHERE assessment_id LIKE $1 || '-%'", prefix))
+    finally:
+        await conn.close()

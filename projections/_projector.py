@@ -39,10 +39,10 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from assessment_store._config import Settings
 from assessment_store._domain import evolve
-from assessment_store._errors import AssessmentStoreError, CodecError, DatabaseUnavailable
+from assessment_store._errors import AssessmentStoreError, CodecError, DatabaseUnavailable, KafkaUnavailable
 from assessment_store._model import Assessment, Event, Outcome
 from schemas import EventCodec, OutcomeCodec
-from streams import COMMAND_OFFSET_HEADER, ensure_topics, translate_kafka_errors
+from streams import COMMAND_OFFSET_HEADER, ensure_topics, partition_counts, translate_kafka_errors
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
 from ._queries import assessment_to_row, fetch_assessments
@@ -129,6 +129,8 @@ class Projector:
             isolation_level="read_committed",
             max_poll_records=self.s.projector_batch_size,
             fetch_max_wait_ms=self.s.fetch_max_wait_ms,
+            session_timeout_ms=self.s.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(300, self.s.consumer_session_timeout_ms // 3),
         )
         if not self.assign_all:
             consumer.subscribe(self.topics, listener=_SeekToStoredOffsets(self))
@@ -138,8 +140,10 @@ class Projector:
             try:
                 await consumer.start()
                 if self.assign_all:
-                    partitions = [TopicPartition(t, p) for t in self.topics
-                                  for p in sorted(consumer.partitions_for_topic(t) or ())]
+                    counts = await partition_counts(self.s, self.topics)
+                    partitions = [TopicPartition(t, p) for t in self.topics for p in range(counts.get(t, 0))]
+                    if not partitions:
+                        raise KafkaUnavailable(f"no partitions found for {self.topics}")
                     consumer.assign(partitions)
                     await self._seek_to_stored(partitions)
             except BaseException:
@@ -289,7 +293,9 @@ class Projector:
         """Copy the folded offsets to Kafka's group offsets, at most once a second: only lag tools
         read them (see the module docstring), so they need not cost a round trip per batch."""
         loop = asyncio.get_running_loop()
-        if self._consumer is None or not self._pending_mirror or (not force and loop.time() < self._next_mirror):
+        if self.assign_all or self._consumer is None or not self._pending_mirror:
+            return  # a rebuild has no group: nothing for lag tools to read
+        if not force and loop.time() < self._next_mirror:
             return
         offsets, self._pending_mirror = self._pending_mirror, {}
         self._next_mirror = loop.time() + 1.0

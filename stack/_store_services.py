@@ -40,12 +40,15 @@ class StoreProcess:
     name = ""
     description = ""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, instance: int = 1) -> None:
+        """``instance`` > 1 runs another process of the same kind beside the first (scale-out:
+        the consumer group shares the partitions among them)."""
         self.s = settings
+        stem = self.name if instance == 1 else f"{self.name}-{instance}"
         self.run_dir = settings.data_dir.resolve() / "run"
-        self.pid_file = self.run_dir / f"{self.name}.pid"
-        self.ready_file = self.run_dir / f"{self.name}.ready"
-        self.log_file = settings.data_dir.resolve() / "logs" / f"{self.name}.log"
+        self.pid_file = self.run_dir / f"{stem}.pid"
+        self.ready_file = self.run_dir / f"{stem}.ready"
+        self.log_file = settings.data_dir.resolve() / "logs" / f"{stem}.log"
 
     def pid(self) -> int | None:
         pid = read_pid(self.pid_file)

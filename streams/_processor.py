@@ -142,8 +142,9 @@ class CommandProcessor:
             bootstrap_servers=s.kafka_bootstrap, group_id=s.processor_group, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=1000,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
-            # A processor killed with -9 holds its partitions until its session expires (10 s).
-            session_timeout_ms=10000, heartbeat_interval_ms=3000,
+            # A processor killed with -9 holds its partitions until its session expires.
+            session_timeout_ms=s.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(300, s.consumer_session_timeout_ms // 3),
         )
         consumer.subscribe([s.commands_topic], listener=_Rebalance(self))
         self._consumer = consumer  # before start(): the first assignment may arrive during it

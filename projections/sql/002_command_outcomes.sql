@@ -1,3 +1,4 @@
+-- scope: projection
 -- Projection schema, version 2: what became of each command, folded from assessments.outcomes.
 -- Clients wait on these rows (NOTIFY assessment_store_outcomes) to learn whether their command
 -- was accepted, and the HTTP API answers a re-sent command id from here.

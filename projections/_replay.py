@@ -1,0 +1,209 @@
+"""Rebuild the projection from offset 0 of the log, verify it, and swap it in atomically.
+
+Phases, and why each is safe while the live projection keeps serving:
+
+1. *Fold.* A rebuild projector (no consumer group: it owns every partition) folds the events and
+   outcomes topics from offset 0 into a sibling schema, ``projection_rebuild``, storing its offsets
+   there under the live group's name. Interrupted, a second run resumes from those offsets.
+2. *Catch up under the swap lock.* ``public.fold_batch`` takes a shared advisory lock per schema;
+   the swap takes the live schema's lock exclusively, so the live projectors finish their batch in
+   flight and then wait. With the live offsets frozen, the rebuild folds exactly up to them (never
+   beyond): both schemas now reflect the same prefix of the log.
+3. *Verify.* Same prefix, so the projection being a pure function of the log means the two must be
+   equal: row counts, per-assessment versions (a full join), and an order-independent checksum over
+   every column of every state row. A difference aborts the swap (``--force`` overrides) and leaves
+   both schemas for inspection.
+4. *Swap.* In the same transaction: the rebuild's generation is set past the live one, the live
+   schema is renamed away (and dropped unless ``keep_old``), the rebuild is renamed to
+   ``projection``. On commit the waiting live projectors proceed, find a generation they do not
+   know (fold_batch raises AS001), reconnect, and resume from the swapped-in offsets (see
+   ``Projector._after_swap``). Readers see the old rows until the commit and the new ones after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from aiokafka import TopicPartition
+
+from assessment_store._config import Settings
+from assessment_store._errors import StoreUsageError
+
+from ._db import LIVE_SCHEMA, connect, create_projection_schema, migrate, translate_db_errors
+from ._projector import Projector
+
+__all__ = ["REBUILD_SCHEMA", "ReplayReport", "Verification", "replay", "verify_schemas"]
+
+REBUILD_SCHEMA = "projection_rebuild"
+
+
+@dataclass(frozen=True)
+class Verification:
+    live_assessments: int
+    rebuilt_assessments: int
+    live_events: int
+    rebuilt_events: int
+    live_outcomes: int
+    rebuilt_outcomes: int
+    version_mismatches: int
+    live_checksum: str
+    rebuilt_checksum: str
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.live_assessments == self.rebuilt_assessments
+            and self.live_events == self.rebuilt_events
+            and self.live_outcomes == self.rebuilt_outcomes
+            and self.version_mismatches == 0
+            and self.live_checksum == self.rebuilt_checksum
+        )
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    events_folded: int
+    seconds: float
+    resumed: bool
+    verification: Verification
+    swapped: bool
+    dropped_old: str | None
+    kept_old: str | None
+
+
+def _checksum_sql(schema: str) -> str:
+    # Order-independent: the sum of a 60-bit slice of each row's md5, so no sort and no big string.
+    return (f"SELECT coalesce(sum(('x' || substr(md5(a::text), 1, 15))::bit(60)::bigint), 0)::text"
+            f" FROM {schema}.assessments a")
+
+
+async def verify_schemas(conn: asyncpg.Connection, live: str, rebuilt: str) -> Verification:
+    async def count(schema: str, table: str) -> int:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {schema}.{table}"))
+
+    mismatches = await conn.fetchval(
+        f"SELECT count(*) FROM {live}.assessments l FULL JOIN {rebuilt}.assessments r USING (assessment_id)"
+        " WHERE l.version IS DISTINCT FROM r.version"
+    )
+    return Verification(
+        await count(live, "assessments"), await count(rebuilt, "assessments"),
+        await count(live, "assessment_events"), await count(rebuilt, "assessment_events"),
+        await count(live, "command_outcomes"), await count(rebuilt, "command_outcomes"),
+        int(mismatches), str(await conn.fetchval(_checksum_sql(live))), str(await conn.fetchval(_checksum_sql(rebuilt))),
+    )
+
+
+async def _schema_exists(conn: asyncpg.Connection, schema: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema))
+
+
+async def replay(
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    restart: bool = False,
+    keep_old: bool = False,
+    force: bool = False,
+    on_total: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Rebuild, verify and (unless ``dry_run``) swap; see the module docstring.
+
+    ``on_total(total, done)`` is called once with the number of records to fold and those already
+    folded by an interrupted earlier run; ``on_batch(n)`` after each folded batch.
+    """
+    t0 = time.monotonic()
+    conn = await connect(settings)
+    try:
+        with translate_db_errors("preparing the rebuild schema"):
+            await migrate(conn)
+            if restart:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE")
+            resumed = await _schema_exists(conn, REBUILD_SCHEMA)
+            if not resumed:
+                async with conn.transaction():
+                    await create_projection_schema(conn, REBUILD_SCHEMA)
+        folded = 0
+
+        def count(n: int) -> None:
+            nonlocal folded
+            folded += n
+            if on_batch is not None:
+                on_batch(n)
+
+        async with Projector(settings, schema=REBUILD_SCHEMA, assign_all=True) as rebuild:
+            consumer = rebuild._consumer
+            assert consumer is not None
+            partitions = sorted(consumer.assignment())
+            ends = await consumer.end_offsets(partitions)
+            starts = {tp: await consumer.position(tp) for tp in partitions}
+            if on_total is not None:
+                on_total(sum(ends.values()), sum(starts.values()))
+            # Phase 1: the bulk, while the live projection serves and advances.
+            await rebuild.fold_until(ends, count)
+
+            with translate_db_errors("verifying and swapping the rebuilt projection"):
+                async with conn.transaction():
+                    # Phase 2: freeze the live projectors between two batches.
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('fold_batch:' || $1))", LIVE_SCHEMA)
+                    live = await _live_offsets(conn, settings.projector_group)
+                    targets = {tp: max(live.get(tp, 0), await consumer.position(tp)) for tp in partitions}
+                    behind = {tp: (live.get(tp, 0), targets[tp]) for tp in partitions if live.get(tp, 0) < targets[tp]}
+                    if behind and not force:
+                        raise StoreUsageError(
+                            "the live projection is behind the rebuild, so they cannot be compared at the same "
+                            f"offsets ({_describe(behind)}); start the live projector and run replay again "
+                            "(the rebuild resumes where it is), or pass --force to swap anyway"
+                        )
+                    await rebuild.fold_until(targets, count)
+                    # Phase 3.
+                    verification = await verify_schemas(conn, LIVE_SCHEMA, REBUILD_SCHEMA)
+                    if not verification.ok and not force:
+                        raise StoreUsageError(
+                            f"the rebuilt projection differs from the live one at the same offsets: {verification}; "
+                            f"nothing was swapped, both schemas are kept for inspection ({REBUILD_SCHEMA}); "
+                            "--force swaps anyway"
+                        )
+                    if dry_run:
+                        return ReplayReport(folded, time.monotonic() - t0, resumed, verification, False, None, None)
+                    # Phase 4.
+                    old = f"projection_old_{datetime.now(UTC):%Y%m%d%H%M%S}"
+                    await conn.execute(
+                        f"UPDATE {REBUILD_SCHEMA}.meta SET generation = (SELECT generation + 1 FROM {LIVE_SCHEMA}.meta)"
+                    )
+                    await conn.execute(f"ALTER SCHEMA {LIVE_SCHEMA} RENAME TO {old}")
+                    await conn.execute(f"ALTER SCHEMA {REBUILD_SCHEMA} RENAME TO {LIVE_SCHEMA}")
+                    if not keep_old:
+                        await conn.execute(f"DROP SCHEMA {old} CASCADE")
+                    else:
+                        # A rename leaves other sessions' cached plans on the old tables; touching
+                        # each table's options invalidates them, so every reader re-resolves
+                        # "projection.<table>" to the new schema.
+                        for table in ("assessments", "assessment_events", "command_outcomes", "anomalies",
+                                      "projector_offsets", "meta"):
+                            await conn.execute(f"ALTER TABLE {old}.{table} SET (autovacuum_enabled = true)")
+                    await conn.execute(
+                        "INSERT INTO public.migration_audit (operation, actor, details) VALUES ($1, $2, $3)",
+                        "projection_rebuild_swap", "assessment-store replay",
+                        {"events_folded": folded, "kept_old": old if keep_old else None, "forced": force,
+                         "verification_ok": verification.ok},
+                    )
+        return ReplayReport(folded, time.monotonic() - t0, resumed, verification, True,
+                            None if keep_old else old, old if keep_old else None)
+    finally:
+        await conn.close()
+
+
+async def _live_offsets(conn: asyncpg.Connection, group: str) -> dict[TopicPartition, int]:
+    rows = await conn.fetch(
+        f"SELECT topic, partition, next_offset FROM {LIVE_SCHEMA}.projector_offsets WHERE consumer_group = $1", group
+    )
+    return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+def _describe(behind: dict[TopicPartition, tuple[int, int]]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}] live {a} < rebuild {b}" for tp, (a, b) in sorted(behind.items()))
