@@ -30,6 +30,8 @@ def stack_settings() -> Iterator[Settings]:
         port_base=PORT_BASE,
         test_backend=os.environ.get("ASSESSMENT_STORE_TEST_BACKEND", "local"),
         visibility_timeout_s=20.0,
+        # The broker's minimum: a process killed by a test holds its partitions this long.
+        consumer_session_timeout_ms=6000,
     )
     if settings.test_backend == "local":
         Stack(settings).purge(log=lambda _m: None)
