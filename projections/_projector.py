@@ -40,7 +40,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from assessment_store._config import Settings
 from assessment_store._domain import evolve
 from assessment_store._errors import AssessmentStoreError, CodecError, DatabaseUnavailable, KafkaUnavailable
-from assessment_store._model import Assessment, Event, Outcome
+from assessment_store._model import Assessment, Event, Outcome, Payload
 from schemas import EventCodec, OutcomeCodec
 from streams import COMMAND_OFFSET_HEADER, ensure_topics, partition_counts, translate_kafka_errors
 
@@ -336,7 +336,7 @@ class Projector:
             stats.applied += 1
             history.append((
                 ev.assessment_id, ev.version, ev.event_id, ev.type.value, ev.occurred_at, ev.recorded_at,
-                ev.source.value, ev.correlation_id, ev.causation_id, _json(dataclasses.asdict(ev.payload)),
+                ev.source.value, ev.correlation_id, ev.causation_id, _json(_payload_fields(ev.payload)),
                 rec.topic, rec.partition, rec.offset,
             ))
             if ev.causation_id is not None:
@@ -375,6 +375,12 @@ class Projector:
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows -> one list per column (the parallel arrays fold_batch takes)."""
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
+
+
+def _payload_fields(p: Payload) -> dict[str, Any]:
+    # The payload classes are flat slotted dataclasses: no deep copy needed (dataclasses.asdict
+    # deep-copies every value and was the single largest cost of a rebuild).
+    return {name: getattr(p, name) for name in p.__slots__}
 
 
 def _json(value: Any) -> str:
