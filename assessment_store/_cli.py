@@ -31,6 +31,16 @@ app = typer.Typer(
 stack_app = typer.Typer(help="The local stack: Kafka, PostgreSQL and the projector, without Docker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 
+
+def _mount_bridge() -> None:
+    # Imported here, not at the top: bridge._cli imports this module's helpers inside its commands.
+    from bridge import bridge_app
+    from bridge._cli import import_
+
+    app.add_typer(bridge_app, name="bridge")
+    # The issue's name for the import, beside `bridge import`.
+    app.command("import-legacy", help="Import a legacy JSON Lines export (same as `bridge import`).")(import_)
+
 # Piped output (CI logs, `| less`) gets a wide fixed width instead of Rich's 80-column default.
 _WIDTH = None if sys.stdout.isatty() else 160
 out = Console(width=_WIDTH)
@@ -100,7 +110,7 @@ def _show(a: Assessment, as_json: bool) -> None:
 
 ServicesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="kafka, postgres, processor and/or projector (default: all).", show_default=False),
+    typer.Argument(help="kafka, postgres, processor, projector and/or bridge (default: all).", show_default=False),
 ]
 
 
@@ -165,7 +175,7 @@ def stack_status(as_json: JsonFlag = False) -> None:
 
 @stack_app.command("logs")
 def stack_logs(
-    service: Annotated[str, typer.Argument(help="kafka, postgres, processor or projector.")],
+    service: Annotated[str, typer.Argument(help="kafka, postgres, processor, projector or bridge.")],
     lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines.")] = 50,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
 ) -> None:
@@ -475,6 +485,9 @@ def demo(count: Annotated[int, typer.Option(min=1, max=1000, help="How many asse
     from ._demo import run_demo
 
     _run(run_demo(Settings(), count, out))
+
+
+_mount_bridge()
 
 
 def main() -> None:

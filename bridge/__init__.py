@@ -1,4 +1,62 @@
-"""Legacy ingest, dual mode and migration: carries the legacy EventEmitter service's messages
-into the store's topics. (Filled in by the legacy-bridge work; empty on purpose until then.)"""
+"""The legacy bridge: carries the legacy EventEmitter service's messages and exports into the
+store's log, through the same single writer as every other write.
 
-__all__: list[str] = []
+* ``translate`` (pure): one legacy message -> store commands, or a ``Rejection`` with its reason;
+* ``LegacyBridge``: the consumer of ``legacy.assessment-events`` (dead letters to ``.dlq``);
+* ``import_legacy``: a JSON Lines legacy export -> commands, resumable and idempotent;
+* ``bridge_rejections`` / ``dead_letters``: everything the bridge or the store refused, with why;
+* ``bridge_app``: the ``assessment-store bridge`` commands.
+
+See ``bridge/README.md``; ``bridge/node/`` is the Node tap that writes the legacy topic.
+"""
+
+from ._cli import bridge_app
+from ._consumer import BridgeOptions, BridgeStats, LegacyBridge
+from ._import import BadLine, ImportReport, import_legacy
+from ._inspect import BridgeRejection, DeadLetter, bridge_rejections, dead_letters
+from ._legacy import LEGACY_STATES, LegacyEvent, RejectKind, Rejection, convert_legacy_state
+from ._snapshot import IMPORT_ID_PREFIX, ExportRecord, ImportPlan, parse_export_line, plan_import
+from ._translate import (
+    COMMAND_ID_PREFIX,
+    LegacyMessage,
+    LegacyView,
+    TranslateLimits,
+    Translation,
+    parse_message,
+    plan_commands,
+    translate,
+    translate_message,
+)
+
+__all__ = [
+    "COMMAND_ID_PREFIX",
+    "IMPORT_ID_PREFIX",
+    "LEGACY_STATES",
+    "BadLine",
+    "BridgeOptions",
+    "BridgeRejection",
+    "BridgeStats",
+    "DeadLetter",
+    "ExportRecord",
+    "ImportPlan",
+    "ImportReport",
+    "LegacyBridge",
+    "LegacyEvent",
+    "LegacyMessage",
+    "LegacyView",
+    "RejectKind",
+    "Rejection",
+    "TranslateLimits",
+    "Translation",
+    "bridge_app",
+    "bridge_rejections",
+    "convert_legacy_state",
+    "dead_letters",
+    "import_legacy",
+    "parse_export_line",
+    "parse_message",
+    "plan_commands",
+    "plan_import",
+    "translate",
+    "translate_message",
+]

@@ -5,9 +5,9 @@ from ._kafka import KafkaService
 from ._manager import SERVICES, Stack
 from ._postgres import PostgresService
 from ._procs import ServiceStatus
-from ._store_services import ProcessorService, ProjectorService, settings_env
+from ._store_services import BridgeService, ProcessorService, ProjectorService, settings_env
 
 __all__ = [
-    "SERVICES", "KafkaService", "PostgresService", "ProcessorService", "ProjectorService", "ServiceStatus", "Stack",
+    "SERVICES", "BridgeService", "KafkaService", "PostgresService", "ProcessorService", "ProjectorService", "ServiceStatus", "Stack",
     "settings_env",
 ]

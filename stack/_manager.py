@@ -13,11 +13,11 @@ from streams import ensure_topics
 from ._kafka import KafkaService
 from ._postgres import PostgresService
 from ._procs import LogFn, ServiceStatus
-from ._store_services import ProcessorService, ProjectorService
+from ._store_services import BridgeService, ProcessorService, ProjectorService
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("kafka", "postgres", "processor", "projector")
+SERVICES = ("kafka", "postgres", "processor", "projector", "bridge")
 
 
 class _Service(Protocol):
@@ -29,7 +29,7 @@ class _Service(Protocol):
 
 
 class Stack:
-    """Kafka, PostgreSQL, the command processor and the projector of one data directory."""
+    """Kafka, PostgreSQL, the command processor, the projector and the legacy bridge of one data directory."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
@@ -37,8 +37,10 @@ class Stack:
         self.postgres = PostgresService(self.settings)
         self.processor = ProcessorService(self.settings)
         self.projector = ProjectorService(self.settings)
+        self.bridge = BridgeService(self.settings)
         self._by_name: dict[str, _Service] = {
             "kafka": self.kafka, "postgres": self.postgres, "processor": self.processor, "projector": self.projector,
+            "bridge": self.bridge,
         }
 
     def _select(self, names: Sequence[str] | None) -> list[_Service]:
@@ -52,7 +54,9 @@ class Stack:
         """Start what is not running; returns {service: started_now}. A second call is a no-op."""
         started: dict[str, bool] = {}
         for svc in self._select(services):
-            if svc is self.processor or (svc is self.projector and "processor" not in started):
+            if svc in (self.processor, self.projector, self.bridge) and not any(
+                n in started for n in ("processor", "projector", "bridge")
+            ):
                 # The store's processes subscribe to topics, which must exist first.
                 created = asyncio.run(ensure_topics(self.settings))
                 if created:

@@ -16,7 +16,7 @@ from assessment_store._errors import ServiceFailed
 
 from ._procs import LogFn, ServiceStatus, is_alive, read_pid, rss_bytes, stop_pid, tail
 
-__all__ = ["ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
+__all__ = ["BridgeService", "ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -39,6 +39,8 @@ class StoreProcess:
 
     name = ""
     description = ""
+    command: tuple[str, ...] = ()
+    """Arguments after ``python -m assessment_store``; default: the service's name."""
 
     def __init__(self, settings: Settings, instance: int = 1) -> None:
         """``instance`` > 1 runs another process of the same kind beside the first (scale-out:
@@ -63,7 +65,8 @@ class StoreProcess:
         env = {**os.environ, **settings_env(self.s)}
         with self.log_file.open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "assessment_store", self.name, "--pid-file", str(self.pid_file)],
+                [sys.executable, "-m", "assessment_store", *(self.command or (self.name,)),
+                 "--pid-file", str(self.pid_file)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
@@ -112,3 +115,12 @@ class ProjectorService(StoreProcess):
     @property
     def description(self) -> str:  # type: ignore[override]
         return f"group {self.s.projector_group}: {self.s.events_topic} -> postgres schema 'projection'"
+
+
+class BridgeService(StoreProcess):
+    name = "bridge"
+    command = ("bridge", "run")
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"{self.s.legacy_topic} -> {self.s.commands_topic}"

@@ -51,11 +51,11 @@ def test_cli_errors_are_clear_and_non_zero(stack_settings: Settings) -> None:
 
 
 def test_stack_status_reports_pids_and_ports(stack_settings: Settings) -> None:
-    """`stack status --json` lists the four services running, with pids and addresses."""
+    """`stack status --json` lists the five services running, with pids and addresses."""
     r = _cli(stack_settings, "stack", "status", "--json")
     assert r.returncode == 0, r.stderr
     rows = {row["name"]: row for row in json.loads(r.stdout)}
-    assert set(rows) == {"kafka", "postgres", "processor", "projector"}
+    assert set(rows) == {"kafka", "postgres", "processor", "projector", "bridge"}
     assert all(row["running"] and row["pid"] for row in rows.values())
     assert str(stack_settings.kafka_port) in rows["kafka"]["address"]
     assert str(stack_settings.postgres_port) in rows["postgres"]["address"]

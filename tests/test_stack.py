@@ -51,11 +51,11 @@ async def _read_marker(settings: Settings) -> int:
 def test_up_is_idempotent_down_leaves_nothing_and_data_survives(own_stack: Settings) -> None:
     """A second up starts nothing; down stops every process; data written before down is there after up."""
     stack = Stack(own_stack)
-    assert stack.up(log=lambda _m: None) == {"kafka": True, "postgres": True, "processor": True, "projector": True}
+    assert stack.up(log=lambda _m: None) == {"kafka": True, "postgres": True, "processor": True, "projector": True, "bridge": True}
     first = {s.name: s.pid for s in stack.status()}
     assert all(first.values())
 
-    assert stack.up(log=lambda _m: None) == {"kafka": False, "postgres": False, "processor": False, "projector": False}
+    assert stack.up(log=lambda _m: None) == {"kafka": False, "postgres": False, "processor": False, "projector": False, "bridge": False}
     assert {s.name: s.pid for s in stack.status()} == first  # still exactly one of each
 
     asyncio.run(_write_marker(own_stack))
