@@ -105,3 +105,11 @@ def test_undownloadable_kafka_version_fails_with_mvn_output(tmp_path: Path) -> N
     assert "0.0.0-no-such" in str(info.value)
     assert info.value.log_tail.strip()
     assert not (tmp_path / "cache" / "kafka-0.0.0-no-such" / "libs").exists()
+
+
+def test_kraft_cluster_ids_never_look_like_options() -> None:
+    """Generated KRaft cluster ids are 22 URL-safe base64 characters and never start with '-'."""
+    from stack._kafka import _kraft_cluster_id
+
+    ids = [_kraft_cluster_id() for _ in range(5000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
