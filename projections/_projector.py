@@ -219,6 +219,16 @@ class Projector:
         not one record beyond it: the rebuild must equal the live projection at those offsets."""
         consumer = self._consumer
         assert consumer is not None and self.assign_all
+        pipeline = _Pipeline(self)
+        try:
+            await self._fold_until(consumer, targets, on_batch, pipeline)
+        finally:
+            await pipeline.drain()
+
+    async def _fold_until(
+        self, consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int],
+        on_batch: Callable[[int], None] | None, pipeline: _Pipeline,
+    ) -> None:
         while True:
             positions = {tp: await consumer.position(tp) for tp in targets}
             behind = [tp for tp, end in targets.items() if positions[tp] < end]
@@ -236,11 +246,11 @@ class Projector:
                 if recs and recs[-1].offset + 1 > targets[tp]:
                     consumer.seek(tp, targets[tp])  # fetched past the target: forget the excess
             if trimmed:
-                await self.fold(trimmed)
+                await pipeline.fold(trimmed)
                 if on_batch is not None:
                     on_batch(sum(len(r) for r in trimmed.values()))
 
-    async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> FoldStats:
+    def _decode(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> tuple[_Batch, FoldStats]:
         batch = _Batch()
         stats = FoldStats(batches=1)
         for tp, recs in records.items():
@@ -255,6 +265,10 @@ class Projector:
                     batch.anomalies.append(_anomaly("undecodable", rec, str(e), raw=rec.value))
             if recs:
                 batch.next_offsets[tp] = recs[-1].offset + 1
+        return batch, stats
+
+    async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> FoldStats:
+        batch, stats = self._decode(records)
         assert self._pool is not None
         for attempt in range(1, _FOLD_ATTEMPTS + 1):
             tried = FoldStats(batches=1, undecodable=stats.undecodable)
@@ -350,6 +364,13 @@ class Projector:
     async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
         ids = list({ev.assessment_id for _, ev in batch.events})
         states: dict[str, Assessment] = await fetch_assessments(conn, ids, schema=self.schema) if ids else {}
+        args, _changed = self._prepare(batch, states, stats)
+        await conn.execute(_FOLD_BATCH, *args)
+
+    def _prepare(
+        self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats
+    ) -> tuple[list[Any], dict[str, Assessment]]:
+        """Fold in memory and build fold_batch's arguments; also returns the new states."""
         changed, history, anomalies, accepted = self._fold(batch, states, stats)
         rows = [(prev, *assessment_to_row(a)) for prev, a in changed.values()]
         a_cols = _columns(rows, 20)
@@ -366,10 +387,12 @@ class Projector:
         notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
         # Duplicates too: the client that re-sent a command waits for this wake-up.
         notify_outcomes = list({f"{r[0]}|{r[1]}|{int(r[2])}|{r[3] or ''}" for r in outcome_rows})
-        await conn.execute(
-            _FOLD_BATCH, self.schema, not self.assign_all, self._generation, self.group, *a_cols, *_columns(history, 13), *_columns(outcome_rows, 12),
-            *_columns(anomalies, 10), *_columns(offsets, 3), notify_changes, notify_outcomes,
-        )
+        args = [
+            self.schema, not self.assign_all, self._generation, self.group, *a_cols, *_columns(history, 13),
+            *_columns(outcome_rows, 12), *_columns(anomalies, 10), *_columns(offsets, 3), notify_changes,
+            notify_outcomes,
+        ]
+        return args, {aid: a for aid, (_prev, a) in changed.items()}
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
@@ -396,6 +419,48 @@ _SWAP_STATES = {"AS001", "42P01", "42883", "0A000"}
 
 def _swapped(e: DatabaseUnavailable) -> bool:
     return getattr(e.__cause__, "sqlstate", None) in _SWAP_STATES
+
+
+class _Pipeline:
+    """Rebuild-mode folding with one batch written while the next is decoded and folded.
+
+    A rebuild is the only writer of its schema, so it can overlap PostgreSQL's work on batch N with
+    its own on batch N+1, under one ordering rule: N+1's starting states come from N's in-memory
+    result for the assessments N touched (N may not be committed yet), and from PostgreSQL for all
+    others (untouched by N, so their committed rows are final). Writes stay strictly in order:
+    N+1's write starts only after N's has committed, so fold_batch's version guard still holds.
+    """
+
+    def __init__(self, projector: Projector) -> None:
+        self.p = projector
+        self._writing: asyncio.Task[None] | None = None
+        self._in_flight: dict[str, Assessment] = {}
+
+    async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        p = self.p
+        assert p._pool is not None
+        batch, stats = p._decode(records)
+        ids = {ev.assessment_id for _, ev in batch.events}
+        states = {i: self._in_flight[i] for i in ids if i in self._in_flight}
+        missing = [i for i in ids if i not in states]
+        if missing:
+            with translate_db_errors("reading states to rebuild"):
+                states.update(await fetch_assessments(p._pool, missing, schema=p.schema))
+        args, changed = p._prepare(batch, states, stats)
+        await self.drain()
+        self._in_flight = changed
+        self._writing = asyncio.create_task(self._write(args))
+        p.stats.add(stats)
+
+    async def _write(self, args: list[Any]) -> None:
+        assert self.p._pool is not None
+        with translate_db_errors("writing a rebuilt batch"):
+            await self.p._pool.execute(_FOLD_BATCH, *args)
+
+    async def drain(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
