@@ -5,6 +5,11 @@ store's log, through the same single writer as every other write.
 * ``LegacyBridge``: the consumer of ``legacy.assessment-events`` (dead letters to ``.dlq``);
 * ``import_legacy``: a JSON Lines legacy export -> commands, resumable and idempotent;
 * ``bridge_rejections`` / ``dead_letters``: everything the bridge or the store refused, with why;
+* ``route_to_store`` / ``bucket``: sticky percentage routing, identical to the Node tap's;
+* ``FlagStore`` / ``MigrationFlags``: the migration flags, as events on a compacted topic;
+* ``MigrationRouter``: the dual-mode service, sticky per assessment, with counted legacy fallback
+  (``InMemoryLegacyBackend`` is a test double of the legacy side, for the router's own tests);
+* ``ReverseSync``: store-created assessments re-emitted in the legacy format (dual mode);
 * ``bridge_app``: the ``assessment-store bridge`` commands.
 
 See ``bridge/README.md``; ``bridge/node/`` is the Node tap that writes the legacy topic.
@@ -12,9 +17,13 @@ See ``bridge/README.md``; ``bridge/node/`` is the Node tap that writes the legac
 
 from ._cli import bridge_app
 from ._consumer import BridgeOptions, BridgeStats, LegacyBridge
+from ._flags import FLAGS_TOPIC, FlagChange, FlagStore, FlagStoreStats, MigrationFlags, audit_trail
 from ._import import BadLine, ImportReport, import_legacy
 from ._inspect import BridgeRejection, DeadLetter, bridge_rejections, dead_letters
 from ._legacy import LEGACY_STATES, LegacyEvent, RejectKind, Rejection, convert_legacy_state
+from ._reverse import ReverseStats, ReverseSync, to_legacy_message
+from ._router import FlagSource, InMemoryLegacyBackend, LegacyBackend, MigrationRouter, RouterStats, Side, StoreBackend
+from ._routing import BUCKETS, bucket, route_to_store
 from ._snapshot import IMPORT_ID_PREFIX, ExportRecord, ImportPlan, parse_export_line, plan_import
 from ._translate import (
     COMMAND_ID_PREFIX,
@@ -29,6 +38,25 @@ from ._translate import (
 )
 
 __all__ = [
+    "ReverseStats",
+    "ReverseSync",
+    "to_legacy_message",
+    "FlagSource",
+    "InMemoryLegacyBackend",
+    "LegacyBackend",
+    "MigrationRouter",
+    "RouterStats",
+    "Side",
+    "StoreBackend",
+    "FLAGS_TOPIC",
+    "FlagChange",
+    "FlagStore",
+    "FlagStoreStats",
+    "MigrationFlags",
+    "audit_trail",
+    "BUCKETS",
+    "bucket",
+    "route_to_store",
     "COMMAND_ID_PREFIX",
     "IMPORT_ID_PREFIX",
     "LEGACY_STATES",

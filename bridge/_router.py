@@ -1,0 +1,338 @@
+"""The dual-mode router: the seed's ``AssessmentStoreMigrationService``, with sticky routing.
+
+Each call picks a side from the live migration flags (``FlagStore.current()``, no I/O):
+
+* ``enable_assessment_store`` off                    -> legacy, every call;
+* ``enable_assessment_store`` on, ``enable_dual_mode`` off -> store, every call;
+* both on -> ``route_to_store(routing key, migration_percentage, routing_salt)``.
+
+The routing key is the assessment id (``routing_key=`` overrides it; a caller who created with a
+routing key must pass the same key on later calls). ``create_assessment`` generates the id *before*
+routing, so the side it creates on is the side every later call for that id goes to. The seed's
+``Math.random()`` per call would split one assessment across both systems.
+
+Legacy fallback (``enable_legacy_fallback``): a call the store could not serve because Kafka or
+PostgreSQL failed (``BackendError``) is retried on legacy and counted. A refusal by the store
+(``StoreUsageError``: invalid transition, not found, validation, version conflict) is an answer,
+not an outage, and is never retried elsewhere. Neither is a ``WaitTimeout``/``CommandTimeout``: the
+store may still apply that command, and running it on legacy as well could apply it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from assessment_store._errors import AssessmentNotFound, BackendError, InvalidTransition, StoreUsageError, WaitTimeout
+from assessment_store._model import JSON, Assessment, State, new_id
+
+from ._flags import MigrationFlags
+from ._routing import route_to_store
+
+__all__ = ["FlagSource", "InMemoryLegacyBackend", "LegacyBackend", "MigrationRouter", "RouterStats", "Side", "StoreBackend"]
+
+log = logging.getLogger("assessment_store.bridge.router")
+
+T = TypeVar("T")
+
+
+class Side(str, enum.Enum):
+    STORE = "store"
+    LEGACY = "legacy"
+
+
+class FlagSource(Protocol):
+    """Where the router reads the flags: ``FlagStore`` in production."""
+
+    def current(self) -> MigrationFlags: ...
+
+
+class StoreBackend(Protocol):
+    """The part of ``AssessmentStore`` the router uses (``AssessmentStore`` satisfies it)."""
+
+    async def create_assessment(self, request: JSON, *, assessment_id: str | None = None,
+                                command_id: str | None = None, correlation_id: str | None = None,
+                                processing_timeout_ms: int | None = None, max_retries: int | None = None) -> str: ...
+
+    async def start_assessment(self, assessment_id: str, *, worker: str | None = None,
+                               expected_version: int | None = None, command_id: str | None = None) -> Assessment: ...
+
+    async def update_progress(self, assessment_id: str, progress: int, message: str | None = None, *,
+                              expected_version: int | None = None, command_id: str | None = None) -> Assessment: ...
+
+    async def complete_assessment(self, assessment_id: str, result: JSON, *, duration_ms: int | None = None,
+                                  expected_version: int | None = None, command_id: str | None = None) -> Assessment: ...
+
+    async def fail_assessment(self, assessment_id: str, error: str, *, retryable: bool = False,
+                              expected_version: int | None = None, command_id: str | None = None) -> Assessment: ...
+
+    async def get_state(self, assessment_id: str) -> Assessment: ...
+
+    async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment: ...
+
+
+if TYPE_CHECKING:
+    from assessment_store._store import AssessmentStore
+
+    def _store_is_a_backend(store: AssessmentStore) -> StoreBackend:
+        return store  # mypy proves AssessmentStore satisfies the protocol; never called
+
+
+class LegacyBackend(Protocol):
+    """The legacy EventEmitter service, as the router calls it (the seed's ``EventService``).
+
+    An adapter over the real legacy service implements it; ``InMemoryLegacyBackend`` (tests only)
+    does for the router's own tests. States come back as ``Assessment`` (legacy statuses converted).
+    """
+
+    async def create_assessment(self, request: JSON, *, assessment_id: str) -> str: ...
+
+    async def start_assessment(self, assessment_id: str) -> Assessment: ...
+
+    async def update_progress(self, assessment_id: str, progress: int, message: str | None = None) -> Assessment: ...
+
+    async def complete_assessment(self, assessment_id: str, result: JSON, *,
+                                  duration_ms: int | None = None) -> Assessment: ...
+
+    async def fail_assessment(self, assessment_id: str, error: str) -> Assessment: ...
+
+    async def get_state(self, assessment_id: str) -> Assessment: ...
+
+    async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment: ...
+
+
+@dataclass(slots=True)
+class RouterStats:
+    """Counters per side (keys ``"store"`` / ``"legacy"``).
+
+    ``calls``: calls routed to a side (a fallback counts one store call and one legacy call);
+    ``errors``: calls a side failed with a backend error; ``refused``: calls a side answered with a
+    ``StoreUsageError``; ``fallbacks``: store calls retried on legacy.
+    """
+
+    calls: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    fallbacks: int = 0
+    by_operation: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"calls": dict(self.calls), "errors": dict(self.errors), "refused": dict(self.refused),
+                "fallbacks": self.fallbacks,
+                "byOperation": {f"{op}:{side}": n for (op, side), n in sorted(self.by_operation.items())}}
+
+
+class MigrationRouter:
+    """Routes every assessment operation to the store or to legacy, sticky per assessment."""
+
+    def __init__(self, store: StoreBackend, legacy: LegacyBackend, flags: FlagSource, *,
+                 pinned_capacity: int = 100_000) -> None:
+        self.store = store
+        self.legacy = legacy
+        self.flags = flags
+        self.stats = RouterStats()
+        # Assessments a fallback created on legacy although their key routes to the store: later calls
+        # from this process go to legacy too, or they would not find them (bounded, LRU). Other
+        # instances learn them through the legacy tap and the bridge, which write them into the store.
+        self._pinned: OrderedDict[str, Side] = OrderedDict()
+        self._pinned_capacity = pinned_capacity
+
+    # --- the decision ---------------------------------------------------------------------------
+
+    def side_for(self, routing_key: str, flags: MigrationFlags | None = None) -> Side:
+        """Which side serves ``routing_key`` under ``flags`` (default: the current flags). Pure."""
+        flags = flags or self.flags.current()
+        if not flags.enable_assessment_store:
+            return Side.LEGACY
+        if not flags.enable_dual_mode:
+            return Side.STORE
+        return Side.STORE if route_to_store(routing_key, flags.migration_percentage, flags.routing_salt) else Side.LEGACY
+
+    def _side(self, assessment_id: str, routing_key: str | None) -> Side:
+        pinned = self._pinned.get(assessment_id)
+        if pinned is not None:
+            self._pinned.move_to_end(assessment_id)
+            return pinned
+        return self.side_for(routing_key if routing_key is not None else assessment_id)
+
+    def _pin(self, assessment_id: str, side: Side) -> None:
+        self._pinned[assessment_id] = side
+        self._pinned.move_to_end(assessment_id)
+        while len(self._pinned) > self._pinned_capacity:
+            self._pinned.popitem(last=False)
+
+    async def _call(self, op: str, side: Side, on_store: Callable[[], Awaitable[T]],
+                    on_legacy: Callable[[], Awaitable[T]]) -> tuple[T, Side]:
+        """Run the call on ``side``; on a store backend error with fallback on, run it on legacy."""
+        if side is Side.LEGACY:
+            return await self._counted(op, Side.LEGACY, on_legacy), Side.LEGACY
+        try:
+            return await self._counted(op, Side.STORE, on_store), Side.STORE
+        except BackendError as e:
+            # Read the flag at failure time: an operator switching fallback off takes effect at once.
+            if not self.flags.current().enable_legacy_fallback:
+                raise
+            self.stats.fallbacks += 1
+            log.warning("router: %s on the store failed (%s); falling back to legacy", op, e)
+            return await self._counted(op, Side.LEGACY, on_legacy), Side.LEGACY
+
+    async def _counted(self, op: str, side: Side, call: Callable[[], Awaitable[T]]) -> T:
+        self.stats.calls[side.value] += 1
+        self.stats.by_operation[(op, side.value)] += 1
+        try:
+            return await call()
+        except StoreUsageError:
+            self.stats.refused[side.value] += 1
+            raise
+        except BackendError:
+            self.stats.errors[side.value] += 1
+            raise
+
+    # --- the seed's operations ------------------------------------------------------------------
+
+    async def create_assessment(self, request: JSON, *, assessment_id: str | None = None,
+                                routing_key: str | None = None) -> str:
+        """Create on the side the id (or ``routing_key``) routes to; returns the id."""
+        # The id is fixed before routing: both sides get the same id, and the side chosen here is
+        # the side every later call for this id is routed to.
+        aid = assessment_id or new_id()
+        side = self._side(aid, routing_key)
+        created, served = await self._call(
+            "create", side,
+            lambda: self.store.create_assessment(request, assessment_id=aid),
+            lambda: self.legacy.create_assessment(request, assessment_id=aid),
+        )
+        if served is not side:
+            self._pin(aid, served)
+        return created
+
+    async def start_assessment(self, assessment_id: str, *, routing_key: str | None = None) -> Assessment:
+        state, _ = await self._call(
+            "start", self._side(assessment_id, routing_key),
+            lambda: self.store.start_assessment(assessment_id),
+            lambda: self.legacy.start_assessment(assessment_id),
+        )
+        return state
+
+    async def update_progress(self, assessment_id: str, progress: int, message: str | None = None, *,
+                              routing_key: str | None = None) -> Assessment:
+        state, _ = await self._call(
+            "progress", self._side(assessment_id, routing_key),
+            lambda: self.store.update_progress(assessment_id, progress, message),
+            lambda: self.legacy.update_progress(assessment_id, progress, message),
+        )
+        return state
+
+    async def complete_assessment(self, assessment_id: str, result: JSON, *, duration_ms: int | None = None,
+                                  routing_key: str | None = None) -> Assessment:
+        state, _ = await self._call(
+            "complete", self._side(assessment_id, routing_key),
+            lambda: self.store.complete_assessment(assessment_id, result, duration_ms=duration_ms),
+            lambda: self.legacy.complete_assessment(assessment_id, result, duration_ms=duration_ms),
+        )
+        return state
+
+    async def fail_assessment(self, assessment_id: str, error: str, *, routing_key: str | None = None) -> Assessment:
+        state, _ = await self._call(
+            "fail", self._side(assessment_id, routing_key),
+            lambda: self.store.fail_assessment(assessment_id, error),
+            lambda: self.legacy.fail_assessment(assessment_id, error),
+        )
+        return state
+
+    async def get_state(self, assessment_id: str, *, routing_key: str | None = None) -> Assessment:
+        state, _ = await self._call(
+            "get", self._side(assessment_id, routing_key),
+            lambda: self.store.get_state(assessment_id),
+            lambda: self.legacy.get_state(assessment_id),
+        )
+        return state
+
+    async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0, *,
+                                  routing_key: str | None = None) -> Assessment:
+        state, _ = await self._call(
+            "wait", self._side(assessment_id, routing_key),
+            lambda: self.store.wait_for_completion(assessment_id, timeout),
+            lambda: self.legacy.wait_for_completion(assessment_id, timeout),
+        )
+        return state
+
+
+# --- test double ----------------------------------------------------------------------------------
+
+
+class InMemoryLegacyBackend:
+    """TEST DOUBLE ONLY: a dict standing in for the legacy service, to test the router's routing
+    logic (which side is called, fallback, counting). It is not the legacy system and proves nothing
+    about it; tests of the real legacy service go through the Node sample service and its tap.
+
+    Transitions follow the legacy service's rules (pending -> processing -> completed | failed);
+    an illegal one raises ``InvalidTransition`` as an adapter of the real service would.
+    """
+
+    def __init__(self) -> None:
+        self.assessments: dict[str, Assessment] = {}
+        self.calls: Counter[str] = Counter()
+        self._changed = asyncio.Condition()
+
+    async def _put(self, state: Assessment) -> Assessment:
+        async with self._changed:
+            self.assessments[state.assessment_id] = state
+            self._changed.notify_all()
+        return state
+
+    def _get(self, assessment_id: str) -> Assessment:
+        found = self.assessments.get(assessment_id)
+        if found is None:
+            raise AssessmentNotFound(assessment_id)
+        return found
+
+    async def _move(self, assessment_id: str, action: str, allowed: tuple[str, ...], **changes: object) -> Assessment:
+        self.calls[action] += 1
+        current = self._get(assessment_id)
+        if current.state.value not in allowed:
+            raise InvalidTransition(assessment_id, current.state.value, action)
+        return await self._put(dataclasses.replace(
+            current, version=current.version + 1, updated_at=datetime.now(UTC), **changes))  # type: ignore[arg-type]
+
+    async def create_assessment(self, request: JSON, *, assessment_id: str) -> str:
+        self.calls["create"] += 1
+        now = datetime.now(UTC)
+        await self._put(Assessment(assessment_id, State.PENDING, 1, 0, None, now, now, request))
+        return assessment_id
+
+    async def start_assessment(self, assessment_id: str) -> Assessment:
+        return await self._move(assessment_id, "start", ("PENDING",), state=State.PROCESSING)
+
+    async def update_progress(self, assessment_id: str, progress: int, message: str | None = None) -> Assessment:
+        return await self._move(assessment_id, "progress", ("PENDING", "PROCESSING"), progress=progress,
+                                message=message)
+
+    async def complete_assessment(self, assessment_id: str, result: JSON, *,
+                                  duration_ms: int | None = None) -> Assessment:
+        return await self._move(assessment_id, "complete", ("PROCESSING",), state=State.COMPLETED, progress=100,
+                                result_data=result, duration=duration_ms)
+
+    async def fail_assessment(self, assessment_id: str, error: str) -> Assessment:
+        return await self._move(assessment_id, "fail", ("PENDING", "PROCESSING"), state=State.FAILED,
+                                error_message=error)
+
+    async def get_state(self, assessment_id: str) -> Assessment:
+        self.calls["get"] += 1
+        return self._get(assessment_id)
+
+    async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment:
+        self.calls["wait"] += 1
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._get(assessment_id).state.finished), timeout)
+            except TimeoutError:
+                raise WaitTimeout(assessment_id, timeout) from None
+        return self._get(assessment_id)
