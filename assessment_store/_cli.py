@@ -36,8 +36,10 @@ def _mount_bridge() -> None:
     # Imported here, not at the top: bridge._cli imports this module's helpers inside its commands.
     from bridge import bridge_app
     from bridge._cli import import_
+    from bridge._flags_cli import flags_app
 
     app.add_typer(bridge_app, name="bridge")
+    app.add_typer(flags_app, name="flags")
     # The name for the import, beside `bridge import`.
     app.command("import-legacy", help="Import a legacy JSON Lines export (same as `bridge import`).")(import_)
 

@@ -59,3 +59,20 @@ def test_stack_status_reports_pids_and_ports(stack_settings: Settings) -> None:
     assert all(row["running"] and row["pid"] for row in rows.values())
     assert str(stack_settings.kafka_port) in rows["kafka"]["address"]
     assert str(stack_settings.postgres_port) in rows["postgres"]["address"]
+
+
+def test_flags_cli_sets_shows_audits_and_rolls_back(stack_settings: Settings) -> None:
+    """`flags set/show/history --audit/rollback` change and report the migration flags; a bad value
+    exits non-zero naming the field."""
+    r = _cli(stack_settings, "flags", "set", "migrationPercentage=25", "enableAssessmentStore=true",
+             "enableDualMode=true", "--actor", "cli-test", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["migrationPercentage"] == 25
+    shown = json.loads(_cli(stack_settings, "flags", "show", "--json").stdout)
+    assert (shown["migrationPercentage"], shown["enableAssessmentStore"]) == (25, True)
+    audit = json.loads(_cli(stack_settings, "flags", "history", "--audit", "--json").stdout)
+    assert any("cli-test" in json.dumps(row) for row in audit)
+    bad = _cli(stack_settings, "flags", "set", "migrationPercentage=150")
+    assert bad.returncode != 0 and "migration_percentage" in bad.stderr
+    back = json.loads(_cli(stack_settings, "flags", "rollback", "--actor", "cli-test", "--json").stdout)
+    assert (back["enableAssessmentStore"], back["enableDualMode"]) == (False, False)
