@@ -11,7 +11,6 @@ the original outcome and appends nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import TracebackType
 
 import asyncpg
 
@@ -25,6 +24,7 @@ from streams import CommandSender, ensure_topics
 
 from ._config import Settings
 from ._domain import validate_command, validate_id
+from ._lifecycle import AsyncLifecycle
 from ._errors import AssessmentNotFound, ValidationError, error_from_rejection
 from ._model import (
     JSON,
@@ -51,7 +51,7 @@ def _ids(command_id: str | None) -> dict[str, str]:
     return {"command_id": command_id} if command_id is not None else {}
 
 
-class AssessmentStore:
+class AssessmentStore(AsyncLifecycle):
     """Async client of the store. ``async with AssessmentStore() as store: ...``"""
 
     def __init__(self, settings: Settings | None = None) -> None:
@@ -77,14 +77,7 @@ class AssessmentStore:
         if pool is not None:
             await pool.close()
 
-    async def __aenter__(self) -> AssessmentStore:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- reads ------------------------------------------------------------------------
 

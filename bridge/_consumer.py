@@ -35,7 +35,6 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -43,6 +42,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from assessment_store._config import Settings
+from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import DatabaseUnavailable
 from assessment_store._model import CommandEnvelope, Create, EventSource, State
 from projections import create_pool, translate_db_errors
@@ -170,7 +170,7 @@ def dead_letter_record(
     return json.dumps(wrapper, ensure_ascii=True).encode("ascii"), key, headers
 
 
-class LegacyBridge:
+class LegacyBridge(AsyncLifecycle):
     """The legacy topic's consumer; see the module docstring. Start/stop are idempotent."""
 
     def __init__(self, settings: Settings, options: BridgeOptions = BridgeOptions()) -> None:
@@ -220,14 +220,7 @@ class LegacyBridge:
         if pool is not None:
             await pool.close()
 
-    async def __aenter__(self) -> LegacyBridge:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume until ``stop`` is set (a fetch waits at most 100 ms, so stopping is prompt)."""

@@ -34,12 +34,12 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from assessment_store._config import Settings
+from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import KafkaUnavailable, ValidationError
 from assessment_store._model import JSON, new_id
 from projections import connect, translate_db_errors
@@ -183,7 +183,7 @@ class FlagStoreStats:
 Subscriber = Callable[[FlagChange], None]
 
 
-class FlagStore:
+class FlagStore(AsyncLifecycle):
     """The migration flags every instance agrees on. ``async with FlagStore(settings) as flags:``"""
 
     def __init__(self, settings: Settings, *, topic: str = FLAGS_TOPIC, fetch_max_wait_ms: int = 10) -> None:
@@ -250,14 +250,7 @@ class FlagStore:
         if producer is not None:
             await producer.stop()
 
-    async def __aenter__(self) -> FlagStore:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from assessment_store._config import Settings
+from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._domain import evolve
 from assessment_store._errors import AssessmentStoreError, CodecError, DatabaseUnavailable, KafkaUnavailable
 from assessment_store._model import Assessment, Event, Outcome, Payload
@@ -88,7 +89,7 @@ def _anomaly(kind: str, rec: ConsumerRecord[bytes, bytes], detail: str, ev: Even
     )
 
 
-class Projector:
+class Projector(AsyncLifecycle):
     """Folds the events and outcomes topics into one projection schema.
 
     Live (the default): a member of the projector consumer group, folding into ``projection``;
@@ -171,12 +172,7 @@ class Projector:
         if pool is not None:
             await pool.close()
 
-    async def __aenter__(self) -> Projector:
-        await self.start()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     async def stored_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         assert self._pool is not None

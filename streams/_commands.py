@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from assessment_store._config import Settings
+from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._model import CommandEnvelope
 from schemas import CommandCodec
 
-from ._kafka import translate_kafka_errors
+from ._kafka import idempotent_producer, translate_kafka_errors
 
 __all__ = ["CommandSender"]
 
 
-class CommandSender:
+class CommandSender(AsyncLifecycle):
     """Idempotent, acks=all producer of commands keyed by assessment id.
 
     The key decides the partition, and so which processor instance owns the command: every
@@ -31,10 +31,7 @@ class CommandSender:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-            linger_ms=0, max_request_size=4 * 1024 * 1024,
-        )
+        producer = idempotent_producer(self._settings)
         with translate_kafka_errors(f"starting command producer for {self._settings.kafka_bootstrap}"):
             await producer.start()
         self._producer = producer
@@ -44,14 +41,7 @@ class CommandSender:
         if producer is not None:
             await producer.stop()
 
-    async def __aenter__(self) -> CommandSender:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def send(self, envelope: CommandEnvelope) -> RecordMetadata:
         if self._producer is None:

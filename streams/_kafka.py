@@ -6,13 +6,17 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from assessment_store._config import Settings
 from assessment_store._errors import KafkaUnavailable
 
-__all__ = ["TopicSpec", "admin_client", "ensure_topics", "partition_counts", "store_topics", "translate_kafka_errors"]
+__all__ = [
+    "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "store_topics",
+    "translate_kafka_errors",
+]
 
 
 @contextlib.contextmanager
@@ -26,6 +30,16 @@ def translate_kafka_errors(what: str) -> Iterator[None]:
         raise err from e
     except OSError as e:
         raise KafkaUnavailable(f"{what}: broker unreachable ({e})") from e
+
+
+def idempotent_producer(settings: Settings) -> AIOKafkaProducer:
+    """The producer every writer of the log uses: acks=all (nothing is acknowledged before every
+    in-sync replica has it) and idempotence (the broker drops the duplicate a retried send would
+    create, and keeps one partition's records in send order)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=0,
+        max_request_size=4 * 1024 * 1024,
+    )
 
 
 @dataclass(frozen=True)

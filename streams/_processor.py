@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord
 
 from assessment_store._config import Settings
+from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._domain import decide, evolve
 from assessment_store._errors import CodecError, StackError, StoreUsageError
 from assessment_store._model import (
@@ -62,7 +63,7 @@ from assessment_store._model import (
 )
 from schemas import CommandCodec, EventCodec, OutcomeCodec
 
-from ._kafka import ensure_topics, partition_counts, translate_kafka_errors
+from ._kafka import ensure_topics, idempotent_producer, partition_counts, translate_kafka_errors
 
 __all__ = ["COMMAND_OFFSET_HEADER", "CommandProcessor", "ProcessorStats"]
 
@@ -98,7 +99,7 @@ def _header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], na
     return next((v for k, v in headers if k == name), None)
 
 
-class CommandProcessor:
+class CommandProcessor(AsyncLifecycle):
     """Owns the partitions the consumer group gives it; see the module docstring."""
 
     def __init__(self, settings: Settings) -> None:
@@ -131,10 +132,7 @@ class CommandProcessor:
             raise StackError(
                 f"topics must have equal partition counts for single-writer routing, found {counts}"
             )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=0,
-            max_request_size=4 * 1024 * 1024,
-        )
+        producer = idempotent_producer(s)
         with translate_kafka_errors("starting the processor's producer"):
             await producer.start()
         self._producer = producer
@@ -166,12 +164,7 @@ class CommandProcessor:
             await producer.stop()
         self._parts.clear()
 
-    async def __aenter__(self) -> CommandProcessor:
-        await self.start()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @property
     def owned_partitions(self) -> list[int]:

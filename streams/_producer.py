@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from assessment_store._config import Settings
+from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._model import Event
 from schemas import EventCodec
 
-from ._kafka import translate_kafka_errors
+from ._kafka import idempotent_producer, translate_kafka_errors
 
 __all__ = ["EventProducer"]
 
 
-class EventProducer:
+class EventProducer(AsyncLifecycle):
     """Idempotent, acks=all producer of ``Event`` records keyed by assessment id.
 
     Keying by assessment id puts all events of one assessment on one partition, which is the
@@ -33,13 +33,7 @@ class EventProducer:
     async def start(self) -> None:
         if self._producer is not None:
             return
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=0,
-            max_request_size=4 * 1024 * 1024,
-        )
+        producer = idempotent_producer(self._settings)
         with translate_kafka_errors(f"starting producer for {self._settings.kafka_bootstrap}"):
             await producer.start()
         self._producer = producer
@@ -49,14 +43,7 @@ class EventProducer:
         if producer is not None:
             await producer.stop()
 
-    async def __aenter__(self) -> EventProducer:
-        await self.start()
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def append(self, event: Event) -> RecordMetadata:
         if self._producer is None:

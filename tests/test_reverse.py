@@ -50,7 +50,8 @@ async def test_store_created_lifecycle_is_emitted_in_legacy_format_idempotently(
                 return await eventually(
                     lambda: _read_all(stack_settings, topic),
                     lambda ms: sum(m["data"]["assessmentId"] == aid for m in ms) >= 4 * (2 if group.endswith("b") else 1),
-                    timeout_s=30, what="reverse-synced messages")
+                    # It reads the whole events topic from offset 0: in a full run that is 200k+ events.
+                    timeout_s=240, what="reverse-synced messages")
             finally:
                 stop.set()
                 await task
