@@ -9,6 +9,7 @@ store's log, through the same single writer as every other write.
 * ``FlagStore`` / ``MigrationFlags``: the migration flags, as events on a compacted topic;
 * ``MigrationRouter``: the dual-mode service, sticky per assessment, with counted legacy fallback
   (``InMemoryLegacyBackend`` is a test double of the legacy side, for the router's own tests);
+* ``HttpLegacyBackend``: the router's legacy side over the Node sample service's HTTP face;
 * ``ReverseSync``: store-created assessments re-emitted in the legacy format (dual mode);
 * ``bridge_app``: the ``assessment-store bridge`` commands.
 
@@ -21,6 +22,7 @@ from ._flags import FLAGS_TOPIC, FlagChange, FlagStore, FlagStoreStats, Migratio
 from ._import import BadLine, ImportReport, import_legacy
 from ._inspect import BridgeRejection, DeadLetter, bridge_rejections, dead_letters
 from ._legacy import LEGACY_STATES, LegacyEvent, RejectKind, Rejection, convert_legacy_state
+from ._legacy_http import HttpLegacyBackend, LegacyUnavailable, assessment_from_legacy_record
 from ._reverse import ReverseStats, ReverseSync, to_legacy_message
 from ._router import FlagSource, InMemoryLegacyBackend, LegacyBackend, MigrationRouter, RouterStats, Side, StoreBackend
 from ._routing import BUCKETS, bucket, route_to_store
@@ -38,6 +40,9 @@ from ._translate import (
 )
 
 __all__ = [
+    "HttpLegacyBackend",
+    "LegacyUnavailable",
+    "assessment_from_legacy_record",
     "ReverseStats",
     "ReverseSync",
     "to_legacy_message",

@@ -35,6 +35,8 @@ class LegacyAssessmentService extends EventEmitter {
   #assessments = new Map();
   #newId;
   #now;
+  /** @type {Map<string, number>} reverse-synced assessments -> seq of the last message applied */
+  #imported = new Map();
 
   /**
    * @param {{newId?: () => string, now?: () => Date}} [options] id generator (default
@@ -173,6 +175,101 @@ class LegacyAssessmentService extends EventEmitter {
       duration: a.duration,
       timestamp: a.updatedAt,
     });
+  }
+
+  /**
+   * Like createAssessment, with an id chosen by the caller (the dual-mode router fixes the id before it
+   * routes, so both sides know an assessment by the same id); emits 'assessment.created'.
+   * @param {string} assessmentId
+   * @param {unknown} request
+   * @returns {string} assessmentId
+   */
+  createAssessmentWithId(assessmentId, request) {
+    if (typeof assessmentId !== 'string' || assessmentId.length === 0) {
+      throw new TypeError('assessmentId must be a non-empty string');
+    }
+    const previous = this.#newId;
+    this.#newId = () => assessmentId;
+    try {
+      return this.createAssessment(request);
+    } finally {
+      this.#newId = previous;
+    }
+  }
+
+  /**
+   * Applies one message of the reverse sync (`legacy.assessment-events.reverse`: an assessment written
+   * through the store, in the legacy message format) to the in-memory store WITHOUT emitting any
+   * 'assessment.*' event, so a tap on this service does not send it back to the store. Instead it emits
+   * 'reverse.imported' (not a tapped event) with `{assessmentId, reverseId, seq, status}`.
+   *
+   * Deduplication: messages of one assessment carry seq = the store's event version (1, 2, ...) and
+   * reverseId = `<assessmentId>:<seq>`; a message whose seq is not above the last one applied for its
+   * assessment is a re-delivery or a re-read and is skipped. An id that exists here natively (created
+   * by this service, not imported) is never overwritten ('conflict').
+   *
+   * @param {{event: string, data: Record<string, any>, seq: number, reverseId?: string, emittedAt?: string}} message
+   * @returns {'applied'|'duplicate'|'conflict'|'invalid'}
+   */
+  importReverseMessage(message) {
+    if (message === null || typeof message !== 'object' || typeof message.event !== 'string') return 'invalid';
+    const data = message.data;
+    if (data === null || typeof data !== 'object' || typeof data.assessmentId !== 'string') return 'invalid';
+    const seq = message.seq;
+    if (!Number.isInteger(seq) || seq < 1) return 'invalid';
+    const id = data.assessmentId;
+    if (message.reverseId !== undefined && message.reverseId !== `${id}:${seq}`) return 'invalid';
+    const name = message.event.startsWith('assessment.') ? message.event.slice('assessment.'.length) : '';
+    const STATUS = /** @type {Record<string, LegacyStatus|null>} */ ({
+      created: 'pending', started: 'processing', progress: null, completed: 'completed', failed: 'failed',
+      cancelled: 'cancelled',
+    });
+    if (!(name in STATUS)) return 'invalid';
+    const at = typeof data.timestamp === 'string' ? data.timestamp : (message.emittedAt ?? this.#now().toISOString());
+    let a = this.#assessments.get(id);
+    if (a && !this.#imported.has(id)) return 'conflict';
+    const last = this.#imported.get(id) ?? 0;
+    if (seq <= last) return 'duplicate';
+    if (!a) {
+      // Normally the 'created' message (seq 1) comes first (one partition per id, in order); should a
+      // later message arrive first, the record is started from it and filled in as messages come.
+      const ms = Date.parse(at);
+      a = {
+        assessmentId: id, status: 'pending', progress: 0, message: null, request: null, result: null,
+        error: null, timestamp: at, updatedAt: at, duration: null,
+        createdMs: Number.isFinite(ms) ? ms : this.#now().getTime(), startedMs: null,
+      };
+      this.#assessments.set(id, a);
+    }
+    const status = STATUS[name];
+    if (status !== null) a.status = status;
+    if (typeof data.status === 'string' && name === 'progress') a.status = data.status;
+    if (typeof data.progress === 'number') a.progress = data.progress;
+    if (name === 'progress') a.message = data.message ?? null;
+    if (name === 'created') {
+      a.request = data.request === undefined ? null : data.request;
+      a.timestamp = at;
+    }
+    if (name === 'started') {
+      const ms = Date.parse(at);
+      if (Number.isFinite(ms)) a.startedMs = ms;
+    }
+    if (name === 'completed') a.result = data.result === undefined ? null : data.result;
+    if (name === 'failed') a.error = data.error ?? null;
+    if ('duration' in data && data.duration !== undefined) a.duration = data.duration;
+    a.updatedAt = at;
+    this.#imported.set(id, seq);
+    this.emit('reverse.imported', { assessmentId: id, reverseId: `${id}:${seq}`, seq, status: a.status });
+    return 'applied';
+  }
+
+  /**
+   * @param {string} assessmentId
+   * @returns {number} the seq (store version) of the last reverse-synced message applied, 0 when the
+   *   assessment was not imported
+   */
+  importedVersion(assessmentId) {
+    return this.#imported.get(assessmentId) ?? 0;
   }
 
   /**
