@@ -10,9 +10,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from assessment_store import AssessmentStore, Settings
+from datetime import UTC, datetime, timedelta
+
+from assessment_store import Settings
+from assessment_store._domain import decide, evolve
+from assessment_store._model import Assessment, Command, Complete, Create, Start, UpdateProgress
 from assessment_store.testing import eventually
 from bridge import FlagStore, ReverseSync
+from streams import EventProducer, TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.stack
 
@@ -30,28 +35,37 @@ async def _read_all(settings: Settings, topic: str) -> list[dict[str, Any]]:
         await reader.stop()
 
 
-async def test_store_created_lifecycle_is_emitted_in_legacy_format_idempotently(
-    stack_settings: Settings, store: AssessmentStore
-) -> None:
+async def test_store_created_lifecycle_is_emitted_in_legacy_format_idempotently(stack_settings: Settings) -> None:
     """In dual mode a store-created lifecycle becomes created/started/progress/completed legacy messages, re-emitted identically."""
     topic = f"test.reverse.{uuid.uuid4().hex[:8]}"
+    # An events topic of its own: a reverse-sync group reads from offset 0, and the session's log
+    # holds hundreds of thousands of events by the time this runs.
+    events = f"test.reverse-events.{uuid.uuid4().hex[:8]}"
+    s = stack_settings.model_copy(update={"events_topic": events})
+    await ensure_topics(s, [TopicSpec(events, s.partitions, {})])
     async with FlagStore(stack_settings, topic=f"test.reverse-flags.{uuid.uuid4().hex[:8]}") as flags:
         await flags.update("test", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=30)
-        aid = await store.create_assessment({"who": "rev"})
-        await store.start_assessment(aid)
-        await store.update_progress(aid, 60, "scoring")
-        await store.complete_assessment(aid, {"score": 7}, duration_ms=5)
+        aid = f"rev-{uuid.uuid4().hex[:8]}"
+        t0 = datetime.now(UTC)
+        commands: list[Command] = [Create(assessment_id=aid, request={"who": "rev"}), Start(assessment_id=aid),
+                    UpdateProgress(assessment_id=aid, progress=60, message="scoring"),
+                    Complete(assessment_id=aid, result={"score": 7}, duration_ms=5)]
+        state: Assessment | None = None
+        async with EventProducer(s) as producer:
+            for i, cmd in enumerate(commands):
+                event = decide(state, cmd, t0 + timedelta(milliseconds=i))
+                state = evolve(state, event)
+                await producer.append(event)
 
         async def run_once(group: str) -> list[dict[str, Any]]:
             stop = asyncio.Event()
-            sync = ReverseSync(stack_settings, flags, group_id=group, topic=topic)
+            sync = ReverseSync(s, flags, group_id=group, topic=topic)
             task = asyncio.create_task(sync.run(stop))
             try:
                 return await eventually(
-                    lambda: _read_all(stack_settings, topic),
+                    lambda: _read_all(s, topic),
                     lambda ms: sum(m["data"]["assessmentId"] == aid for m in ms) >= 4 * (2 if group.endswith("b") else 1),
-                    # It reads the whole events topic from offset 0: in a full run that is 200k+ events.
-                    timeout_s=240, what="reverse-synced messages")
+                    timeout_s=60, what="reverse-synced messages")
             finally:
                 stop.set()
                 await task
