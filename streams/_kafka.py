@@ -7,13 +7,16 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from assessment_store._config import Settings
 from assessment_store._errors import KafkaUnavailable
+from assessment_store._lifecycle import AsyncLifecycle
 
 __all__ = [
+    "KeyedProducer",
     "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "store_topics",
     "translate_kafka_errors",
 ]
@@ -40,6 +43,39 @@ def idempotent_producer(settings: Settings) -> AIOKafkaProducer:
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=0,
         max_request_size=4 * 1024 * 1024,
     )
+
+
+class KeyedProducer(AsyncLifecycle):
+    """An idempotent producer behind the lifecycle every writer shares; subclasses say what they
+    encode and where it goes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self._producer is not None:
+            return
+        producer = idempotent_producer(self._settings)
+        with translate_kafka_errors(f"starting a producer for {self._settings.kafka_bootstrap}"):
+            await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def _send(
+        self, what: str, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]],
+        timestamp_ms: int | None = None,
+    ) -> RecordMetadata:
+        await self.start()
+        assert self._producer is not None
+        with translate_kafka_errors(what):
+            return await self._producer.send_and_wait(
+                topic, value=value, key=key.encode(), headers=headers, timestamp_ms=timestamp_ms
+            )
 
 
 @dataclass(frozen=True)

@@ -23,20 +23,10 @@ from stack import Stack
 from stack._procs import is_alive, wait_until
 from streams import CommandSender
 
+from .state_table import LEGAL, TRANSITION_NAMES
+
 pytestmark = pytest.mark.stack
 
-TRANSITIONS = ("start", "update_progress", "complete", "fail", "cancel", "retry")
-LEGAL = {
-    (State.PENDING, "start"): State.PROCESSING,
-    (State.PENDING, "update_progress"): State.PENDING,
-    (State.PENDING, "fail"): State.FAILED,
-    (State.PENDING, "cancel"): State.CANCELLED,
-    (State.PROCESSING, "update_progress"): State.PROCESSING,
-    (State.PROCESSING, "complete"): State.COMPLETED,
-    (State.PROCESSING, "fail"): State.FAILED,
-    (State.PROCESSING, "cancel"): State.CANCELLED,
-    (State.FAILED, "retry"): State.PENDING,
-}
 
 
 async def _in_state(store: AssessmentStore, state: State) -> str:
@@ -73,7 +63,7 @@ async def _apply(store: AssessmentStore, aid: str, name: str) -> None:
 async def test_every_state_and_transition_pair(store: AssessmentStore, state: State) -> None:
     """Each of the 6 transitions from each of the 5 states: legal ones move the state and add exactly
     one event; illegal ones raise InvalidTransition (id, state, transition) and add no event."""
-    for name in TRANSITIONS:
+    for name in TRANSITION_NAMES:
         aid = await _in_state(store, state)
         before = await store.get_history(aid)
         if (state, name) in LEGAL:

@@ -12,6 +12,8 @@ from assessment_store._model import (
     Assessment, Cancel, Command, Complete, Create, Fail, Retry, Start, UpdateProgress,
 )
 
+from .state_table import LEGAL, TRANSITION_NAMES
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 AID = "a-1"
 
@@ -40,21 +42,10 @@ TRANSITIONS: dict[str, Command] = {
     "cancel": Cancel(assessment_id=AID),
     "retry": Retry(assessment_id=AID),
 }
-LEGAL = {
-    (State.PENDING, "start"): State.PROCESSING,
-    (State.PENDING, "update_progress"): State.PENDING,
-    (State.PENDING, "fail"): State.FAILED,
-    (State.PENDING, "cancel"): State.CANCELLED,
-    (State.PROCESSING, "update_progress"): State.PROCESSING,
-    (State.PROCESSING, "complete"): State.COMPLETED,
-    (State.PROCESSING, "fail"): State.FAILED,
-    (State.PROCESSING, "cancel"): State.CANCELLED,
-    (State.FAILED, "retry"): State.PENDING,
-}
 
 
 @pytest.mark.parametrize("state", list(State))
-@pytest.mark.parametrize("name", list(TRANSITIONS))
+@pytest.mark.parametrize("name", TRANSITION_NAMES)
 def test_every_state_transition_pair(state: State, name: str) -> None:
     """Legal pairs yield the next version and target state; illegal ones raise InvalidTransition naming all three."""
     current = _in_state(state)
