@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ._config import Settings
-from ._errors import AssessmentStoreError, StoreUsageError, WaitTimeout
+from ._console import err, out
+from ._console import fail as _fail
+from ._console import run_cli as _run
+from ._console import serve_forever as _serve_forever
+from ._errors import AssessmentStoreError
 from ._model import JSON, Assessment, State
 from ._store import AssessmentStore
 
@@ -33,7 +33,7 @@ app.add_typer(stack_app, name="stack")
 
 
 def _mount_bridge() -> None:
-    # Imported here, not at the top: bridge._cli imports this module's helpers inside its commands.
+    # Imported here: the role package's CLI is an add-on of this one, loaded when the app is built.
     from bridge import bridge_app
     from bridge._cli import import_
     from bridge._flags_cli import flags_app
@@ -43,33 +43,11 @@ def _mount_bridge() -> None:
     # The issue's name for the import, beside `bridge import`.
     app.command("import-legacy", help="Import a legacy JSON Lines export (same as `bridge import`).")(import_)
 
-# Piped output (CI logs, `| less`) gets a wide fixed width instead of Rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() else 160
-out = Console(width=_WIDTH)
-err = Console(stderr=True, width=_WIDTH)
-
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 IdArg = Annotated[str, typer.Argument(help="Assessment id.")]
 ExpectedVersion = Annotated[
     int | None, typer.Option("--expected-version", help="Refuse unless the assessment is at this version.")
 ]
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except WaitTimeout as e:
-        _fail(str(e), 3)
-    except StoreUsageError as e:
-        _fail(str(e), 1)
-    except AssessmentStoreError as e:
-        _fail(str(e), 2 if not e.retriable else 4)
-    raise AssertionError  # unreachable: _fail raises
 
 
 def _with_store(fn: Callable[[AssessmentStore], Awaitable[T]]) -> T:
@@ -206,26 +184,6 @@ def stack_logs(
 
 
 # --- services ---------------------------------------------------------------------------
-
-
-def _serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], Any]) -> None:
-    """Run a store process until SIGTERM/SIGINT; write '<pid-file>.ready' once it consumes."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logger = logging.getLogger(f"assessment_store.{name}")
-
-    async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        async with make(Settings()) as p:
-            if pid_file is not None:
-                pid_file.with_suffix(".ready").write_text("ready\n")
-            logger.info("%s consuming", name)
-            await p.run(stop)
-            logger.info("%s stopping: %s", name, p.stats)
-
-    _run(go())
 
 
 PidFile = Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-file>.ready' once consuming.")]

@@ -1,8 +1,8 @@
 """``assessment-store bridge ...``: run the legacy bridge, import a legacy export, inspect refusals.
 
-The main CLI mounts ``bridge_app`` (``app.add_typer(bridge_app, name="bridge")``). The helpers of
-``assessment_store._cli`` (exit codes per error, the consoles, the foreground service loop) are
-imported inside the commands: that module imports this one, so a top-level import would be a cycle.
+The main CLI mounts ``bridge_app`` (``app.add_typer(bridge_app, name="bridge")``); the helpers every
+CLI shares (consoles, exit codes per error, the foreground service loop) come from
+``assessment_store._console``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from assessment_store._config import Settings
+from assessment_store._console import out, run_cli, serve_forever
 
 from ._consumer import BridgeOptions, LegacyBridge
 
@@ -38,10 +39,9 @@ def run(
     ] = _DEFAULTS.max_message_bytes,
 ) -> None:
     """Consume legacy.assessment-events into store commands in the foreground until SIGTERM."""
-    from assessment_store._cli import _serve_forever
 
     options = BridgeOptions(group_id=group, max_message_bytes=max_message_bytes)
-    _serve_forever(pid_file, "bridge", lambda settings: LegacyBridge(settings, options))
+    serve_forever(pid_file, "bridge", lambda settings: LegacyBridge(settings, options))
 
 
 @bridge_app.command("import")
@@ -55,11 +55,10 @@ def import_(
     as_json: JsonFlag = False,
 ) -> None:
     """Import a legacy export (one assessment per line); resumable, idempotent, bad lines kept aside."""
-    from assessment_store._cli import _run, out
 
     from ._import import import_legacy
 
-    r = _run(import_legacy(Settings(), file, batch_size=batch_size, progress=progress, restart=restart,
+    r = run_cli(import_legacy(Settings(), file, batch_size=batch_size, progress=progress, restart=restart,
                            outcome_timeout_s=outcome_timeout))
     if as_json:
         out.print_json(data={
@@ -100,11 +99,10 @@ def dlq(
     as_json: JsonFlag = False,
 ) -> None:
     """Legacy messages the bridge could not translate, with their reasons (legacy.assessment-events.dlq)."""
-    from assessment_store._cli import _run, out
 
     from ._inspect import dead_letters
 
-    letters = _run(dead_letters(Settings(), limit=limit))
+    letters = run_cli(dead_letters(Settings(), limit=limit))
     if as_json:
         out.print_json(data=[{"offset": d.offset, "kind": d.kind, "reason": d.reason, "source": d.source,
                               "letter": d.wrapper} for d in letters])
@@ -125,11 +123,10 @@ def rejections(
     as_json: JsonFlag = False,
 ) -> None:
     """Bridge and import commands the command processor refused (e.g. progress after completion)."""
-    from assessment_store._cli import _run, out
 
     from ._inspect import bridge_rejections
 
-    rows = _run(bridge_rejections(Settings(), limit=limit, assessment_id=assessment_id))
+    rows = run_cli(bridge_rejections(Settings(), limit=limit, assessment_id=assessment_id))
     if as_json:
         out.print_json(json.dumps([{
             "commandId": r.command_id, "assessmentId": r.assessment_id, "origin": r.origin,

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from assessment_store._config import Settings
+from assessment_store._console import fail, out, run_cli
 
 from ._flags import FlagStore, MigrationFlags, audit_trail, default_actor
 
@@ -28,7 +29,6 @@ def _value(text: str) -> Any:
 
 
 def _print_flags(flags: MigrationFlags, as_json: bool) -> None:
-    from assessment_store._cli import out
 
     if as_json:
         out.print_json(data=flags.to_json())
@@ -40,13 +40,12 @@ def _print_flags(flags: MigrationFlags, as_json: bool) -> None:
 @flags_app.command("show")
 def show(as_json: JsonFlag = False) -> None:
     """The current flags, as every running instance sees them."""
-    from assessment_store._cli import _run
 
     async def go() -> MigrationFlags:
         async with FlagStore(Settings()) as store:
             return store.current()
 
-    _print_flags(_run(go()), as_json)
+    _print_flags(run_cli(go()), as_json)
 
 
 @flags_app.command("set")
@@ -56,32 +55,30 @@ def set_(
     as_json: JsonFlag = False,
 ) -> None:
     """Change flags; running instances see the change within about a second."""
-    from assessment_store._cli import _fail, _run
 
     changes: dict[str, Any] = {}
     for a in assignments:
         key, sep, raw = a.partition("=")
         if not sep or not key:
-            _fail(f"{a!r} is not KEY=VALUE")
+            fail(f"{a!r} is not KEY=VALUE")
         changes[key] = _value(raw)
 
     async def go() -> MigrationFlags:
         async with FlagStore(Settings()) as store:
             return await store.update(actor or default_actor(), **changes)
 
-    _print_flags(_run(go()), as_json)
+    _print_flags(run_cli(go()), as_json)
 
 
 @flags_app.command("rollback")
 def rollback(actor: Actor = None, as_json: JsonFlag = False) -> None:
     """Immediate rollback: every call goes to the legacy system (store and dual mode off)."""
-    from assessment_store._cli import _run
 
     async def go() -> MigrationFlags:
         async with FlagStore(Settings()) as store:
             return await store.update(actor or default_actor(), enable_assessment_store=False, enable_dual_mode=False)
 
-    _print_flags(_run(go()), as_json)
+    _print_flags(run_cli(go()), as_json)
 
 
 @flags_app.command("history")
@@ -90,7 +87,6 @@ def history(
     as_json: JsonFlag = False,
 ) -> None:
     """Flag changes, oldest first: from the topic, or (--audit) from public.migration_audit."""
-    from assessment_store._cli import _run, out
 
     async def go() -> list[dict[str, Any]]:
         if audit:
@@ -98,7 +94,7 @@ def history(
         async with FlagStore(Settings()) as store:
             return [c.to_json() for c in await store.history()]
 
-    rows = _run(go())
+    rows = run_cli(go())
     if as_json:
         out.print_json(json.dumps(rows, default=str))
         return

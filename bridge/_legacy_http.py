@@ -29,7 +29,7 @@ from assessment_store._errors import (
     ValidationError,
     WaitTimeout,
 )
-from assessment_store._model import JSON, Assessment, State
+from assessment_store._model import JSON, Assessment
 
 from ._legacy import convert_legacy_state
 
