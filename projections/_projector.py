@@ -14,9 +14,9 @@ Ordering and offsets, the invariants everything else leans on:
   after a crash is therefore harmless, and nothing is skipped.
 * Offsets only move forward (``GREATEST``). During a rebalance two projectors may briefly fold
   the same records: each new state is written only if its row is still at the version it was
-  folded from (``projection.fold_batch``, migration 003), else the whole batch rolls back and is
+  folded from (``public.fold_batch``, migration 003), else the whole batch rolls back and is
   re-read and re-folded, where the version check makes it a no-op.
-* The whole batch is written by one call of ``projection.fold_batch``: one round trip, one
+* The whole batch is written by one call of ``public.fold_batch``: one round trip, one
   transaction.
 * Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
   tools see the group's position; they are never read back.
