@@ -10,7 +10,8 @@ store's log, through the same single writer as every other write.
 * ``MigrationRouter``: the dual-mode service, sticky per assessment, with counted legacy fallback
   (``InMemoryLegacyBackend`` is a test double of the legacy side, for the router's own tests);
 * ``HttpLegacyBackend``: the router's legacy side over the Node sample service's HTTP face;
-* ``ReverseSync``: store-created assessments re-emitted in the legacy format (dual mode);
+* ``ReverseSync``: every change written through the store, re-emitted in the legacy format;
+* ``ShadowObserver`` / ``MismatchLog``: shadow comparison of routed calls, mismatches kept in PostgreSQL;
 * ``bridge_app``: the ``assessment-store bridge`` commands.
 
 See ``bridge/README.md``; ``bridge/node/`` is the Node tap that writes the legacy topic.
@@ -24,8 +25,18 @@ from ._inspect import BridgeRejection, DeadLetter, bridge_rejections, dead_lette
 from ._legacy import LEGACY_STATES, LegacyEvent, RejectKind, Rejection, convert_legacy_state
 from ._legacy_http import HttpLegacyBackend, LegacyUnavailable, assessment_from_legacy_record
 from ._reverse import ReverseStats, ReverseSync, to_legacy_message
-from ._router import FlagSource, InMemoryLegacyBackend, LegacyBackend, MigrationRouter, RouterStats, Side, StoreBackend
+from ._router import (
+    FlagSource,
+    InMemoryLegacyBackend,
+    LegacyBackend,
+    LegacyNotSynced,
+    MigrationRouter,
+    RouterStats,
+    Side,
+    StoreBackend,
+)
 from ._routing import BUCKETS, bucket, route_to_store
+from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserver, ShadowStats, Verdict, compare
 from ._snapshot import IMPORT_ID_PREFIX, ExportRecord, ImportPlan, parse_export_line, plan_import
 from ._translate import (
     COMMAND_ID_PREFIX,
@@ -49,6 +60,7 @@ __all__ = [
     "FlagSource",
     "InMemoryLegacyBackend",
     "LegacyBackend",
+    "LegacyNotSynced",
     "MigrationRouter",
     "RouterStats",
     "Side",
@@ -59,6 +71,13 @@ __all__ = [
     "FlagStoreStats",
     "MigrationFlags",
     "audit_trail",
+    "COMPARED_FIELDS",
+    "MismatchLog",
+    "ShadowMismatch",
+    "ShadowObserver",
+    "ShadowStats",
+    "Verdict",
+    "compare",
     "BUCKETS",
     "bucket",
     "route_to_store",

@@ -67,6 +67,7 @@ _JSON_NAMES: dict[str, str] = {
     "enable_metrics": "enableMetrics",
     "enable_audit_logging": "enableAuditLogging",
     "enable_dual_mode": "enableDualMode",
+    "enable_shadow_comparison": "enableShadowComparison",
     "routing_salt": "routingSalt",
 }
 _PY_NAMES = {v: k for k, v in _JSON_NAMES.items()}
@@ -98,6 +99,8 @@ class MigrationFlags:
     enable_metrics: bool = True
     enable_audit_logging: bool = True
     enable_dual_mode: bool = False
+    enable_shadow_comparison: bool = False
+    """Beyond the seed: observe each routed call on the other side and compare (``bridge/_shadow.py``)."""
     routing_salt: str = "assessment-store-rollout"
 
     def __post_init__(self) -> None:

@@ -150,7 +150,6 @@ class HttpLegacyBackend:
         return await self._transition(assessment_id, "fail", {"error": error})
 
     async def cancel_assessment(self, assessment_id: str) -> Assessment:
-        """Not in the router's protocol (the seed's router has no cancel); the legacy service has it."""
         return await self._transition(assessment_id, "cancel", None)
 
     async def get_state(self, assessment_id: str) -> Assessment:
@@ -162,6 +161,19 @@ class HttpLegacyBackend:
             return await self.get_state(assessment_id)
         except AssessmentNotFound:
             return None
+
+    async def synced_version(self, assessment_id: str) -> int:
+        """``storeVersion`` of the legacy record: the store version of the last reverse-synced change
+        the service applied; 0 when it applied none or does not know the id."""
+        try:
+            body = await self._call("GET", self._path(assessment_id), assessment_id, "get")
+        except AssessmentNotFound:
+            return 0
+        version = body.get("storeVersion", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise LegacyUnavailable(f"legacy service answered storeVersion={version!r} for {assessment_id!r}",
+                                    url=self.base_url)
+        return version
 
     async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment:
         """Long-poll until COMPLETED, FAILED or CANCELLED; ``WaitTimeout`` after ``timeout`` seconds."""

@@ -1,11 +1,18 @@
-"""Reverse sync: events of assessments created through the store, re-emitted in the legacy message
-format on ``legacy.assessment-events.reverse``, so rolling back to legacy loses nothing.
+"""Reverse sync: every event written through the store, re-emitted in the legacy message format on
+``legacy.assessment-events.reverse``, so rolling back to legacy loses nothing.
 
-Only assessments whose ``AssessmentCreated`` event has source ``store`` are synced (those created
-through the legacy bridge or the import already exist on legacy), and only while dual mode is on
-(read when the event is processed). Messages are deterministic functions of their event
-(``emittedAt`` = the event's ``recorded_at``, ``seq`` = its version, ``reverseId`` =
-``<assessment id>:<version>``), so a re-read emits byte-identical copies the legacy side dedupes.
+The rule is per event, not per assessment, and does not read the flags: an event is synced iff its
+``source`` is ``store``. Events with source ``legacy-bridge`` came from legacy (echoing them would
+loop), ``migration`` ones from a legacy export (legacy has them). Per event, because one assessment
+can be written by both sides over its life: created on legacy, then served by the store after the
+percentage went up; legacy must receive exactly the store's part of its history. Not reading the
+flags, because "was dual mode on?" at processing time is not a property of the event: a re-read
+(new group, restart after a crash) would sync a different set; this way a re-read emits the same
+messages, byte for byte.
+
+Messages are deterministic functions of their event (``emittedAt`` = the event's ``recorded_at``,
+``seq`` = its version, ``reverseId`` = ``<assessment id>:<version>``), so a re-read emits identical
+copies, which the legacy side dedupes on ``seq`` (versions only grow per assessment).
 """
 
 from __future__ import annotations
@@ -13,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from assessment_store._config import Settings
 from assessment_store._errors import CodecError
+from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._model import (
     JSON,
     Cancelled,
@@ -33,8 +40,6 @@ from assessment_store._model import (
 )
 from schemas import EventCodec
 from streams._kafka import TopicSpec, ensure_topics, translate_kafka_errors
-
-from ._router import FlagSource
 
 __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "to_legacy_message"]
 
@@ -70,65 +75,95 @@ def to_legacy_message(event: Event) -> dict[str, JSON] | None:
 
 @dataclass(slots=True)
 class ReverseStats:
+    """``events == emitted + skipped_not_store + skipped_no_legacy_event + undecodable`` once a batch is done."""
+
     events: int = 0
     emitted: int = 0
     skipped_not_store: int = 0
-    skipped_dual_mode_off: int = 0
     skipped_no_legacy_event: int = 0
     undecodable: int = 0
+    batches: int = 0
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"events": self.events, "emitted": self.emitted, "skippedNotStore": self.skipped_not_store,
+                "skippedNoLegacyEvent": self.skipped_no_legacy_event, "undecodable": self.undecodable,
+                "batches": self.batches}
 
 
-class ReverseSync:
-    """Consumer (own group) of the events topic -> legacy messages. ``await sync.run(stop_event)``."""
+class ReverseSync(AsyncLifecycle):
+    """Consumer (own group) of the events topic -> legacy messages.
 
-    def __init__(self, settings: Settings, flags: FlagSource, *, group_id: str = "assessment-store-reverse-sync",
-                 topic: str | None = None, capacity: int = 1_000_000) -> None:
+    ``async with ReverseSync(settings) as sync: await sync.run(stop_event)``; start/stop idempotent.
+    """
+
+    def __init__(self, settings: Settings, *, group_id: str = "assessment-store-reverse-sync",
+                 topic: str | None = None) -> None:
         self.settings = settings
-        self.flags = flags
         self.group_id = group_id
         self.topic = topic or settings.legacy_topic + ".reverse"
         self.stats = ReverseStats()
         self._codec = EventCodec()
-        # id -> created through the store? Filled from Created events, which precede every other event
-        # of their assessment on its partition (keyed by id), so a group reading from offset 0 knows
-        # every id it meets. Bounded; an evicted id is treated as not store-created (logged via stats).
-        self._origin: OrderedDict[str, bool] = OrderedDict()
-        self._capacity = capacity
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
         await ensure_topics(self.settings, [TopicSpec(self.topic, self.settings.partitions,
                                                       {"retention.ms": "-1", "retention.bytes": "-1"})])
         consumer = AIOKafkaConsumer(
             self.settings.events_topic, bootstrap_servers=self.settings.kafka_bootstrap, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
         )
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
                                     enable_idempotence=True, linger_ms=5)
-        with translate_kafka_errors("starting the reverse sync"):
-            await consumer.start()
-            await producer.start()
         try:
-            while not stop.is_set():
+            with translate_kafka_errors("starting the reverse sync"):
+                await producer.start()
+                await consumer.start()
+        except BaseException:
+            await producer.stop()
+            await consumer.stop()
+            raise
+        self._consumer, self._producer = consumer, producer
+
+    async def stop(self) -> None:
+        consumer, producer = self._consumer, self._producer
+        self._consumer = self._producer = None
+        if producer is not None:
+            await producer.stop()
+        if consumer is not None:
+            await consumer.stop()
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Sync until ``stop`` is set (forever without one)."""
+        if self._consumer is None or self._producer is None:
+            raise RuntimeError("ReverseSync is not started: use `async with ReverseSync(settings) as sync`")
+        consumer, producer = self._consumer, self._producer
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            with translate_kafka_errors("reading the events topic"):
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
-                futures = []
+            futures = []
+            with translate_kafka_errors("emitting reverse-synced messages"):
                 for records in batch.values():
                     for rec in records:
                         message = self._translate(rec.value, rec.headers)
                         if message is not None:
                             futures.append(await producer.send(
-                                self.topic, json.dumps(message, separators=(",", ":")).encode(),
-                                key=rec.key))
+                                self.topic, json.dumps(message, separators=(",", ":")).encode(), key=rec.key))
                 # Ordering: every message of the batch is acknowledged before its offsets are
                 # committed, so a crash re-emits (identical, dedupable) messages, never skips one.
-                with translate_kafka_errors("emitting reverse-synced messages"):
-                    await asyncio.gather(*futures)
-                    if batch:
-                        await consumer.commit()
-                self.stats.emitted += len(futures)
-        finally:
-            await producer.stop()
-            await consumer.stop()
+                # Per assessment the order is kept: one events partition holds all of an assessment's
+                # events in version order, and its messages go, in that order, to the one reverse
+                # partition its key hashes to, through an idempotent producer (no reordering on retry).
+                await asyncio.gather(*futures)
+                if batch:
+                    await consumer.commit()
+            self.stats.emitted += len(futures)
+            self.stats.batches += 1 if batch else 0
 
     def _translate(self, value: bytes | None, headers: object) -> dict[str, JSON] | None:
         self.stats.events += 1
@@ -137,15 +172,8 @@ class ReverseSync:
         except CodecError:
             self.stats.undecodable += 1
             return None
-        if isinstance(event.payload, Created):
-            self._origin[event.assessment_id] = event.source is EventSource.STORE
-            while len(self._origin) > self._capacity:
-                self._origin.popitem(last=False)
-        if not self._origin.get(event.assessment_id, False):
+        if event.source is not EventSource.STORE:
             self.stats.skipped_not_store += 1
-            return None
-        if not self.flags.current().enable_dual_mode:
-            self.stats.skipped_dual_mode_off += 1
             return None
         message = to_legacy_message(event)
         if message is None:

@@ -16,6 +16,22 @@ PostgreSQL failed (``BackendError``) is retried on legacy and counted. A refusal
 (``StoreUsageError``: invalid transition, not found, validation, version conflict) is an answer,
 not an outage, and is never retried elsewhere. Neither is a ``WaitTimeout``/``CommandTimeout``: the
 store may still apply that command, and running it on legacy as well could apply it twice.
+
+Sync before serve (``sync_before_serve``, on by default): lowering the percentage (or switching the
+store off: a rollback) sends to legacy assessments that may have lived only in the store. Before a
+call on such an assessment is served by legacy, the router makes sure legacy holds every change the
+store made to it: the store version of its last ``source=store`` event (one query of its history)
+must not be above the version legacy reports as reverse-synced (``LegacyBackend.synced_version``).
+If it is, the router waits (bounded by ``sync_timeout_s``) for the reverse sync to deliver, and raises
+``LegacyNotSynced`` (a retriable ``BackendError`` naming both versions) rather than let legacy answer
+from stale state. Ids found in sync are remembered (bounded LRU) until the flags change, so one
+assessment costs one check per flag change. When the store cannot be asked (it is down: the usual
+reason for a rollback) the call is served by legacy anyway, and counted (``sync_check_failures``):
+blocking legacy while the store is down would turn a rollback into an outage.
+
+Shadow comparison (flag ``enable_shadow_comparison``, read per call): every call served by one side
+is observed on the other by a ``ShadowObserver`` in the background (``bridge/_shadow.py``); the
+caller's latency does not include it.
 """
 
 from __future__ import annotations
@@ -24,19 +40,30 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from assessment_store._errors import AssessmentNotFound, BackendError, InvalidTransition, StoreUsageError, WaitTimeout
+from assessment_store._errors import (
+    AssessmentNotFound,
+    BackendError,
+    InvalidTransition,
+    StoreUsageError,
+    WaitTimeout,
+)
 from assessment_store._model import JSON, Assessment, State, new_id
 
 from ._flags import MigrationFlags
 from ._routing import route_to_store
+from ._shadow import ShadowObserver
 
-__all__ = ["FlagSource", "InMemoryLegacyBackend", "LegacyBackend", "MigrationRouter", "RouterStats", "Side", "StoreBackend"]
+__all__ = [
+    "FlagSource", "InMemoryLegacyBackend", "LegacyBackend", "LegacyNotSynced", "MigrationRouter", "RouterStats", "Side",
+    "StoreBackend",
+]
 
 log = logging.getLogger("assessment_store.bridge.router")
 
@@ -46,6 +73,28 @@ T = TypeVar("T")
 class Side(str, enum.Enum):
     STORE = "store"
     LEGACY = "legacy"
+
+    @property
+    def other(self) -> Side:
+        return Side.LEGACY if self is Side.STORE else Side.STORE
+
+
+class LegacyNotSynced(BackendError):
+    """Legacy would serve an assessment before it holds the store's changes to it (sync before serve).
+
+    ``.assessment_id``, ``.store_version`` (the last store-written version), ``.legacy_version`` (the
+    last one legacy has applied), ``.timeout_s``. Retriable: the reverse sync is behind, or not running.
+    """
+
+    def __init__(self, assessment_id: str, store_version: int, legacy_version: int, timeout_s: float) -> None:
+        self.assessment_id = assessment_id
+        self.store_version = store_version
+        self.legacy_version = legacy_version
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"assessment {assessment_id!r} moved to legacy, but legacy has its store changes up to version "
+            f"{legacy_version} of {store_version} after {timeout_s:g} s: is the reverse sync running "
+            "(`assessment-store bridge reverse-sync`) and the legacy service importing its topic?")
 
 
 class FlagSource(Protocol):
@@ -73,7 +122,14 @@ class StoreBackend(Protocol):
     async def fail_assessment(self, assessment_id: str, error: str, *, retryable: bool = False,
                               expected_version: int | None = None, command_id: str | None = None) -> Assessment: ...
 
+    async def cancel_assessment(self, assessment_id: str, reason: str | None = None, *,
+                                expected_version: int | None = None, command_id: str | None = None) -> Assessment: ...
+
     async def get_state(self, assessment_id: str) -> Assessment: ...
+
+    async def find_state(self, assessment_id: str) -> Assessment | None: ...
+
+    async def get_history(self, assessment_id: str) -> list[dict[str, JSON]]: ...
 
     async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment: ...
 
@@ -103,7 +159,15 @@ class LegacyBackend(Protocol):
 
     async def fail_assessment(self, assessment_id: str, error: str) -> Assessment: ...
 
+    async def cancel_assessment(self, assessment_id: str) -> Assessment: ...
+
     async def get_state(self, assessment_id: str) -> Assessment: ...
+
+    async def find_state(self, assessment_id: str) -> Assessment | None: ...
+
+    async def synced_version(self, assessment_id: str) -> int:
+        """The store version of the last reverse-synced change legacy has applied (0: none, or unknown)."""
+        ...
 
     async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment: ...
 
@@ -114,7 +178,10 @@ class RouterStats:
 
     ``calls``: calls routed to a side (a fallback counts one store call and one legacy call);
     ``errors``: calls a side failed with a backend error; ``refused``: calls a side answered with a
-    ``StoreUsageError``; ``fallbacks``: store calls retried on legacy.
+    ``StoreUsageError``; ``fallbacks``: store calls retried on legacy. Sync before serve:
+    ``sync_checks`` (assessments checked), ``sync_waits`` (checks that had to wait for legacy),
+    ``sync_timeouts`` (``LegacyNotSynced`` raised), ``sync_check_failures`` (the store could not be
+    asked; legacy served anyway).
     """
 
     calls: Counter[str] = field(default_factory=Counter)
@@ -122,22 +189,37 @@ class RouterStats:
     refused: Counter[str] = field(default_factory=Counter)
     fallbacks: int = 0
     by_operation: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sync_checks: int = 0
+    sync_waits: int = 0
+    sync_timeouts: int = 0
+    sync_check_failures: int = 0
 
     def to_json(self) -> dict[str, JSON]:
         return {"calls": dict(self.calls), "errors": dict(self.errors), "refused": dict(self.refused),
                 "fallbacks": self.fallbacks,
-                "byOperation": {f"{op}:{side}": n for (op, side), n in sorted(self.by_operation.items())}}
+                "byOperation": {f"{op}:{side}": n for (op, side), n in sorted(self.by_operation.items())},
+                "syncChecks": self.sync_checks, "syncWaits": self.sync_waits, "syncTimeouts": self.sync_timeouts,
+                "syncCheckFailures": self.sync_check_failures}
 
 
 class MigrationRouter:
     """Routes every assessment operation to the store or to legacy, sticky per assessment."""
 
     def __init__(self, store: StoreBackend, legacy: LegacyBackend, flags: FlagSource, *,
-                 pinned_capacity: int = 100_000) -> None:
+                 pinned_capacity: int = 100_000, sync_before_serve: bool = True, sync_timeout_s: float = 10.0,
+                 shadow: ShadowObserver | None = None) -> None:
         self.store = store
         self.legacy = legacy
         self.flags = flags
         self.stats = RouterStats()
+        self.sync_before_serve = sync_before_serve
+        self.sync_timeout_s = sync_timeout_s
+        # Observations of the other side; only used while the flag enable_shadow_comparison is on.
+        self.shadow = shadow
+        # Ids whose legacy copy was found in sync, valid for the flags object they were checked under:
+        # a flag change (a new MigrationFlags) may move more assessments, so the set starts over.
+        self._synced: OrderedDict[str, None] = OrderedDict()
+        self._synced_under: MigrationFlags | None = None
         # Assessments a fallback created on legacy although their key routes to the store: later calls
         # from this process go to legacy too, or they would not find them (bounded, LRU). Other
         # instances learn them through the legacy tap and the bridge, which write them into the store.
@@ -169,9 +251,14 @@ class MigrationRouter:
             self._pinned.popitem(last=False)
 
     async def _call(self, op: str, side: Side, on_store: Callable[[], Awaitable[T]],
-                    on_legacy: Callable[[], Awaitable[T]]) -> tuple[T, Side]:
-        """Run the call on ``side``; on a store backend error with fallback on, run it on legacy."""
+                    on_legacy: Callable[[], Awaitable[T]], *, assessment_id: str | None = None) -> tuple[T, Side]:
+        """Run the call on ``side``; on a store backend error with fallback on, run it on legacy.
+
+        ``assessment_id`` (every call but create) enables sync before serve on the legacy path.
+        """
         if side is Side.LEGACY:
+            if assessment_id is not None:
+                await self._ensure_synced(assessment_id)
             return await self._counted(op, Side.LEGACY, on_legacy), Side.LEGACY
         try:
             return await self._counted(op, Side.STORE, on_store), Side.STORE
@@ -182,6 +269,65 @@ class MigrationRouter:
             self.stats.fallbacks += 1
             log.warning("router: %s on the store failed (%s); falling back to legacy", op, e)
             return await self._counted(op, Side.LEGACY, on_legacy), Side.LEGACY
+
+    async def _ensure_synced(self, assessment_id: str) -> None:
+        """Sync before serve: return once legacy holds every store-written change of the assessment."""
+        if not self.sync_before_serve:
+            return
+        flags = self.flags.current()
+        if flags is not self._synced_under:
+            self._synced.clear()
+            self._synced_under = flags
+        if assessment_id in self._synced:
+            self._synced.move_to_end(assessment_id)
+            return
+        self.stats.sync_checks += 1
+        try:
+            history = await self.store.get_history(assessment_id)
+        except BackendError as e:
+            self.stats.sync_check_failures += 1
+            log.warning("router: cannot ask the store whether %r is synced to legacy (%s); legacy serves it",
+                        assessment_id, e)
+            return
+        target = max((int(h["version"]) for h in history
+                      if h.get("source") == "store"), default=0)
+        if target > 0:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.sync_timeout_s
+            delay, waited = 0.01, False
+            while (seen := await self.legacy.synced_version(assessment_id)) < target:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.stats.sync_timeouts += 1
+                    raise LegacyNotSynced(assessment_id, target, seen, self.sync_timeout_s)
+                if not waited:
+                    waited = True
+                    self.stats.sync_waits += 1
+                # Polling legacy with backoff: the reverse sync normally delivers within milliseconds.
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.2)
+        self._synced[assessment_id] = None
+        while len(self._synced) > self._pinned_capacity:
+            self._synced.popitem(last=False)
+
+    def _shadow(self, op: str, assessment_id: str, served: Side, answer: Assessment | None, started: float) -> None:
+        """Schedule the observation of this call on the other side (returns at once)."""
+        if self.shadow is None or answer is None or not self.flags.current().enable_shadow_comparison:
+            return
+        primary_ms = (time.perf_counter() - started) * 1000
+        other = served.other
+        read = self.store.find_state if other is Side.STORE else self.legacy.find_state
+        self.shadow.observe(op, assessment_id, served.value, other.value, answer, primary_ms,
+                            lambda: read(assessment_id))
+
+    async def _routed(self, op: str, assessment_id: str, routing_key: str | None,
+                      on_store: Callable[[], Awaitable[Assessment]],
+                      on_legacy: Callable[[], Awaitable[Assessment]]) -> Assessment:
+        started = time.perf_counter()
+        state, served = await self._call(op, self._side(assessment_id, routing_key), on_store, on_legacy,
+                                         assessment_id=assessment_id)
+        self._shadow(op, assessment_id, served, state, started)
+        return state
 
     async def _counted(self, op: str, side: Side, call: Callable[[], Awaitable[T]]) -> T:
         self.stats.calls[side.value] += 1
@@ -204,6 +350,7 @@ class MigrationRouter:
         # the side every later call for this id is routed to.
         aid = assessment_id or new_id()
         side = self._side(aid, routing_key)
+        started = time.perf_counter()
         created, served = await self._call(
             "create", side,
             lambda: self.store.create_assessment(request, assessment_id=aid),
@@ -211,58 +358,49 @@ class MigrationRouter:
         )
         if served is not side:
             self._pin(aid, served)
+        if self.shadow is not None and self.flags.current().enable_shadow_comparison:
+            # A create answers an id, not a state: the state it stands for is a new PENDING one.
+            now = datetime.now(UTC)
+            self._shadow("create", aid, served, Assessment(aid, State.PENDING, 1, 0, None, now, now, request), started)
         return created
 
     async def start_assessment(self, assessment_id: str, *, routing_key: str | None = None) -> Assessment:
-        state, _ = await self._call(
-            "start", self._side(assessment_id, routing_key),
-            lambda: self.store.start_assessment(assessment_id),
-            lambda: self.legacy.start_assessment(assessment_id),
-        )
-        return state
+        return await self._routed("start", assessment_id, routing_key,
+                                  lambda: self.store.start_assessment(assessment_id),
+                                  lambda: self.legacy.start_assessment(assessment_id))
 
     async def update_progress(self, assessment_id: str, progress: int, message: str | None = None, *,
                               routing_key: str | None = None) -> Assessment:
-        state, _ = await self._call(
-            "progress", self._side(assessment_id, routing_key),
-            lambda: self.store.update_progress(assessment_id, progress, message),
-            lambda: self.legacy.update_progress(assessment_id, progress, message),
-        )
-        return state
+        return await self._routed("progress", assessment_id, routing_key,
+                                  lambda: self.store.update_progress(assessment_id, progress, message),
+                                  lambda: self.legacy.update_progress(assessment_id, progress, message))
 
     async def complete_assessment(self, assessment_id: str, result: JSON, *, duration_ms: int | None = None,
                                   routing_key: str | None = None) -> Assessment:
-        state, _ = await self._call(
-            "complete", self._side(assessment_id, routing_key),
-            lambda: self.store.complete_assessment(assessment_id, result, duration_ms=duration_ms),
-            lambda: self.legacy.complete_assessment(assessment_id, result, duration_ms=duration_ms),
-        )
-        return state
+        return await self._routed("complete", assessment_id, routing_key,
+                                  lambda: self.store.complete_assessment(assessment_id, result, duration_ms=duration_ms),
+                                  lambda: self.legacy.complete_assessment(assessment_id, result, duration_ms=duration_ms))
 
     async def fail_assessment(self, assessment_id: str, error: str, *, routing_key: str | None = None) -> Assessment:
-        state, _ = await self._call(
-            "fail", self._side(assessment_id, routing_key),
-            lambda: self.store.fail_assessment(assessment_id, error),
-            lambda: self.legacy.fail_assessment(assessment_id, error),
-        )
-        return state
+        return await self._routed("fail", assessment_id, routing_key,
+                                  lambda: self.store.fail_assessment(assessment_id, error),
+                                  lambda: self.legacy.fail_assessment(assessment_id, error))
+
+    async def cancel_assessment(self, assessment_id: str, *, routing_key: str | None = None) -> Assessment:
+        return await self._routed("cancel", assessment_id, routing_key,
+                                  lambda: self.store.cancel_assessment(assessment_id),
+                                  lambda: self.legacy.cancel_assessment(assessment_id))
 
     async def get_state(self, assessment_id: str, *, routing_key: str | None = None) -> Assessment:
-        state, _ = await self._call(
-            "get", self._side(assessment_id, routing_key),
-            lambda: self.store.get_state(assessment_id),
-            lambda: self.legacy.get_state(assessment_id),
-        )
-        return state
+        return await self._routed("get", assessment_id, routing_key,
+                                  lambda: self.store.get_state(assessment_id),
+                                  lambda: self.legacy.get_state(assessment_id))
 
     async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0, *,
                                   routing_key: str | None = None) -> Assessment:
-        state, _ = await self._call(
-            "wait", self._side(assessment_id, routing_key),
-            lambda: self.store.wait_for_completion(assessment_id, timeout),
-            lambda: self.legacy.wait_for_completion(assessment_id, timeout),
-        )
-        return state
+        return await self._routed("wait", assessment_id, routing_key,
+                                  lambda: self.store.wait_for_completion(assessment_id, timeout),
+                                  lambda: self.legacy.wait_for_completion(assessment_id, timeout))
 
 
 # --- test double ----------------------------------------------------------------------------------
@@ -280,6 +418,8 @@ class InMemoryLegacyBackend:
     def __init__(self) -> None:
         self.assessments: dict[str, Assessment] = {}
         self.calls: Counter[str] = Counter()
+        self.synced: dict[str, int] = {}
+        """What ``synced_version`` answers per id (tests set it; nothing syncs into this double)."""
         self._changed = asyncio.Condition()
 
     async def _put(self, state: Assessment) -> Assessment:
@@ -324,9 +464,19 @@ class InMemoryLegacyBackend:
         return await self._move(assessment_id, "fail", ("PENDING", "PROCESSING"), state=State.FAILED,
                                 error_message=error)
 
+    async def cancel_assessment(self, assessment_id: str) -> Assessment:
+        return await self._move(assessment_id, "cancel", ("PENDING", "PROCESSING"), state=State.CANCELLED)
+
     async def get_state(self, assessment_id: str) -> Assessment:
         self.calls["get"] += 1
         return self._get(assessment_id)
+
+    async def find_state(self, assessment_id: str) -> Assessment | None:
+        return self.assessments.get(assessment_id)
+
+    async def synced_version(self, assessment_id: str) -> int:
+        self.calls["synced_version"] += 1
+        return self.synced.get(assessment_id, 0)
 
     async def wait_for_completion(self, assessment_id: str, timeout: float = 30.0) -> Assessment:
         self.calls["wait"] += 1

@@ -143,7 +143,8 @@ async def test_300_assessments_through_the_router_at_30_percent(
     run = uuid.uuid4().hex[:8]
     async with FlagStore(s, topic=f"test.e2e-flags.{run}") as flags, HttpLegacyBackend(legacy_http.url) as legacy:
         await flags.update("e2e", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=30)
-        reverse = ReverseSync(s, flags, group_id=f"reverse-e2e-{run}")
+        reverse = ReverseSync(s, group_id=f"reverse-e2e-{run}")
+        await reverse.start()
         stop = asyncio.Event()
         reverse_task = asyncio.create_task(reverse.run(stop))
         try:
@@ -217,3 +218,4 @@ async def test_300_assessments_through_the_router_at_30_percent(
         finally:
             stop.set()
             await asyncio.wait_for(reverse_task, 30)
+            await reverse.stop()

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 from assessment_store import Settings
 from assessment_store._domain import decide, evolve
-from assessment_store._model import Assessment, Command, Complete, Create, Start, UpdateProgress
+from assessment_store._model import Assessment, Command, Complete, Create, EventSource, Start, UpdateProgress
 from assessment_store.testing import eventually
-from bridge import FlagStore, ReverseSync
+from bridge import ReverseSync
 from streams import EventProducer, TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.stack
@@ -35,48 +35,60 @@ async def _read_all(settings: Settings, topic: str) -> list[dict[str, Any]]:
         await reader.stop()
 
 
-async def test_store_created_lifecycle_is_emitted_in_legacy_format_idempotently(stack_settings: Settings) -> None:
-    """In dual mode a store-created lifecycle becomes created/started/progress/completed legacy messages, re-emitted identically."""
+async def test_store_written_events_are_emitted_in_legacy_format_idempotently(stack_settings: Settings) -> None:
+    """Events with source store become legacy messages (legacy-bridge ones never), and a re-read emits identical copies."""
     topic = f"test.reverse.{uuid.uuid4().hex[:8]}"
     # An events topic of its own: a reverse-sync group reads from offset 0, and the session's log
     # holds hundreds of thousands of events by the time this runs.
     events = f"test.reverse-events.{uuid.uuid4().hex[:8]}"
     s = stack_settings.model_copy(update={"events_topic": events})
     await ensure_topics(s, [TopicSpec(events, s.partitions, {})])
-    async with FlagStore(stack_settings, topic=f"test.reverse-flags.{uuid.uuid4().hex[:8]}") as flags:
-        await flags.update("test", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=30)
-        aid = f"rev-{uuid.uuid4().hex[:8]}"
-        t0 = datetime.now(UTC)
-        commands: list[Command] = [Create(assessment_id=aid, request={"who": "rev"}), Start(assessment_id=aid),
-                    UpdateProgress(assessment_id=aid, progress=60, message="scoring"),
-                    Complete(assessment_id=aid, result={"score": 7}, duration_ms=5)]
-        state: Assessment | None = None
-        async with EventProducer(s) as producer:
-            for i, cmd in enumerate(commands):
-                event = decide(state, cmd, t0 + timedelta(milliseconds=i))
-                state = evolve(state, event)
-                await producer.append(event)
+    aid = f"rev-{uuid.uuid4().hex[:8]}"
+    # Born on legacy (carried in by the bridge), then completed through the store after a rollout step.
+    lid = f"rev-legacy-{uuid.uuid4().hex[:8]}"
+    t0 = datetime.now(UTC)
+    writes: list[tuple[Command, EventSource]] = [
+        (Create(assessment_id=aid, request={"who": "rev"}), EventSource.STORE),
+        (Start(assessment_id=aid), EventSource.STORE),
+        (UpdateProgress(assessment_id=aid, progress=60, message="scoring"), EventSource.STORE),
+        (Complete(assessment_id=aid, result={"score": 7}, duration_ms=5), EventSource.STORE),
+        (Create(assessment_id=lid, request={"who": "legacy"}), EventSource.LEGACY_BRIDGE),
+        (Start(assessment_id=lid), EventSource.LEGACY_BRIDGE),
+        (Complete(assessment_id=lid, result={"score": 1}, duration_ms=9), EventSource.STORE),
+    ]
+    states: dict[str, Assessment | None] = {aid: None, lid: None}
+    async with EventProducer(s) as producer:
+        for i, (cmd, source) in enumerate(writes):
+            event = decide(states[cmd.assessment_id], cmd, t0 + timedelta(milliseconds=i), source=source)
+            states[cmd.assessment_id] = evolve(states[cmd.assessment_id], event)
+            await producer.append(event)
 
-        async def run_once(group: str) -> list[dict[str, Any]]:
-            stop = asyncio.Event()
-            sync = ReverseSync(s, flags, group_id=group, topic=topic)
+    async def run_once(group: str, copies: int) -> tuple[list[dict[str, Any]], ReverseSync]:
+        stop = asyncio.Event()
+        async with ReverseSync(s, group_id=group, topic=topic) as sync:
             task = asyncio.create_task(sync.run(stop))
             try:
                 return await eventually(
                     lambda: _read_all(s, topic),
-                    lambda ms: sum(m["data"]["assessmentId"] == aid for m in ms) >= 4 * (2 if group.endswith("b") else 1),
-                    timeout_s=60, what="reverse-synced messages")
+                    lambda ms: len(ms) >= 5 * copies and sync.stats.events >= 7,
+                    timeout_s=60, what="reverse-synced messages"), sync
             finally:
                 stop.set()
                 await task
 
-        first = [m for m in await run_once(f"rev-{uuid.uuid4().hex[:6]}-a") if m["data"]["assessmentId"] == aid]
-        assert [m["event"] for m in first] == ["assessment.created", "assessment.started", "assessment.progress",
-                                              "assessment.completed"]
-        assert [m["seq"] for m in first] == [1, 2, 3, 4]
-        assert {m["emitter"] for m in first} == {"assessment-store-reverse"}
-        assert first[0]["data"]["request"] == {"who": "rev"} and first[3]["data"]["result"] == {"score": 7}
-        assert [m["reverseId"] for m in first] == [f"{aid}:{v}" for v in (1, 2, 3, 4)]
-        # A second group re-reads the log: identical messages, so the legacy side dedupes on reverseId.
-        both = [m for m in await run_once(f"rev-{uuid.uuid4().hex[:6]}-b") if m["data"]["assessmentId"] == aid]
-        assert both[4:] == first
+    got, sync = await run_once(f"rev-{uuid.uuid4().hex[:6]}-a", 1)
+    first = [m for m in got if m["data"]["assessmentId"] == aid]
+    assert [m["event"] for m in first] == ["assessment.created", "assessment.started", "assessment.progress",
+                                          "assessment.completed"]
+    assert [m["seq"] for m in first] == [1, 2, 3, 4]
+    assert {m["emitter"] for m in first} == {"assessment-store-reverse"}
+    assert first[0]["data"]["request"] == {"who": "rev"} and first[3]["data"]["result"] == {"score": 7}
+    assert [m["reverseId"] for m in first] == [f"{aid}:{v}" for v in (1, 2, 3, 4)]
+    # Of the legacy-born assessment only the store's own change goes back: legacy has the rest.
+    legacy_born = [m for m in got if m["data"]["assessmentId"] == lid]
+    assert [(m["event"], m["seq"], m["data"]["result"]) for m in legacy_born] == [("assessment.completed", 3, {"score": 1})]
+    assert (sync.stats.emitted, sync.stats.skipped_not_store) == (5, 2)
+    # A second group re-reads the log: identical messages, so the legacy side dedupes on seq.
+    both, _ = await run_once(f"rev-{uuid.uuid4().hex[:6]}-b", 2)
+    assert [m for m in both if m["data"]["assessmentId"] == aid][4:] == first
+    assert [m for m in both if m["data"]["assessmentId"] == lid][1:] == legacy_born

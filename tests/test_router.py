@@ -6,6 +6,8 @@ test double for the router's routing logic only; the real legacy service is exer
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +23,15 @@ from assessment_store import (
     State,
 )
 from assessment_store.testing import eventually
-from bridge import FlagStore, InMemoryLegacyBackend, MigrationRouter, Side
+from bridge import (
+    FlagStore,
+    InMemoryLegacyBackend,
+    LegacyNotSynced,
+    MigrationRouter,
+    MismatchLog,
+    ShadowObserver,
+    Side,
+)
 from projections import connect
 
 pytestmark = pytest.mark.stack
@@ -48,14 +58,15 @@ class UnreachableStore:
         raise AssertionError("port 1 answered")
 
     create_assessment = start_assessment = update_progress = complete_assessment = _fail
-    fail_assessment = get_state = wait_for_completion = _fail
+    fail_assessment = cancel_assessment = get_state = find_state = get_history = wait_for_completion = _fail
 
 
 async def test_same_id_goes_to_the_same_side_on_every_call(flags: FlagStore) -> None:
     """At 30 % every call for one assessment (create, start, progress, complete, get, wait) goes to one side."""
     await flags.update("test", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=30)
     legacy = InMemoryLegacyBackend()
-    router = MigrationRouter(_NoStore(), legacy, flags)
+    # Routing only: sync before serve (which asks the store) is tested on its own below.
+    router = MigrationRouter(_NoStore(), legacy, flags, sync_before_serve=False)
     legacy_ids = []
     for i in range(200):
         aid = f"sticky-{i}"
@@ -104,8 +115,10 @@ async def test_store_backend_error_falls_back_to_legacy_and_is_counted(flags: Fl
     router = MigrationRouter(UnreachableStore(flags.settings), legacy, flags)
     aid = await router.create_assessment({"x": 1})
     assert aid in legacy.assessments
-    # The fallback pinned the id to legacy in this process: later calls find it there.
+    # The fallback pinned the id to legacy in this process: later calls find it there. Sync before
+    # serve cannot ask the store (down): legacy serves anyway, and that is counted.
     assert (await router.start_assessment(aid)).state is State.PROCESSING
+    assert router.stats.sync_check_failures == 1
     assert router.stats.fallbacks == 1
     assert router.stats.errors["store"] == 1
     assert router.stats.calls == {"store": 1, "legacy": 2}
@@ -160,6 +173,94 @@ async def test_full_lifecycle_through_the_real_store_at_100_percent(flags: FlagS
     assert got.request_data == {"n": 0}
     assert router.stats.calls["legacy"] == 0 and router.stats.calls["store"] == 5 * 4 + 5 + 1
     assert not legacy.calls and not legacy.assessments
+
+
+async def test_lowered_percentage_waits_until_legacy_holds_the_store_changes(
+    flags: FlagStore, store: AssessmentStore
+) -> None:
+    """After the percentage drops, legacy serves a store-written assessment only once it reports the store's last version."""
+    await flags.update("test", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=100)
+    legacy = InMemoryLegacyBackend()
+    router = MigrationRouter(store, legacy, flags, sync_timeout_s=0.3)
+    aid = await router.create_assessment({"n": 1})
+    await router.start_assessment(aid)
+    await router.update_progress(aid, 70, "scoring")
+    await flags.update("test", migration_percentage=0)
+    assert router.side_for(aid) is Side.LEGACY
+    # Nothing reached legacy: refusing to answer beats answering "not found" or a stale state.
+    with pytest.raises(LegacyNotSynced) as info:
+        await router.get_state(aid)
+    assert (info.value.assessment_id, info.value.store_version, info.value.legacy_version) == (aid, 3, 0)
+    assert isinstance(info.value, BackendError) and info.value.retriable
+    assert router.stats.sync_timeouts == 1 and "get" not in legacy.calls
+
+    # The reverse sync delivers while the call waits: the call then goes to legacy.
+    router.sync_timeout_s = 30.0
+    polled = legacy.calls["synced_version"]
+    waiting = asyncio.create_task(router.get_state(aid))
+    await eventually(lambda: _value(legacy.calls["synced_version"]), lambda n: n >= polled + 2,
+                     what="the call polling legacy")
+    legacy.assessments[aid] = dataclasses.replace(await store.get_state(aid))
+    legacy.synced[aid] = 3
+    assert (await asyncio.wait_for(waiting, 30)).progress == 70
+    assert router.stats.sync_waits == 2 and legacy.calls["get"] == 1
+    # Found in sync: later calls do not ask again, until the flags change.
+    polls = legacy.calls["synced_version"]
+    await router.get_state(aid)
+    assert legacy.calls["synced_version"] == polls
+    # An assessment the store never wrote (born on legacy) is served at once.
+    await legacy.create_assessment({}, assessment_id=f"legacy-born-{uuid.uuid4().hex[:6]}")
+    checks = router.stats.sync_checks
+    await router.get_state(next(a for a in legacy.assessments if a.startswith("legacy-born-")))
+    assert router.stats.sync_checks == checks + 1 and router.stats.sync_timeouts == 1
+
+
+async def test_shadow_observation_never_delays_the_caller_and_keeps_mismatches(
+    flags: FlagStore, store: AssessmentStore, stack_settings: Settings
+) -> None:
+    """A store-served call returns while its legacy shadow is still blocked; a differing legacy copy is kept with both values."""
+    await flags.update("test", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=100,
+                       enable_shadow_comparison=True)
+    gate = asyncio.Event()
+
+    class GatedLegacy(InMemoryLegacyBackend):
+        async def find_state(self, assessment_id: str) -> Any:
+            await gate.wait()  # the shadow side is as slow as the test wants
+            return await super().find_state(assessment_id)
+
+    legacy = GatedLegacy()
+    async with MismatchLog(stack_settings) as mismatches:
+        observer = ShadowObserver(mismatches, timeout_s=5.0)
+        router = MigrationRouter(store, legacy, flags, shadow=observer)
+        aid = await router.create_assessment({"n": 2})
+        await router.start_assessment(aid)
+        done = await router.complete_assessment(aid, {"score": 1})
+        # Three calls answered while their three observations are still blocked on the shadow side.
+        assert done.state is State.COMPLETED
+        assert (observer.stats.scheduled, observer.stats.in_flight) == (3, 3)
+        # The legacy copy ended differently: the completion is a mismatch; the create and start
+        # observations find legacy already past their step (inconclusive, nothing to compare).
+        legacy.assessments[aid] = dataclasses.replace(done, result_data={"score": 2})
+        gate.set()
+        await observer.drain(30)
+        assert (observer.stats.mismatched, observer.stats.inconclusive, observer.stats.in_flight) == (1, 2, 0)
+        # A read of an assessment both sides agree on matches.
+        same = await router.create_assessment({"n": 3})
+        legacy.assessments[same] = await store.get_state(same)
+        await router.get_state(same)
+        await observer.drain(30)
+        assert observer.stats.matched >= 1 and observer.stats.mismatched == 1
+        [kept] = await mismatches.latest(assessment_id=aid)
+    assert (kept["kind"], kept["operation"], kept["primarySide"], kept["shadowSide"]) == ("mismatch", "complete",
+                                                                                        "store", "legacy")
+    assert kept["differences"] == ["result"]
+    assert (kept["primary"]["result"], kept["shadow"]["result"]) == ({"score": 1}, {"score": 2})
+    assert kept["primary"]["state"] == kept["shadow"]["state"] == "COMPLETED"
+    assert kept["primaryMs"] > 0 and "result" in kept["reason"]
+
+
+async def _value(x: Any) -> Any:
+    return x
 
 
 class _NoStore:

@@ -18,7 +18,9 @@
  *   GET  /assessments/:id/wait?timeout=ms  long-poll until completed/failed/cancelled -> 200 record
  *   GET  /health                                                         -> 200 {ok, tap, reverse}
  * A record is the legacy record (the export fields) plus `version`: the number of changes this service
- * made to it, or for a reverse-synced assessment the store version of the last message applied.
+ * made to it, or for a reverse-synced assessment the store version of the last message applied; and
+ * `storeVersion`: the store version of the last reverse-synced message applied (0: none), which the
+ * Python router compares with the store to know the legacy side has caught up (sync before serve).
  * Errors: 400 {error: 'ValidationError', field, reason}; 404 {error: 'AssessmentNotFound', assessmentId};
  * 409 {error: 'InvalidTransition', assessmentId, status, action}; 408 {error: 'WaitTimeout',
  * assessmentId, timeoutMs, record}; 404/405 {error: 'NoSuchRoute'}; 413 {error: 'TooLarge'}.
@@ -77,7 +79,7 @@ function createHandler(service) {
   const record = (id) => {
     const r = service.getAssessment(id);
     if (r === null) throw new HttpError(404, { error: 'AssessmentNotFound', assessmentId: id });
-    return { ...r, version: service.importedVersion(id) || versions.get(id) || 0 };
+    return { ...r, version: service.importedVersion(id) || versions.get(id) || 0, storeVersion: service.importedVersion(id) };
   };
 
   /**

@@ -205,8 +205,11 @@ class LegacyAssessmentService extends EventEmitter {
    *
    * Deduplication: messages of one assessment carry seq = the store's event version (1, 2, ...) and
    * reverseId = `<assessmentId>:<seq>`; a message whose seq is not above the last one applied for its
-   * assessment is a re-delivery or a re-read and is skipped. An id that exists here natively (created
-   * by this service, not imported) is never overwritten ('conflict').
+   * assessment is a re-delivery or a re-read and is skipped. Messages also apply to an assessment this
+   * service created itself: it was created here and later served by the store (the rollout percentage
+   * went up); its store-side changes must reach this side too. A record that is already finished here
+   * (completed, failed, cancelled) is never moved to another status ('conflict', not applied): the two
+   * sides disagree on how it ended, and the count makes that visible.
    *
    * @param {{event: string, data: Record<string, any>, seq: number, reverseId?: string, emittedAt?: string}} message
    * @returns {'applied'|'duplicate'|'conflict'|'invalid'}
@@ -227,9 +230,10 @@ class LegacyAssessmentService extends EventEmitter {
     if (!(name in STATUS)) return 'invalid';
     const at = typeof data.timestamp === 'string' ? data.timestamp : (message.emittedAt ?? this.#now().toISOString());
     let a = this.#assessments.get(id);
-    if (a && !this.#imported.has(id)) return 'conflict';
     const last = this.#imported.get(id) ?? 0;
     if (seq <= last) return 'duplicate';
+    const status = STATUS[name];
+    if (a && TERMINAL.has(a.status) && (status === null || status !== a.status)) return 'conflict';
     if (!a) {
       // Normally the 'created' message (seq 1) comes first (one partition per id, in order); should a
       // later message arrive first, the record is started from it and filled in as messages come.
@@ -241,7 +245,6 @@ class LegacyAssessmentService extends EventEmitter {
       };
       this.#assessments.set(id, a);
     }
-    const status = STATUS[name];
     if (status !== null) a.status = status;
     if (typeof data.status === 'string' && name === 'progress') a.status = data.status;
     if (typeof data.progress === 'number') a.progress = data.progress;

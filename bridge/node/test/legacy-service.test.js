@@ -104,6 +104,27 @@ test('the sample service refuses illegal transitions with clear errors', () => {
   assert.throws(() => service.startAssessment(id), /in status 'cancelled' \(it is already final\)/);
 });
 
+test('reverse-synced store changes apply to a record created here, but never re-open a finished one', () => {
+  const service = new LegacyAssessmentService();
+  const emitted = [];
+  service.on('assessment.completed', (d) => emitted.push(d));
+  const id = service.createAssessment({ subject: 'dora' });
+  service.startAssessment(id);
+  const msg = (event, seq, data) => ({
+    event: `assessment.${event}`, data: { assessmentId: id, timestamp: '2024-05-01T12:00:00.000Z', ...data },
+    seq, emitter: 'assessment-store-reverse', reverseId: `${id}:${seq}`,
+  });
+  // Created and started here (store versions 1 and 2 came from the bridge); the store completed it.
+  assert.equal(service.importReverseMessage(msg('completed', 3, { status: 'completed', result: { ok: 1 }, duration: 9 })), 'applied');
+  assert.deepEqual([service.getAssessment(id).status, service.getAssessment(id).result, service.importedVersion(id)],
+    ['completed', { ok: 1 }, 3]);
+  assert.equal(service.importReverseMessage(msg('completed', 3, { status: 'completed' })), 'duplicate');
+  assert.equal(emitted.length, 0, 'an imported change was emitted as a legacy event');
+  // A later store message that would move the finished record elsewhere is refused and counted.
+  assert.equal(service.importReverseMessage(msg('started', 4, { status: 'processing' })), 'conflict');
+  assert.equal(service.getAssessment(id).status, 'completed');
+});
+
 test('end to end: the sample service with the tap; every assessment has its events in the topic', async () => {
   const topic = await h.createTopic('service');
   topics.push(topic);
