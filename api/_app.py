@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/assessments/{assessment_id}/fail", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def fail(assessment_id: str, body: FailIn) -> AssessmentOut:
         """PENDING or PROCESSING -> FAILED."""
-        return await run(Fail(error=body.error, retryable=body.retryable, **ids(assessment_id, body)), body)
+        return await run(Fail(error=body.error, retryable=body.retryable, duration_ms=body.duration_ms, **ids(assessment_id, body)), body)
 
     @app.post("/assessments/{assessment_id}/cancel", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def cancel(assessment_id: str, body: CancelIn) -> AssessmentOut:

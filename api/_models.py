@@ -60,6 +60,7 @@ class CompleteIn(CommandIn):
 class FailIn(CommandIn):
     error: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
     retryable: bool = False
+    duration_ms: int | None = Field(default=None, ge=0)
 
 
 class CancelIn(CommandIn):

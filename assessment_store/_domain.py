@@ -86,6 +86,11 @@ def validate_id(assessment_id: object) -> str:
     return assessment_id
 
 
+def _duration(d: object) -> None:
+    if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
+        raise ValidationError("duration_ms", "must be a non-negative integer")
+
+
 def _text(field_name: str, value: str | None, *, required: bool = False) -> None:
     if value is None:
         if required:
@@ -137,11 +142,10 @@ def validate_command(command: Command, max_json_bytes: int) -> None:
             _text("message", command.message)
         case Complete():
             _json_document("result", command.result, max_json_bytes)
-            d = command.duration_ms
-            if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
-                raise ValidationError("duration_ms", "must be a non-negative integer")
+            _duration(command.duration_ms)
         case Fail():
             _text("error", command.error, required=True)
+            _duration(command.duration_ms)
         case Cancel():
             _text("reason", command.reason)
         case Start():
@@ -191,7 +195,9 @@ def decide(
                 duration = command.duration_ms
                 payload = Completed(command.result, duration if duration is not None else _elapsed_ms(current, now))
             case Fail():
-                payload = Failed(command.error, command.retryable, _elapsed_ms(current, now))
+                duration = command.duration_ms
+                payload = Failed(command.error, command.retryable,
+                                 duration if duration is not None else _elapsed_ms(current, now))
             case Cancel():
                 payload = Cancelled(command.reason)
             case ExpireDeadline():

@@ -198,6 +198,8 @@ class Complete(_CommandBase):
 class Fail(_CommandBase):
     error: str
     retryable: bool = False
+    duration_ms: int | None = None
+    """A duration measured elsewhere (the legacy system); None: the store computes it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

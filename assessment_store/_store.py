@@ -181,10 +181,12 @@ class AssessmentStore(AsyncLifecycle):
                                            expected_version=expected_version, **_ids(command_id)), fresh_id=command_id is None)
 
     async def fail_assessment(self, assessment_id: str, error: str, *, retryable: bool = False,
-                              expected_version: int | None = None, command_id: str | None = None) -> Assessment:
-        """PENDING or PROCESSING -> FAILED."""
+                              duration_ms: int | None = None, expected_version: int | None = None,
+                              command_id: str | None = None) -> Assessment:
+        """PENDING or PROCESSING -> FAILED (``duration_ms``: measured elsewhere; default: since the start)."""
         return await self.execute(Fail(assessment_id=assessment_id, error=error, retryable=retryable,
-                                       expected_version=expected_version, **_ids(command_id)), fresh_id=command_id is None)
+                                       duration_ms=duration_ms, expected_version=expected_version,
+                                       **_ids(command_id)), fresh_id=command_id is None)
 
     async def cancel_assessment(self, assessment_id: str, reason: str | None = None, *,
                                 expected_version: int | None = None, command_id: str | None = None) -> Assessment:

@@ -12,7 +12,7 @@ field). The path to each exported state::
     pending     Create [, UpdateProgress]
     processing  Create, Start [, UpdateProgress]
     completed   Create, Start [, UpdateProgress when a message was exported], Complete(result, duration)
-    failed      Create, Start [, UpdateProgress], Fail(error)
+    failed      Create, Start [, UpdateProgress], Fail(error, duration)
     cancelled   Create [, UpdateProgress], Cancel
 
 (UpdateProgress when the exported progress is above 0 or a message was exported.) Against the
@@ -140,7 +140,7 @@ def plan_import(
                                   duration_ms=record.duration_ms, **common))
         case State.FAILED:
             error = record.error if record.error is not None and record.error.strip() else FAILED_WITHOUT_ERROR
-            steps.append(Fail(command_id=cid("fail"), error=error, **common))
+            steps.append(Fail(command_id=cid("fail"), error=error, duration_ms=record.duration_ms, **common))
         case State.CANCELLED:
             steps.append(Cancel(command_id=cid("cancel"), **common))
         case State.PENDING | State.PROCESSING:

@@ -339,7 +339,7 @@ def plan_commands(msg: LegacyMessage, known: State | None) -> tuple[Command, ...
                 create()
                 start()
             error = msg.error if msg.error is not None and msg.error.strip() else FAILED_WITHOUT_ERROR
-            own = Fail(command_id=mid, error=error, **common)
+            own = Fail(command_id=mid, error=error, duration_ms=msg.duration_ms, **common)
         case LegacyEvent.CANCELLED:
             if known is None:
                 create()

@@ -41,8 +41,14 @@ class AvroRecordCodec:
         # Union branches are chosen by full name: "<namespace>.<RecordName>".
         self.namespace = f"{raw['namespace']}."
         self.content_type = content_type
-        # Older writer schemas are added here as the schema evolves (one file per version).
+        # Older writer schemas stay readable: every earlier version of the file is kept in
+        # history/<name>.v<N>.avsc, and records written with one are resolved into the current schema
+        # (new fields take their defaults). A file may only gain fields with defaults.
         self._writers: dict[str, Any] = {self.fingerprint: self.parsed}
+        stem = schema_file.removesuffix(".avsc")
+        for old in sorted((SCHEMA_DIR / "history").glob(f"{stem}.v*.avsc")):
+            parsed = fastavro.parse_schema(json.loads(old.read_text()))
+            self._writers.setdefault(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"), parsed)
 
     def encode(self, record: dict[str, Any], type_name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         buf = io.BytesIO()

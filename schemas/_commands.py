@@ -38,7 +38,7 @@ def _body_to_avro(c: Command) -> tuple[str, dict[str, Any]]:
         case Complete():
             return "Complete", {"result_json": json_text(c.result), "duration_ms": c.duration_ms}
         case Fail():
-            return "Fail", {"error": c.error, "retryable": c.retryable}
+            return "Fail", {"error": c.error, "retryable": c.retryable, "duration_ms": c.duration_ms}
         case Cancel():
             return "Cancel", {"reason": c.reason}
         case Retry():
@@ -60,7 +60,7 @@ def _body_from_avro(name: str, b: dict[str, Any], common: dict[str, Any]) -> Com
         case "Complete":
             return Complete(result=json.loads(b["result_json"]), duration_ms=b["duration_ms"], **common)
         case "Fail":
-            return Fail(error=b["error"], retryable=b["retryable"], **common)
+            return Fail(error=b["error"], retryable=b["retryable"], duration_ms=b["duration_ms"], **common)
         case "Cancel":
             return Cancel(reason=b["reason"], **common)
         case "Retry":

@@ -50,3 +50,32 @@ def test_foreign_bytes_raise_codec_error() -> None:
         codec.decode(b"\xff\xfe\x00", headers)
     with pytest.raises(CodecError, match="empty"):
         codec.decode(b"", headers)
+
+
+def test_a_command_written_with_the_previous_schema_still_decodes() -> None:
+    """A Fail written with command schema v1 (no duration_ms) decodes with the current schema, duration None."""
+    import io
+    import json
+
+    import fastavro
+    from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+    from assessment_store._model import CommandEnvelope, Fail
+    from schemas import CommandCodec
+    from schemas import SCHEMA_DIR
+
+    v1 = fastavro.parse_schema(json.loads((SCHEMA_DIR / "history" / "assessment_command.v1.avsc").read_text()))
+    codec = CommandCodec()
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    record = {"command_id": "c-1", "assessment_id": "a-1", "type": "Fail", "expected_version": None, "issued_at": now,
+              "source": "legacy-bridge", "correlation_id": None,
+              "body": ("io.assessmentstore.commands.Fail", {"error": "boom", "retryable": False})}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, v1, record)
+    old_fp = fingerprint(to_parsing_canonical_form(v1), "CRC-64-AVRO")
+    _, current_headers = codec.encode(CommandEnvelope(Fail(assessment_id="a-1", command_id="c-2", error="x"), now,
+                                                      EventSource.STORE))
+    assert dict(current_headers)["schema-fingerprint"].decode() != old_fp
+    env = codec.decode(buf.getvalue(), [("schema-fingerprint", old_fp.encode())])
+    assert env.command == Fail(assessment_id="a-1", command_id="c-1", error="boom", duration_ms=None)
+    assert env.source is EventSource.LEGACY_BRIDGE

@@ -13,6 +13,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,20 @@ from assessment_store import (
     ValidationError,
     WaitTimeout,
 )
-from assessment_store.testing import eventually
-from bridge import FlagStore, HttpLegacyBackend, MigrationRouter, ReverseSync, Side
+from assessment_store.testing import eventually, topic_end_offsets
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from bridge import (
+    FlagStore,
+    HttpLegacyBackend,
+    LegacyNotSynced,
+    MigrationRouter,
+    MismatchLog,
+    ReverseSync,
+    ShadowObserver,
+    Side,
+)
 from projections import connect
 from streams import ensure_topics
 from streams._kafka import TopicSpec
@@ -219,3 +232,105 @@ async def test_300_assessments_through_the_router_at_30_percent(
             stop.set()
             await asyncio.wait_for(reverse_task, 30)
             await reverse.stop()
+
+
+async def _group_starts_at_end(settings: Settings, group: str, topic: str) -> None:
+    """Commit ``group``'s offsets at the topic's current end: a reverse sync that starts there does not
+    re-read the session's whole log (hundreds of thousands of events by now)."""
+    ends = await topic_end_offsets(settings, topic)
+    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await c.start()
+    try:
+        c.assign([TopicPartition(topic, p) for p in ends])
+        await c.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in ends.items()})
+    finally:
+        await c.stop()
+
+
+@asynccontextmanager
+async def _reverse_sync(settings: Settings, group: str) -> AsyncIterator[ReverseSync]:
+    """A ReverseSync running in the background for the block; stopped (offsets committed) after it."""
+    stop = asyncio.Event()
+    async with ReverseSync(settings, group_id=group) as sync:
+        task = asyncio.create_task(sync.run(stop))
+        try:
+            yield sync
+            assert not task.done(), task
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
+async def test_rollback_syncs_before_legacy_serves_and_shadow_compares_both_sides(
+    stack_settings: Settings, store: AssessmentStore, legacy_http: LegacyHttp
+) -> None:
+    """Store-served lifecycles, then percentage 0 with the reverse sync behind: legacy serves only once synced; shadows agree."""
+    s = stack_settings
+    run = uuid.uuid4().hex[:8]
+    count = 30
+    group = f"reverse-rollback-{run}"
+    await _group_starts_at_end(s, group, s.events_topic)
+    async with FlagStore(s, topic=f"test.rollback-flags.{run}") as flags, HttpLegacyBackend(legacy_http.url) as legacy, \
+            MismatchLog(s) as mismatches:
+        await flags.update("e2e", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=100,
+                           enable_shadow_comparison=True)
+        observer = ShadowObserver(mismatches, timeout_s=3.0)
+        router = MigrationRouter(store, legacy, flags, shadow=observer, sync_timeout_s=1.0)
+        ids = [f"rollback-{run}-{i}" for i in range(count)]
+
+        # 1. Every assessment starts on the store; each call is shadowed on legacy (via the reverse sync).
+        async with _reverse_sync(s, group):
+            for i, aid in enumerate(ids):
+                await router.create_assessment({"n": i}, assessment_id=aid)
+                await router.start_assessment(aid)
+                await router.update_progress(aid, 50, "half")
+            await observer.drain(60)
+        assert router.stats.calls == {"store": 3 * count}
+        assert (observer.stats.mismatched, observer.stats.missing, observer.stats.shadow_errors) == (0, 0, 0)
+        assert observer.stats.matched >= count  # at least every progress step; earlier ones may be overtaken
+
+        # 2. With the reverse sync stopped, the store's last change to `late` cannot reach legacy: its
+        #    shadow ends 'missing', kept with both values.
+        late = ids[0]
+        await router.update_progress(late, 70, "late")
+        await observer.drain(60)
+        assert observer.stats.missing == 1
+        [kept] = await mismatches.latest(assessment_id=late)
+        assert (kept["kind"], kept["operation"], kept["differences"]) == ("missing", "progress", ["progress"])
+        assert (kept["primary"]["progress"], kept["shadow"]["progress"]) == (70, 50)
+
+        # 3. Roll back (percentage 0): legacy must not serve `late` from its stale copy.
+        await flags.update("e2e", migration_percentage=0)
+        assert {router.side_for(a) for a in ids} == {Side.LEGACY}
+        with pytest.raises(LegacyNotSynced) as info:
+            await router.get_state(late)
+        assert (info.value.store_version, info.value.legacy_version) == (4, 3)
+        router.sync_timeout_s = 60.0
+        waiting = asyncio.create_task(router.get_state(late))
+        async with _reverse_sync(s, group):  # resumes at its committed offsets, delivers the change
+            got = await asyncio.wait_for(waiting, 60)
+            assert (got.progress, got.message) == (70, "late")
+            assert router.stats.sync_waits >= 1
+
+            # 4. Legacy finishes them all; the tap and the bridge bring the endings into the store,
+            #    where the shadows find them.
+            for i, aid in enumerate(ids):
+                if i % 3 == 0:
+                    await router.fail_assessment(aid, f"boom {i}")
+                else:
+                    await router.complete_assessment(aid, {"score": i})
+                final = await router.wait_for_completion(aid, 30)
+                assert final.state is (State.FAILED if i % 3 == 0 else State.COMPLETED)
+            await observer.drain(60)
+        assert router.stats.calls["legacy"] == 1 + 2 * count and not router.stats.errors  # the refused get never reached legacy
+        rows, histories = await eventually(
+            lambda: _projection(s, ids),
+            lambda got: len(got[0]) == count and all(r["state"] in ("COMPLETED", "FAILED") for r in got[0].values()),
+            timeout_s=60, what="legacy endings in the projection")
+        for i, aid in enumerate(ids):
+            h = histories[aid]
+            assert [src for _, _, src in h] == ["store"] * (4 if aid == late else 3) + ["legacy-bridge"], (aid, h)
+            assert rows[aid]["result_data"] == (None if i % 3 == 0 else {"score": i}), aid
+        assert observer.stats.shadow_errors == 0 and observer.stats.skipped_capacity == 0
+        assert (observer.stats.mismatched, observer.stats.missing) == (0, 1), (observer.stats,
+                                                                           await mismatches.latest(limit=5))
