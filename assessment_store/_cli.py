@@ -90,7 +90,7 @@ def _show(a: Assessment, as_json: bool) -> None:
 
 ServicesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="kafka, postgres, processor, projector and/or bridge (default: all).", show_default=False),
+    typer.Argument(help="kafka, postgres, processor, projector, bridge and/or reverse-sync (default: all; reverse-sync only with ASSESSMENT_STORE_REVERSE_SYNC=true or when running).", show_default=False),
 ]
 
 
@@ -155,7 +155,7 @@ def stack_status(as_json: JsonFlag = False) -> None:
 
 @stack_app.command("logs")
 def stack_logs(
-    service: Annotated[str, typer.Argument(help="kafka, postgres, processor, projector or bridge.")],
+    service: Annotated[str, typer.Argument(help="kafka, postgres, processor, projector, bridge or reverse-sync.")],
     lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines.")] = 50,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
 ) -> None:

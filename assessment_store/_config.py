@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     commands_topic: str = "assessments.commands"
     outcomes_topic: str = "assessments.outcomes"
     legacy_topic: str = "legacy.assessment-events"
+    reverse_topic: str | None = Field(
+        default=None, description="Where the reverse sync writes the store's changes in the legacy format "
+        "(None: '<legacy_topic>.reverse').")
     partitions: int = Field(default=6, ge=1, le=1000)
     replication_factor: int = Field(default=1, ge=1)
 
@@ -78,6 +81,10 @@ class Settings(BaseSettings):
     )
     projector_group: str = "assessment-store-projector"
     processor_group: str = "assessment-store-processor"
+    reverse_sync_group: str = "assessment-store-reverse-sync"
+    reverse_sync: bool = Field(
+        default=False, description="`stack up` also runs the reverse sync (store changes -> the legacy format), "
+        "which dual mode and a rollback to legacy need. `stack up reverse-sync` starts it regardless.")
     default_max_retries: int | None = Field(
         default=3, ge=0, description="Retry limit for assessments created without one (None: unlimited)."
     )

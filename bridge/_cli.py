@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -141,3 +141,53 @@ def rejections(
         t.add_row(r.processed_at.isoformat(timespec="seconds"), r.origin, r.assessment_id, r.command_id,
                   f"{r.error_type}: {r.error_message}")
     out.print(t)
+
+
+@bridge_app.command("reverse-sync")
+def reverse_sync(
+    pid_file: Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-file>.ready' once consuming.")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group of the events topic "
+                                                   "(default: settings reverse_sync_group).")] = None,
+) -> None:
+    """Re-emit every change written through the store in the legacy format (<legacy topic>.reverse) until SIGTERM."""
+
+    from ._reverse import ReverseSync
+
+    serve_forever(pid_file, "reverse-sync", lambda settings: ReverseSync(settings, group_id=group))
+
+
+@bridge_app.command("shadow")
+def shadow(
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many, newest first.")] = 20,
+    assessment_id: Annotated[str | None, typer.Option("--assessment", help="Only this assessment.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """What shadow comparison found: calls whose outcome differed on the other side, with both values."""
+
+    from ._shadow import MismatchLog
+
+    async def read() -> tuple[dict[str, int], list[dict[str, Any]]]:
+        async with MismatchLog(Settings()) as log:
+            return await log.counts(), await log.latest(limit=limit, assessment_id=assessment_id)
+
+    counts, rows = run_cli(read())
+    if as_json:
+        out.print_json(data={"counts": counts, "mismatches": rows})
+        return
+    total = sum(counts.values())
+    t = Table(title=f"shadow mismatches: {total:,} kept " + (str(counts) if counts else "") + f", latest {len(rows)}")
+    for col in ("observed at", "kind", "call", "assessment", "served by", "differs in", "served", "shadow"):
+        t.add_column(col)
+
+    def brief(v: dict[str, Any] | None, fields: list[str]) -> str:
+        if v is None:
+            return "(not found)"
+        return ", ".join(f"{f}={json.dumps(v.get(f))}" for f in (fields or ["state", "progress"]))[:120]
+
+    for r in rows:
+        t.add_row(r["observedAt"][:23], r["kind"], r["operation"], r["assessmentId"], r["primarySide"],
+                  ", ".join(r["differences"]) or "-", brief(r["primary"], r["differences"]),
+                  brief(r["shadow"], r["differences"]))
+    out.print(t)
+    if not rows:
+        out.print("no mismatches kept (shadow comparison: `assessment-store flags set enableShadowComparison=true`)")

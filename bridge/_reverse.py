@@ -96,11 +96,10 @@ class ReverseSync(AsyncLifecycle):
     ``async with ReverseSync(settings) as sync: await sync.run(stop_event)``; start/stop idempotent.
     """
 
-    def __init__(self, settings: Settings, *, group_id: str = "assessment-store-reverse-sync",
-                 topic: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, group_id: str | None = None, topic: str | None = None) -> None:
         self.settings = settings
-        self.group_id = group_id
-        self.topic = topic or settings.legacy_topic + ".reverse"
+        self.group_id = group_id or settings.reverse_sync_group
+        self.topic = topic or settings.reverse_topic or settings.legacy_topic + ".reverse"
         self.stats = ReverseStats()
         self._codec = EventCodec()
         self._consumer: AIOKafkaConsumer | None = None

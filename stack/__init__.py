@@ -5,9 +5,10 @@ from ._kafka import KafkaService
 from ._manager import SERVICES, Stack
 from ._postgres import PostgresService
 from ._procs import ServiceStatus
-from ._store_services import BridgeService, ProcessorService, ProjectorService, settings_env
+from ._store_services import BridgeService, ProcessorService, ProjectorService, ReverseSyncService, settings_env
 
 __all__ = [
-    "SERVICES", "BridgeService", "KafkaService", "PostgresService", "ProcessorService", "ProjectorService", "ServiceStatus", "Stack",
+    "SERVICES", "BridgeService", "KafkaService", "PostgresService", "ProcessorService", "ProjectorService", "ReverseSyncService", "ServiceStatus",
+    "Stack",
     "settings_env",
 ]

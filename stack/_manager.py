@@ -13,11 +13,13 @@ from streams import ensure_topics
 from ._kafka import KafkaService
 from ._postgres import PostgresService
 from ._procs import LogFn, ServiceStatus
-from ._store_services import BridgeService, ProcessorService, ProjectorService
+from ._store_services import BridgeService, ProcessorService, ProjectorService, ReverseSyncService
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("kafka", "postgres", "processor", "projector", "bridge")
+SERVICES = ("kafka", "postgres", "processor", "projector", "bridge", "reverse-sync")
+_OPT_IN = {"reverse-sync": "reverse_sync"}
+"""Services started without naming them only when their setting is on (``ASSESSMENT_STORE_REVERSE_SYNC``)."""
 
 
 class _Service(Protocol):
@@ -38,13 +40,19 @@ class Stack:
         self.processor = ProcessorService(self.settings)
         self.projector = ProjectorService(self.settings)
         self.bridge = BridgeService(self.settings)
+        self.reverse_sync = ReverseSyncService(self.settings)
         self._by_name: dict[str, _Service] = {
             "kafka": self.kafka, "postgres": self.postgres, "processor": self.processor, "projector": self.projector,
-            "bridge": self.bridge,
+            "bridge": self.bridge, "reverse-sync": self.reverse_sync,
         }
 
+    def default_services(self) -> list[str]:
+        """What ``up``/``down``/``status`` act on when no service is named."""
+        return [n for n in SERVICES if n not in _OPT_IN or getattr(self.settings, _OPT_IN[n])
+                or (n == "reverse-sync" and self.reverse_sync.pid() is not None)]
+
     def _select(self, names: Sequence[str] | None) -> list[_Service]:
-        chosen = list(names) if names else list(SERVICES)
+        chosen = list(names) if names else self.default_services()
         unknown = [n for n in chosen if n not in self._by_name]
         if unknown:
             raise ValueError(f"unknown service(s) {', '.join(unknown)}; known: {', '.join(SERVICES)}")
@@ -54,8 +62,8 @@ class Stack:
         """Start what is not running; returns {service: started_now}. A second call is a no-op."""
         started: dict[str, bool] = {}
         for svc in self._select(services):
-            if svc in (self.processor, self.projector, self.bridge) and not any(
-                n in started for n in ("processor", "projector", "bridge")
+            if svc in (self.processor, self.projector, self.bridge, self.reverse_sync) and not any(
+                n in started for n in ("processor", "projector", "bridge", "reverse-sync")
             ):
                 # The store's processes subscribe to topics, which must exist first.
                 created = asyncio.run(ensure_topics(self.settings))

@@ -124,3 +124,12 @@ class BridgeService(StoreProcess):
     @property
     def description(self) -> str:  # type: ignore[override]
         return f"{self.s.legacy_topic} -> {self.s.commands_topic}"
+
+
+class ReverseSyncService(StoreProcess):
+    name = "reverse-sync"
+    command = ("bridge", "reverse-sync")
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"{self.s.events_topic} (source store) -> {self.s.reverse_topic or self.s.legacy_topic + '.reverse'}"

@@ -76,3 +76,60 @@ def test_flags_cli_sets_shows_audits_and_rolls_back(stack_settings: Settings) ->
     assert bad.returncode != 0 and "migration_percentage" in bad.stderr
     back = json.loads(_cli(stack_settings, "flags", "rollback", "--actor", "cli-test", "--json").stdout)
     assert (back["enableAssessmentStore"], back["enableDualMode"]) == (False, False)
+
+
+async def test_reverse_sync_runs_as_an_opt_in_stack_service(stack_settings: Settings) -> None:
+    """`stack up reverse-sync` starts it (not started by default); a CLI-created assessment reaches its topic; `down` stops it."""
+    import uuid
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from assessment_store.testing import eventually, topic_end_offsets
+
+    run = uuid.uuid4().hex[:8]
+    s = stack_settings.model_copy(update={"reverse_topic": f"test.cli-reverse.{run}",
+                                          "reverse_sync_group": f"cli-reverse-{run}"})
+    # Start the new group at the events topic's end: the session's log is long by now.
+    ends = await topic_end_offsets(s, s.events_topic)
+    c = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.reverse_sync_group, enable_auto_commit=False)
+    await c.start()
+    try:
+        c.assign([TopicPartition(s.events_topic, p) for p in ends])
+        await c.commit({TopicPartition(s.events_topic, p): OffsetAndMetadata(o, "") for p, o in ends.items()})
+    finally:
+        await c.stop()
+    assert "reverse-sync" not in {row["name"] for row in json.loads(_cli(s, "stack", "status", "--json").stdout)}
+    up = _cli(s, "stack", "up", "reverse-sync")
+    assert up.returncode == 0 and "reverse-sync: started" in up.stderr, up.stdout + up.stderr
+    try:
+        rows = {row["name"]: row for row in json.loads(_cli(s, "stack", "status", "--json").stdout)}
+        assert rows["reverse-sync"]["running"] and s.reverse_topic in rows["reverse-sync"]["address"]
+        aid = json.loads(_cli(s, "create", "--request", '{"via": "cli"}', "--json").stdout)["assessmentId"]
+
+        async def reverse_messages() -> list[dict[str, object]]:
+            reader = AIOKafkaConsumer(s.reverse_topic, bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                                      auto_offset_reset="earliest", enable_auto_commit=False)
+            await reader.start()
+            try:
+                got = await reader.getmany(timeout_ms=300)
+                return [json.loads(r.value) for rs in got.values() for r in rs if r.value]
+            finally:
+                await reader.stop()
+
+        msgs = await eventually(reverse_messages, lambda ms: any(m["data"]["assessmentId"] == aid for m in ms),
+                                timeout_s=30, what="the created assessment on the reverse topic")
+        [created] = [m for m in msgs if m["data"]["assessmentId"] == aid]
+        assert (created["event"], created["seq"], created["data"]["request"]) == ("assessment.created", 1, {"via": "cli"})
+    finally:
+        down = _cli(s, "stack", "down", "reverse-sync")
+        assert down.returncode == 0 and "reverse-sync: stopped" in down.stderr, down.stdout + down.stderr
+
+
+def test_bridge_shadow_lists_kept_mismatches_as_json(stack_settings: Settings) -> None:
+    """`bridge shadow --json` answers the kept mismatches' counts per kind and the latest rows."""
+    r = _cli(stack_settings, "bridge", "shadow", "--json", "--limit", "5")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"counts", "mismatches"} and len(doc["mismatches"]) <= 5
+    assert all(row["kind"] in ("mismatch", "missing", "shadow-error") for row in doc["mismatches"])
