@@ -13,7 +13,10 @@ The tree::
     ├── CodecError                          bytes that are not one of our events (.reason)
     ├── BackendError                        Kafka or PostgreSQL failed; .retriable says whether to retry
     │   ├── KafkaUnavailable
-    │   └── DatabaseUnavailable
+    │   ├── DatabaseUnavailable
+    │   ├── bridge.LegacyUnavailable        the legacy service is unreachable or answered nonsense (.url, .status)
+    │   └── bridge.LegacyNotSynced          legacy lacks store changes it would serve (.assessment_id, .store_version,
+    │                                       .legacy_version); raised by the router's sync before serve
     └── StackError                          the local stack could not do what was asked
         ├── PortInUse                       (.port, .holder)
         ├── MissingTool                     java / mvn / initdb absent (.tool, .install_hint)
