@@ -24,8 +24,14 @@ shadow-error   reading the shadow side failed: counted and kept with the error
 =============  ====================================================================================
 
 "Step" is the state's place in the lifecycle (PENDING < PROCESSING < finished) and, before the
-end, the progress: a shadow that is behind is read again (backoff 10 ms .. 200 ms) until it catches
-up or the timeout ends; one that is ahead cannot be compared any more.
+end, the progress: a shadow that is behind is read again (first read after ``first_read_after_s``,
+then backoff doubling up to ``max_backoff_s``) until it catches up or the timeout ends; one that is
+ahead cannot be compared any more.
+
+The observer shares the caller's event loop and CPU, so its own work is bounded, not just deferred:
+at most ``max_concurrent_reads`` reads of the other side run at once (the rest of the observations
+wait their turn, in the background), and reads back off quickly. ``bench/shadow.py`` measures what is
+left of the cost on the callers' latency.
 """
 
 from __future__ import annotations
@@ -129,25 +135,38 @@ class ShadowStats:
     sink_failures: int = 0
     in_flight: int = 0
     by_field: dict[str, int] = field(default_factory=dict)
+    by_operation: dict[str, dict[str, int]] = field(default_factory=dict)
+    """operation -> verdict (matched, mismatch, missing, inconclusive, shadow-error) -> count."""
     max_observed_ms: float = 0.0
+
+    def count(self, operation: str, verdict: str) -> None:
+        per = self.by_operation.setdefault(operation, {})
+        per[verdict] = per.get(verdict, 0) + 1
 
     def to_json(self) -> dict[str, JSON]:
         return {"scheduled": self.scheduled, "matched": self.matched, "mismatched": self.mismatched,
                 "missing": self.missing, "inconclusive": self.inconclusive, "shadowErrors": self.shadow_errors,
                 "skippedCapacity": self.skipped_capacity, "sinkFailures": self.sink_failures,
                 "inFlight": self.in_flight, "byField": dict(self.by_field),
+                "byOperation": {op: dict(v) for op, v in self.by_operation.items()},
                 "maxObservedMs": round(self.max_observed_ms, 1)}
 
 
 class ShadowObserver:
     """Runs observations in the background; ``observe`` never blocks the caller."""
 
-    def __init__(self, sink: MismatchSink, *, timeout_s: float = 10.0, max_in_flight: int = 1000) -> None:
-        if timeout_s <= 0 or max_in_flight < 1:
-            raise ValueError("timeout_s must be > 0 and max_in_flight >= 1")
+    def __init__(self, sink: MismatchSink, *, timeout_s: float = 10.0, max_in_flight: int = 1000,
+                 max_concurrent_reads: int = 4, first_read_after_s: float = 0.05, max_backoff_s: float = 1.0) -> None:
+        if timeout_s <= 0 or max_in_flight < 1 or max_concurrent_reads < 1 or first_read_after_s < 0 \
+                or max_backoff_s <= 0:
+            raise ValueError("timeout_s and max_backoff_s must be > 0, max_in_flight and max_concurrent_reads >= 1, "
+                             "first_read_after_s >= 0")
         self.sink = sink
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
+        self.first_read_after_s = first_read_after_s
+        self.max_backoff_s = max_backoff_s
+        self._reads = asyncio.Semaphore(max_concurrent_reads)
         self.stats = ShadowStats()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -192,7 +211,9 @@ class ShadowObserver:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.timeout_s
-        delay = 0.01
+        # The other side almost never has the change within a few ms (it travels through Kafka): the
+        # first read waits a little, which saves a read per observation.
+        delay = self.first_read_after_s
         shadow: Assessment | None = None
 
         def mismatch(kind: str, diff: tuple[str, ...], reason: str) -> ShadowMismatch:
@@ -201,29 +222,41 @@ class ShadowObserver:
                                   reason, primary_ms, (loop.time() - started) * 1000)
 
         while True:
+            if delay > 0:
+                await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             try:
-                shadow = await read_shadow()
+                queued = loop.time()
+                async with self._reads:
+                    # Time spent waiting for our own read slot is not the other side's lag: it does
+                    # not count against the timeout (overload shows as in_flight, then skipped_capacity).
+                    deadline += loop.time() - queued
+                    shadow = await read_shadow()
             except AssessmentStoreError as e:
                 self.stats.shadow_errors += 1
+                self.stats.count(operation, "shadow-error")
                 await self._keep(mismatch("shadow-error", (), f"reading the {shadow_side} side failed: {e}"))
                 return
             verdict, diff = compare(primary, shadow)
             if verdict is Verdict.MATCHED:
                 self.stats.matched += 1
+                self.stats.count(operation, "matched")
                 self._took(loop.time() - started)
                 return
             if verdict is Verdict.AHEAD:
                 self.stats.inconclusive += 1
+                self.stats.count(operation, "inconclusive")
                 self._took(loop.time() - started)
                 return
             if verdict is Verdict.MISMATCH:
                 self.stats.mismatched += 1
+                self.stats.count(operation, "mismatch")
                 self._count_fields(diff)
                 await self._keep(mismatch("mismatch", diff, "the sides differ in " + ", ".join(diff)))
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self.stats.missing += 1
+                self.stats.count(operation, "missing")
                 self._count_fields(diff)
                 what = "does not know the assessment" if shadow is None else \
                     f"stayed at {shadow.state.value} {shadow.progress} %"
@@ -231,8 +264,7 @@ class ShadowObserver:
                                           f"(the {primary_side} side answered {primary.state.value} "
                                           f"{primary.progress} %)"))
                 return
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.2)
+            delay = min(max(delay * 2, 0.01), self.max_backoff_s)
 
     def _took(self, seconds: float) -> None:
         self.stats.max_observed_ms = max(self.stats.max_observed_ms, seconds * 1000)
