@@ -81,7 +81,8 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
             results: dict[tuple[str, bool], list[float]] = {}
             observers: dict[str, ShadowObserver] = {}
             for side, percentage in (("store", 100), ("legacy", 0)):
-                observer = observers[side] = ShadowObserver(mismatches, timeout_s=10.0)
+                observer = observers[side] = ShadowObserver(mismatches, timeout_s=10.0,
+                                                            sample_percentage=args.sample)
                 router = MigrationRouter(store, legacy, flags, shadow=observer)
                 for r in range(args.rounds):
                     for shadow in (False, True):
@@ -98,7 +99,8 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
         await proc.wait()
 
     t = Table(title=f"router call latency as the caller sees it, {args.lifecycles} lifecycles x 5 calls x "
-                    f"{args.rounds} rounds per row, {args.concurrency} in flight ({os.cpu_count()} cores)")
+                    f"{args.rounds} rounds per row, {args.concurrency} in flight, {args.sample:g} % of calls "
+                    f"observed when on ({os.cpu_count()} cores)")
     for col in ("served by", "shadow", "calls", "p50 ms", "p95 ms", "p99 ms", "mean ms", "ratio on/off p50 | p95"):
         t.add_column(col)
     for side in ("store", "legacy"):
@@ -131,4 +133,5 @@ if __name__ == "__main__":
     parser.add_argument("--lifecycles", type=int, default=300, help="per run (5 calls each)")
     parser.add_argument("--concurrency", type=int, default=20, help="lifecycles in flight")
     parser.add_argument("--rounds", type=int, default=2, help="off/on pairs per side")
+    parser.add_argument("--sample", type=float, default=100.0, help="percentage of calls observed when on")
     main(parser.parse_args())

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -132,6 +133,7 @@ class ShadowStats:
     inconclusive: int = 0
     shadow_errors: int = 0
     skipped_capacity: int = 0
+    skipped_sampling: int = 0
     sink_failures: int = 0
     in_flight: int = 0
     by_field: dict[str, int] = field(default_factory=dict)
@@ -146,7 +148,8 @@ class ShadowStats:
     def to_json(self) -> dict[str, JSON]:
         return {"scheduled": self.scheduled, "matched": self.matched, "mismatched": self.mismatched,
                 "missing": self.missing, "inconclusive": self.inconclusive, "shadowErrors": self.shadow_errors,
-                "skippedCapacity": self.skipped_capacity, "sinkFailures": self.sink_failures,
+                "skippedCapacity": self.skipped_capacity, "skippedSampling": self.skipped_sampling,
+                "sinkFailures": self.sink_failures,
                 "inFlight": self.in_flight, "byField": dict(self.by_field),
                 "byOperation": {op: dict(v) for op, v in self.by_operation.items()},
                 "maxObservedMs": round(self.max_observed_ms, 1)}
@@ -156,11 +159,13 @@ class ShadowObserver:
     """Runs observations in the background; ``observe`` never blocks the caller."""
 
     def __init__(self, sink: MismatchSink, *, timeout_s: float = 10.0, max_in_flight: int = 1000,
-                 max_concurrent_reads: int = 4, first_read_after_s: float = 0.05, max_backoff_s: float = 1.0) -> None:
+                 max_concurrent_reads: int = 4, first_read_after_s: float = 0.05, max_backoff_s: float = 1.0,
+                 sample_percentage: float = 100.0) -> None:
         if timeout_s <= 0 or max_in_flight < 1 or max_concurrent_reads < 1 or first_read_after_s < 0 \
-                or max_backoff_s <= 0:
+                or max_backoff_s <= 0 or not 0 <= sample_percentage <= 100:
             raise ValueError("timeout_s and max_backoff_s must be > 0, max_in_flight and max_concurrent_reads >= 1, "
-                             "first_read_after_s >= 0")
+                             "first_read_after_s >= 0, sample_percentage in [0, 100]")
+        self.sample_percentage = sample_percentage
         self.sink = sink
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
@@ -174,6 +179,12 @@ class ShadowObserver:
                 primary: Assessment, primary_ms: float,
                 read_shadow: Callable[[], Awaitable[Assessment | None]]) -> None:
         """Schedule one observation (returns at once; skipped and counted when too many are running)."""
+        # Each observation costs at least one read of the other side, on the caller's CPUs: sampling
+        # bounds that cost on a busy machine (bench/shadow.py shows it). Not sticky on purpose: every
+        # assessment gets observed sometimes.
+        if self.sample_percentage < 100 and random.random() * 100 >= self.sample_percentage:
+            self.stats.skipped_sampling += 1
+            return
         if len(self._tasks) >= self.max_in_flight:
             self.stats.skipped_capacity += 1
             return

@@ -54,3 +54,19 @@ def test_mismatch_names_every_differing_field() -> None:
     verdict, diff = compare(_a(State.COMPLETED, 100, result_data={"s": 1}, duration=5),
                             _a(State.COMPLETED, 100, result_data={"s": 2}, duration=6))
     assert (verdict, diff) == (Verdict.MISMATCH, ("result", "duration"))
+
+
+def test_sampling_zero_schedules_nothing_and_counts_it() -> None:
+    """With sample_percentage=0 no observation is scheduled, and every skipped call is counted."""
+    from bridge import ShadowObserver
+
+    class Sink:
+        async def record(self, mismatch: object) -> None:
+            raise AssertionError("nothing to record")
+
+    observer = ShadowObserver(Sink(), sample_percentage=0)
+    for _ in range(3):
+        observer.observe("get", "a-1", "store", "legacy", _a(State.PENDING), 1.0, lambda: None)  # type: ignore[arg-type,return-value]
+    assert (observer.stats.scheduled, observer.stats.skipped_sampling, observer.stats.in_flight) == (0, 3, 0)
+    with pytest.raises(ValueError):
+        ShadowObserver(Sink(), sample_percentage=101)
