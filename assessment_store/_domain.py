@@ -167,8 +167,15 @@ def decide(
     source: EventSource = EventSource.STORE,
     max_json_bytes: int = 1_000_000,
     default_max_retries: int | None = None,
+    occurred_at: datetime | None = None,
 ) -> Event:
-    """The event ``command`` produces against ``current``, or the reason it is refused."""
+    """The event ``command`` produces against ``current``, or the reason it is refused.
+
+    ``now`` is the event's ``recorded_at``. ``occurred_at`` (a legacy emission's time) becomes the
+    event's ``occurred_at`` and the clock of the computed durations; a time after ``now`` (a clock
+    ahead of ours) is taken as ``now``: no event claims to come from the future.
+    """
+    at = now if occurred_at is None or occurred_at > now else occurred_at
     validate_command(command, max_json_bytes)
     name = transition_name(command)
     aid = command.assessment_id
@@ -193,11 +200,11 @@ def decide(
                 payload = ProgressUpdated(command.progress, command.message)
             case Complete():
                 duration = command.duration_ms
-                payload = Completed(command.result, duration if duration is not None else _elapsed_ms(current, now))
+                payload = Completed(command.result, duration if duration is not None else _elapsed_ms(current, at))
             case Fail():
                 duration = command.duration_ms
                 payload = Failed(command.error, command.retryable,
-                                 duration if duration is not None else _elapsed_ms(current, now))
+                                 duration if duration is not None else _elapsed_ms(current, at))
             case Cancel():
                 payload = Cancelled(command.reason)
             case ExpireDeadline():
@@ -220,7 +227,7 @@ def decide(
         assessment_id=aid,
         version=actual + 1,
         payload=payload,
-        occurred_at=now,
+        occurred_at=at,
         recorded_at=now,
         source=source,
         correlation_id=command.correlation_id,

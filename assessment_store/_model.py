@@ -230,6 +230,9 @@ class CommandEnvelope:
     command: Command
     issued_at: datetime
     source: EventSource = EventSource.STORE
+    occurred_at: datetime | None = None
+    """When the change happened where it came from (a legacy emission, a legacy export's timestamps);
+    it becomes the event's ``occurred_at``. None: when the processor decides (the store's own writes)."""
 
 
 @dataclass(frozen=True, slots=True)

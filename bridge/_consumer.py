@@ -302,7 +302,9 @@ class LegacyBridge(AsyncLifecycle):
         if t.message.event is not LegacyEvent.CREATED and isinstance(t.commands[0], Create):
             self.stats.orphans += 1
         for c in t.commands:
-            await self._appender.command(CommandEnvelope(c, now, EventSource.LEGACY_BRIDGE))
+            # The legacy emission's time becomes the events' occurred_at (recorded_at stays the
+            # processor's clock): time as the legacy system lived it, for every command of the message.
+            await self._appender.command(CommandEnvelope(c, now, EventSource.LEGACY_BRIDGE, t.message.occurred_at))
         self.stats.translated += 1
         self.stats.commands_sent += len(t.commands)
         self.stats.synthesised += t.synthesised

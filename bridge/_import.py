@@ -444,7 +444,8 @@ async def _import_batch(
             continue
         _count_plan(plan, counts)
         for c in plan.commands:
-            await appender.command(CommandEnvelope(c, now, EventSource.MIGRATION))
+            # The export's timestamps become the events' occurred_at (recorded_at: the processor's clock).
+            await appender.command(CommandEnvelope(c, now, EventSource.MIGRATION, record.occurred_at(c)))
             sent.append(c)
     await appender.flush()
     counts.commands_sent += len(sent)

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from assessment_store._domain import validate_id
@@ -239,10 +239,13 @@ def optional_timestamp(obj: dict[str, Any], key: str, field: str) -> str | None:
 
 
 def parse_timestamp(value: str, field: str) -> datetime:
+    """An ISO-8601 legacy timestamp as an aware datetime; one without an offset is taken as UTC (the
+    legacy service writes ``Date.toISOString()``, always UTC)."""
     try:
-        return datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value)
     except ValueError as e:
         raise _Reject(RejectKind.INVALID_VALUE, field, f"is not an ISO-8601 timestamp: {value[:60]!r}") from e
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def assessment_id(obj: dict[str, Any], key: str, field: str) -> str:

@@ -29,6 +29,7 @@ outcome and no new event.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from assessment_store._model import JSON, Assessment, Cancel, Command, Complete, Create, Fail, Start, State, UpdateProgress
@@ -43,6 +44,7 @@ from ._legacy import (
     optional_number,
     optional_str,
     optional_timestamp,
+    parse_timestamp,
     stable_id,
     status,
 )
@@ -65,6 +67,16 @@ class ExportRecord:
     result: JSON
     error: str | None
     duration_ms: int | None
+    created_at: datetime | None = None
+    """The export's ``timestamp``: the Create's occurred_at."""
+    updated_at: datetime | None = None
+    """The export's ``updatedAt``: the occurred_at of every later step (the export has no finer history)."""
+
+    def occurred_at(self, command: Command) -> datetime | None:
+        """When ``command``'s step happened in the legacy system, as far as the export tells."""
+        if isinstance(command, Create):
+            return self.created_at or self.updated_at
+        return self.updated_at or self.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +96,8 @@ def parse_export_line(raw: bytes, *, max_bytes: int) -> ExportRecord | Rejection
             raise _Reject(RejectKind.MISSING_FIELD, "status", "is required" if "status" not in obj else "is null")
         state = status(obj, "status", "status")
         assert state is not None
-        optional_timestamp(obj, "timestamp", "timestamp")
-        optional_timestamp(obj, "updatedAt", "updatedAt")
+        created = optional_timestamp(obj, "timestamp", "timestamp")
+        updated = optional_timestamp(obj, "updatedAt", "updatedAt")
         return ExportRecord(
             assessment_id=aid,
             state=state,
@@ -95,6 +107,8 @@ def parse_export_line(raw: bytes, *, max_bytes: int) -> ExportRecord | Rejection
             result=json_value(obj, "result"),
             error=optional_str(obj, "error", "error"),
             duration_ms=optional_number(obj, "duration", "duration", low=0, high=None),
+            created_at=None if created is None else parse_timestamp(created, "timestamp"),
+            updated_at=None if updated is None else parse_timestamp(updated, "updatedAt"),
         )
     except _Reject as e:
         return e.rejection()

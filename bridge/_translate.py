@@ -64,6 +64,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from assessment_store._domain import validate_command
@@ -145,6 +146,8 @@ class LegacyMessage:
     seq: int
     emitted_at: str
     """As written by the tap: part of the identity, so never re-formatted."""
+    occurred_at: datetime
+    """``emitted_at`` parsed (UTC when it has no offset): the events' ``occurred_at``."""
     status: State | None
     progress: int | None
     message: str | None
@@ -265,7 +268,7 @@ def _parse(raw: bytes | None, limits: TranslateLimits) -> LegacyMessage:
     if seq < 0:
         raise _Reject(RejectKind.INVALID_VALUE, "seq", f"must be a non-negative integer, got {seq}")
     emitted_at = required(obj, "emittedAt", "emittedAt", str, "string")
-    parse_timestamp(emitted_at, "emittedAt")
+    occurred_at = parse_timestamp(emitted_at, "emittedAt")
 
     aid = assessment_id(data, "assessmentId", "data.assessmentId")
     state = status(data, "status", "data.status")
@@ -288,6 +291,7 @@ def _parse(raw: bytes | None, limits: TranslateLimits) -> LegacyMessage:
         emitter=emitter,
         seq=seq,
         emitted_at=emitted_at,
+        occurred_at=occurred_at,
         status=state,
         progress=progress,
         message=optional_str(data, "message", "data.message"),

@@ -85,6 +85,7 @@ class CommandCodec:
             "issued_at": env.issued_at,
             "source": env.source.value,
             "correlation_id": c.correlation_id,
+            "occurred_at": env.occurred_at,
             "body": (self._avro.namespace + name, body),
         }
         return self._avro.encode(record, name)
@@ -99,7 +100,8 @@ class CommandCodec:
                 "expected_version": r["expected_version"],
                 "correlation_id": r["correlation_id"],
             }
-            return CommandEnvelope(_body_from_avro(name, body, common), r["issued_at"], EventSource(r["source"]))
+            return CommandEnvelope(_body_from_avro(name, body, common), r["issued_at"], EventSource(r["source"]),
+                                   r["occurred_at"])
         except (ValueError, TypeError, KeyError) as e:
             raise CodecError(f"{type(e).__name__}: {e}") from e
 

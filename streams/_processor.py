@@ -359,7 +359,7 @@ class CommandProcessor(AsyncLifecycle):
                 ), rec.partition))
             return
         try:
-            ev = decide(part.states.get(cmd.assessment_id), cmd, now, source=env.source,
+            ev = decide(part.states.get(cmd.assessment_id), cmd, now, source=env.source, occurred_at=env.occurred_at,
                         max_json_bytes=self.s.max_request_bytes, default_max_retries=self.s.default_max_retries)
         except StoreUsageError as e:
             self.stats.rejected += 1

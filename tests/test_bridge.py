@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,8 @@ async def _states(settings: Settings, ids: list[str]) -> dict[str, dict[str, Any
     conn = await connect(settings)
     try:
         rows = await conn.fetch(
-            "SELECT assessment_id, state, version, progress, message, request_data, result_data, error_message"
-            " FROM projection.assessments WHERE assessment_id = ANY($1::text[])", ids)
+            "SELECT assessment_id, state, version, progress, message, request_data, result_data, error_message,"
+            " duration_ms, created_at, updated_at FROM projection.assessments WHERE assessment_id = ANY($1::text[])", ids)
     finally:
         await conn.close()
     return {r["assessment_id"]: dict(r) for r in rows}
@@ -295,6 +296,25 @@ async def test_corpus_states_and_histories(corpus: Corpus) -> None:
     assert stats.orphans == 3 and stats.synthesised == 5
 
 
+async def test_legacy_emission_time_becomes_occurred_at(corpus: Corpus) -> None:
+    """Events carry the legacy emittedAt as occurred_at (and the row its created/updated times); recorded_at is the store's clock."""
+    f, a = corpus.ids["f"], corpus.ids["a"]
+    conn = await connect(corpus.settings)
+    try:
+        events = await conn.fetch("SELECT assessment_id, occurred_at, recorded_at FROM projection.assessment_events"
+                                  " WHERE assessment_id = ANY($1::text[])", [f, a])
+        rows = {r["assessment_id"]: r for r in await conn.fetch(
+            "SELECT assessment_id, created_at, updated_at FROM projection.assessments"
+            " WHERE assessment_id = ANY($1::text[])", [f, a])}
+    finally:
+        await conn.close()
+    noon, one_pm = datetime(2024, 5, 1, 12, tzinfo=UTC), datetime(2024, 5, 1, 13, tzinfo=UTC)
+    assert {e["occurred_at"] for e in events if e["assessment_id"] == a} == {noon}
+    assert [e["occurred_at"] for e in events if e["assessment_id"] == f] == [one_pm]
+    assert all(e["recorded_at"] > datetime(2025, 1, 1, tzinfo=UTC) for e in events)
+    assert (rows[f]["created_at"], rows[a]["created_at"], rows[a]["updated_at"]) == (one_pm, noon, noon)
+
+
 async def test_out_of_order_rejections_are_inspectable(corpus: Corpus) -> None:
     """Late input the store refused (duplicate create, progress or start after completion) is listed with why."""
     refused: dict[str, list[tuple[str | None, str | None]]] = {}
@@ -370,8 +390,14 @@ def _export(path: Path, prefix: str, n: int) -> tuple[dict[str, dict[str, Any]],
             "duration": 1000 + i if status in ("completed", "failed", "cancelled") else None,
         }
         lines.append(json.dumps(rec).encode())
+        # The export's times become the events' occurred_at: created at `timestamp`, every later step
+        # at `updatedAt`; a legacy duration is carried for completions and failures.
         expected[aid] = {"state": status.upper(), "progress": rec["progress"], "message": rec["message"],
-                         "request_data": rec["request"], "result_data": rec["result"], "error_message": rec["error"]}
+                         "request_data": rec["request"], "result_data": rec["result"], "error_message": rec["error"],
+                         "created_at": datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+                         "updated_at": datetime(2024, 5, 1, 12, 0 if status == "pending" else 5, tzinfo=UTC)}
+        if status in ("completed", "failed"):
+            expected[aid]["duration_ms"] = 1000 + i
     path.write_bytes(b"\n".join(lines) + b"\n")
     return expected, bad_lines
 

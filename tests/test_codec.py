@@ -79,3 +79,16 @@ def test_a_command_written_with_the_previous_schema_still_decodes() -> None:
     env = codec.decode(buf.getvalue(), [("schema-fingerprint", old_fp.encode())])
     assert env.command == Fail(assessment_id="a-1", command_id="c-1", error="boom", duration_ms=None)
     assert env.source is EventSource.LEGACY_BRIDGE
+
+
+def test_a_command_envelope_keeps_its_origin_time() -> None:
+    """occurred_at (a legacy emission's time) survives the commands topic; None stays None."""
+    from assessment_store._model import CommandEnvelope, Start
+    from schemas import CommandCodec
+
+    codec = CommandCodec()
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    legacy = datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
+    for occurred in (legacy, None):
+        env = CommandEnvelope(Start(assessment_id="a-1", command_id="c-1"), now, EventSource.LEGACY_BRIDGE, occurred)
+        assert codec.decode(*codec.encode(env)) == env

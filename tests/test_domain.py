@@ -120,3 +120,21 @@ def test_bad_ids_are_refused(bad: str) -> None:
     with pytest.raises(ValidationError) as info:
         decide(None, Create(assessment_id=bad, request={}), T0)
     assert info.value.field == "assessment_id"
+
+
+def test_an_origin_time_becomes_occurred_at_and_the_duration_clock() -> None:
+    """decide(occurred_at=legacy time): the event's occurred_at and the computed duration follow it; recorded_at is now."""
+    from assessment_store._model import Complete, Create, Start
+
+    legacy = T0 - timedelta(days=30)
+    created = decide(None, Create(assessment_id="a-1", request={}), T0, occurred_at=legacy)
+    assert (created.occurred_at, created.recorded_at) == (legacy, T0)
+    state = evolve(None, created)
+    started = decide(state, Start(assessment_id="a-1"), T0, occurred_at=legacy + timedelta(seconds=1))
+    state = evolve(state, started)
+    assert state.created_at == legacy and state.started_at == legacy + timedelta(seconds=1)
+    done = decide(state, Complete(assessment_id="a-1", result={}), T0, occurred_at=legacy + timedelta(seconds=3))
+    assert done.payload.duration_ms == 2000  # type: ignore[union-attr]
+    # A clock ahead of the store's is not believed: no event comes from the future.
+    ahead = decide(state, Complete(assessment_id="a-1", result={}), T0, occurred_at=T0 + timedelta(hours=1))
+    assert ahead.occurred_at == T0
