@@ -11,7 +11,7 @@ every 10th - as the Node tap writes them, keyed by assessment id), then measures
    fetch to the commit of its last batch - every message parsed, validated, planned, encoded to
    Avro and appended (acks=all) to the commands topic, offsets committed after the acks.
 
-The command processor and projector are stopped while measuring, so the two runs have the
+The stack's own bridge service, the command processor and the projector are stopped while measuring, so the two runs have the
 machine to themselves (the bridge's job ends at the commands topic). Each is repeated and the best
 run kept. Prints both rates and the ratio, with the goals, and for context: the bare consumer
 that also runs ``json.loads`` on every value, and the bridge's CPU time per message by step
@@ -181,7 +181,7 @@ def main(args: argparse.Namespace) -> None:
     settings = isolated_settings(ROOT / ".data" / "bench-bridge", port_base=29492)
     Stack(settings).purge(log=lambda _m: None)
     with running_stack(settings) as s:  # the stack manager is synchronous: outside the event loop
-        Stack(s).down(["projector", "processor"], log=lambda _m: None)
+        Stack(s).down(["bridge", "projector", "processor"], log=lambda _m: None)
         asyncio.run(measure(s, args))
 
 
