@@ -25,7 +25,7 @@ from ._config import Settings
 
 __all__ = [
     "eventually", "isolated_settings", "produce_lifecycles", "projected_event_count", "running_stack",
-    "topic_end_offsets",
+    "start_group_at_end", "topic_end_offsets",
 ]
 
 T = TypeVar("T")
@@ -128,6 +128,22 @@ async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         return {tp.partition: off for tp, off in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def start_group_at_end(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """Commit ``group``'s offsets at ``topic``'s current end, so a consumer of that group reads only what
+    comes next (not a long shared log from offset 0). Returns the committed offsets."""
+    from aiokafka.structs import OffsetAndMetadata
+
+    ends = await topic_end_offsets(settings, topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in ends])
+        await consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in ends.items()})
+    finally:
+        await consumer.stop()
+    return ends
 
 
 async def produce_lifecycles(settings: Settings, count: int, *, prefix: str, batch: int = 5000) -> int:

@@ -82,23 +82,15 @@ async def test_reverse_sync_runs_as_an_opt_in_stack_service(stack_settings: Sett
     """`stack up reverse-sync` starts it (not started by default); a CLI-created assessment reaches its topic; `down` stops it."""
     import uuid
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.structs import OffsetAndMetadata
+    from aiokafka import AIOKafkaConsumer
 
-    from assessment_store.testing import eventually, topic_end_offsets
+    from assessment_store.testing import eventually, start_group_at_end
 
     run = uuid.uuid4().hex[:8]
     s = stack_settings.model_copy(update={"reverse_topic": f"test.cli-reverse.{run}",
                                           "reverse_sync_group": f"cli-reverse-{run}"})
     # Start the new group at the events topic's end: the session's log is long by now.
-    ends = await topic_end_offsets(s, s.events_topic)
-    c = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=s.reverse_sync_group, enable_auto_commit=False)
-    await c.start()
-    try:
-        c.assign([TopicPartition(s.events_topic, p) for p in ends])
-        await c.commit({TopicPartition(s.events_topic, p): OffsetAndMetadata(o, "") for p, o in ends.items()})
-    finally:
-        await c.stop()
+    await start_group_at_end(s, s.reverse_sync_group, s.events_topic)
     assert "reverse-sync" not in {row["name"] for row in json.loads(_cli(s, "stack", "status", "--json").stdout)}
     up = _cli(s, "stack", "up", "reverse-sync")
     assert up.returncode == 0 and "reverse-sync: started" in up.stderr, up.stdout + up.stderr

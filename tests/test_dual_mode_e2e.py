@@ -31,10 +31,7 @@ from assessment_store import (
     ValidationError,
     WaitTimeout,
 )
-from assessment_store.testing import eventually, topic_end_offsets
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import OffsetAndMetadata
-
+from assessment_store.testing import eventually, start_group_at_end
 from bridge import (
     FlagStore,
     HttpLegacyBackend,
@@ -234,19 +231,6 @@ async def test_300_assessments_through_the_router_at_30_percent(
             await reverse.stop()
 
 
-async def _group_starts_at_end(settings: Settings, group: str, topic: str) -> None:
-    """Commit ``group``'s offsets at the topic's current end: a reverse sync that starts there does not
-    re-read the session's whole log (hundreds of thousands of events by now)."""
-    ends = await topic_end_offsets(settings, topic)
-    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
-    await c.start()
-    try:
-        c.assign([TopicPartition(topic, p) for p in ends])
-        await c.commit({TopicPartition(topic, p): OffsetAndMetadata(o, "") for p, o in ends.items()})
-    finally:
-        await c.stop()
-
-
 @asynccontextmanager
 async def _reverse_sync(settings: Settings, group: str) -> AsyncIterator[ReverseSync]:
     """A ReverseSync running in the background for the block; stopped (offsets committed) after it."""
@@ -269,7 +253,8 @@ async def test_rollback_syncs_before_legacy_serves_and_shadow_compares_both_side
     run = uuid.uuid4().hex[:8]
     count = 30
     group = f"reverse-rollback-{run}"
-    await _group_starts_at_end(s, group, s.events_topic)
+    # The session's log is long by now: the group starts at its end.
+    await start_group_at_end(s, group, s.events_topic)
     async with FlagStore(s, topic=f"test.rollback-flags.{run}") as flags, HttpLegacyBackend(legacy_http.url) as legacy, \
             MismatchLog(s) as mismatches:
         await flags.update("e2e", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=100,
