@@ -440,11 +440,23 @@ def serve(
 
 
 @app.command("demo")
-def demo(count: Annotated[int, typer.Option(min=1, max=1000, help="How many assessments.")] = 6) -> None:
-    """Drive a few assessments through their lifecycle and print their final states from PostgreSQL."""
+def demo(
+    count: Annotated[int, typer.Option(min=1, max=1000, help="How many assessments.")] = 6,
+    migration: Annotated[bool, typer.Option(
+        help="Then the migration: the Node legacy service and the store in dual mode at 30 %, with shadows.")] = True,
+    migration_count: Annotated[int, typer.Option(min=1, max=1000, help="Assessments through the router.")] = 10,
+) -> None:
+    """Drive a few assessments through their lifecycle, then a dual-mode migration run; print both results."""
     from ._demo import run_demo
 
-    _run(run_demo(Settings(), count, out))
+    settings = Settings()
+    _run(run_demo(settings, count, out))
+    if migration:
+        from bridge._demo import run_migration_demo
+
+        if not _run(run_migration_demo(settings, migration_count, out)):
+            err.print("[red]the migration demo's checks did not all hold (see above)[/]")
+            raise typer.Exit(1)
 
 
 _mount_bridge()

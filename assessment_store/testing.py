@@ -120,7 +120,9 @@ async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Partition -> end offset (the offset the next record will get)."""
     from streams import partition_counts
 
-    partitions = range((await partition_counts(settings, [topic]))[topic])
+    partitions = range((await partition_counts(settings, [topic])).get(topic, 0))
+    if not partitions:
+        raise ValueError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -125,3 +126,21 @@ def test_bridge_shadow_lists_kept_mismatches_as_json(stack_settings: Settings) -
     doc = json.loads(r.stdout)
     assert set(doc) == {"counts", "mismatches"} and len(doc["mismatches"]) <= 5
     assert all(row["kind"] in ("mismatch", "missing", "shadow-error") for row in doc["mismatches"])
+
+
+async def test_demo_runs_the_store_and_the_migration_and_its_checks_hold(stack_settings: Settings) -> None:
+    """`demo` prints the store's lifecycles, then a dual-mode run where both sides hold every assessment and no shadow disagrees."""
+    from assessment_store.testing import start_group_at_end
+    from streams import TopicSpec, ensure_topics
+
+    s = stack_settings
+    reverse_topic = s.reverse_topic or s.legacy_topic + ".reverse"
+    await ensure_topics(s, [TopicSpec(reverse_topic, s.partitions, {"retention.ms": "-1"})])
+    # The demo's consumer groups resume where they stopped; on the session's long log they start at its end.
+    await start_group_at_end(s, "assessment-store-demo-reverse", s.events_topic)
+    await start_group_at_end(s, "assessment-store-demo-legacy", reverse_topic)
+    r = await asyncio.to_thread(_cli, s, "demo", "--count", "2", "--migration-count", "6")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 assessments, final state read from PostgreSQL" in r.stdout
+    assert "both sides hold all 6: yes" in r.stdout
+    assert "0 mismatched, 0 missing" in r.stdout

@@ -1,0 +1,137 @@
+"""The migration half of the README demo: the legacy Node service and the store side by side in dual mode.
+
+Starts the Node sample legacy service behind HTTP (its tap writes the legacy topic, which the stack's
+bridge carries into the store; it imports the reverse topic), runs the reverse sync in-process, and
+drives assessments through ``MigrationRouter`` at 30 % with shadow comparison on. Then it shows where
+each one was served, that every one is in the store's projection (legacy ones through tap -> bridge),
+that the legacy side holds the store-served ones (reverse sync), and what the shadows concluded.
+
+The demo's flags live on a topic of their own (``<flags topic>.demo``), so it never changes the
+stack's real migration flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from assessment_store._config import Settings
+from assessment_store._errors import ServiceFailed
+from assessment_store._model import Assessment, State
+from assessment_store._store import AssessmentStore
+
+from ._flags import FLAGS_TOPIC, FlagStore
+from ._legacy_http import HttpLegacyBackend
+from ._reverse import ReverseSync
+from ._router import MigrationRouter, Side
+from ._shadow import MismatchLog, ShadowObserver
+
+__all__ = ["run_migration_demo"]
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+_DEMO_GROUP = "assessment-store-demo"
+
+
+async def _start_legacy(settings: Settings) -> tuple[asyncio.subprocess.Process, str]:
+    if shutil.which("node") is None or not (NODE_DIR / "node_modules").is_dir():
+        raise ServiceFailed("legacy-http", "node or bridge/node/node_modules missing: run `make bootstrap` "
+                                           "(scripts/bootstrap.sh runs npm ci)")
+    proc = await asyncio.create_subprocess_exec(
+        "node", "bin/legacy-http.js", "--port", "0", "--brokers", settings.kafka_bootstrap,
+        "--topic", settings.legacy_topic, "--reverse-topic", settings.reverse_topic or settings.legacy_topic + ".reverse",
+        "--group", f"{_DEMO_GROUP}-legacy", "--emitter-id", f"legacy-demo-{uuid.uuid4().hex[:6]}",
+        "--partitions", str(settings.partitions), "--log-level", "error",
+        cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "KAFKA_BOOTSTRAP": settings.kafka_bootstrap})
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        port = json.loads(line)["listening"]
+    except (TimeoutError, ValueError, KeyError) as e:
+        proc.kill()
+        err = (await proc.stderr.read()).decode(errors="replace")
+        raise ServiceFailed("legacy-http", f"did not print its port ({type(e).__name__})", err[-2000:]) from e
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def _lifecycle(router: MigrationRouter, i: int, aid: str) -> Assessment:
+    await router.create_assessment({"subject": f"migrating-{i}", "checks": ["identity"]}, assessment_id=aid)
+    await router.start_assessment(aid)
+    await router.update_progress(aid, 50, "half way")
+    if i % 5 == 4:
+        await router.fail_assessment(aid, "legacy scorer unavailable")
+    else:
+        await router.complete_assessment(aid, {"score": 640 + 9 * i})
+    return await router.wait_for_completion(aid, 30)
+
+
+async def run_migration_demo(settings: Settings, count: int, out: Console, *, percentage: float = 30.0) -> bool:
+    """Run it and print the result; returns whether every check held."""
+    t0 = time.monotonic()
+    run = uuid.uuid4().hex[:6]
+    proc, url = await _start_legacy(settings)
+    stop = asyncio.Event()
+    try:
+        async with FlagStore(settings, topic=f"{FLAGS_TOPIC}.demo") as flags, AssessmentStore(settings) as store, \
+                HttpLegacyBackend(url) as legacy, MismatchLog(settings) as mismatches, \
+                ReverseSync(settings, group_id=f"{_DEMO_GROUP}-reverse") as reverse:
+            sync_task = asyncio.create_task(reverse.run(stop))
+            await flags.update("demo", enable_assessment_store=True, enable_dual_mode=True,
+                               migration_percentage=percentage, enable_shadow_comparison=True)
+            observer = ShadowObserver(mismatches, timeout_s=10.0)
+            router = MigrationRouter(store, legacy, flags, shadow=observer)
+            ids = [f"demo-{run}-{i}" for i in range(count)]
+            sides = {aid: router.side_for(aid) for aid in ids}
+            finals = await asyncio.gather(*(_lifecycle(router, i, aid) for i, aid in enumerate(ids)))
+
+            async def both_sides() -> tuple[list[Assessment | None], list[Assessment | None]]:
+                in_store = await asyncio.gather(*(store.find_state(a) for a in ids))
+                on_legacy = await asyncio.gather(*(legacy.find_state(a) for a in ids))
+                return list(in_store), list(on_legacy)
+
+            # The tap -> bridge -> processor path and the reverse sync take a moment: wait (bounded)
+            # until both sides hold every assessment in its final state.
+            deadline = time.monotonic() + 30
+            while True:
+                in_store, on_legacy = await both_sides()
+                done = all(s is not None and s.state is f.state for s, f in zip(in_store, finals, strict=True)) and all(
+                    x is not None and x.state is f.state for x, f in zip(on_legacy, finals, strict=True))
+                if done or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            await observer.drain(30)
+            stop.set()
+            await sync_task
+    finally:
+        stop.set()
+        proc.terminate()
+        await proc.wait()
+
+    colour = {State.COMPLETED: "green", State.FAILED: "red"}
+    t = Table(title=f"dual mode at {percentage:g} %: {count} assessments through MigrationRouter "
+                    f"({time.monotonic() - t0:.1f} s, legacy = the Node sample service)")
+    for col in ("assessment id", "served by", "final state", "in the store (projection)", "on legacy", "result / error"):
+        t.add_column(col)
+    for aid, f, s, x in zip(ids, finals, in_store, on_legacy, strict=True):
+        detail = json.dumps(f.result_data) if f.state is State.COMPLETED else f.error_message
+        t.add_row(aid, sides[aid].value, f"[{colour.get(f.state, 'white')}]{f.state.value}[/]",
+                  "-" if s is None else f"{s.state.value} v{s.version}",
+                  "-" if x is None else x.state.value, str(detail))
+    out.print(t)
+    to_store = sum(side is Side.STORE for side in sides.values())
+    st = observer.stats
+    ok = done and st.mismatched == 0 and st.missing == 0 and st.shadow_errors == 0
+    out.print(f"routed: {to_store} to the store, {count - to_store} to legacy (sticky per assessment); "
+              f"both sides hold all {count}: {'yes' if done else 'NO'}", highlight=False)
+    out.print(f"shadow comparison: {st.scheduled} calls observed on the other side: {st.matched} matched, "
+              f"{st.inconclusive} overtaken, {st.mismatched} mismatched, {st.missing} missing "
+              "(`assessment-store bridge shadow` lists kept mismatches)", highlight=False)
+    return ok
