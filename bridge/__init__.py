@@ -24,7 +24,7 @@ from ._import import BadLine, ImportReport, import_legacy
 from ._inspect import BridgeRejection, DeadLetter, bridge_rejections, dead_letters
 from ._legacy import LEGACY_STATES, LegacyEvent, RejectKind, Rejection, convert_legacy_state
 from ._legacy_http import HttpLegacyBackend, LegacyUnavailable, assessment_from_legacy_record
-from ._reverse import ReverseStats, ReverseSync, to_legacy_message
+from ._reverse import ReverseStats, ReverseSync, ReverseSyncStatus, reverse_sync_status, to_legacy_message
 from ._router import (
     FlagSource,
     InMemoryLegacyBackend,
@@ -56,6 +56,8 @@ __all__ = [
     "assessment_from_legacy_record",
     "ReverseStats",
     "ReverseSync",
+    "ReverseSyncStatus",
+    "reverse_sync_status",
     "to_legacy_message",
     "FlagSource",
     "InMemoryLegacyBackend",

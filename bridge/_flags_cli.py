@@ -8,9 +8,10 @@ from typing import Annotated, Any
 import typer
 
 from assessment_store._config import Settings
-from assessment_store._console import fail, out, run_cli
+from assessment_store._console import err, fail, out, run_cli
 
 from ._flags import FlagStore, MigrationFlags, audit_trail, default_actor
+from ._reverse import ReverseSyncStatus, reverse_sync_status
 
 __all__ = ["flags_app"]
 
@@ -28,6 +29,30 @@ def _value(text: str) -> Any:
         return text
 
 
+def store_share(flags: MigrationFlags) -> float:
+    """The percentage of assessments the flags route to the store."""
+    if not flags.enable_assessment_store:
+        return 0.0
+    return flags.migration_percentage if flags.enable_dual_mode else 100.0
+
+
+def _report_reverse_sync(status: ReverseSyncStatus | None) -> None:
+    # On stderr: stdout stays the flags alone (`--json` output is parsed by scripts).
+    if status is not None:
+        err.print(("[yellow]" if status.members == 0 else "") + status.describe(), highlight=False)
+
+
+async def _update(changes: dict[str, Any], actor: str | None) -> tuple[MigrationFlags, ReverseSyncStatus | None]:
+    """Apply the change; when it moves assessments from the store to legacy, also say whether the
+    reverse sync is there to bring legacy up to date (sync before serve waits for it)."""
+    settings = Settings()
+    async with FlagStore(settings) as store:
+        before = store.current()
+        after = await store.update(actor or default_actor(), **changes)
+    status = await reverse_sync_status(settings) if store_share(after) < store_share(before) else None
+    return after, status
+
+
 def _print_flags(flags: MigrationFlags, as_json: bool) -> None:
 
     if as_json:
@@ -41,11 +66,13 @@ def _print_flags(flags: MigrationFlags, as_json: bool) -> None:
 def show(as_json: JsonFlag = False) -> None:
     """The current flags, as every running instance sees them."""
 
-    async def go() -> MigrationFlags:
+    async def go() -> tuple[MigrationFlags, ReverseSyncStatus]:
         async with FlagStore(Settings()) as store:
-            return store.current()
+            return store.current(), await reverse_sync_status(Settings())
 
-    _print_flags(run_cli(go()), as_json)
+    flags, status = run_cli(go())
+    _print_flags(flags, as_json)
+    _report_reverse_sync(status)
 
 
 @flags_app.command("set")
@@ -63,22 +90,18 @@ def set_(
             fail(f"{a!r} is not KEY=VALUE")
         changes[key] = _value(raw)
 
-    async def go() -> MigrationFlags:
-        async with FlagStore(Settings()) as store:
-            return await store.update(actor or default_actor(), **changes)
-
-    _print_flags(run_cli(go()), as_json)
+    flags, status = run_cli(_update(changes, actor))
+    _print_flags(flags, as_json)
+    _report_reverse_sync(status)
 
 
 @flags_app.command("rollback")
 def rollback(actor: Actor = None, as_json: JsonFlag = False) -> None:
     """Immediate rollback: every call goes to the legacy system (store and dual mode off)."""
 
-    async def go() -> MigrationFlags:
-        async with FlagStore(Settings()) as store:
-            return await store.update(actor or default_actor(), enable_assessment_store=False, enable_dual_mode=False)
-
-    _print_flags(run_cli(go()), as_json)
+    flags, status = run_cli(_update({"enable_assessment_store": False, "enable_dual_mode": False}, actor))
+    _print_flags(flags, as_json)
+    _report_reverse_sync(status)
 
 
 @flags_app.command("history")

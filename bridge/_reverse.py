@@ -41,7 +41,8 @@ from assessment_store._model import (
 from schemas import EventCodec
 from streams._kafka import TopicSpec, ensure_topics, translate_kafka_errors
 
-__all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "to_legacy_message"]
+__all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus", "reverse_sync_status",
+           "to_legacy_message"]
 
 log = logging.getLogger("assessment_store.bridge.reverse")
 
@@ -178,3 +179,52 @@ class ReverseSync(AsyncLifecycle):
         if message is None:
             self.stats.skipped_no_legacy_event += 1
         return message
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseSyncStatus:
+    """How far the reverse sync's consumer group is, as an operator needs it before moving traffic to legacy."""
+
+    group: str
+    members: int
+    """Consumers in the group right now (0: no reverse sync is running)."""
+    behind: int
+    """Events on the events topic the group has not committed yet (all of them, when it never ran)."""
+
+    def describe(self) -> str:
+        if self.members == 0:
+            return (f"reverse sync (group {self.group}) is NOT running, {self.behind:,} events behind: store-written "
+                    "changes do not reach legacy, and legacy calls on such assessments fail with LegacyNotSynced "
+                    "until it runs (`assessment-store stack up reverse-sync`)")
+        return f"reverse sync (group {self.group}): running ({self.members} member(s)), {self.behind:,} events behind"
+
+    def to_json(self) -> dict[str, JSON]:
+        return {"group": self.group, "members": self.members, "behind": self.behind}
+
+
+async def reverse_sync_status(settings: Settings, *, group_id: str | None = None) -> ReverseSyncStatus:
+    """The reverse sync group's members and lag on the events topic (two admin requests, one consumer)."""
+    from aiokafka import TopicPartition
+
+    from streams._kafka import admin_client
+
+    group = group_id or settings.reverse_sync_group
+    async with admin_client(settings) as admin:
+        with translate_kafka_errors(f"describing consumer group {group}"):
+            described = await admin.describe_consumer_groups([group])
+            committed = await admin.list_consumer_group_offsets(group)
+    # The raw DescribeGroups answer: groups = [(error_code, group_id, state, protocol_type, protocol, members, ...)].
+    members = sum(len(g[5]) for response in described for g in response.groups if g[1] == group)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    with translate_kafka_errors("reading the events topic's end offsets"):
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(settings.events_topic) or set()
+            if not partitions:
+                await consumer.topics()  # refresh the metadata once
+                partitions = consumer.partitions_for_topic(settings.events_topic) or set()
+            ends = await consumer.end_offsets([TopicPartition(settings.events_topic, p) for p in partitions])
+        finally:
+            await consumer.stop()
+    behind = sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
+    return ReverseSyncStatus(group, members, behind)

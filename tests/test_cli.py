@@ -75,8 +75,11 @@ def test_flags_cli_sets_shows_audits_and_rolls_back(stack_settings: Settings) ->
     assert any("cli-test" in json.dumps(row) for row in audit)
     bad = _cli(stack_settings, "flags", "set", "migrationPercentage=150")
     assert bad.returncode != 0 and "migration_percentage" in bad.stderr
-    back = json.loads(_cli(stack_settings, "flags", "rollback", "--actor", "cli-test", "--json").stdout)
+    rollback = _cli(stack_settings, "flags", "rollback", "--actor", "cli-test", "--json")
+    back = json.loads(rollback.stdout)
     assert (back["enableAssessmentStore"], back["enableDualMode"]) == (False, False)
+    # Moving traffic to legacy says whether the reverse sync is there (the session runs none).
+    assert "reverse sync (group assessment-store-reverse-sync) is NOT running" in rollback.stderr
 
 
 async def test_reverse_sync_runs_as_an_opt_in_stack_service(stack_settings: Settings) -> None:
@@ -98,6 +101,8 @@ async def test_reverse_sync_runs_as_an_opt_in_stack_service(stack_settings: Sett
     try:
         rows = {row["name"]: row for row in json.loads(_cli(s, "stack", "status", "--json").stdout)}
         assert rows["reverse-sync"]["running"] and s.reverse_topic in rows["reverse-sync"]["address"]
+        shown = _cli(s, "flags", "show")
+        assert f"reverse sync (group {s.reverse_sync_group}): running (1 member(s))" in shown.stderr, shown.stderr
         aid = json.loads(_cli(s, "create", "--request", '{"via": "cli"}', "--json").stdout)["assessmentId"]
 
         async def reverse_messages() -> list[dict[str, object]]:
