@@ -444,7 +444,7 @@ def demo(
     count: Annotated[int, typer.Option(min=1, max=1000, help="How many assessments.")] = 6,
     migration: Annotated[bool, typer.Option(
         help="Then the migration: the Node legacy service and the store in dual mode at 30 %, with shadows.")] = True,
-    migration_count: Annotated[int, typer.Option(min=1, max=1000, help="Assessments through the router.")] = 10,
+    migration_count: Annotated[int, typer.Option(min=1, max=1000, help="Assessments through the router.")] = 20,
 ) -> None:
     """Drive a few assessments through their lifecycle, then a dual-mode migration run; print both results."""
     from ._demo import run_demo
