@@ -150,7 +150,7 @@ class ReverseSync(AsyncLifecycle):
             with translate_kafka_errors("emitting reverse-synced messages"):
                 for records in batch.values():
                     for rec in records:
-                        message = self._translate(rec.value, rec.headers)
+                        message = self._translate(rec.value, rec.headers, f"{rec.topic}/{rec.partition}/{rec.offset}")
                         if message is not None:
                             futures.append(await producer.send(
                                 self.topic, json.dumps(message, separators=(",", ":")).encode(), key=rec.key))
@@ -165,12 +165,14 @@ class ReverseSync(AsyncLifecycle):
             self.stats.emitted += len(futures)
             self.stats.batches += 1 if batch else 0
 
-    def _translate(self, value: bytes | None, headers: object) -> dict[str, JSON] | None:
+    def _translate(self, value: bytes | None, headers: object, where: str) -> dict[str, JSON] | None:
         self.stats.events += 1
         try:
             event = self._codec.decode(value, headers)  # type: ignore[arg-type]
-        except CodecError:
+        except CodecError as e:
+            # Counted and logged with its position; the record itself stays on the events topic.
             self.stats.undecodable += 1
+            log.error("reverse sync: cannot decode %s (%s); skipped", where, e)
             return None
         if event.source is not EventSource.STORE:
             self.stats.skipped_not_store += 1
