@@ -3,7 +3,7 @@
 /**
  * @assessment-store/legacy-tap: forwards a legacy EventEmitter assessment service's emissions to
  * Kafka (tap), the sticky rollout routing shared with the Python bridge (routeToStore, bucket),
- * and a sample legacy service (LegacyAssessmentService).
+ * a sample legacy service (LegacyAssessmentService) and its HTTP face (startLegacyHttp, createHandler).
  */
 
 const { tap, LegacyTap, LEGACY_EVENTS } = require('./src/tap');
@@ -12,6 +12,7 @@ const { LegacyAssessmentService } = require('./src/legacy-service');
 const { LegacyTapError, TapFlushTimeoutError, TapCloseError } = require('./src/errors');
 const { DEFAULTS } = require('./src/options');
 const { ensureTopic } = require('./src/topics');
+const { startLegacyHttp, createHandler } = require('./src/http');
 
 module.exports = {
   tap,
@@ -23,6 +24,8 @@ module.exports = {
   threshold,
   BUCKETS,
   LegacyAssessmentService,
+  startLegacyHttp,
+  createHandler,
   ensureTopic,
   LegacyTapError,
   TapFlushTimeoutError,
