@@ -24,13 +24,14 @@ shadow-error   reading the shadow side failed: counted and kept with the error
 =============  ====================================================================================
 
 "Step" is the state's place in the lifecycle (PENDING < PROCESSING < finished) and, before the
-end, the progress: a shadow that is behind is read again (first read after ``first_read_after_s``,
-then backoff doubling up to ``max_backoff_s``) until it catches up or the timeout ends; one that is
+end, the progress: a shadow that is behind is read again (first read after ``first_read_after_s`` of
+the shadow side, then backoff doubling up to ``max_backoff_s``) until it catches up or the timeout ends; one that is
 ahead cannot be compared any more.
 
 The observer shares the caller's event loop and CPU, so its own work is bounded, not just deferred:
-at most ``max_concurrent_reads`` reads of the other side run at once (the rest of the observations
-wait their turn, in the background), and reads back off quickly. ``bench/shadow.py`` measures what is
+per shadow side at most ``max_concurrent_reads`` reads run at once (store 32: an indexed PostgreSQL
+query; legacy 4: an HTTP call that costs the legacy service and this process CPU the callers share);
+the rest of the observations wait their turn, in the background; reads back off quickly. ``bench/shadow.py`` measures what is
 left of the cost on the callers' latency.
 """
 
@@ -40,7 +41,7 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -159,9 +160,16 @@ class ShadowObserver:
     """Runs observations in the background; ``observe`` never blocks the caller."""
 
     def __init__(self, sink: MismatchSink, *, timeout_s: float = 10.0, max_in_flight: int = 1000,
-                 max_concurrent_reads: int = 4, first_read_after_s: float = 0.05, max_backoff_s: float = 1.0,
+                 max_concurrent_reads: Mapping[str, int] | None = None,
+                 first_read_after_s: Mapping[str, float] | None = None,
+                 max_backoff_s: float = 1.0,
                  sample_percentage: float = 100.0) -> None:
-        if timeout_s <= 0 or max_in_flight < 1 or max_concurrent_reads < 1 or first_read_after_s < 0 \
+        # Per shadow side. A store read is one indexed PostgreSQL query from this process: read early,
+        # and a back-to-back next call rarely overtakes the observation. A legacy read is an HTTP call
+        # that costs the legacy service and this process CPU the callers share: wait a little first.
+        first = {"store": 0.01, "legacy": 0.05, **(first_read_after_s or {})}
+        slots = {"store": 32, "legacy": 4, **(max_concurrent_reads or {})}
+        if timeout_s <= 0 or max_in_flight < 1 or min(slots.values()) < 1 or min(first.values()) < 0 \
                 or max_backoff_s <= 0 or not 0 <= sample_percentage <= 100:
             raise ValueError("timeout_s and max_backoff_s must be > 0, max_in_flight and max_concurrent_reads >= 1, "
                              "first_read_after_s >= 0, sample_percentage in [0, 100]")
@@ -169,9 +177,9 @@ class ShadowObserver:
         self.sink = sink
         self.timeout_s = timeout_s
         self.max_in_flight = max_in_flight
-        self.first_read_after_s = first_read_after_s
+        self.first_read_after_s = first
         self.max_backoff_s = max_backoff_s
-        self._reads = asyncio.Semaphore(max_concurrent_reads)
+        self._reads = {side: asyncio.Semaphore(n) for side, n in slots.items()}
         self.stats = ShadowStats()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -224,7 +232,7 @@ class ShadowObserver:
         deadline = started + self.timeout_s
         # The other side almost never has the change within a few ms (it travels through Kafka): the
         # first read waits a little, which saves a read per observation.
-        delay = self.first_read_after_s
+        delay = self.first_read_after_s.get(shadow_side, 0.05)
         shadow: Assessment | None = None
 
         def mismatch(kind: str, diff: tuple[str, ...], reason: str) -> ShadowMismatch:
@@ -237,7 +245,7 @@ class ShadowObserver:
                 await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             try:
                 queued = loop.time()
-                async with self._reads:
+                async with self._reads.get(shadow_side) or self._reads["legacy"]:
                     # Time spent waiting for our own read slot is not the other side's lag: it does
                     # not count against the timeout (overload shows as in_flight, then skipped_capacity).
                     deadline += loop.time() - queued
