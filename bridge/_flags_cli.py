@@ -9,6 +9,7 @@ import typer
 
 from assessment_store._config import Settings
 from assessment_store._console import err, fail, out, run_cli
+from assessment_store._errors import BackendError
 
 from ._flags import FlagStore, MigrationFlags, audit_trail, default_actor
 from ._reverse import ReverseSyncStatus, reverse_sync_status
@@ -36,20 +37,31 @@ def store_share(flags: MigrationFlags) -> float:
     return flags.migration_percentage if flags.enable_dual_mode else 100.0
 
 
-def _report_reverse_sync(status: ReverseSyncStatus | None) -> None:
+def _report_reverse_sync(status: ReverseSyncStatus | str | None) -> None:
     # On stderr: stdout stays the flags alone (`--json` output is parsed by scripts).
-    if status is not None:
+    if isinstance(status, str):
+        err.print(f"[yellow]reverse sync status unknown: {status}[/]", highlight=False)
+    elif status is not None:
         err.print(("[yellow]" if status.members == 0 else "") + status.describe(), highlight=False)
 
 
-async def _update(changes: dict[str, Any], actor: str | None) -> tuple[MigrationFlags, ReverseSyncStatus | None]:
+async def _status(settings: Settings) -> ReverseSyncStatus | str:
+    """The reverse sync's status, or why it could not be read: a diagnostic must not fail the command
+    (on a brand-new broker the group coordinator does not exist until a group first commits)."""
+    try:
+        return await reverse_sync_status(settings)
+    except BackendError as e:
+        return str(e)
+
+
+async def _update(changes: dict[str, Any], actor: str | None) -> tuple[MigrationFlags, ReverseSyncStatus | str | None]:
     """Apply the change; when it moves assessments from the store to legacy, also say whether the
     reverse sync is there to bring legacy up to date (sync before serve waits for it)."""
     settings = Settings()
     async with FlagStore(settings) as store:
         before = store.current()
         after = await store.update(actor or default_actor(), **changes)
-    status = await reverse_sync_status(settings) if store_share(after) < store_share(before) else None
+    status = await _status(settings) if store_share(after) < store_share(before) else None
     return after, status
 
 
@@ -66,9 +78,9 @@ def _print_flags(flags: MigrationFlags, as_json: bool) -> None:
 def show(as_json: JsonFlag = False) -> None:
     """The current flags, as every running instance sees them."""
 
-    async def go() -> tuple[MigrationFlags, ReverseSyncStatus]:
+    async def go() -> tuple[MigrationFlags, ReverseSyncStatus | str]:
         async with FlagStore(Settings()) as store:
-            return store.current(), await reverse_sync_status(Settings())
+            return store.current(), await _status(Settings())
 
     flags, status = run_cli(go())
     _print_flags(flags, as_json)
