@@ -39,7 +39,7 @@ from assessment_store._model import (
     Started,
 )
 from schemas import EventCodec
-from streams._kafka import TopicSpec, ensure_topics, translate_kafka_errors
+from streams._kafka import TopicSpec, admin_client, ensure_topics, topic_end_offsets, translate_kafka_errors
 
 __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus", "reverse_sync_status",
            "to_legacy_message"]
@@ -205,11 +205,7 @@ class ReverseSyncStatus:
 
 
 async def reverse_sync_status(settings: Settings, *, group_id: str | None = None) -> ReverseSyncStatus:
-    """The reverse sync group's members and lag on the events topic (two admin requests, one consumer)."""
-    from aiokafka import TopicPartition
-
-    from streams._kafka import admin_client
-
+    """The reverse sync group's members and lag on the events topic."""
     group = group_id or settings.reverse_sync_group
     async with admin_client(settings) as admin:
         with translate_kafka_errors(f"describing consumer group {group}"):
@@ -217,16 +213,7 @@ async def reverse_sync_status(settings: Settings, *, group_id: str | None = None
             committed = await admin.list_consumer_group_offsets(group)
     # The raw DescribeGroups answer: groups = [(error_code, group_id, state, protocol_type, protocol, members, ...)].
     members = sum(len(g[5]) for response in described for g in response.groups if g[1] == group)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    with translate_kafka_errors("reading the events topic's end offsets"):
-        await consumer.start()
-        try:
-            partitions = consumer.partitions_for_topic(settings.events_topic) or set()
-            if not partitions:
-                await consumer.topics()  # refresh the metadata once
-                partitions = consumer.partitions_for_topic(settings.events_topic) or set()
-            ends = await consumer.end_offsets([TopicPartition(settings.events_topic, p) for p in partitions])
-        finally:
-            await consumer.stop()
-    behind = sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
+    done = {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == settings.events_topic}
+    ends = await topic_end_offsets(settings, settings.events_topic)
+    behind = sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
     return ReverseSyncStatus(group, members, behind)

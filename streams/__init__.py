@@ -1,7 +1,7 @@
 """Topics, producers and the command processor: everything that writes the log."""
 
 from ._commands import CommandSender
-from ._kafka import TopicSpec, ensure_topics, partition_counts, store_topics, translate_kafka_errors
+from ._kafka import TopicSpec, ensure_topics, partition_counts, store_topics, topic_end_offsets, translate_kafka_errors
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
 from ._producer import EventProducer
 
@@ -15,5 +15,6 @@ __all__ = [
     "ensure_topics",
     "partition_counts",
     "store_topics",
+    "topic_end_offsets",
     "translate_kafka_errors",
 ]

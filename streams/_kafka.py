@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -18,7 +18,7 @@ from assessment_store._lifecycle import AsyncLifecycle
 __all__ = [
     "KeyedProducer",
     "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "store_topics",
-    "translate_kafka_errors",
+    "topic_end_offsets", "translate_kafka_errors",
 ]
 
 
@@ -136,3 +136,18 @@ async def partition_counts(settings: Settings, topics: list[str]) -> dict[str, i
         with translate_kafka_errors("describing topics"):
             described = await admin.describe_topics(topics)
     return {d["topic"]: len(d["partitions"]) for d in described}
+
+
+async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """Partition -> end offset (the offset the next record will get); empty when the topic does not exist."""
+    partitions = range((await partition_counts(settings, [topic])).get(topic, 0))
+    if not partitions:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    with translate_kafka_errors(f"reading the end offsets of {topic}"):
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        finally:
+            await consumer.stop()
+    return {tp.partition: off for tp, off in ends.items()}
