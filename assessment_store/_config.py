@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         return v
 
     @property
+    def legacy_reverse_topic(self) -> str:
+        """Where the reverse sync writes: ``reverse_topic``, by default ``<legacy_topic>.reverse``."""
+        return self.reverse_topic or f"{self.legacy_topic}.reverse"
+
+    @property
     def kafka_bootstrap(self) -> str:
         return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
 

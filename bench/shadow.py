@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import time
@@ -32,11 +31,10 @@ from rich.table import Table
 
 from assessment_store import AssessmentStore, Settings
 from assessment_store.testing import isolated_settings, running_stack
-from bridge import FlagStore, HttpLegacyBackend, MigrationRouter, MismatchLog, ShadowObserver
+from bridge import FlagStore, HttpLegacyBackend, MigrationRouter, MismatchLog, ShadowObserver, start_legacy_http
 from stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "bridge" / "node"
 console = Console()
 
 
@@ -69,15 +67,11 @@ async def lifecycles(router: MigrationRouter, count: int, concurrency: int, tag:
 
 
 async def measure(s: Settings, args: argparse.Namespace) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "node", "bin/legacy-http.js", "--port", "0", "--brokers", s.kafka_bootstrap, "--topic", s.legacy_topic,
-        "--log-level", "error", cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "KAFKA_BOOTSTRAP": s.kafka_bootstrap})
+    legacy_http = await start_legacy_http(s, group="bench-shadow-legacy",
+                                          stderr_path=s.data_dir.resolve() / "logs" / "legacy-http.log")
     try:
-        assert proc.stdout is not None
-        port = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))["listening"]
         async with FlagStore(s) as flags, AssessmentStore(s) as store, \
-                HttpLegacyBackend(f"http://127.0.0.1:{port}") as legacy, MismatchLog(s) as mismatches:
+                HttpLegacyBackend(legacy_http.url) as legacy, MismatchLog(s) as mismatches:
             results: dict[tuple[str, bool], list[float]] = {}
             observers: dict[str, ShadowObserver] = {}
             for side, percentage in (("store", 100), ("legacy", 0)):
@@ -95,8 +89,7 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
                         console.print(f"  {side} shadow={'on' if shadow else 'off'} round {r + 1}: "
                                       f"p50 {pct(got, 50):.1f} ms, p95 {pct(got, 95):.1f} ms", highlight=False)
     finally:
-        proc.terminate()
-        await proc.wait()
+        await legacy_http.stop()
 
     t = Table(title=f"router call latency as the caller sees it, {args.lifecycles} lifecycles x 5 calls x "
                     f"{args.rounds} rounds per row, {args.concurrency} in flight, {args.sample:g} % of calls "

@@ -10,6 +10,7 @@ store's log, through the same single writer as every other write.
 * ``MigrationRouter``: the dual-mode service, sticky per assessment, with counted legacy fallback
   (``InMemoryLegacyBackend`` is a test double of the legacy side, for the router's own tests);
 * ``HttpLegacyBackend``: the router's legacy side over the Node sample service's HTTP face;
+  ``start_legacy_http`` runs that service as a child process (demo, benchmark, tests);
 * ``ReverseSync``: every change written through the store, re-emitted in the legacy format;
 * ``ShadowObserver`` / ``MismatchLog``: shadow comparison of routed calls, mismatches kept in PostgreSQL;
 * ``bridge_app``: the ``assessment-store bridge`` commands.
@@ -24,7 +25,15 @@ from ._import import BadLine, ImportReport, import_legacy
 from ._inspect import BridgeRejection, DeadLetter, bridge_rejections, dead_letters
 from ._legacy import LEGACY_STATES, LegacyEvent, RejectKind, Rejection, convert_legacy_state
 from ._legacy_http import HttpLegacyBackend, LegacyUnavailable, assessment_from_legacy_record
-from ._reverse import ReverseStats, ReverseSync, ReverseSyncStatus, reverse_sync_status, to_legacy_message
+from ._legacy_process import LegacyHttpProcess, start_legacy_http
+from ._reverse import (
+    ReverseStats,
+    ReverseSync,
+    ReverseSyncStatus,
+    reverse_sync_status,
+    reverse_topic_spec,
+    to_legacy_message,
+)
 from ._router import (
     FlagSource,
     InMemoryLegacyBackend,
@@ -52,12 +61,15 @@ from ._translate import (
 
 __all__ = [
     "HttpLegacyBackend",
+    "LegacyHttpProcess",
+    "start_legacy_http",
     "LegacyUnavailable",
     "assessment_from_legacy_record",
     "ReverseStats",
     "ReverseSync",
     "ReverseSyncStatus",
     "reverse_sync_status",
+    "reverse_topic_spec",
     "to_legacy_message",
     "FlagSource",
     "InMemoryLegacyBackend",

@@ -14,52 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import time
 import uuid
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from assessment_store._config import Settings
-from assessment_store._errors import ServiceFailed
 from assessment_store._model import Assessment, State
 from assessment_store._store import AssessmentStore
 
 from ._flags import FLAGS_TOPIC, FlagStore
 from ._legacy_http import HttpLegacyBackend
+from ._legacy_process import start_legacy_http
 from ._reverse import ReverseSync
 from ._router import MigrationRouter, Side
 from ._shadow import MismatchLog, ShadowObserver
 
 __all__ = ["run_migration_demo"]
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 _DEMO_GROUP = "assessment-store-demo"
-
-
-async def _start_legacy(settings: Settings) -> tuple[asyncio.subprocess.Process, str]:
-    if shutil.which("node") is None or not (NODE_DIR / "node_modules").is_dir():
-        raise ServiceFailed("legacy-http", "node or bridge/node/node_modules missing: run `make bootstrap` "
-                                           "(scripts/bootstrap.sh runs npm ci)")
-    proc = await asyncio.create_subprocess_exec(
-        "node", "bin/legacy-http.js", "--port", "0", "--brokers", settings.kafka_bootstrap,
-        "--topic", settings.legacy_topic, "--reverse-topic", settings.reverse_topic or settings.legacy_topic + ".reverse",
-        "--group", f"{_DEMO_GROUP}-legacy", "--emitter-id", f"legacy-demo-{uuid.uuid4().hex[:6]}",
-        "--partitions", str(settings.partitions), "--log-level", "error",
-        cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "KAFKA_BOOTSTRAP": settings.kafka_bootstrap})
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        port = json.loads(line)["listening"]
-    except (TimeoutError, ValueError, KeyError) as e:
-        proc.kill()
-        err = (await proc.stderr.read()).decode(errors="replace")
-        raise ServiceFailed("legacy-http", f"did not print its port ({type(e).__name__})", err[-2000:]) from e
-    return proc, f"http://127.0.0.1:{port}"
 
 
 async def _lifecycle(router: MigrationRouter, i: int, aid: str) -> Assessment:
@@ -77,11 +51,13 @@ async def run_migration_demo(settings: Settings, count: int, out: Console, *, pe
     """Run it and print the result; returns whether every check held."""
     t0 = time.monotonic()
     run = uuid.uuid4().hex[:6]
-    proc, url = await _start_legacy(settings)
+    legacy_http = await start_legacy_http(
+        settings, group=f"{_DEMO_GROUP}-legacy", emitter_id=f"legacy-demo-{run}",
+        stderr_path=settings.data_dir.resolve() / "logs" / "legacy-demo.log")
     stop = asyncio.Event()
     try:
         async with FlagStore(settings, topic=f"{FLAGS_TOPIC}.demo") as flags, AssessmentStore(settings) as store, \
-                HttpLegacyBackend(url) as legacy, MismatchLog(settings) as mismatches, \
+                HttpLegacyBackend(legacy_http.url) as legacy, MismatchLog(settings) as mismatches, \
                 ReverseSync(settings, group_id=f"{_DEMO_GROUP}-reverse") as reverse:
             sync_task = asyncio.create_task(reverse.run(stop))
             await flags.update("demo", enable_assessment_store=True, enable_dual_mode=True,
@@ -112,8 +88,7 @@ async def run_migration_demo(settings: Settings, count: int, out: Console, *, pe
             await sync_task
     finally:
         stop.set()
-        proc.terminate()
-        await proc.wait()
+        await legacy_http.stop()
 
     colour = {State.COMPLETED: "green", State.FAILED: "red"}
     t = Table(title=f"dual mode at {percentage:g} %: {count} assessments through MigrationRouter "

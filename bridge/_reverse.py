@@ -42,7 +42,7 @@ from schemas import EventCodec
 from streams._kafka import TopicSpec, admin_client, ensure_topics, topic_end_offsets, translate_kafka_errors
 
 __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus", "reverse_sync_status",
-           "to_legacy_message"]
+           "reverse_topic_spec", "to_legacy_message"]
 
 log = logging.getLogger("assessment_store.bridge.reverse")
 
@@ -74,6 +74,13 @@ def to_legacy_message(event: Event) -> dict[str, JSON] | None:
             "emitter": REVERSE_EMITTER, "reverseId": f"{event.assessment_id}:{event.version}"}
 
 
+def reverse_topic_spec(settings: Settings, topic: str | None = None) -> TopicSpec:
+    """The reverse topic (default ``settings.legacy_reverse_topic``): kept forever, like the legacy topic,
+    because a rollback may need to replay it from the start."""
+    return TopicSpec(topic or settings.legacy_reverse_topic, settings.partitions,
+                     {"retention.ms": "-1", "retention.bytes": "-1"})
+
+
 @dataclass(slots=True)
 class ReverseStats:
     """``events == emitted + skipped_not_store + skipped_no_legacy_event + undecodable`` once a batch is done."""
@@ -100,7 +107,7 @@ class ReverseSync(AsyncLifecycle):
     def __init__(self, settings: Settings, *, group_id: str | None = None, topic: str | None = None) -> None:
         self.settings = settings
         self.group_id = group_id or settings.reverse_sync_group
-        self.topic = topic or settings.reverse_topic or settings.legacy_topic + ".reverse"
+        self.topic = topic or settings.legacy_reverse_topic
         self.stats = ReverseStats()
         self._codec = EventCodec()
         self._consumer: AIOKafkaConsumer | None = None
@@ -109,8 +116,7 @@ class ReverseSync(AsyncLifecycle):
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        await ensure_topics(self.settings, [TopicSpec(self.topic, self.settings.partitions,
-                                                      {"retention.ms": "-1", "retention.bytes": "-1"})])
+        await ensure_topics(self.settings, [reverse_topic_spec(self.settings, self.topic)])
         consumer = AIOKafkaConsumer(
             self.settings.events_topic, bootstrap_servers=self.settings.kafka_bootstrap, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",

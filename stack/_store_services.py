@@ -132,4 +132,4 @@ class ReverseSyncService(StoreProcess):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return f"{self.s.events_topic} (source store) -> {self.s.reverse_topic or self.s.legacy_topic + '.reverse'}"
+        return f"{self.s.events_topic} (source store) -> {self.s.legacy_reverse_topic}"

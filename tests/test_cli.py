@@ -136,11 +136,12 @@ def test_bridge_shadow_lists_kept_mismatches_as_json(stack_settings: Settings) -
 async def test_demo_runs_the_store_and_the_migration_and_its_checks_hold(stack_settings: Settings) -> None:
     """`demo` prints the store's lifecycles, then a dual-mode run where both sides hold every assessment and no shadow disagrees."""
     from assessment_store.testing import start_group_at_end
-    from streams import TopicSpec, ensure_topics
+    from bridge import reverse_topic_spec
+    from streams import ensure_topics
 
     s = stack_settings
-    reverse_topic = s.reverse_topic or s.legacy_topic + ".reverse"
-    await ensure_topics(s, [TopicSpec(reverse_topic, s.partitions, {"retention.ms": "-1"})])
+    reverse_topic = s.legacy_reverse_topic
+    await ensure_topics(s, [reverse_topic_spec(s)])
     # The demo's consumer groups resume where they stopped; on the session's long log they start at its end.
     await start_group_at_end(s, "assessment-store-demo-reverse", s.events_topic)
     await start_group_at_end(s, "assessment-store-demo-legacy", reverse_topic)

@@ -9,12 +9,9 @@ processor; store-routed ones are written directly and reach the legacy side thro
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,66 +32,40 @@ from assessment_store.testing import eventually, start_group_at_end
 from bridge import (
     FlagStore,
     HttpLegacyBackend,
+    LegacyHttpProcess,
     LegacyNotSynced,
     MigrationRouter,
     MismatchLog,
     ReverseSync,
     ShadowObserver,
     Side,
+    reverse_topic_spec,
+    start_legacy_http,
 )
 from projections import connect
 from streams import ensure_topics
-from streams._kafka import TopicSpec
 
 pytestmark = pytest.mark.stack
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_DIR = ROOT / "bridge" / "node"
 COUNT = 300
 
 
-@dataclass
-class LegacyHttp:
-    url: str
-    proc: asyncio.subprocess.Process
-    stderr_path: Path
-
-
 @pytest.fixture
-async def legacy_http(stack_settings: Settings, tmp_path: Path) -> AsyncIterator[LegacyHttp]:
+async def legacy_http(stack_settings: Settings, tmp_path: Path) -> AsyncIterator[LegacyHttpProcess]:
     """The Node sample legacy service behind HTTP, tapping into the session's legacy topic (stopped with SIGTERM)."""
-    assert (NODE_DIR / "node_modules").is_dir(), "run `npm ci` in bridge/node (scripts/bootstrap.sh does)"
     s = stack_settings
     run = uuid.uuid4().hex[:8]
-    await ensure_topics(s, [TopicSpec(s.legacy_topic + ".reverse", s.partitions,
-                                      {"retention.ms": "-1", "retention.bytes": "-1"})])
-    stderr_path = tmp_path / "legacy-http.stderr"
-    with stderr_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            "node", "bin/legacy-http.js", "--port", "0", "--brokers", s.kafka_bootstrap, "--topic", s.legacy_topic,
-            "--group", f"legacy-reverse-e2e-{run}", "--emitter-id", f"legacy-http-e2e-{run}", "--log-level", "error",
-            cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=err,
-            env={**os.environ, "KAFKA_BOOTSTRAP": s.kafka_bootstrap},
-        )
+    await ensure_topics(s, [reverse_topic_spec(s)])
+    legacy = await start_legacy_http(s, group=f"legacy-reverse-e2e-{run}", emitter_id=f"legacy-http-e2e-{run}",
+                                     stderr_path=tmp_path / "legacy-http.stderr")
     try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        assert line, f"legacy-http exited: {stderr_path.read_text()}"
-        port = json.loads(line)["listening"]
-        yield LegacyHttp(f"http://127.0.0.1:{port}", proc, stderr_path)
-        proc.terminate()
-        out, _ = await asyncio.wait_for(proc.communicate(), 30)
-        summary = json.loads(out.decode().strip().splitlines()[-1])
-        assert proc.returncode == 0 and summary["tap"]["buffered"] == 0, (summary, stderr_path.read_text())
+        yield legacy
+        summary = await legacy.stop()
+        assert legacy.proc.returncode == 0 and summary is not None and summary["tap"]["buffered"] == 0, (
+            summary, legacy.stderr_path.read_text())
         assert summary["tap"]["forwarded"] == summary["tap"]["emitted"]
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await legacy.stop()
 
 
 async def _projection(settings: Settings, ids: list[str]) -> tuple[dict[str, dict[str, Any]],
@@ -117,7 +88,7 @@ async def _projection(settings: Settings, ids: list[str]) -> tuple[dict[str, dic
     return {r["assessment_id"]: dict(r) for r in rows}, histories
 
 
-async def test_http_legacy_backend_translates_errors(legacy_http: LegacyHttp) -> None:
+async def test_http_legacy_backend_translates_errors(legacy_http: LegacyHttpProcess) -> None:
     """HttpLegacyBackend maps 404, 409, 400, a long-poll timeout and a dead port to the store's typed errors."""
     async with HttpLegacyBackend(legacy_http.url) as legacy:
         aid = f"errors-{uuid.uuid4().hex[:8]}"
@@ -146,7 +117,7 @@ async def test_http_legacy_backend_translates_errors(legacy_http: LegacyHttp) ->
 
 
 async def test_300_assessments_through_the_router_at_30_percent(
-    stack_settings: Settings, store: AssessmentStore, legacy_http: LegacyHttp
+    stack_settings: Settings, store: AssessmentStore, legacy_http: LegacyHttpProcess
 ) -> None:
     """At 30 % every assessment ends once in the projection in its final state, and legacy has the store-routed ones."""
     s = stack_settings
@@ -246,7 +217,7 @@ async def _reverse_sync(settings: Settings, group: str) -> AsyncIterator[Reverse
 
 
 async def test_rollback_syncs_before_legacy_serves_and_shadow_compares_both_sides(
-    stack_settings: Settings, store: AssessmentStore, legacy_http: LegacyHttp
+    stack_settings: Settings, store: AssessmentStore, legacy_http: LegacyHttpProcess
 ) -> None:
     """Store-served lifecycles, then percentage 0 with the reverse sync behind: legacy serves only once synced; shadows agree."""
     s = stack_settings

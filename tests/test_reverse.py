@@ -20,7 +20,7 @@ from assessment_store import Settings
 from assessment_store._domain import decide, evolve
 from assessment_store._model import Assessment, Command, Complete, Create, EventSource, Start, UpdateProgress
 from assessment_store.testing import eventually, produce_lifecycles, topic_end_offsets
-from bridge import ReverseSync
+from bridge import ReverseSync, reverse_topic_spec
 from stack import Stack, settings_env
 from streams import EventProducer, TopicSpec, ensure_topics
 
@@ -120,12 +120,12 @@ async def test_reverse_sync_killed_mid_stream_loses_nothing(stack_settings: Sett
                                           "reverse_topic": f"test.rs-crash.{run}",
                                           "reverse_sync_group": f"rs-crash-{run}"})
     await ensure_topics(s, [TopicSpec(s.events_topic, s.partitions, {}),
-                            TopicSpec(s.reverse_topic or "", s.partitions, {})])
+                            reverse_topic_spec(s)])
     count = 20_000
     total = await produce_lifecycles(s, count, prefix=f"rs-crash-{run}")
 
     async def emitted() -> int:
-        return sum((await topic_end_offsets(s, s.reverse_topic or "")).values())
+        return sum((await topic_end_offsets(s, s.legacy_reverse_topic)).values())
 
     assert _stack(s, "up", "reverse-sync").returncode == 0
     try:
@@ -139,7 +139,7 @@ async def test_reverse_sync_killed_mid_stream_loses_nothing(stack_settings: Sett
         assert _stack(s, "up", "reverse-sync").returncode == 0
         await eventually(emitted, lambda n: n >= total, timeout_s=120, what="the restarted sync at the end")
         got = await eventually(
-            lambda: _read_all(s, s.reverse_topic or ""),
+            lambda: _read_all(s, s.legacy_reverse_topic),
             lambda ms: len({m["reverseId"] for m in ms}) == total, timeout_s=120, what="every event re-emitted")
     finally:
         assert _stack(s, "down", "reverse-sync").returncode == 0
