@@ -79,8 +79,9 @@ def show(as_json: JsonFlag = False) -> None:
     """The current flags, as every running instance sees them."""
 
     async def go() -> tuple[MigrationFlags, ReverseSyncStatus | str]:
-        async with FlagStore(Settings()) as store:
-            return store.current(), await _status(Settings())
+        settings = Settings()
+        async with FlagStore(settings) as store:
+            return store.current(), await _status(settings)
 
     flags, status = run_cli(go())
     _print_flags(flags, as_json)

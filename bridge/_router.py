@@ -202,6 +202,18 @@ class RouterStats:
                 "syncCheckFailures": self.sync_check_failures}
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(lru: OrderedDict[K, V], key: K, value: V, capacity: int) -> None:
+    """Put ``key`` as the most recently used entry; evict the least recently used beyond ``capacity``."""
+    lru[key] = value
+    lru.move_to_end(key)
+    while len(lru) > capacity:
+        lru.popitem(last=False)
+
+
 class MigrationRouter:
     """Routes every assessment operation to the store or to legacy, sticky per assessment."""
 
@@ -245,10 +257,7 @@ class MigrationRouter:
         return self.side_for(routing_key if routing_key is not None else assessment_id)
 
     def _pin(self, assessment_id: str, side: Side) -> None:
-        self._pinned[assessment_id] = side
-        self._pinned.move_to_end(assessment_id)
-        while len(self._pinned) > self._pinned_capacity:
-            self._pinned.popitem(last=False)
+        _remember(self._pinned, assessment_id, side, self._pinned_capacity)
 
     async def _call(self, op: str, side: Side, on_store: Callable[[], Awaitable[T]],
                     on_legacy: Callable[[], Awaitable[T]], *, assessment_id: str | None = None) -> tuple[T, Side]:
@@ -306,9 +315,7 @@ class MigrationRouter:
                 # Polling legacy with backoff: the reverse sync normally delivers within milliseconds.
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.2)
-        self._synced[assessment_id] = None
-        while len(self._synced) > self._pinned_capacity:
-            self._synced.popitem(last=False)
+        _remember(self._synced, assessment_id, None, self._pinned_capacity)
 
     def _shadow(self, op: str, assessment_id: str, served: Side, answer: Assessment | None, started: float) -> None:
         """Schedule the observation of this call on the other side (returns at once)."""
