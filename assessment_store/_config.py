@@ -52,7 +52,7 @@ class Settings(BaseSettings):
 
     # --- PostgreSQL --------------------------------------------------------
     postgres_host: str = "127.0.0.1"
-    postgres_port: int = Field(default=55432, ge=1, le=65535)
+    postgres_port: int = Field(default=19432, ge=1, le=65535)
     postgres_db: str = "assessment_store"
     postgres_user: str = "assessment_store"
     postgres_dsn: str | None = Field(
@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     )
     command_timeout_s: float = Field(
         default=30.0, gt=0, description="How long a client waits for the processor's outcome of a command."
+    )
+    producer_flush_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long stopping a producer may spend delivering what it still buffers "
+        "(unacknowledged records; with the broker down, aiokafka would wait for ever).",
     )
     projector_batch_size: int = Field(default=2000, ge=1, le=100_000)
     visibility_timeout_s: float = Field(

@@ -134,16 +134,19 @@ class WaitTimeout(AssessmentStoreError):
 class CommandTimeout(WaitTimeout):
     """No outcome arrived for a command; re-sending it with the same command_id is always safe."""
 
-    def __init__(self, command_id: str, assessment_id: str, timeout_s: float) -> None:
+    def __init__(
+        self, command_id: str, assessment_id: str, timeout_s: float,
+        waiting_for: str = "an outcome (is the command processor running?)",
+    ) -> None:
         self.command_id = command_id
         AssessmentStoreError.__init__(
             self,
-            f"command {command_id!r} for assessment {assessment_id!r}: no outcome within {timeout_s:g} s "
-            "(is the command processor running?); re-sending the same command_id is safe",
+            f"command {command_id!r} for assessment {assessment_id!r}: no {waiting_for} within {timeout_s:g} s; "
+            "re-sending the same command_id is safe",
         )
         self.assessment_id = assessment_id
         self.timeout_s = timeout_s
-        self.waiting_for = "outcome"
+        self.waiting_for = waiting_for
 
 
 class CodecError(AssessmentStoreError):

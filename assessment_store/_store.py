@@ -10,6 +10,8 @@ the original outcome and appends nothing.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 
 import asyncpg
@@ -25,7 +27,7 @@ from streams import CommandSender, ensure_topics
 from ._config import Settings
 from ._domain import validate_command, validate_id
 from ._lifecycle import AsyncLifecycle
-from ._errors import AssessmentNotFound, ValidationError, error_from_rejection
+from ._errors import AssessmentNotFound, KafkaUnavailable, ValidationError, error_from_rejection
 from ._model import (
     JSON,
     Assessment,
@@ -46,6 +48,8 @@ from ._model import (
 
 __all__ = ["AssessmentStore"]
 
+log = logging.getLogger("assessment_store.client")
+
 
 def _ids(command_id: str | None) -> dict[str, str]:
     return {"command_id": command_id} if command_id is not None else {}
@@ -59,25 +63,50 @@ class AssessmentStore(AsyncLifecycle):
         self._sender = CommandSender(self.settings)
         self._listener = ChangeListener(self.settings)
         self._pool: asyncpg.Pool | None = None
+        self._topics_checked = False
 
     # --- lifecycle (idempotent) ----------------------------------------------------
 
     async def start(self) -> None:
+        """Open PostgreSQL (every read, and every write's wait, goes there). Kafka is only needed
+        by writes and is connected on the first one, so reads keep working while the broker is
+        down and a client started during a broker outage still starts."""
         if self._pool is not None:
             return
-        await ensure_topics(self.settings)
         self._pool = await create_pool(self.settings, min_size=1, max_size=10)
-        await self._sender.start()
-        await self._listener.start()
+        try:
+            await self._listener.start()
+        except BaseException:
+            pool, self._pool = self._pool, None
+            await pool.close()
+            raise
 
     async def stop(self) -> None:
         await self._listener.stop()
         await self._sender.stop()
+        self._topics_checked = False
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
-
+    async def _send(self, envelope: CommandEnvelope) -> None:
+        """Hand the command to Kafka, riding out a broker that is restarting or unreachable: the
+        caller's deadline (``command_timeout_s``, see ``ChangeListener.wait_for_outcome``) is what
+        ends the attempts, with a ``CommandTimeout`` naming the broker."""
+        delay = 0.05
+        while True:
+            try:
+                if not self._topics_checked:
+                    await ensure_topics(self.settings)
+                    self._topics_checked = True
+                await self._sender.send(envelope)
+                return
+            except KafkaUnavailable as e:
+                if not e.retriable:
+                    raise
+                log.warning("command %s not sent yet, retrying in %.2f s: %s", envelope.command.command_id, delay, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -219,7 +248,7 @@ class AssessmentStore(AsyncLifecycle):
         envelope = CommandEnvelope(command, datetime.now(UTC), source)
 
         async def send() -> None:
-            await self._sender.send(envelope)
+            await self._send(envelope)
 
         accepted, version, row = await self._listener.wait_for_outcome(
             command.command_id, command.assessment_id, self.get_outcome, self.settings.command_timeout_s, send,

@@ -49,14 +49,14 @@ The probe does not start a broker. Start a private one (its own ports and data d
 from the repository root, run the probe, stop the broker::
 
     export ASSESSMENT_STORE_DATA_DIR=/tmp/faustprobe/.data \\
-           ASSESSMENT_STORE_KAFKA_PORT=39092 \\
+           ASSESSMENT_STORE_KAFKA_PORT=29792 \\
            ASSESSMENT_STORE_KAFKA_CONTROLLER_PORT=39093 \\
            ASSESSMENT_STORE_POSTGRES_PORT=39094
     .venv/bin/assessment-store stack up kafka
-    KAFKA_BOOTSTRAP=127.0.0.1:39092 .venv/bin/python bench/faust_probe.py
+    KAFKA_BOOTSTRAP=127.0.0.1:29792 .venv/bin/python bench/faust_probe.py
     .venv/bin/assessment-store stack down kafka
 
-``KAFKA_BOOTSTRAP`` defaults to ``127.0.0.1:39092``. Options: ``--scenarios A,B`` runs
+``KAFKA_BOOTSTRAP`` defaults to ``127.0.0.1:29792``. Options: ``--scenarios A,B`` runs
 a subset; ``--idle 5,15,30``, ``--eos-idle 5`` and ``--steady 20`` change the pattern
 (``--idle 600`` probes the 9-10 min idle-connection limits of client and broker);
 ``--partitions`` (1-3, default 3); ``--verbose`` prints every sample; ``--no-crash-test``;
@@ -101,7 +101,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:39092"
+DEFAULT_BOOTSTRAP = "127.0.0.1:29792"
 STARTUP_TIMEOUT_S = 90.0
 RECEIPT_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 20.0

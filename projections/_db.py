@@ -52,21 +52,28 @@ def check_schema_name(schema: str) -> str:
 SCHEMA_VERSION = max(v for v, _, _ in _migrations())
 
 
+_RETRIABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+"""Connection exceptions, transaction rollbacks (serialization, deadlock), insufficient resources
+and operator intervention (shutdown, crash recovery, "cannot connect now"): retrying can succeed."""
+
+
 @contextlib.contextmanager
 def translate_db_errors(what: str) -> Iterator[None]:
-    """asyncpg and socket failures -> ``DatabaseUnavailable`` naming what was being done."""
+    """asyncpg and socket failures -> ``DatabaseUnavailable`` naming what was being done.
+
+    Every asyncpg exception becomes a store error here, the client-side ones too:
+    ``InternalClientError`` ("another operation is in progress") is what a pooled connection
+    raises while PostgreSQL restarts under it."""
     try:
         yield
     except (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
-            asyncpg.exceptions.InterfaceError) as e:
+            asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError) as e:
         raise DatabaseUnavailable(f"{what}: PostgreSQL unreachable ({type(e).__name__}: {e})") from e
     except asyncpg.exceptions.InvalidPasswordError as e:
         raise DatabaseUnavailable(f"{what}: authentication failed ({e})") from e
     except asyncpg.PostgresError as e:
         err = DatabaseUnavailable(f"{what}: {type(e).__name__}: {e}")
-        err.retriable = isinstance(
-            e, (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError)
-        )
+        err.retriable = str(getattr(e, "sqlstate", "") or "").startswith(_RETRIABLE_SQLSTATE_CLASSES)
         raise err from e
 
 

@@ -117,20 +117,29 @@ class ChangeListener:
         returns without touching Kafka. An accepted outcome is answered from the notification
         alone (``outcome_row`` is None); a rejected one is read back for its error details.
         """
-        await self.start()
+        # One deadline for the whole call - the outcome look-up, the send (which blocks while the
+        # broker is unreachable: aiokafka waits for metadata and for the acks) and the wait - so a
+        # caller is never held past ``timeout_s``. A send cut short may still reach the log later:
+        # harmless, the command id makes a second delivery a duplicate.
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        stage = "an outcome (is the command processor running?)"
         future: asyncio.Future[tuple[bool, int | None]] = loop.create_future()
         self._outcome_waiters.setdefault(command_id, set()).add(future)
         try:
-            if may_exist:
-                found = await read(command_id)
-                if found is not None:
-                    return found.accepted, found.version, found
-            await send()
             try:
-                accepted, version = await asyncio.wait_for(asyncio.shield(future), timeout_s)
+                async with asyncio.timeout_at(deadline):
+                    await self.start()
+                    if may_exist:
+                        found = await read(command_id)
+                        if found is not None:
+                            return found.accepted, found.version, found
+                    stage = "Kafka's acknowledgement of the command (is the broker reachable?)"
+                    await send()
+                    stage = "an outcome (is the command processor running?)"
+                    accepted, version = await asyncio.shield(future)
             except TimeoutError as e:
-                raise CommandTimeout(command_id, assessment_id, timeout_s) from e
+                raise CommandTimeout(command_id, assessment_id, timeout_s, waiting_for=stage) from e
             if accepted:
                 return accepted, version, None
             row = await read(command_id)
@@ -152,24 +161,27 @@ class ChangeListener:
         timeout_s: float,
         waiting_for: str,
     ) -> Assessment:
-        """Return the assessment once ``predicate(version, state)`` holds, reading it with ``read``."""
-        await self.start()
+        """Return the assessment once ``predicate(version, state)`` holds, reading it with ``read``.
+
+        ``timeout_s`` bounds the whole call, reads of a PostgreSQL that stopped answering included."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         waiter = _Waiter(predicate)
         self._waiters.setdefault(assessment_id, set()).add(waiter)
         try:
-            while True:
-                # Registered first, read second: see the module docstring.
-                current = await read(assessment_id)
-                if current is not None and predicate(current.version, current.state):
-                    return current
-                try:
-                    await asyncio.wait_for(asyncio.shield(waiter.future), max(0.0, deadline - loop.time()))
-                except TimeoutError as e:
-                    raise WaitTimeout(assessment_id, timeout_s, waiting_for) from e
-                # Woken, but the state may have moved on again before our read: re-arm and re-check.
-                waiter.future = loop.create_future()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self.start()
+                    while True:
+                        # Registered first, read second: see the module docstring.
+                        current = await read(assessment_id)
+                        if current is not None and predicate(current.version, current.state):
+                            return current
+                        await asyncio.shield(waiter.future)
+                        # Woken, but the state may have moved on again before our read: re-arm and re-check.
+                        waiter.future = loop.create_future()
+            except TimeoutError as e:
+                raise WaitTimeout(assessment_id, timeout_s, waiting_for) from e
         finally:
             ws = self._waiters.get(assessment_id)
             if ws is not None:

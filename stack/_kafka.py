@@ -21,6 +21,8 @@ __all__ = ["KafkaService"]
 
 _JAVA_HINT = "apt-get install -y openjdk-17-jre-headless  (Kafka 4 needs Java 17 or newer)"
 _MVN_HINT = "apt-get install -y maven"
+_PRIVATE_UMASK = 0o077
+"""Files the broker creates (segments, indexes, checkpoints, its logs): owner-only."""
 
 
 def _kraft_cluster_id() -> str:
@@ -125,7 +127,11 @@ class KafkaService:
         libs = self.ensure_jars(log)
         check_port_free(self.s.kafka_host, self.s.kafka_port, "kafka (broker listener)")
         check_port_free(self.s.kafka_host, self.s.kafka_controller_port, "kafka (controller listener)")
+        # The log segments hold every request and result: readable by this account only, like
+        # PostgreSQL's data directory. The directory mode keeps other accounts out of what exists
+        # already; the broker's umask (below) makes every file it creates 0600.
         self.home.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)
         self.logs.mkdir(parents=True, exist_ok=True)
         config = self._write_config()
         log4j = resources.files("stack") / "kafka" / "log4j2.properties"
@@ -138,7 +144,7 @@ class KafkaService:
         if not (self.log_dir / "meta.properties").exists():
             fmt = subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "-t", _kraft_cluster_id(), "-c", str(config)],
-                capture_output=True, text=True,
+                capture_output=True, text=True, umask=_PRIVATE_UMASK,
             )
             if fmt.returncode != 0:
                 raise ServiceFailed("kafka", "formatting KRaft storage failed", (fmt.stdout + fmt.stderr)[-3000:])
@@ -153,7 +159,7 @@ class KafkaService:
                     "kafka.Kafka", str(config),
                 ],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.home,
+                start_new_session=True, cwd=self.home, umask=_PRIVATE_UMASK,
             )
         self.pid_file.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + timeout_s

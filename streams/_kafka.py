@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -16,10 +18,12 @@ from assessment_store._errors import KafkaUnavailable
 from assessment_store._lifecycle import AsyncLifecycle
 
 __all__ = [
-    "KeyedProducer",
+    "KeyedProducer", "close_producer",
     "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "store_topics",
     "topic_end_offsets", "translate_kafka_errors",
 ]
+
+log = logging.getLogger("assessment_store.kafka")
 
 
 @contextlib.contextmanager
@@ -45,6 +49,23 @@ def idempotent_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+async def close_producer(producer: AIOKafkaProducer, flush_timeout_s: float) -> None:
+    """Stop ``producer``, delivering what it still buffers for at most ``flush_timeout_s``.
+
+    aiokafka's ``stop`` flushes first and, with the broker gone, waits for ever. Whatever is still
+    buffered then was never acknowledged: its senders were told so (a timeout), and re-sending by
+    command id or re-processing from the uncommitted input offset is how it reaches the log, so
+    dropping it here loses nothing that was promised."""
+    try:
+        await asyncio.wait_for(asyncio.shield(stop := asyncio.ensure_future(producer.stop())), flush_timeout_s)
+    except TimeoutError:
+        log.warning("Kafka producer: undelivered records after %g s, closing without them", flush_timeout_s)
+        sender = producer._sender  # noqa: SLF001 - aiokafka has no public forced close
+        if sender is not None:
+            await sender.close()  # cancels the sender task: stop()'s flush wait then returns
+        await stop
+
+
 class KeyedProducer(AsyncLifecycle):
     """An idempotent producer behind the lifecycle every writer shares; subclasses say what they
     encode and where it goes."""
@@ -64,7 +85,7 @@ class KeyedProducer(AsyncLifecycle):
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            await producer.stop()
+            await close_producer(producer, self._settings.producer_flush_timeout_s)
 
     async def _send(
         self, what: str, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]],

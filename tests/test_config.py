@@ -19,3 +19,10 @@ def test_bad_values_name_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASSESSMENT_STORE_POSTGRES_PORT", "70000")
     with pytest.raises(ValidationError, match="postgres_port"):
         Settings()
+
+
+def test_default_ports_are_below_the_ephemeral_range() -> None:
+    """Every default listening port lies below 32768, where Linux never hands out client ports."""
+    s = Settings()
+    ports = {name: getattr(s, name) for name in ("kafka_port", "kafka_controller_port", "postgres_port", "api_port")}
+    assert all(p < 32768 for p in ports.values()), ports

@@ -113,3 +113,13 @@ def test_kraft_cluster_ids_never_look_like_options() -> None:
 
     ids = [_kraft_cluster_id() for _ in range(5000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_kafka_data_is_private_to_its_account(stack_settings: Settings) -> None:
+    """The broker's data directory is 0700 and no segment, index or checkpoint is readable by other accounts."""
+    home = stack_settings.data_dir.resolve() / "kafka"
+    assert home.stat().st_mode & 0o777 == 0o700
+    files = [p for p in (home / "log-dirs").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".log" for p in files), "no segment found: is the session broker running?"
+    exposed = [f"{p} {p.stat().st_mode & 0o777:o}" for p in files if p.stat().st_mode & 0o077]
+    assert not exposed, exposed
