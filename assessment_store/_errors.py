@@ -14,6 +14,7 @@ The tree::
     ├── BackendError                        Kafka or PostgreSQL failed; .retriable says whether to retry
     │   ├── KafkaUnavailable
     │   ├── DatabaseUnavailable
+    │   ├── DataRejected                    PostgreSQL refused a value (NUL, out of range; .sqlstate), never retriable
     │   ├── bridge.LegacyUnavailable        the legacy service is unreachable or answered nonsense (.url, .status)
     │   └── bridge.LegacyNotSynced          legacy lacks store changes it would serve (.assessment_id, .store_version,
     │                                       .legacy_version); raised by the router's sync before serve
@@ -36,6 +37,7 @@ __all__ = [
     "BackendError",
     "CodecError",
     "CommandTimeout",
+    "DataRejected",
     "DatabaseUnavailable",
     "DownloadFailed",
     "InvalidTransition",
@@ -162,6 +164,20 @@ class KafkaUnavailable(BackendError):
 
 class DatabaseUnavailable(BackendError):
     pass
+
+
+class DataRejected(BackendError):
+    """PostgreSQL refused a value as data (SQLSTATE class 22, a constraint, a limit): the same
+    statement fails again however often it is retried, so this is not an outage. The projector
+    quarantines the assessment whose event carries the value (``projections._projector``)."""
+
+    retriable = False
+
+    def __init__(self, what: str, sqlstate: str | None, reason: str) -> None:
+        self.what = what
+        self.sqlstate = sqlstate
+        self.reason = reason
+        super().__init__(f"{what}: PostgreSQL refused the data ({sqlstate or 'client-side'}): {reason}")
 
 
 class StackError(AssessmentStoreError):
