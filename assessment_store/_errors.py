@@ -7,7 +7,8 @@ The tree::
     │   ├── ValidationError                 a field is missing or out of range (.field, .reason)
     │   ├── AssessmentNotFound              no assessment has that id (.assessment_id)
     │   ├── InvalidTransition               the state machine forbids it (.assessment_id, .state, .transition)
-    │   └── VersionConflict                 expected_version differs (.assessment_id, .expected, .actual)
+    │   ├── VersionConflict                 expected_version differs (.assessment_id, .expected, .actual)
+    │   └── NotQuarantined                  a re-fold of an assessment that is not quarantined (.assessment_id)
     ├── WaitTimeout                         a wait ended before its condition (.assessment_id, .timeout_s)
     │   └── CommandTimeout                  no outcome for a command (.command_id, .assessment_id)
     ├── CodecError                          bytes that are not one of our events (.reason)
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidTransition",
     "KafkaUnavailable",
     "MissingTool",
+    "NotQuarantined",
     "PortInUse",
     "ServiceFailed",
     "StackError",
@@ -99,6 +101,12 @@ class VersionConflict(StoreUsageError):
         super().__init__(
             f"assessment {assessment_id!r} is at version {actual}, expected version {expected}"
         )
+
+
+class NotQuarantined(StoreUsageError):
+    def __init__(self, assessment_id: str) -> None:
+        self.assessment_id = assessment_id
+        super().__init__(f"assessment {assessment_id!r} is not quarantined")
 
 
 _REJECTIONS: dict[str, type[StoreUsageError]] = {
