@@ -105,7 +105,8 @@ async def refold(settings: Settings, assessment_id: str) -> RefoldResult:
                     batch.events.append((rec, projector.codec.decode(rec.value, rec.headers)))
                 projector._generation = int(await conn.fetchval("SELECT generation FROM projection.meta"))
                 states = await fetch_assessments(conn, [assessment_id])
-                args, changed = projector._prepare(batch, states, FoldStats())
+                # A copy: the fold advances the states it is given, and a refusal reports the stored one.
+                args, changed = projector._prepare(batch, dict(states), FoldStats())
                 try:
                     async with conn.transaction():  # a savepoint: refused, only the re-fold rolls back
                         with translate_db_errors(f"re-folding the held events of {assessment_id!r}"):
