@@ -382,7 +382,49 @@ def replay_cmd(
               f"{'[green]passed[/]' if v.ok else '[red]FAILED[/]'}: assessments {v.live_assessments}/{v.rebuilt_assessments},"
               f" events {v.live_events}/{v.rebuilt_events}, version mismatches {v.version_mismatches},"
               f" checksum {v.live_checksum} / {v.rebuilt_checksum}")
+    if report.quarantined:
+        out.print(f"[yellow]{report.quarantined} assessment(s) quarantined[/] in the rebuild: PostgreSQL refused a value"
+                  " of their events (`assessment-store quarantine list` once swapped in)")
     out.print("swapped in" if report.swapped else "dry run: not swapped (the rebuild stays in schema projection_rebuild)")
+
+
+# --- quarantine (self-contained: the group, its two commands) -----------------------------
+
+quarantine_app = typer.Typer(
+    help="Assessments the projector quarantined because PostgreSQL refused a value of one of their events.",
+    no_args_is_help=True,
+)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+@quarantine_app.command("list")
+def quarantine_list(as_json: JsonFlag = False) -> None:
+    """Quarantined assessments: why, where the first refused event sits, how many events are held."""
+    from projections import list_quarantine
+
+    entries = _run(list_quarantine(Settings()))
+    if as_json:
+        out.print_json(json.dumps([e.__dict__ for e in entries], default=str))
+        return
+    t = Table(title=f"{len(entries)} quarantined assessment(s)")
+    for col in ("assessment", "since", "first refused event", "held", "reason", "re-folds"):
+        t.add_column(col)
+    for e in entries:
+        t.add_row(e.assessment_id, f"{e.quarantined_at:%Y-%m-%d %H:%M:%S}", f"{e.topic}/{e.partition}/{e.offset}",
+                  str(e.held), f"{e.sqlstate or ''} {e.reason}".strip(),
+                  f"{e.refold_attempts}" + (f" (last: {e.last_refold_error})" if e.last_refold_error else ""))
+    out.print(t)
+
+
+@quarantine_app.command("refold")
+def quarantine_refold(assessment_id: IdArg) -> None:
+    """Re-apply a quarantined assessment's held events in log order, after a fix. Exit 1 if refused again."""
+    from projections import refold
+
+    result = _run(refold(Settings(), assessment_id))
+    if not result.refolded:
+        _fail(f"still refused, {assessment_id!r} stays quarantined: {result.error}", 1)
+    out.print(f"re-folded {result.events} event(s) of {assessment_id!r}: now at version {result.version}")
 
 
 @app.command("at")

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from ._config import Settings
 from ._errors import AssessmentStoreError, StoreUsageError, WaitTimeout
+from ._lifecycle import Service, supervise
 
 __all__ = ["err", "fail", "out", "run_cli", "serve_forever"]
 
@@ -56,11 +57,14 @@ def serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], A
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with make(Settings()) as p:
+        def ready(_service: Service) -> None:
             if pid_file is not None:
                 pid_file.with_suffix(".ready").write_text("ready\n")
             logger.info("%s consuming", name)
-            await p.run(stop)
-            logger.info("%s stopping: %s", name, p.stats)
+
+        # A Kafka or PostgreSQL outage of any length never ends the process: supervise restarts
+        # the service after a capped backoff (issue: every long-running service rides it out).
+        p = await supervise(lambda: make(Settings()), stop, logger, on_started=ready)
+        logger.info("%s stopping: %s", name, getattr(p, "stats", None))
 
     run_cli(go())

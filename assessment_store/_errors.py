@@ -7,13 +7,15 @@ The tree::
     │   ├── ValidationError                 a field is missing or out of range (.field, .reason)
     │   ├── AssessmentNotFound              no assessment has that id (.assessment_id)
     │   ├── InvalidTransition               the state machine forbids it (.assessment_id, .state, .transition)
-    │   └── VersionConflict                 expected_version differs (.assessment_id, .expected, .actual)
+    │   ├── VersionConflict                 expected_version differs (.assessment_id, .expected, .actual)
+    │   └── NotQuarantined                  a re-fold of an assessment that is not quarantined (.assessment_id)
     ├── WaitTimeout                         a wait ended before its condition (.assessment_id, .timeout_s)
     │   └── CommandTimeout                  no outcome for a command (.command_id, .assessment_id)
     ├── CodecError                          bytes that are not one of our events (.reason)
     ├── BackendError                        Kafka or PostgreSQL failed; .retriable says whether to retry
     │   ├── KafkaUnavailable
     │   ├── DatabaseUnavailable
+    │   ├── DataRejected                    PostgreSQL refused a value (NUL, out of range; .sqlstate), never retriable
     │   ├── bridge.LegacyUnavailable        the legacy service is unreachable or answered nonsense (.url, .status)
     │   └── bridge.LegacyNotSynced          legacy lacks store changes it would serve (.assessment_id, .store_version,
     │                                       .legacy_version); raised by the router's sync before serve
@@ -36,11 +38,13 @@ __all__ = [
     "BackendError",
     "CodecError",
     "CommandTimeout",
+    "DataRejected",
     "DatabaseUnavailable",
     "DownloadFailed",
     "InvalidTransition",
     "KafkaUnavailable",
     "MissingTool",
+    "NotQuarantined",
     "PortInUse",
     "ServiceFailed",
     "StackError",
@@ -97,6 +101,12 @@ class VersionConflict(StoreUsageError):
         super().__init__(
             f"assessment {assessment_id!r} is at version {actual}, expected version {expected}"
         )
+
+
+class NotQuarantined(StoreUsageError):
+    def __init__(self, assessment_id: str) -> None:
+        self.assessment_id = assessment_id
+        super().__init__(f"assessment {assessment_id!r} is not quarantined")
 
 
 _REJECTIONS: dict[str, type[StoreUsageError]] = {
@@ -165,6 +175,20 @@ class KafkaUnavailable(BackendError):
 
 class DatabaseUnavailable(BackendError):
     pass
+
+
+class DataRejected(BackendError):
+    """PostgreSQL refused a value as data (SQLSTATE class 22, a constraint, a limit): the same
+    statement fails again however often it is retried, so this is not an outage. The projector
+    quarantines the assessment whose event carries the value (``projections._projector``)."""
+
+    retriable = False
+
+    def __init__(self, what: str, sqlstate: str | None, reason: str) -> None:
+        self.what = what
+        self.sqlstate = sqlstate
+        self.reason = reason
+        super().__init__(f"{what}: PostgreSQL refused the data ({sqlstate or 'client-side'}): {reason}")
 
 
 class StackError(AssessmentStoreError):

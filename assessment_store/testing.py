@@ -22,6 +22,7 @@ from typing import TypeVar
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ._config import Settings
+from ._lifecycle import Backoff
 
 __all__ = [
     "eventually", "isolated_settings", "produce_lifecycles", "projected_event_count", "running_stack",
@@ -105,15 +106,14 @@ async def eventually(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    delay = 0.01
+    backoff = Backoff(initial_s=0.01, cap_s=0.2)  # the store's one backoff, quiet (no logger)
     while True:
         value = await probe()
         if accept(value):
             return value
         if loop.time() > deadline:
             raise AssertionError(f"{what} not reached within {timeout_s} s; last value: {value!r}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
+        await asyncio.sleep(backoff.next_delay())
 
 
 async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:

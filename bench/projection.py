@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.projection [--events 1000000] [--copy-events 200000]
 
-Starts a private Kafka + PostgreSQL (data in .data/bench-projection, ports 29692-29694), appends
+Starts a private Kafka + PostgreSQL (data in .data/bench-projection-<port base>, ports 29692-29694 unless
+``--port-base`` moves them), appends
 ``--events`` events (complete lifecycles of 4 events) to the events topic, then measures in one run:
 
 1. the rebuild: ``assessment-store replay --dry-run --restart --force`` in a child process folds
@@ -96,7 +97,7 @@ async def copy_baseline(settings: Settings, events: int) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    settings = isolated_settings(ROOT / ".data" / "bench-projection", port_base=29692)
+    settings = isolated_settings(ROOT / ".data" / f"bench-projection-{args.port_base}", port_base=args.port_base)
     stack = Stack(settings)
     stack.purge(log=lambda _m: None)
     stack.up(["kafka", "postgres"], log=lambda _m: None)
@@ -133,4 +134,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--copy-events", type=int, default=200_000)
+    parser.add_argument("--port-base", type=int, default=29692, help="Kafka, controller and PostgreSQL ports: base..base+2.")
     main(parser.parse_args())

@@ -3,11 +3,16 @@
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector
+from ._quarantine import QuarantineEntry, RefoldResult, list_quarantine, refold
 from ._replay import REBUILD_SCHEMA, ReplayReport, Verification, replay, verify_schemas
 from ._timetravel import counts_at, state_at
 from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids, list_page
 
 __all__ = [
+    "QuarantineEntry",
+    "RefoldResult",
+    "list_quarantine",
+    "refold",
     "REBUILD_SCHEMA",
     "ReplayReport",
     "Verification",

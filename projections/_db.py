@@ -13,11 +13,11 @@ from typing import Any
 import asyncpg
 
 from assessment_store._config import Settings
-from assessment_store._errors import DatabaseUnavailable
+from assessment_store._errors import DataRejected, DatabaseUnavailable
 
 __all__ = [
     "LIVE_SCHEMA", "SCHEMA_VERSION", "check_schema_name", "connect", "create_pool", "create_projection_schema",
-    "migrate", "translate_db_errors",
+    "is_data_rejection", "migrate", "translate_db_errors",
 ]
 
 _MIGRATION_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -57,21 +57,35 @@ _RETRIABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57")
 and operator intervention (shutdown, crash recovery, "cannot connect now"): retrying can succeed."""
 
 
+def is_data_rejection(sqlstate: str | None) -> bool:
+    """SQLSTATEs that refuse a value itself, so the same statement fails however often it is
+    retried: class 22 (data exception: NUL in text 22021, an unsupported \\u0000 in jsonb 22P05, a
+    number out of range 22003, ...), class 54 (program limit: a document nested too deep) and the
+    two constraint checks a value can fail (23514 CHECK, 23502 NOT NULL)."""
+    return sqlstate is not None and (sqlstate[:2] in ("22", "54") or sqlstate in ("23514", "23502"))
+
+
 @contextlib.contextmanager
 def translate_db_errors(what: str) -> Iterator[None]:
-    """asyncpg and socket failures -> ``DatabaseUnavailable`` naming what was being done.
-
-    Every asyncpg exception becomes a store error here, the client-side ones too:
-    ``InternalClientError`` ("another operation is in progress") is what a pooled connection
-    raises while PostgreSQL restarts under it."""
+    """asyncpg and socket failures -> ``DatabaseUnavailable`` naming what was being done; a value
+    PostgreSQL (or asyncpg's encoder) refuses -> ``DataRejected``, which no retry can fix. Every
+    asyncpg exception becomes a store error here, the client-side ones too."""
     try:
         yield
+    except asyncpg.exceptions._base.DataError as e:
+        # Client side, before anything reached the server: a value asyncpg cannot encode for its
+        # column type (an int out of int64 range, ...). Caught before InterfaceError, its base.
+        raise DataRejected(what, None, str(e)) from e
     except (OSError, asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
             asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError) as e:
+        # InternalClientError ("another operation is in progress") is what a pooled connection
+        # says when PostgreSQL vanished in the middle of a statement: an outage, not a bug.
         raise DatabaseUnavailable(f"{what}: PostgreSQL unreachable ({type(e).__name__}: {e})") from e
     except asyncpg.exceptions.InvalidPasswordError as e:
         raise DatabaseUnavailable(f"{what}: authentication failed ({e})") from e
     except asyncpg.PostgresError as e:
+        if is_data_rejection(e.sqlstate):
+            raise DataRejected(what, e.sqlstate, str(e)) from e
         err = DatabaseUnavailable(f"{what}: {type(e).__name__}: {e}")
         err.retriable = str(getattr(e, "sqlstate", "") or "").startswith(_RETRIABLE_SQLSTATE_CLASSES)
         raise err from e

@@ -10,8 +10,30 @@ Ordering and offsets, the invariants everything else leans on:
 * The consumer never trusts Kafka's committed offsets. The next offset per partition is stored
   in ``projection.projector_offsets`` *in the same transaction* as the rows the batch produced,
   and every partition assignment seeks to that stored offset. A crash anywhere before COMMIT
-  rolls back rows and offsets together; after COMMIT both are durable. Re-reading a batch
-  after a crash is therefore harmless, and nothing is skipped.
+  rolls back rows and offsets together; after COMMIT both are durable (``synchronous_commit``
+  stays on: a client reads a row as "visible" only once it survives a PostgreSQL crash).
+  Re-reading a batch after a crash is therefore harmless, and nothing is skipped.
+* Seek before the first fetch, always. ``_positioned`` maps a partition to the next offset we
+  expect, and only our own seek to the stored offset (or a batch we committed) puts a partition
+  in it. A newly assigned partition is paused before the rebalance listener awaits anything, and
+  records of a partition not in ``_positioned`` (fetched at Kafka's advisory offsets in the
+  moment before our seek) or below its expected offset are dropped, never folded. A failed
+  seek in the listener (PostgreSQL down: aiokafka swallows the listener's exception) leaves the
+  partition paused and unpositioned; the fold loop positions it once PostgreSQL answers.
+* After any database error the batch in flight may or may not have committed, so every owned
+  partition is forgotten (paused, dropped from ``_positioned``) and, once PostgreSQL answers
+  again (capped exponential backoff, logged), re-sought to the stored offsets; the consumer's
+  in-memory position is never trusted across an error. A PostgreSQL outage never ends the loop.
+* A value PostgreSQL refuses (``DataRejected``: NUL in text, a number out of range) never blocks
+  the others. The batch is re-folded in one transaction with a savepoint per group of
+  assessments, bisected down to the refused ones; of each, every event before the first refused
+  one is applied and that event and all later ones are held (``projection.quarantine_held``,
+  not applied) with the assessment in ``projection.quarantine``, counted and logged at ERROR;
+  the other assessments and the offsets commit together as usual. Records are held by
+  assessment, never by batch, so live and rebuilt projections quarantine the same events (the
+  projection stays a pure function of the log). A refused outcome record becomes an anomaly.
+  ``refold`` re-applies a quarantined assessment's held events under the swap lock and bumps the
+  generation, so every live projector reconnects and reloads the quarantine list.
 * Offsets only move forward (``GREATEST``). During a rebalance two projectors may briefly fold
   the same records: each new state is written only if its row is still at the version it was
   folded from (``public.fold_batch``, migration 003), else the whole batch rolls back and is
@@ -19,7 +41,7 @@ Ordering and offsets, the invariants everything else leans on:
 * The whole batch is written by one call of ``public.fold_batch``: one round trip, one
   transaction.
 * Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
-  tools see the group's position; they are never read back.
+  tools see the group's position; they are never read back (see "seek before the first fetch").
 * ``pg_notify`` runs inside the transaction, so a waiter is woken only for committed state.
 """
 
@@ -29,7 +51,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +62,15 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from assessment_store._config import Settings
 from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._domain import evolve
-from assessment_store._errors import AssessmentStoreError, CodecError, DatabaseUnavailable, KafkaUnavailable
+from assessment_store._errors import (
+    AssessmentStoreError,
+    BackendError,
+    CodecError,
+    DatabaseUnavailable,
+    DataRejected,
+    KafkaUnavailable,
+)
+from assessment_store._lifecycle import Backoff
 from assessment_store._model import Assessment, Event, Outcome, Payload
 from schemas import EventCodec, OutcomeCodec
 from streams import COMMAND_OFFSET_HEADER, ensure_topics, partition_counts, translate_kafka_errors
@@ -67,6 +97,13 @@ class FoldStats:
     gaps: int = 0
     undecodable: int = 0
     batches: int = 0
+    quarantined: int = 0
+    """assessments newly put in quarantine (a value PostgreSQL refused)"""
+    held: int = 0
+    """events of quarantined assessments kept aside, not applied"""
+    unstorable_outcomes: int = 0
+    unpositioned_dropped: int = 0
+    """records fetched before our seek (at Kafka's offsets) or below the stored offset: dropped"""
 
     def add(self, other: FoldStats) -> None:
         for f in dataclasses.fields(self):
@@ -80,13 +117,49 @@ class _Batch:
     anomalies: list[tuple[Any, ...]] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
+    def event_ids(self) -> list[str]:
+        return list(dict.fromkeys(ev.assessment_id for _, ev in self.events))
+
+    def split_held(self, quarantined: set[str]) -> tuple[_Batch, list[tuple[ConsumerRecord[bytes, bytes], Event]]]:
+        """(the batch without the events of quarantined assessments, those events). The offsets,
+        outcomes and undecodable anomalies stay with the batch: held events are consumed too."""
+        if not quarantined:
+            return self, []
+        kept: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
+        held: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
+        for rec, ev in self.events:
+            (held if storable(ev.assessment_id) in quarantined else kept).append((rec, ev))
+        if not held:
+            return self, []
+        return _Batch(kept, self.outcomes, self.anomalies, self.next_offsets), held
+
+
+def storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it: NUL (which no text column accepts) as U+FFFD. Used for
+    the ids and reasons the quarantine and the anomalies record, never for folded data."""
+    return text.replace("\x00", "\ufffd")
+
 
 def _anomaly(kind: str, rec: ConsumerRecord[bytes, bytes], detail: str, ev: Event | None = None,
              expected: int | None = None, raw: bytes | None = None) -> tuple[Any, ...]:
     return (
-        kind, ev.assessment_id if ev else (rec.key or b"").decode(errors="replace"), ev.version if ev else None,
-        expected, ev.event_id if ev else None, rec.topic, rec.partition, rec.offset, detail, raw,
+        kind, storable(ev.assessment_id if ev else (rec.key or b"").decode(errors="replace")),
+        ev.version if ev else None, expected, ev.event_id if ev else None, rec.topic, rec.partition, rec.offset,
+        storable(detail), raw,
     )
+
+
+class _Rollback(Exception):
+    """Raised inside a savepoint to roll a trial fold back (it never leaves ``_fold_isolating``)."""
+
+
+@dataclass
+class _Refused:
+    """An assessment whose events PostgreSQL refused: the index of the first refused event among
+    its events of the batch, and the error."""
+
+    first: int
+    error: DataRejected
 
 
 class Projector(AsyncLifecycle):
@@ -112,6 +185,14 @@ class Projector(AsyncLifecycle):
         self._generation = 0
         self._pending_mirror: dict[TopicPartition, int] = {}
         self._next_mirror = 0.0
+        # Partition -> the next offset we expect: set only by our own seek to the stored offset
+        # and moved by batches we committed (module docstring, "seek before the first fetch").
+        self._positioned: dict[TopicPartition, int] = {}
+        # Serialises positioning between the rebalance listener and the fold loop.
+        self._position_lock = asyncio.Lock()
+        # Assessments in quarantine (storable ids), loaded with the stored offsets.
+        self._quarantined: set[str] = set()
+        self._backoff = Backoff(log)
 
     @property
     def topics(self) -> list[str]:
@@ -150,17 +231,30 @@ class Projector(AsyncLifecycle):
             except BaseException:
                 self._consumer = None
                 await consumer.stop()
+                await self._close_pool()
                 raise
 
     async def _open_pool(self) -> None:
-        # synchronous_commit=off: a PostgreSQL crash may lose the last few folded batches, but
-        # always rows and offsets together (one transaction), so the projector re-reads them from
-        # Kafka on restart. The log stays the durable record; the fold saves a WAL flush per batch.
-        self._pool = await create_pool(self.s, min_size=1, max_size=2, synchronous_commit=False)
-        async with self._pool.acquire() as conn:
-            await migrate(conn)
-            with translate_db_errors(f"reading the generation of {self.schema}"):
-                self._generation = int(await conn.fetchval(f"SELECT generation FROM {self.schema}.meta"))
+        # synchronous_commit stays on (the server default): a batch's COMMIT returns only once its
+        # WAL is flushed, and clients are told "visible" only after reading the row it wrote. With
+        # it off, a PostgreSQL crash lost acknowledged writes that the projector never re-read.
+        pool = await create_pool(self.s, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+                with translate_db_errors(f"reading the generation of {self.schema}"):
+                    self._generation = int(await conn.fetchval(f"SELECT generation FROM {self.schema}.meta"))
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # terminate, not close: after an outage its connections are dead, and close() would
+            # wait on them; nothing is in flight when this runs.
+            pool.terminate()
 
     async def stop(self) -> None:
         if self._consumer is not None and not self.assign_all:
@@ -171,8 +265,7 @@ class Projector(AsyncLifecycle):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-
-
+        self._positioned.clear()
 
     async def stored_offsets(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
         assert self._pool is not None
@@ -185,28 +278,103 @@ class Projector(AsyncLifecycle):
         stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         return {tp: stored[tp] for tp in partitions if tp in stored}
 
+    async def _load_quarantined(self) -> None:
+        assert self._pool is not None
+        with translate_db_errors("reading the quarantined assessments"):
+            rows = await self._pool.fetch(f"SELECT assessment_id FROM {self.schema}.quarantine")
+        self._quarantined = {r["assessment_id"] for r in rows}
+
     async def _seek_to_stored(self, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
-        """Position the consumer at the stored offsets (the beginning where none is stored)."""
+        """Position the consumer at the stored offsets (the beginning where none is stored), and
+        only then let their records through (``_positioned``, resumed)."""
         consumer = self._consumer
         assert consumer is not None
-        stored = await self.stored_offsets(partitions)
-        for tp in partitions:
-            if tp in stored:
-                consumer.seek(tp, stored[tp])
-            else:
-                await consumer.seek_to_beginning(tp)
+        async with self._position_lock:
+            stored = await self.stored_offsets(partitions)
+            # Read after the offsets: a quarantine committed with offsets we read is seen here.
+            await self._load_quarantined()
+            # Only partitions still ours: a rebalance may have moved some during the awaits above.
+            owned = consumer.assignment()
+            positioned = []
+            for tp in partitions:
+                if tp not in owned:
+                    continue
+                if tp in stored:
+                    consumer.seek(tp, stored[tp])
+                    self._positioned[tp] = stored[tp]
+                else:
+                    await consumer.seek_to_beginning(tp)
+                    self._positioned[tp] = 0
+                positioned.append(tp)
+            if positioned and not self.assign_all:
+                consumer.resume(*positioned)
         return stored
 
+    def _forget_positions(self) -> None:
+        """After a database error: nothing we believed about positions holds any more (the batch
+        in flight may or may not have committed), so every owned partition waits, paused, for a
+        seek to the offsets PostgreSQL stores."""
+        self._positioned.clear()
+        if self._consumer is not None and not self.assign_all:
+            owned = self._consumer.assignment()
+            if owned:
+                self._consumer.pause(*owned)
+
+    async def _ensure_positioned(self) -> None:
+        """Reconnect if the pool was dropped, and seek every owned partition not positioned yet
+        (one whose listener seek failed, or all of them after a database error)."""
+        if self._pool is None:
+            await self._open_pool()
+        consumer = self._consumer
+        assert consumer is not None
+        missing = [tp for tp in consumer.assignment() if tp not in self._positioned]
+        if missing:
+            consumer.pause(*missing)
+            stored = await self._seek_to_stored(sorted(missing))
+            log.info("positioned %s at stored offsets %s", sorted(missing), stored)
+
+    def _accept(
+        self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """Only records at or after the offset our own seek set: anything else was fetched from a
+        position we did not choose (Kafka's committed offsets before our seek) and is dropped."""
+        accepted: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]] = {}
+        for tp, recs in records.items():
+            expected = self._positioned.get(tp)
+            kept = [] if expected is None else [r for r in recs if r.offset >= expected]
+            if len(kept) < len(recs):
+                self.stats.unpositioned_dropped += len(recs) - len(kept)
+                log.info("dropped %d record(s) of %s fetched before our seek (expected offset %s, got %d..)",
+                         len(recs) - len(kept), tp, expected, recs[0].offset)
+            if kept:
+                accepted[tp] = kept
+        return accepted
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Fold until ``stop`` is set (or forever)."""
+        """Fold until ``stop`` is set (or forever). A PostgreSQL outage of any length is ridden
+        out here (backoff, then re-seek to the stored offsets); a Kafka error leaves the loop for
+        the supervisor (``assessment_store._lifecycle.supervise``), which restarts the consumer."""
         await self.start()
         assert self._consumer is not None
         stop = stop or asyncio.Event()
         while not stop.is_set():
-            with translate_kafka_errors("fetching events"):
-                records = await self._consumer.getmany(timeout_ms=200, max_records=self.s.projector_batch_size)
-            if records:
-                await self.fold(records)
+            try:
+                await self._ensure_positioned()
+                with translate_kafka_errors("fetching events"):
+                    records = await self._consumer.getmany(timeout_ms=200, max_records=self.s.projector_batch_size)
+                records = self._accept(records)
+                if records:
+                    await self.fold(records)
+                self._backoff.succeeded("PostgreSQL recovered: folding again from the stored offsets")
+            except DatabaseUnavailable as e:
+                if _swapped(e):
+                    await self._after_swap()
+                    continue
+                # Ordering: forget positions *before* waiting, so nothing fetched meanwhile is folded
+                # from a position PostgreSQL may not have (the failed batch may or may not have committed).
+                self._forget_positions()
+                await self._close_pool()
+                await self._backoff.failed("PostgreSQL unavailable", e, stop)
 
     async def fold_until(
         self, targets: dict[TopicPartition, int], on_batch: Callable[[int], None] | None = None
@@ -273,31 +441,168 @@ class Projector(AsyncLifecycle):
                     async with self._pool.acquire() as conn:
                         await self._apply(conn, batch, tried)
                 break
+            except DataRejected as e:
+                tried = FoldStats(batches=1, undecodable=stats.undecodable)
+                await self._fold_isolating(batch, tried, e)
+                break
             except DatabaseUnavailable as e:
-                if _swapped(e) and not self.assign_all:
-                    # A rebuilt projection was swapped in: its stored offsets are the truth now.
-                    await self._after_swap()
-                    return tried
-                if not e.retriable or attempt == _FOLD_ATTEMPTS:
+                # Only a lost race with another projector (serialization failure, deadlock) is
+                # retried here, on the same connection pool: the transaction surely rolled back.
+                # Anything else (PostgreSQL gone, a swap) goes to run(), which re-seeks.
+                if not _raced(e) or attempt == _FOLD_ATTEMPTS:
                     raise
                 log.info("batch raced another projector (attempt %d): re-reading and re-folding", attempt)
         self.stats.add(tried)
+        for tp, nxt in batch.next_offsets.items():
+            if tp in self._positioned:  # unless re-sought meanwhile: then the seek's offset stands
+                self._positioned[tp] = max(self._positioned[tp], nxt)
         self._pending_mirror.update(batch.next_offsets)
         await self._mirror_offsets()
         return tried
 
+    async def _fold_isolating(self, batch: _Batch, stats: FoldStats, cause: DataRejected) -> None:
+        """Fold ``batch`` although PostgreSQL refused it: find the assessments whose events carry
+        the refused values, quarantine them from their first refused event on, and commit every
+        other row, the held events and the offsets in one transaction (module docstring)."""
+        assert self._pool is not None
+        log.warning("PostgreSQL refused a batch (%s); isolating the assessment(s) responsible", cause)
+        rest, held_known = batch.split_held(self._quarantined)
+        ids = rest.event_ids()
+        events_of: dict[str, list[tuple[ConsumerRecord[bytes, bytes], Event]]] = {}
+        for rec, ev in rest.events:
+            events_of.setdefault(ev.assessment_id, []).append((rec, ev))
+        # The units that are refused or not: an assessment (all its events of the batch), or one
+        # outcome record (an outcome never depends on state, so it never quarantines anyone).
+        units: list[tuple[str, int]] = [("a", i) for i in range(len(ids))] + [("o", i) for i in range(len(batch.outcomes))]
+        with translate_db_errors("folding a batch assessment by assessment"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                # An id PostgreSQL cannot store (a NUL) has no row to read, and would fail the read.
+                readable = [i for i in ids if storable(i) == i]
+                states = await fetch_assessments(conn, readable, schema=self.schema) if readable else {}
+                refused: dict[str, _Refused] = {}
+                bad_outcomes: list[tuple[ConsumerRecord[bytes, bytes], DataRejected]] = []
+
+                async def trial(events: list[tuple[ConsumerRecord[bytes, bytes], Event]],
+                                outcomes: list[tuple[ConsumerRecord[bytes, bytes], Outcome]],
+                                keep: bool, into: FoldStats) -> DataRejected | None:
+                    """Fold these records in a savepoint; keep them only if ``keep`` and accepted."""
+                    tried = FoldStats()
+                    sub = _Batch(events, outcomes)
+                    args, _ = self._prepare(sub, {i: states[i] for i in sub.event_ids() if i in states}, tried)
+                    try:
+                        async with conn.transaction():
+                            with translate_db_errors("folding part of a refused batch"):
+                                await conn.execute(_FOLD_BATCH, *args)
+                            if not keep:
+                                raise _Rollback
+                    except DataRejected as e:
+                        return e
+                    except _Rollback:
+                        return None
+                    into.add(tried)
+                    return None
+
+                async def bisect(group: list[tuple[str, int]], error: DataRejected) -> None:
+                    """``group`` was refused with ``error``: split until each refused unit stands
+                    alone; fold and keep everything else."""
+                    if len(group) == 1:
+                        kind, i = group[0]
+                        if kind == "a":
+                            refused[ids[i]] = await self._first_refused(events_of[ids[i]], trial, error)
+                        else:
+                            bad_outcomes.append((batch.outcomes[i][0], error))
+                        return
+                    half = (len(group) + 1) // 2
+                    for part in (group[:half], group[half:]):
+                        events = [x for kind, i in part if kind == "a" for x in events_of[ids[i]]]
+                        outcomes = [batch.outcomes[i] for kind, i in part if kind == "o"]
+                        e = await trial(events, outcomes, True, stats)
+                        if e is not None:
+                            await bisect(part, e)
+
+                await bisect(units, cause)
+                # What the refused assessments keep: the events before their first refused one.
+                held: list[tuple[str, ConsumerRecord[bytes, bytes]]] = [(storable(ev.assessment_id), rec)
+                                                                        for rec, ev in held_known]
+                for aid, r in refused.items():
+                    evs = events_of[aid]
+                    if r.first > 0:
+                        e = await trial(evs[:r.first], [], True, stats)
+                        if e is not None:  # it folded a moment ago in the same transaction
+                            raise e
+                    held.extend((storable(aid), rec) for rec, _ in evs[r.first:])
+                # Last: the offsets and undecodable records of the whole batch, refused outcomes as
+                # anomalies, the quarantine rows and every held record, committed with the rows above.
+                rest = _Batch(anomalies=list(batch.anomalies) + [
+                    _anomaly("unstorable_outcome", rec, f"PostgreSQL refused this outcome: {e.reason}", raw=rec.value)
+                    for rec, e in bad_outcomes], next_offsets=batch.next_offsets)
+                args, _ = self._prepare(rest, {}, FoldStats())
+                await conn.execute(_FOLD_BATCH, *args)
+                for aid, r in refused.items():
+                    rec = events_of[aid][r.first][0]
+                    await conn.execute(
+                        f"INSERT INTO {self.schema}.quarantine (assessment_id, reason, sqlstate, kafka_topic,"
+                        " kafka_partition, kafka_offset, raw_value) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                        " ON CONFLICT (assessment_id) DO NOTHING",
+                        storable(aid), storable(r.error.reason), r.error.sqlstate, rec.topic, rec.partition,
+                        rec.offset, rec.value,
+                    )
+                await self._insert_held(conn, held)
+        stats.quarantined += len(refused)
+        stats.held += len(held)
+        stats.unstorable_outcomes += len(bad_outcomes)
+        for aid, r in refused.items():
+            rec = events_of[aid][r.first][0]
+            # The alert: one ERROR line per quarantined assessment (and the quarantined count in stats).
+            log.error("QUARANTINED assessment %r: PostgreSQL refused its event at %s/%d/%d (%s: %s); its later "
+                      "events are held, every other assessment keeps folding; see `assessment-store quarantine list`",
+                      storable(aid), rec.topic, rec.partition, rec.offset, r.error.sqlstate, r.error.reason)
+            self._quarantined.add(storable(aid))
+        for rec, e in bad_outcomes:
+            log.error("outcome record at %s/%d/%d refused by PostgreSQL (%s); kept as an anomaly",
+                      rec.topic, rec.partition, rec.offset, e.reason)
+
+    async def _first_refused(
+        self, events: list[tuple[ConsumerRecord[bytes, bytes], Event]],
+        trial: Callable[..., Awaitable[DataRejected | None]], error: DataRejected,
+    ) -> _Refused:
+        """The index of the first event of ``aid`` PostgreSQL refuses: the shortest refused prefix
+        (bisected with trial folds that are rolled back), so the events before it can be applied
+        and the result does not depend on where batches happen to start."""
+        good, bad = 0, len(events)  # prefix lengths known to fold / to be refused
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            e = await trial(events[:mid], [], False, FoldStats())
+            if e is None:
+                good = mid
+            else:
+                bad, error = mid, e
+        return _Refused(bad - 1, error)
+
+    async def _insert_held(self, conn: asyncpg.Connection, held: list[tuple[str, ConsumerRecord[bytes, bytes]]]) -> None:
+        """Keep records of quarantined assessments as they were on the topic, not applied.
+        ON CONFLICT: a batch re-read after a crash or by two projectors in a rebalance holds once."""
+        if not held:
+            return
+        await conn.executemany(
+            f"INSERT INTO {self.schema}.quarantine_held (assessment_id, kafka_topic, kafka_partition, kafka_offset,"
+            " raw_key, raw_value, header_keys, header_values, timestamp_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT DO NOTHING",
+            [(aid, r.topic, r.partition, r.offset, r.key, r.value, [storable(k) for k, _ in r.headers],
+              [bytes(v) for _, v in r.headers], r.timestamp) for aid, r in held],
+        )
+
     async def _after_swap(self) -> None:
-        """Reconnect (fresh sessions, fresh plans), read the new generation, and move every owned
-        partition to the offsets stored in the swapped-in projection. Records fetched past them are
-        folded again: the version check makes that a no-op."""
-        log.warning("the projection was swapped by a rebuild: reconnecting and resuming from its offsets")
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-        await self._open_pool()
-        if self._consumer is not None:
-            await self._seek_to_stored(sorted(self._consumer.assignment()))
+        """The projection's generation changed (a rebuild was swapped in, or a quarantined
+        assessment re-folded): reconnect (fresh sessions, fresh plans), read the new generation
+        and quarantine list, and move every owned partition to the offsets stored there. Records
+        fetched past them are folded again: the version check makes that a no-op."""
+        log.warning("the projection's generation changed (a rebuild swapped in, or a re-fold): reconnecting "
+                    "and resuming from its offsets")
+        self._forget_positions()
+        await self._close_pool()
         self._pending_mirror.clear()
+        await self._ensure_positioned()
 
     async def _mirror_offsets(self, force: bool = False) -> None:
         """Copy the folded offsets to Kafka's group offsets, at most once a second: only lag tools
@@ -358,10 +663,18 @@ class Projector(AsyncLifecycle):
         return changed, history, anomalies, accepted
 
     async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
-        ids = list({ev.assessment_id for _, ev in batch.events})
+        rest, held = batch.split_held(self._quarantined)
+        ids = rest.event_ids()
         states: dict[str, Assessment] = await fetch_assessments(conn, ids, schema=self.schema) if ids else {}
-        args, _changed = self._prepare(batch, states, stats)
-        await conn.execute(_FOLD_BATCH, *args)
+        args, _changed = self._prepare(rest, states, stats)
+        if not held:
+            await conn.execute(_FOLD_BATCH, *args)  # one statement, one transaction: the usual case
+            return
+        # Held events commit with the batch's rows and offsets, or not at all.
+        async with conn.transaction():
+            await conn.execute(_FOLD_BATCH, *args)
+            await self._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
+        stats.held += len(held)
 
     def _prepare(
         self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats
@@ -417,6 +730,11 @@ def _swapped(e: DatabaseUnavailable) -> bool:
     return getattr(e.__cause__, "sqlstate", None) in _SWAP_STATES
 
 
+def _raced(e: DatabaseUnavailable) -> bool:
+    """Lost a race with another projector (fold_batch's serialization failure) or a deadlock."""
+    return getattr(e.__cause__, "sqlstate", None) in ("40001", "40P01")
+
+
 class _Pipeline:
     """Rebuild-mode folding with one batch written while the next is decoded and folded.
 
@@ -425,38 +743,80 @@ class _Pipeline:
     result for the assessments N touched (N may not be committed yet), and from PostgreSQL for all
     others (untouched by N, so their committed rows are final). Writes stay strictly in order:
     N+1's write starts only after N's has committed, so fold_batch's version guard still holds.
+
+    When PostgreSQL refuses N (``DataRejected``), N is folded again assessment by assessment
+    (``Projector._fold_isolating``, which quarantines as the live projector does) and N+1, whose
+    states assumed N's in-memory result, is prepared again from the committed rows and the new
+    quarantine list before it is written.
     """
 
     def __init__(self, projector: Projector) -> None:
         self.p = projector
         self._writing: asyncio.Task[None] | None = None
+        self._writing_batch: _Batch | None = None
         self._in_flight: dict[str, Assessment] = {}
 
     async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         p = self.p
         assert p._pool is not None
         batch, stats = p._decode(records)
-        ids = {ev.assessment_id for _, ev in batch.events}
+        prepared = await self._prepare(batch, stats)
+        if await self.drain():
+            # N was refused and re-folded with quarantine: N+1's in-memory starting states are stale.
+            self._in_flight = {}
+            stats = FoldStats(batches=1, undecodable=stats.undecodable)
+            prepared = await self._prepare(batch, stats)
+        args, changed, held = prepared
+        self._in_flight = changed
+        self._writing_batch = batch
+        self._writing = asyncio.create_task(self._write(args, held))
+        p.stats.add(stats)
+
+    async def _prepare(self, batch: _Batch, stats: FoldStats) -> tuple[
+        list[Any], dict[str, Assessment], list[tuple[ConsumerRecord[bytes, bytes], Event]]
+    ]:
+        p = self.p
+        assert p._pool is not None
+        rest, held = batch.split_held(p._quarantined)
+        ids = set(rest.event_ids())
         states = {i: self._in_flight[i] for i in ids if i in self._in_flight}
-        missing = [i for i in ids if i not in states]
+        missing = [i for i in ids if i not in states and storable(i) == i]  # a NUL id has no row to read
         if missing:
             with translate_db_errors("reading states to rebuild"):
                 states.update(await fetch_assessments(p._pool, missing, schema=p.schema))
-        args, changed = p._prepare(batch, states, stats)
-        await self.drain()
-        self._in_flight = changed
-        self._writing = asyncio.create_task(self._write(args))
-        p.stats.add(stats)
+        args, changed = p._prepare(rest, states, stats)
+        stats.held += len(held)
+        return args, changed, held
 
-    async def _write(self, args: list[Any]) -> None:
+    async def _write(self, args: list[Any], held: list[tuple[ConsumerRecord[bytes, bytes], Event]]) -> None:
         assert self.p._pool is not None
         with translate_db_errors("writing a rebuilt batch"):
-            await self.p._pool.execute(_FOLD_BATCH, *args)
+            if not held:
+                await self.p._pool.execute(_FOLD_BATCH, *args)
+                return
+            async with self.p._pool.acquire() as conn, conn.transaction():
+                await conn.execute(_FOLD_BATCH, *args)
+                await self.p._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
 
-    async def drain(self) -> None:
+    async def drain(self) -> bool:
+        """Wait for the batch being written; True when PostgreSQL refused it and it was re-folded
+        with quarantine instead."""
         writing, self._writing = self._writing, None
-        if writing is not None:
+        batch, self._writing_batch = self._writing_batch, None
+        if writing is None:
+            return False
+        try:
             await writing
+        except DataRejected as e:
+            assert batch is not None
+            stats = FoldStats()
+            await self.p._fold_isolating(batch, stats, e)
+            # The batch's own counts were added when it was prepared; only the quarantine's here.
+            self.p.stats.quarantined += stats.quarantined
+            self.p.stats.held += stats.held
+            self.p.stats.unstorable_outcomes += stats.unstorable_outcomes
+            return True
+        return False
 
 
 class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -464,11 +824,27 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         self.p = projector
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Nothing to flush: each batch commits its offsets with its rows.
-        return None
+        # Nothing to flush: each batch commits its offsets with its rows. A revoked partition is
+        # no longer positioned: if it comes back, it is sought again before anything is folded.
+        for tp in revoked:
+            self.p._positioned.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        if self.p._consumer is None or not assigned:
+        consumer = self.p._consumer
+        if consumer is None or not assigned:
             return
-        stored = await self.p._seek_to_stored(assigned)
+        # Ordering: pause and forget, synchronously, before the first await. While we read the
+        # stored offsets, aiokafka is already fetching these partitions at Kafka's committed
+        # offsets; paused, their records are never returned, and _accept drops any that slip by.
+        consumer.pause(*assigned)
+        for tp in assigned:
+            self.p._positioned.pop(tp, None)
+        try:
+            stored = await self.p._seek_to_stored(sorted(assigned))
+        except BackendError as e:
+            # aiokafka would swallow this and leave the partitions at Kafka's offsets; they stay
+            # paused and unpositioned instead, and the fold loop seeks them once PostgreSQL answers.
+            log.warning("assigned %s but could not read their stored offsets (%s); they stay paused until "
+                        "PostgreSQL answers", sorted(assigned), e)
+            return
         log.info("assigned %s; resuming from stored offsets %s", sorted(assigned), stored)

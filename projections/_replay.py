@@ -73,6 +73,9 @@ class ReplayReport:
     swapped: bool
     dropped_old: str | None
     kept_old: str | None
+    quarantined: int = 0
+    """assessments the rebuild quarantined (PostgreSQL refused a value of one of their events;
+    ``assessment-store quarantine list`` names them once swapped in)"""
 
 
 def _checksum_sql(schema: str) -> str:
@@ -168,8 +171,10 @@ async def replay(
                             f"nothing was swapped, both schemas are kept for inspection ({REBUILD_SCHEMA}); "
                             "--force swaps anyway"
                         )
+                    quarantined = int(await conn.fetchval(f"SELECT count(*) FROM {REBUILD_SCHEMA}.quarantine"))
                     if dry_run:
-                        return ReplayReport(folded, time.monotonic() - t0, resumed, verification, False, None, None)
+                        return ReplayReport(folded, time.monotonic() - t0, resumed, verification, False, None, None,
+                                            quarantined)
                     # Phase 4.
                     old = f"projection_old_{datetime.now(UTC):%Y%m%d%H%M%S}"
                     await conn.execute(
@@ -184,7 +189,7 @@ async def replay(
                         # each table's options invalidates them, so every reader re-resolves
                         # "projection.<table>" to the new schema.
                         for table in ("assessments", "assessment_events", "command_outcomes", "anomalies",
-                                      "projector_offsets", "meta"):
+                                      "projector_offsets", "meta", "quarantine", "quarantine_held"):
                             await conn.execute(f"ALTER TABLE {old}.{table} SET (autovacuum_enabled = true)")
                     await conn.execute(
                         "INSERT INTO public.migration_audit (operation, actor, details) VALUES ($1, $2, $3)",
@@ -193,7 +198,7 @@ async def replay(
                          "verification_ok": verification.ok},
                     )
         return ReplayReport(folded, time.monotonic() - t0, resumed, verification, True,
-                            None if keep_old else old, old if keep_old else None)
+                            None if keep_old else old, old if keep_old else None, quarantined)
     finally:
         await conn.close()
 
