@@ -47,7 +47,8 @@ from ._model import (
 
 __all__ = [
     "INT32_MAX", "INT64_MAX", "INT64_MIN", "MAX_ID_LENGTH", "MAX_JSON_DEPTH", "MAX_TEXT_LENGTH", "check_text",
-    "decide", "evolve", "transition_name", "validate_command", "validate_id", "validate_json",
+    "decide", "evolve", "transition_name", "validate_command", "validate_command_id",
+    "validate_id", "validate_json",
 ]
 
 MAX_ID_LENGTH = 200
@@ -151,6 +152,15 @@ def _optional_id(field_name: str, value: object) -> None:
     check_text(field_name, value)
 
 
+def validate_command_id(command_id: object) -> str:
+    """A command id as a reader may look one up: non-empty, short, storable."""
+    if command_id is None:
+        raise ValidationError("command_id", "is required")
+    _optional_id("command_id", command_id)
+    assert isinstance(command_id, str)
+    return command_id
+
+
 def _key_path(path: str, key: str) -> str:
     shown = key if len(key) <= 64 else key[:61] + "..."
     return f"{path}.{shown}"
@@ -208,9 +218,7 @@ def _json_document(field_name: str, value: object, max_bytes: int) -> None:
 def validate_command(command: Command, max_json_bytes: int) -> None:
     """Field checks that need no state: clients run them before sending, the processor again."""
     validate_id(command.assessment_id)
-    if command.command_id is None:
-        raise ValidationError("command_id", "is required")
-    _optional_id("command_id", command.command_id)
+    validate_command_id(command.command_id)
     _optional_id("correlation_id", command.correlation_id)
     # Integer bounds are those of the Avro type carrying the field (assessment_command.avsc):
     # a value beyond them would pass here and fail to encode, after the command was accepted.
