@@ -452,7 +452,7 @@ async def test_import_is_resumable_and_idempotent(stack_settings: Settings, tmp_
     again = await import_legacy(s, path, batch_size=500, progress=False)
     assert again.already_done and again.lines_this_run == 0
     assert await topic_end_offsets(s, s.commands_topic) == commands_before  # not even a command
-    restarted = await import_legacy(s, path, batch_size=1000, progress=False, restart=True)
+    restarted = await import_legacy(s, path, batch_size=1000, progress=False, restart=True, overwrite=True)
     assert restarted.commands_sent == 0 and restarted.up_to_date == len(expected) and restarted.batches == 4
     await _quiescent(s, "quiet after the re-import")
     assert await topic_end_offsets(s, s.events_topic) == events_before
