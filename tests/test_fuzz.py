@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,16 @@ async def test_schemathesis_finds_no_server_error_and_the_services_survive(stack
             [str(st), "run", f"{base}/openapi.json", "--checks", "not_a_server_error",
              "-H", f"Authorization: Bearer {TOKEN}", "--generation-with-security-parameters", "false",
              "--max-time", str(FUZZ_SECONDS), "--max-examples", "40", "--workers", "1", "--request-timeout", "20",
-             "--generation-deterministic", "--no-color", "--report-dir", str(tmp_path / "reports"),
+             "--generation-deterministic", "--no-color", "--report", "junit",
+             "--report-junit-path", str(tmp_path / "junit.xml"),
              "--phases", "examples,coverage,fuzzing"],
             capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, cwd=tmp_path,
         )
         report = fuzz.stdout[-6000:] + fuzz.stderr[-2000:]
         assert fuzz.returncode == 0, report
+        # It did test: every operation of the document (13) got cases.
+        operations = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
+        assert sum(1 for _ in operations) >= 13, report
         assert server.poll() is None, "the API process exited"
         async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
             r = await api.post("/assessments", json={"request": {"after": "schemathesis"}})
