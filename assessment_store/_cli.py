@@ -445,7 +445,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default: ASSESSMENT_STORE_API_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Default: ASSESSMENT_STORE_API_PORT (8080).")] = None,
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs and /openapi.json). Writes need ASSESSMENT_STORE_API_TOKEN."""
+    """Serve the HTTP API (OpenAPI at /docs and /openapi.json). Writes need ASSESSMENT_STORE_API_TOKEN; reads
+    need it or ASSESSMENT_STORE_API_READ_TOKEN."""
     import uvicorn
 
     from api import create_app
@@ -453,6 +454,9 @@ def serve(
     settings = Settings()
     if settings.api_token is None:
         err.print("[yellow]ASSESSMENT_STORE_API_TOKEN is not set: write endpoints will answer 403.[/]")
+        if settings.api_read_token is None:
+            err.print("[yellow]ASSESSMENT_STORE_API_READ_TOKEN is not set either: data reads will answer 403 "
+                      "(/healthz stays open).[/]")
     uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
                 log_level="info", proxy_headers=False)
 
