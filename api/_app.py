@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 
 from assessment_store import __version__
 from assessment_store._config import Settings
+from assessment_store._domain import validate_id
+from assessment_store._errors import ValidationError
 from assessment_store._model import (
     Cancel,
     Command,
@@ -55,12 +60,33 @@ def _cursor(assessment_id: str) -> str:
 
 
 def _uncursor(cursor: str) -> str:
+    """The id a cursor of ``_cursor`` stands for; anything else is a ValidationError (422), never
+    "the first page": ``urlsafe_b64decode`` alone skips characters outside the alphabet."""
     try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
-    except (ValueError, UnicodeDecodeError) as e:
-        from assessment_store._errors import ValidationError
-
+        after = base64.b64decode(cursor.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
+        validate_id(after)
+    except (ValueError, binascii.Error, UnicodeError, ValidationError) as e:
         raise ValidationError("cursor", "is not a cursor returned by this API") from e
+    if _cursor(after) != cursor:  # other padding or trailing bits: not what this API wrote
+        raise ValidationError("cursor", "is not a cursor returned by this API")
+    return after
+
+
+# HTTPBearer (not a plain header parameter) so /openapi.json declares the scheme; auto_error off so a
+# missing token is our 401 problem, not the framework's. Module level: the dependencies' annotations
+# are resolved against module globals.
+_bearer = HTTPBearer(auto_error=False, description="ASSESSMENT_STORE_API_TOKEN (writes and reads) or "
+                                                   "ASSESSMENT_STORE_API_READ_TOKEN (reads)")
+
+
+def _token_matches(presented: str, *configured: SecretStr | None) -> bool:
+    """Constant-time comparison against every configured token (all are compared, whichever
+    matches): the token must not leak through response timing."""
+    ok = False
+    for token in configured:
+        if token is not None and token.get_secret_value():
+            ok |= hmac.compare_digest(presented.encode(), token.get_secret_value().encode())
+    return ok
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,7 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="AssessmentStore",
         version=__version__,
         description="Event-sourced assessment store on Apache Kafka and PostgreSQL. Writes need "
-        "`Authorization: Bearer <ASSESSMENT_STORE_API_TOKEN>`; errors are application/problem+json.",
+        "`Authorization: Bearer <ASSESSMENT_STORE_API_TOKEN>`; reads of data need that token or "
+        "`ASSESSMENT_STORE_API_READ_TOKEN` (/healthz and this document are open); errors are application/problem+json.",
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
@@ -89,33 +116,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="assessment-store"'
         return resp
 
-    async def require_writer(authorization: Annotated[str | None, Header()] = None) -> None:
-        configured = settings.api_token
-        if configured is None or not configured.get_secret_value():
+    def _configured(token: SecretStr | None) -> bool:
+        return token is not None and bool(token.get_secret_value())
+
+    def _check(credentials: HTTPAuthorizationCredentials | None, *tokens: SecretStr | None) -> None:
+        if credentials is None:
+            raise _AuthError(401, "this endpoint needs 'Authorization: Bearer <token>'")
+        if not _token_matches(credentials.credentials, *tokens):
+            raise _AuthError(403, "the bearer token is not valid")
+
+    async def require_writer(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if not _configured(settings.api_token):
             raise _AuthError(403, "writes are disabled: no API token is configured; set ASSESSMENT_STORE_API_TOKEN "
                                   "to a long random secret and send it as 'Authorization: Bearer <token>'")
-        if authorization is None or not authorization.startswith("Bearer "):
-            raise _AuthError(401, "this endpoint needs 'Authorization: Bearer <token>'")
-        # Constant-time comparison: the token must not leak through response timing.
-        if not hmac.compare_digest(authorization[7:].encode(), configured.get_secret_value().encode()):
-            raise _AuthError(403, "the bearer token is not valid")
+        _check(credentials, settings.api_token)
+
+    async def require_reader(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        # Reads return every request and result: closed by default, like writes.
+        if not (_configured(settings.api_read_token) or _configured(settings.api_token)):
+            raise _AuthError(403, "reads are disabled: no API token is configured; set ASSESSMENT_STORE_API_READ_TOKEN "
+                                  "(or ASSESSMENT_STORE_API_TOKEN) and send it as 'Authorization: Bearer <token>'")
+        _check(credentials, settings.api_read_token, settings.api_token)
 
     # As route dependencies, not parameters: the annotations of these nested functions are
     # resolved against module globals (postponed evaluation), where a local alias is invisible.
     writer = [Depends(require_writer)]
+    reader = [Depends(require_reader)]
 
     async def run(command: Command, body: CommandIn) -> AssessmentOut:
         return AssessmentOut.of(await store.execute(command, fresh_id=body.command_id is None))
 
     def ids(assessment_id: str, body: CommandIn) -> dict[str, Any]:
-        return {"assessment_id": assessment_id, "command_id": body.command_id or new_id(),
+        return {"assessment_id": assessment_id,
+                "command_id": body.command_id if body.command_id is not None else new_id(),
                 "expected_version": body.expected_version}
 
     @app.post("/assessments", status_code=201, response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def create(body: CreateIn) -> AssessmentOut:
         """Create a PENDING assessment."""
         return await run(Create(request=body.request, processing_timeout_ms=body.processing_timeout_ms,
-                                max_retries=body.max_retries, **ids(body.assessment_id or new_id(), body)), body)
+                                max_retries=body.max_retries, **ids(body.assessment_id if body.assessment_id is not None else new_id(), body)), body)
 
     @app.post("/assessments/{assessment_id}/start", response_model=AssessmentOut, tags=["write"], dependencies=writer)
     async def start(assessment_id: str, body: StartIn) -> AssessmentOut:
@@ -147,38 +187,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """FAILED -> PENDING, retry count + 1."""
         return await run(Retry(**ids(assessment_id, body)), body)
 
-    @app.get("/assessments/{assessment_id}", response_model=AssessmentOut, tags=["read"])
+    @app.get("/assessments/{assessment_id}", response_model=AssessmentOut, tags=["read"], dependencies=reader)
     async def get(assessment_id: str) -> AssessmentOut:
         """Current state from the projection."""
         return AssessmentOut.of(await store.get_state(assessment_id))
 
-    @app.get("/assessments", response_model=PageOut, tags=["read"])
+    @app.get("/assessments", response_model=PageOut, tags=["read"], dependencies=reader)
     async def list_(
         state: Annotated[State | None, Query(description="Only this state.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(description="nextCursor of the previous page.")] = None,
     ) -> PageOut:
         """Assessments ordered by id, a page at a time."""
-        items = await store.list_assessments(state=state, after=_uncursor(cursor) if cursor else None, limit=limit)
+        items = await store.list_assessments(state=state, after=_uncursor(cursor) if cursor is not None else None,
+                                             limit=limit)
         nxt = _cursor(items[-1].assessment_id) if len(items) == limit else None
         return PageOut(items=[AssessmentOut.of(a) for a in items], next_cursor=nxt)
 
-    @app.get("/assessments/{assessment_id}/events", tags=["read"])
+    @app.get("/assessments/{assessment_id}/events", tags=["read"], dependencies=reader)
     async def events(assessment_id: str) -> list[dict[str, Any]]:
         """The assessment's event history: version, type, when, source, payload, Kafka position."""
         await store.get_state(assessment_id)  # 404 for an unknown id rather than an empty list
         return await store.get_history(assessment_id)
 
-    @app.get("/assessments/{assessment_id}/wait", response_model=AssessmentOut, tags=["read"])
+    @app.get("/assessments/{assessment_id}/wait", response_model=AssessmentOut, tags=["read"], dependencies=reader)
     async def wait(
         assessment_id: str,
-        timeout: Annotated[float, Query(gt=0, description="Seconds; 408 when it passes.")] = 30.0,
+        timeout: Annotated[float, Query(gt=0, allow_inf_nan=False, description="Seconds; 408 when it passes.")] = 30.0,
     ) -> AssessmentOut:
         """Long poll: answers as soon as the assessment is COMPLETED, FAILED or CANCELLED."""
         await store.get_state(assessment_id)
         return AssessmentOut.of(await store.wait_for_completion(assessment_id, min(timeout, settings.api_max_wait_s)))
 
-    @app.get("/commands/{command_id}", response_model=OutcomeOut, tags=["read"])
+    @app.get("/commands/{command_id}", response_model=OutcomeOut, tags=["read"], dependencies=reader)
     async def outcome(command_id: str) -> OutcomeOut | JSONResponse:
         """What became of a command."""
         found = await store.get_outcome(command_id)
@@ -187,9 +228,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            commandId=command_id)
         return OutcomeOut.of(found)
 
-    @app.get("/healthz", tags=["read"])
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
-        """Liveness plus the store's counts per state."""
+        """Liveness plus the store's counts per state (open: no token; counts name no assessment)."""
         return {"status": "ok", "counts": {k.value: v for k, v in (await store.count_by_state()).items()}}
 
     return app

@@ -1,13 +1,21 @@
-"""Request and response bodies of the HTTP API (camelCase JSON, validated by pydantic)."""
+"""Request and response bodies of the HTTP API (camelCase JSON, validated by pydantic).
+
+Input types are strict (``"50"`` is not a progress, ``true`` not a number) and bounded by the Avro
+type that carries each field (``max_retries`` an Avro int, the other integers Avro longs), so an
+out-of-range value is a 422 naming the field, never an encoding failure later. Strings refuse NUL
+and lone surrogates (PostgreSQL cannot store the first, UTF-8 cannot encode the second); request and
+result documents are checked by the store's own ``validate_command`` (same rules, a path per value).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel
 
-from assessment_store._domain import MAX_ID_LENGTH, MAX_TEXT_LENGTH
+from assessment_store._domain import INT32_MAX, INT64_MAX, MAX_ID_LENGTH, MAX_TEXT_LENGTH, check_text
+from assessment_store._errors import ValidationError
 from assessment_store._model import Assessment, Outcome
 
 __all__ = [
@@ -24,47 +32,60 @@ __all__ = [
 ]
 
 
+def _storable(value: str) -> str:
+    try:
+        check_text("value", value)
+    except ValidationError as e:
+        raise ValueError(e.reason) from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_storable)]
+Long = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
 class CommandIn(_Body):
-    command_id: str | None = Field(
+    command_id: Text | None = Field(
         default=None, min_length=1, max_length=MAX_ID_LENGTH,
         description="Idempotency key: re-sending it returns the original outcome. Generated when absent.",
     )
-    expected_version: int | None = Field(default=None, ge=0, description="Refuse (409) unless at this version.")
+    expected_version: Long | None = Field(default=None, description="Refuse (409) unless at this version.")
 
 
 class CreateIn(CommandIn):
-    request: Any = Field(description="The assessment request, any JSON value.")
-    assessment_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
-    processing_timeout_ms: int | None = Field(default=None, ge=1, description="Deadline of PROCESSING.")
-    max_retries: int | None = Field(default=None, ge=0)
+    request: Any = Field(description="The assessment request, any JSON value (at most 64 levels deep, integers "
+                                     "within 64 bits, no NUL character).")
+    assessment_id: Text | None = Field(default=None, min_length=1, max_length=MAX_ID_LENGTH)
+    processing_timeout_ms: Long | None = Field(default=None, ge=1, description="Deadline of PROCESSING.")
+    max_retries: Annotated[StrictInt, Field(ge=0, le=INT32_MAX)] | None = None
 
 
 class StartIn(CommandIn):
-    worker: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+    worker: Text | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
 
 
 class ProgressIn(CommandIn):
-    progress: int = Field(ge=0, le=100)
-    message: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+    progress: StrictInt = Field(ge=0, le=100)
+    message: Text | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
 
 
 class CompleteIn(CommandIn):
     result: Any = None
-    duration_ms: int | None = Field(default=None, ge=0)
+    duration_ms: Long | None = None
 
 
 class FailIn(CommandIn):
-    error: str = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
-    retryable: bool = False
-    duration_ms: int | None = Field(default=None, ge=0)
+    error: Text = Field(min_length=1, max_length=MAX_TEXT_LENGTH)
+    retryable: StrictBool = False
+    duration_ms: Long | None = None
 
 
 class CancelIn(CommandIn):
-    reason: str | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
+    reason: Text | None = Field(default=None, max_length=MAX_TEXT_LENGTH)
 
 
 class AssessmentOut(_Body):

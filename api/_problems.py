@@ -4,11 +4,13 @@ get around it)."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assessment_store._errors import (
@@ -28,15 +30,37 @@ __all__ = ["BodySizeLimit", "install_problem_handlers", "problem"]
 PROBLEM = "application/problem+json"
 
 
+def _printable(value: Any) -> Any:
+    """``value`` with lone surrogates replaced (U+FFFD): an error may quote the input it refuses (a
+    field name from the body, say), and a response must still encode as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogate(value) else value
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    return value
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     body = {"type": f"https://assessment-store.dev/problems/{title.lower().replace(' ', '-')}",
             "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(_printable(body), status_code=status, media_type=PROBLEM)
 
 
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
+
+
+def _camel_path(path: str) -> str:
+    """``processing_timeout_ms`` -> ``processingTimeoutMs``; ``request.a_b[3]`` keeps the document's own keys."""
+    cut = min((i for i in (path.find("."), path.find("[")) if i >= 0), default=len(path))
+    return _camel(path[:cut]) + path[cut:]
 
 
 def _status(e: AssessmentStoreError) -> tuple[int, str]:
@@ -65,9 +89,27 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _store_error(_req: Request, e: AssessmentStoreError) -> JSONResponse:
         status, title = _status(e)
         extra = {_camel(k): v for k, v in vars(e).items() if not k.startswith("_") and k != "log_tail"}
+        if isinstance(e, ValidationError):
+            # The shape of the body-validation 422s below, with the API's camelCase field names.
+            field = _camel_path(e.field)
+            extra["field"] = field
+            extra["errors"] = [{"field": field, "message": e.reason}]
         if status >= 503:
             extra["retriable"] = True
         return problem(status, title, str(e), **extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:
+        # The framework's own refusals (an unparsable body, an unknown path, a wrong method) in the
+        # same problem+json shape as ours.
+        try:
+            title = HTTPStatus(e.status_code).phrase
+        except ValueError:
+            title = "Error"
+        resp = problem(e.status_code, title, str(e.detail))
+        for k, v in (e.headers or {}).items():
+            resp.headers[k] = v
+        return resp
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(_req: Request, e: RequestValidationError) -> JSONResponse:

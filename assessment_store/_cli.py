@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -58,19 +59,34 @@ def _with_store(fn: Callable[[AssessmentStore], Awaitable[T]]) -> T:
     return _run(go())
 
 
+def _no_constant(name: str) -> JSON:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _parse_json(text: str | None, what: str) -> JSON:
+    """The JSON value of an option (or of @file); a one-line error and exit 1 for anything else.
+
+    The store's own checks (depth, NUL, number ranges) follow when the command is sent."""
     if text is None:
         return None
     if text.startswith("@"):
         path = Path(text[1:])
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except OSError as e:
             _fail(f"cannot read {what} from {path}: {e}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            _fail(f"{what} file {path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}")
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         _fail(f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})")
+    except RecursionError:
+        _fail(f"{what} is nested too deeply to read (the store accepts at most 64 levels)")
+    except ValueError as e:  # NaN/Infinity, integers beyond Python's 4,300 digits
+        _fail(f"{what} is not valid JSON ({e})")
     return None
 
 
@@ -307,6 +323,8 @@ def wait(
     as_json: JsonFlag = False,
 ) -> None:
     """Wait until the assessment is COMPLETED, FAILED or CANCELLED, then print it."""
+    if not math.isfinite(timeout) or timeout <= 0:
+        _fail(f"--timeout must be a positive, finite number of seconds, got {timeout}")
     _show(_with_store(lambda s: s.wait_for_completion(assessment_id, timeout)), as_json)
 
 
@@ -469,7 +487,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default: ASSESSMENT_STORE_API_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Default: ASSESSMENT_STORE_API_PORT (8080).")] = None,
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs and /openapi.json). Writes need ASSESSMENT_STORE_API_TOKEN."""
+    """Serve the HTTP API (OpenAPI at /docs and /openapi.json). Writes need ASSESSMENT_STORE_API_TOKEN; reads
+    need it or ASSESSMENT_STORE_API_READ_TOKEN."""
     import uvicorn
 
     from api import create_app
@@ -477,6 +496,9 @@ def serve(
     settings = Settings()
     if settings.api_token is None:
         err.print("[yellow]ASSESSMENT_STORE_API_TOKEN is not set: write endpoints will answer 403.[/]")
+        if settings.api_read_token is None:
+            err.print("[yellow]ASSESSMENT_STORE_API_READ_TOKEN is not set either: data reads will answer 403 "
+                      "(/healthz stays open).[/]")
     uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port,
                 log_level="info", proxy_headers=False)
 

@@ -113,7 +113,13 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=1, le=65535)
     api_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token required by every write endpoint. No default: without it, writes are refused.",
+        description="Bearer token required by every write endpoint (it also grants reads). No default: without it, "
+        "writes are refused.",
+    )
+    api_read_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the data read endpoints (the write token works too). Without either, reads "
+        "are refused; /healthz and /openapi.json stay open.",
     )
     api_max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Larger request bodies get 413.")
     api_max_wait_s: float = Field(default=60.0, gt=0, description="Upper bound of the long-poll wait timeout.")

@@ -16,6 +16,8 @@ Progress (0-100) is accepted while PENDING or PROCESSING. COMPLETED and CANCELLE
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import datetime
 
 from ._errors import AssessmentNotFound, InvalidTransition, ValidationError, VersionConflict
@@ -44,11 +46,27 @@ from ._model import (
 )
 
 __all__ = [
-    "MAX_ID_LENGTH", "MAX_TEXT_LENGTH", "decide", "evolve", "transition_name", "validate_command", "validate_id",
+    "INT32_MAX", "INT64_MAX", "INT64_MIN", "MAX_ID_LENGTH", "MAX_JSON_DEPTH", "MAX_TEXT_LENGTH", "check_text",
+    "decide", "evolve", "transition_name", "validate_command", "validate_command_id",
+    "validate_id", "validate_json",
 ]
 
 MAX_ID_LENGTH = 200
 MAX_TEXT_LENGTH = 10_000
+MAX_JSON_DEPTH = 64
+"""Nesting levels (objects and arrays) a request/result document may have. Deeper documents are
+refused: they could be stored, but not read back by every reader (recursive JSON decoders and
+encoders, the HTTP API's among them, give up a few hundred levels down)."""
+INT32_MAX = 2**31 - 1
+"""Avro ``int`` (``max_retries``; PostgreSQL ``integer``)."""
+INT64_MAX = 2**63 - 1
+"""Avro ``long`` (versions, durations, timeouts; PostgreSQL ``bigint``); also the bound of integers
+inside request/result documents, so any reader can hold them in a signed 64-bit integer."""
+INT64_MIN = -(2**63)
+
+# U+0000 cannot be stored in PostgreSQL text or jsonb; U+D800-U+DFFF (lone surrogates) cannot be
+# encoded as UTF-8 (Avro strings, PostgreSQL). Either one in the log would stop its readers.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 _ALLOWED: dict[type[Command], frozenset[State]] = {
     Start: frozenset({State.PENDING}),
@@ -76,19 +94,39 @@ def transition_name(command: Command) -> str:
     return _NAMES[type(command)]
 
 
-def validate_id(assessment_id: object) -> str:
+def check_text(field_name: str, value: str) -> None:
+    """``ValidationError`` when ``value`` holds a character PostgreSQL or UTF-8 cannot take.
+
+    The reason never repeats the value: it travels in outcomes and logs, which must stay storable."""
+    bad = _UNSTORABLE.search(value)
+    if bad is None:
+        return
+    if bad.group() == "\x00":
+        raise ValidationError(field_name, f"contains a NUL character (U+0000) at index {bad.start()}, "
+                                          "which PostgreSQL cannot store")
+    raise ValidationError(field_name, f"contains a lone surrogate (U+{ord(bad.group()):04X}) at index "
+                                      f"{bad.start()}, which cannot be encoded as UTF-8")
+
+
+def validate_id(assessment_id: object, field_name: str = "assessment_id") -> str:
     if not isinstance(assessment_id, str) or not assessment_id.strip():
-        raise ValidationError("assessment_id", "must be a non-empty string")
+        raise ValidationError(field_name, "must be a non-empty string")
     if len(assessment_id) > MAX_ID_LENGTH:
-        raise ValidationError("assessment_id", f"longer than {MAX_ID_LENGTH} characters")
+        raise ValidationError(field_name, f"longer than {MAX_ID_LENGTH} characters")
+    check_text(field_name, assessment_id)
     if not assessment_id.isprintable() or "|" in assessment_id:
-        raise ValidationError("assessment_id", "must be printable and must not contain '|'")
+        raise ValidationError(field_name, "must be printable and must not contain '|'")
     return assessment_id
 
 
-def _duration(d: object) -> None:
-    if d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 0):
-        raise ValidationError("duration_ms", "must be a non-negative integer")
+def _integer(field_name: str, value: object, *, low: int = 0, high: int = INT64_MAX) -> None:
+    """None, or an int (not a bool) in [low, high]: the range of the Avro/PostgreSQL type behind it."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field_name, f"must be an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValidationError(field_name, f"must be between {low} and {high}")
 
 
 def _text(field_name: str, value: str | None, *, required: bool = False) -> None:
@@ -102,12 +140,76 @@ def _text(field_name: str, value: str | None, *, required: bool = False) -> None
         raise ValidationError(field_name, "must not be empty")
     if len(value) > MAX_TEXT_LENGTH:
         raise ValidationError(field_name, f"longer than {MAX_TEXT_LENGTH} characters")
+    check_text(field_name, value)
+
+
+def _optional_id(field_name: str, value: object) -> None:
+    """command_id / correlation_id: free-form, but short and storable."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise ValidationError(field_name, f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    check_text(field_name, value)
+
+
+def validate_command_id(command_id: object) -> str:
+    """A command id as a reader may look one up: non-empty, short, storable."""
+    if command_id is None:
+        raise ValidationError("command_id", "is required")
+    _optional_id("command_id", command_id)
+    assert isinstance(command_id, str)
+    return command_id
+
+
+def _key_path(path: str, key: str) -> str:
+    shown = key if len(key) <= 64 else key[:61] + "..."
+    return f"{path}.{shown}"
+
+
+def validate_json(field_name: str, value: object, *, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Every value of a JSON document is one PostgreSQL's jsonb stores and gives back, and every
+    reader can decode: strings and object keys without NUL or lone surrogates, integers within
+    64 bits, finite floats, at most ``max_depth`` levels of objects and arrays. The refusal names
+    the path of the value (``request.a.b[3]``).
+
+    Iterative, so neither a very deep nor a cyclic structure can exhaust the stack."""
+    stack: list[tuple[object, str, int]] = [(value, field_name, 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, str):
+            check_text(path, v)
+        elif isinstance(v, int):
+            if not INT64_MIN <= v <= INT64_MAX:
+                raise ValidationError(path, f"integer outside the 64-bit range {INT64_MIN}..{INT64_MAX}")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ValidationError(path, f"must be a finite number, got {v}")
+        elif isinstance(v, dict):
+            if depth >= max_depth:
+                raise ValidationError(path, f"nests deeper than {max_depth} levels of objects and arrays")
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ValidationError(path, f"object keys must be strings, got {type(k).__name__}")
+                try:
+                    check_text(path, k)
+                except ValidationError as e:
+                    raise ValidationError(path, f"has an object key that {e.reason}") from None
+                stack.append((item, _key_path(path, k), depth + 1))
+        elif isinstance(v, (list, tuple)):
+            if depth >= max_depth:
+                raise ValidationError(path, f"nests deeper than {max_depth} levels of objects and arrays")
+            stack.extend((item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v))
+        else:
+            raise ValidationError(path, f"is not JSON: a {type(v).__name__}")
 
 
 def _json_document(field_name: str, value: object, max_bytes: int) -> None:
+    validate_json(field_name, value)
     try:
         size = len(json.dumps(value, separators=(",", ":"), allow_nan=False))
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:  # pragma: no cover - validate_json refuses all of these first
         raise ValidationError(field_name, f"is not JSON-serialisable: {e}") from e
     if size > max_bytes:
         raise ValidationError(field_name, f"is {size} bytes, above the limit of {max_bytes}")
@@ -116,23 +218,16 @@ def _json_document(field_name: str, value: object, max_bytes: int) -> None:
 def validate_command(command: Command, max_json_bytes: int) -> None:
     """Field checks that need no state: clients run them before sending, the processor again."""
     validate_id(command.assessment_id)
-    if not isinstance(command.command_id, str) or not command.command_id or len(command.command_id) > MAX_ID_LENGTH:
-        raise ValidationError("command_id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
-    if command.expected_version is not None and (
-        isinstance(command.expected_version, bool)
-        or not isinstance(command.expected_version, int)
-        or command.expected_version < 0
-    ):
-        raise ValidationError("expected_version", "must be a non-negative integer")
+    validate_command_id(command.command_id)
+    _optional_id("correlation_id", command.correlation_id)
+    # Integer bounds are those of the Avro type carrying the field (assessment_command.avsc):
+    # a value beyond them would pass here and fail to encode, after the command was accepted.
+    _integer("expected_version", command.expected_version)
     match command:
         case Create():
             _json_document("request", command.request, max_json_bytes)
-            for name, v in (
-                ("processing_timeout_ms", command.processing_timeout_ms),
-                ("max_retries", command.max_retries),
-            ):
-                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                    raise ValidationError(name, "must be a non-negative integer")
+            _integer("processing_timeout_ms", command.processing_timeout_ms)
+            _integer("max_retries", command.max_retries, high=INT32_MAX)
         case UpdateProgress():
             p = command.progress
             if isinstance(p, bool) or not isinstance(p, int):
@@ -142,15 +237,17 @@ def validate_command(command: Command, max_json_bytes: int) -> None:
             _text("message", command.message)
         case Complete():
             _json_document("result", command.result, max_json_bytes)
-            _duration(command.duration_ms)
+            _integer("duration_ms", command.duration_ms)
         case Fail():
             _text("error", command.error, required=True)
-            _duration(command.duration_ms)
+            _integer("duration_ms", command.duration_ms)
         case Cancel():
             _text("reason", command.reason)
         case Start():
             _text("worker", command.worker)
-        case Retry() | ExpireDeadline():
+        case ExpireDeadline():
+            _integer("timeout_ms", command.timeout_ms)
+        case Retry():
             pass
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from datetime import UTC, datetime
 
 import asyncpg
@@ -25,7 +26,7 @@ from projections import list_page as _list_page
 from streams import CommandSender, ensure_topics
 
 from ._config import Settings
-from ._domain import validate_command, validate_id
+from ._domain import check_text, validate_command, validate_command_id, validate_id
 from ._lifecycle import AsyncLifecycle
 from ._errors import AssessmentNotFound, KafkaUnavailable, ValidationError, error_from_rejection
 from ._model import (
@@ -148,6 +149,9 @@ class AssessmentStore(AsyncLifecycle):
         previous page)."""
         if not 1 <= limit <= 1000:
             raise ValidationError("limit", "must be between 1 and 1000")
+        if after is not None:
+            # A NUL reaching PostgreSQL is an encoding error, which would read as an outage.
+            check_text("after", after)
         with translate_db_errors("listing assessments"):
             page: list[Assessment] = await _list_page(self._db, state=state, after=after, limit=limit)
             return page
@@ -164,6 +168,9 @@ class AssessmentStore(AsyncLifecycle):
         timeout) when that does not happen within ``timeout`` seconds.
         """
         validate_id(assessment_id)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+                or timeout <= 0:
+            raise ValidationError("timeout", "must be a positive, finite number of seconds")
         return await self._listener.wait_for(
             assessment_id, lambda _v, state: state.finished, self.find_state, timeout, "completion"
         )
@@ -181,9 +188,10 @@ class AssessmentStore(AsyncLifecycle):
         max_retries: int | None = None,
     ) -> str:
         """Create a PENDING assessment for ``request`` and return its id."""
+        # `is None`, not `or`: an empty id is refused by validation, never silently replaced.
         cmd = Create(
-            assessment_id=assessment_id or new_id(),
-            command_id=command_id or new_id(),
+            assessment_id=assessment_id if assessment_id is not None else new_id(),
+            command_id=command_id if command_id is not None else new_id(),
             correlation_id=correlation_id,
             request=request,
             processing_timeout_ms=processing_timeout_ms,
@@ -231,6 +239,7 @@ class AssessmentStore(AsyncLifecycle):
 
     async def get_outcome(self, command_id: str) -> Outcome | None:
         """What became of a command, once the projection has folded its outcome."""
+        validate_command_id(command_id)
         with translate_db_errors(f"reading the outcome of command {command_id!r}"):
             found: Outcome | None = await _fetch_outcome(self._db, command_id)
             return found

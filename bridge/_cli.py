@@ -49,6 +49,8 @@ def import_(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="JSON Lines legacy export.")],
     batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Lines per batch and checkpoint.")] = 1000,
     restart: Annotated[bool, typer.Option(help="Ignore the checkpoint and import from line 1.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace an existing, non-empty FILE.rejected.jsonl when the import starts from line 1.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
     outcome_timeout: Annotated[float | None, typer.Option(
         min=0.1, help="Seconds a batch may wait without any outcome (default: command_timeout_s).")] = None,
@@ -59,7 +61,7 @@ def import_(
     from ._import import import_legacy
 
     r = run_cli(import_legacy(Settings(), file, batch_size=batch_size, progress=progress, restart=restart,
-                           outcome_timeout_s=outcome_timeout))
+                           overwrite=overwrite, outcome_timeout_s=outcome_timeout))
     if as_json:
         out.print_json(data={
             "file": str(r.path), "sha256": r.sha256, "totalLines": r.total_lines, "firstLine": r.first_line,

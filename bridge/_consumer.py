@@ -246,10 +246,9 @@ class LegacyBridge(AsyncLifecycle):
         for rec, item in parsed:
             self.stats.messages += 1
             result = self._plan(rec, item) if isinstance(item, LegacyMessage) else item
-            if isinstance(result, Translation):
-                await self._send(result, now)
-            else:
-                await self._dead_letter(rec, result, now)
+            refused = await self._send(rec, result, now) if isinstance(result, Translation) else result
+            if refused is not None:
+                await self._dead_letter(rec, refused, now)
         # Offsets are committed only once every command and dead letter of the batch is acked.
         await self._appender.flush()
         self.stats.batches += 1
@@ -298,16 +297,29 @@ class LegacyBridge(AsyncLifecycle):
         for r in rows:
             self.view.seed(r["assessment_id"], State(r["state"]))
 
-    async def _send(self, t: Translation, now: datetime) -> None:
+    async def _send(self, rec: ConsumerRecord[bytes, bytes], t: Translation, now: datetime) -> Rejection | None:
+        """Queue the translation's commands; a Rejection (to dead-letter) if any of them cannot be encoded."""
+        # The legacy emission's time becomes the events' occurred_at (recorded_at stays the
+        # processor's clock): time as the legacy system lived it, for every command of the message.
+        envelopes = [CommandEnvelope(c, now, EventSource.LEGACY_BRIDGE, t.message.occurred_at) for c in t.commands]
+        try:
+            # All encoded before any is queued: a message is sent whole or dead-lettered whole.
+            encoded = [self._appender.encode(env) for env in envelopes]
+        except Exception as e:  # noqa: BLE001 - one message must not stop the bridge: it is dead-lettered, logged
+            # validate_command should refuse anything the encoder cannot take; this is the net under it. The
+            # view already counts these commands as sent: it is a hint, and at worst the store refuses a later
+            # synthesised step (listed by bridge_rejections).
+            log.exception("encoding the commands of %s/%d/%d failed", rec.topic, rec.partition, rec.offset)
+            return Rejection(RejectKind.UNENCODABLE, None,
+                             f"cannot be encoded as a store command: {type(e).__name__}: {e}")
+        for env, enc in zip(envelopes, encoded):
+            await self._appender.command(env, enc)
         if t.message.event is not LegacyEvent.CREATED and isinstance(t.commands[0], Create):
             self.stats.orphans += 1
-        for c in t.commands:
-            # The legacy emission's time becomes the events' occurred_at (recorded_at stays the
-            # processor's clock): time as the legacy system lived it, for every command of the message.
-            await self._appender.command(CommandEnvelope(c, now, EventSource.LEGACY_BRIDGE, t.message.occurred_at))
         self.stats.translated += 1
         self.stats.commands_sent += len(t.commands)
         self.stats.synthesised += t.synthesised
+        return None
 
     async def _dead_letter(self, rec: ConsumerRecord[bytes, bytes], rejection: Rejection, now: datetime) -> None:
         value, key, headers = dead_letter_record(rec, rejection, at=now)

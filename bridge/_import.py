@@ -56,7 +56,7 @@ from rich.progress import (
 from rich.text import Text
 
 from assessment_store._config import Settings
-from assessment_store._errors import CommandTimeout
+from assessment_store._errors import CommandTimeout, ValidationError
 from assessment_store._model import Command, CommandEnvelope, EventSource
 from projections import create_pool, translate_db_errors
 from projections._queries import fetch_assessments
@@ -324,11 +324,17 @@ async def import_legacy(
     batch_size: int = 1000,
     progress: bool = True,
     restart: bool = False,
+    overwrite: bool = False,
     max_line_bytes: int | None = None,
     outcome_timeout_s: float | None = None,
     on_batch: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
     """Import a JSON Lines legacy export; see the module docstring.
+
+    A fresh import (no checkpoint to resume, or ``restart=True``) starts ``<file>.rejected.jsonl``
+    anew; when that file already holds lines (an earlier run's, or another file's of the same name)
+    it is refused with ``ValidationError`` unless ``overwrite=True``: those lines are someone's record
+    of what was refused. Resuming cuts the file back to its checkpoint, as the module docstring says.
 
     ``outcome_timeout_s`` (default ``settings.command_timeout_s``): how long a batch may wait without
     any new outcome before ``CommandTimeout`` (a backlog on the commands topic delays them; running
@@ -364,6 +370,10 @@ async def import_legacy(
         if ckpt is not None and ckpt.finished:
             log.info("%s (sha256 %s) was imported already; nothing to do (restart=True imports it again)", path, sha)
             return report(total, already_done=True)
+        if ckpt is None and not overwrite and rejected_file.exists() and rejected_file.stat().st_size > 0:
+            raise ValidationError(
+                "rejected_file", f"{rejected_file} already exists and is not empty; pass --overwrite (overwrite=True) "
+                "to replace it, or move it away first")
         await appender.start()
         if ckpt is None:
             await _save_checkpoint(pool, sha, path, total, 1, 0, 0, counts, fresh=True)

@@ -74,6 +74,8 @@ class RejectKind(str, enum.Enum):
     STATUS_MISMATCH = "status-mismatch"
     CONFLICT = "conflict"
     """(import) the store holds a different final state than the export"""
+    UNENCODABLE = "unencodable"
+    """translated, but a command could not be encoded as Avro (a gap in validation: kept, not fatal)"""
     INTERNAL_ERROR = "internal-error"
 
 

@@ -78,8 +78,14 @@ class Appender:
             raise RuntimeError("Appender is not started")
         return self._producer
 
-    async def command(self, envelope: CommandEnvelope) -> None:
-        value, headers = self._codec.encode(envelope)
+    def encode(self, envelope: CommandEnvelope) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The command's record value and headers; raises whatever the Avro encoder raises."""
+        return self._codec.encode(envelope)
+
+    async def command(self, envelope: CommandEnvelope,
+                      encoded: tuple[bytes, list[tuple[str, bytes]]] | None = None) -> None:
+        """Queue a command (``encoded``: its ``encode`` result, when the caller encoded it already)."""
+        value, headers = encoded if encoded is not None else self._codec.encode(envelope)
         await self.record(self._settings.commands_topic, value, envelope.command.assessment_id.encode(), headers)
 
     async def record(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:

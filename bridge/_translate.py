@@ -358,8 +358,10 @@ def check_commands(commands: tuple[Command, ...], max_json_bytes: int, field_pre
         try:
             validate_command(c, max_json_bytes)
         except ValidationError as e:
-            legacy = COMMAND_FIELDS.get(e.field)
-            field = f"{field_prefix}{legacy}" if legacy else e.field
+            # A nested path (``request.a[0]``) is named under its legacy field (``data.request.a[0]``).
+            cut = min((i for i in (e.field.find("."), e.field.find("[")) if i >= 0), default=len(e.field))
+            legacy = COMMAND_FIELDS.get(e.field[:cut])
+            field = f"{field_prefix}{legacy}{e.field[cut:]}" if legacy else e.field
             raise _Reject(RejectKind.INVALID_VALUE, field, e.reason) from e
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiokafka.structs import RecordMetadata
 
 from assessment_store._config import Settings
+from assessment_store._errors import ValidationError
 from assessment_store._model import CommandEnvelope
 from schemas import CommandCodec
 
@@ -25,7 +26,12 @@ class CommandSender(KeyedProducer):
         self._codec = CommandCodec()
 
     async def send(self, envelope: CommandEnvelope) -> RecordMetadata:
-        value, headers = self._codec.encode(envelope)
         c = envelope.command
+        try:
+            value, headers = self._codec.encode(envelope)
+        except (ValueError, TypeError, OverflowError) as e:
+            # validate_command runs first and should leave nothing unencodable; should something slip
+            # through, the caller still gets the store's typed error rather than a bare driver one.
+            raise ValidationError("command", f"cannot be encoded as Avro: {type(e).__name__}: {e}") from e
         return await self._send(f"sending command {c.command_id!r} for {c.assessment_id!r}",
                                 self._settings.commands_topic, c.assessment_id, value, headers)

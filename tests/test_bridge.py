@@ -452,7 +452,7 @@ async def test_import_is_resumable_and_idempotent(stack_settings: Settings, tmp_
     again = await import_legacy(s, path, batch_size=500, progress=False)
     assert again.already_done and again.lines_this_run == 0
     assert await topic_end_offsets(s, s.commands_topic) == commands_before  # not even a command
-    restarted = await import_legacy(s, path, batch_size=1000, progress=False, restart=True)
+    restarted = await import_legacy(s, path, batch_size=1000, progress=False, restart=True, overwrite=True)
     assert restarted.commands_sent == 0 and restarted.up_to_date == len(expected) and restarted.batches == 4
     await _quiescent(s, "quiet after the re-import")
     assert await topic_end_offsets(s, s.events_topic) == events_before
@@ -586,3 +586,39 @@ def _exists(path: Path) -> Any:
     async def probe() -> bool:
         return path.exists()
     return probe
+
+
+# --- poison messages (issue 9, defects 1 and 3) ------------------------------------------------------------------------
+
+async def test_unstorable_legacy_messages_are_dead_lettered_and_the_bridge_keeps_running(stack_settings: Settings) -> None:
+    """A duration of 2^63 (it once passed translation and failed Avro encoding, stopping the bridge on every start) and
+    NUL in message, error or request are dead-lettered with their field; the bridge keeps running and applies the next message."""
+    run_id = uuid.uuid4().hex[:8]
+    settings = stack_settings.model_copy(update={"legacy_topic": f"legacy.assessment-events.poison{run_id}"})
+    await ensure_topics(settings)
+    aid = f"poison-{run_id}"
+    poison = [
+        _legacy("completed", f"{aid}-d", 1, duration=9223372036854775808),
+        _legacy("progress", f"{aid}-m", 2, progress=5, message="a\u0000b"),
+        _legacy("failed", f"{aid}-e", 3, error="boom\u0000"),
+        _legacy("created", f"{aid}-r", 4, request={"q": ["\u0000"]}),
+    ]
+    good = _legacy("created", aid, 5, request={"after": "the poison"})
+    options = BridgeOptions(group_id=f"bridge-poison-{run_id}")
+    running = await _start_bridge(settings, options)
+    try:
+        positions = await _produce(settings, [(None, p) for p in poison] + [(aid.encode(), good)])
+        await eventually(lambda: _states(settings, [aid]), lambda s: aid in s, timeout_s=60,
+                         what="the message after the poison applied")
+        assert not running.task.done(), "the bridge stopped"
+        letters = {d.source: d for d in await dead_letters(settings, limit=100)
+                   if d.source.startswith(settings.legacy_topic + "/")}
+        wanted = {f"{settings.legacy_topic}/{p}/{o}" for p, o in positions[:4]}
+        assert set(letters) == wanted
+        assert sorted(d.wrapper["field"] for d in letters.values()) == [
+            "data.duration", "data.error", "data.message", "data.request.q[0]"]
+        assert all(d.kind == "invalid-value" and d.reason for d in letters.values())
+        assert running.bridge.stats.dead_lettered == 4 and running.bridge.stats.translated == 1
+        assert not await _states(settings, [f"{aid}-d", f"{aid}-m", f"{aid}-e", f"{aid}-r"])
+    finally:
+        await running.close()

@@ -606,3 +606,33 @@ def test_dead_letter_stays_bounded_whatever_the_input() -> None:
     w = json.loads(value)
     assert w["truncated"] and w["keySize"] == 900_000 and w["headersDropped"] and key is not None
     assert key.startswith(b"sha256:")
+
+
+# --- what the store cannot hold never leaves the bridge (issue 9, defects 1 and 3) ------------------------------
+
+@pytest.mark.parametrize(("event", "data", "field", "words"), [
+    ("completed", {"duration": 9223372036854775808}, "data.duration", "between 0 and 9223372036854775807"),
+    ("failed", {"duration": 1e300}, "data.duration", "between 0 and"),
+    ("progress", {"message": "a\x00b"}, "data.message", "NUL"),
+    ("failed", {"error": "\x00"}, "data.error", "NUL"),
+    ("created", {"request": {"a": ["ok", "x\x00"]}}, "data.request.a[1]", "NUL"),
+    ("completed", {"result": {"k": 2**64}}, "data.result.k", "64-bit"),
+    ("completed", {"request": {"nul\x00key": 1}}, "data.request", "NUL"),
+])
+def test_values_the_store_cannot_hold_are_rejected_naming_the_legacy_field(
+    event: str, data: dict[str, Any], field: str, words: str
+) -> None:
+    """A duration beyond Avro's long, NUL in message/error/request, a JSON integer beyond 64 bits: invalid-value,
+    naming the legacy field path (the one-message-stops-the-bridge input of issue 9 among them)."""
+    r = rejected(msg(event, **data))
+    assert (r.kind, r.field) == (RejectKind.INVALID_VALUE, field) and words in r.reason, r
+
+
+def test_a_request_nested_too_deeply_is_rejected() -> None:
+    """A request nested 100 levels is invalid-value on data.request (the store keeps at most 64)."""
+    deep: Any = 1
+    for _ in range(100):
+        deep = [deep]
+    r = rejected(msg("created", request=deep))
+    assert r.kind is RejectKind.INVALID_VALUE and r.field is not None and r.field.startswith("data.request")
+    assert "deeper than 64" in r.reason

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,65 @@ async def test_demo_runs_the_store_and_the_migration_and_its_checks_hold(stack_s
     assert "2 assessments, final state read from PostgreSQL" in r.stdout
     assert "both sides hold all 6: yes" in r.stdout
     assert "0 mismatched, 0 missing" in r.stdout
+
+
+# --- input the store cannot hold: a one-line error, never a traceback (issue 9, defects 4 and 11) -----------------
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str, code: int | None = None) -> None:
+    assert r.returncode != 0 and (code is None or r.returncode == code), (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    text = r.stderr.strip()
+    # One message (Rich may wrap a long one at the console width), starting with "error:".
+    assert text.startswith("error:") and text.count("\n") <= 2, text
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
+def test_cli_bad_json_files_and_deep_json_are_one_line_errors(stack_settings: Settings, tmp_path: Path) -> None:
+    """--request @binary (not UTF-8), @file with 100,000 levels, NaN, and 500 levels each exit 1 with one line."""
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b'{"a": "\xff\xfe\x00"}')
+    _one_line_error(_cli(stack_settings, "create", "--request", f"@{binary}"), "not UTF-8", code=1)
+    very_deep = tmp_path / "very-deep.json"
+    very_deep.write_text("[" * 100_000 + "]" * 100_000)
+    _one_line_error(_cli(stack_settings, "create", "--request", f"@{very_deep}"), "nested too deeply", code=1)
+    _one_line_error(_cli(stack_settings, "create", "--request", '{"x": NaN}'), "--request", code=1)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 500 + "]" * 500)
+    _one_line_error(_cli(stack_settings, "create", "--request", f"@{deep}"), "deeper than 64", code=1)
+
+
+def test_cli_refuses_out_of_range_numbers_unencodable_text_and_an_empty_id(stack_settings: Settings) -> None:
+    """--duration-ms/--expected-version >= 2^63, a non-UTF-8 byte in --error (a lone surrogate once decoded; argv
+    cannot carry NUL) and `create --id ''` exit 1 naming the field, and change nothing."""
+    aid = json.loads(_cli(stack_settings, "create", "--json").stdout)["assessmentId"]
+    _one_line_error(_cli(stack_settings, "start", aid, "--expected-version", str(2**63)), "expected_version", code=1)
+    assert _cli(stack_settings, "start", aid).returncode == 0
+    _one_line_error(_cli(stack_settings, "complete", aid, "--duration-ms", str(2**63)), "duration_ms", code=1)
+    _one_line_error(_cli(stack_settings, "fail", aid, "--error", "a\x01b\U0001f600\x7f" + "\udc80"), "error", code=1)
+    _one_line_error(_cli(stack_settings, "create", "--id", ""), "assessment_id", code=1)
+    got = json.loads(_cli(stack_settings, "get", aid, "--json").stdout)
+    assert (got["state"], got["version"]) == ("PROCESSING", 2)
+
+
+def test_cli_wait_refuses_a_negative_or_non_finite_timeout(stack_settings: Settings) -> None:
+    """`wait --timeout -1`, `0`, `nan` and `inf` exit non-zero with one line instead of waiting."""
+    for bad in ("-1", "0", "nan", "inf"):
+        _one_line_error(_cli(stack_settings, "wait", "any-id", "--timeout", bad), "--timeout")
+
+
+def test_cli_import_does_not_clobber_a_rejected_file(stack_settings: Settings, tmp_path: Path) -> None:
+    """`import-legacy FILE` refuses to overwrite an existing FILE.rejected.jsonl (which stays as it was) unless --overwrite."""
+    from bridge._import import rejected_path
+
+    path = tmp_path / "export.jsonl"
+    path.write_text('{"not": "an export line"}\n')
+    kept = rejected_path(path)
+    kept.write_text('{"line": 7, "reason": "from an earlier import"}\n')
+    r = _cli(stack_settings, "import-legacy", str(path), "--no-progress")
+    _one_line_error(r, "--overwrite", code=1)
+    assert kept.read_text() == '{"line": 7, "reason": "from an earlier import"}\n'
+    r = _cli(stack_settings, "import-legacy", str(path), "--no-progress", "--overwrite", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["rejected"] == 1 and "earlier import" not in kept.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from assessment_store import Settings
 pytestmark = pytest.mark.stack
 
 TOKEN = "test-token-" + "x" * 32
+READ_TOKEN = "read-token-" + "r" * 32
 
 
 def _free_port() -> int:
@@ -46,14 +48,17 @@ async def _serve(settings: Settings) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 async def api(stack_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the API served with a configured token and a 64 KiB body limit."""
-    settings = stack_settings.model_copy(update={"api_token": SecretStr(TOKEN), "api_max_body_bytes": 65536})
+    """A client of the API served with write and read tokens and a 64 KiB body limit; it sends the
+    write token (which also grants reads) unless a request says otherwise."""
+    settings = stack_settings.model_copy(update={"api_token": SecretStr(TOKEN), "api_read_token": SecretStr(READ_TOKEN),
+                                                 "api_max_body_bytes": 65536})
     async for base in _serve(settings):
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=30, headers=AUTH) as client:
             yield client
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 async def test_lifecycle_over_http(api: httpx.AsyncClient) -> None:
@@ -95,18 +100,50 @@ async def test_list_pages_with_a_cursor(api: httpx.AsyncClient) -> None:
 
 
 async def test_auth_missing_token_is_401_wrong_token_is_403(api: httpx.AsyncClient) -> None:
-    """Writes without a token get 401 with WWW-Authenticate; with a wrong token 403; reads need none."""
-    r = await api.post("/assessments", json={"request": 1})
+    """Writes without a token get 401 with WWW-Authenticate; with a wrong token (or the read token) 403."""
+    anonymous = httpx.AsyncClient(base_url=api.base_url)
+    async with anonymous:
+        r = await anonymous.post("/assessments", json={"request": 1})
     assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
     assert r.headers["www-authenticate"].startswith("Bearer")
     r = await api.post("/assessments", json={"request": 1}, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 403
-    assert (await api.get("/healthz")).status_code == 200
+    r = await api.post("/assessments", json={"request": 1}, headers=READ)
+    assert r.status_code == 403
+
+
+async def test_reads_need_the_read_or_the_write_token(api: httpx.AsyncClient) -> None:
+    """Data reads answer 401 without a token and 403 with a wrong one; the read and the write token both work;
+    /healthz and /openapi.json stay open."""
+    aid = (await api.post("/assessments", json={"request": {"secret": 1}})).json()["assessmentId"]
+    command_id = (await api.get(f"/assessments/{aid}/events")).json()[0]["causation_id"]
+    paths = [f"/assessments/{aid}", "/assessments", f"/assessments/{aid}/events",
+             f"/assessments/{aid}/wait?timeout=0.01", f"/commands/{command_id}"]
+    async with httpx.AsyncClient(base_url=api.base_url) as anonymous:
+        for path in paths:
+            r = await anonymous.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer"), path
+            assert (await anonymous.get(path, headers={"Authorization": "Bearer wrong"})).status_code == 403, path
+            assert (await anonymous.get(path, headers=READ)).status_code in (200, 408), path
+            assert (await anonymous.get(path, headers=AUTH)).status_code in (200, 408), path
+        assert (await anonymous.get("/healthz")).status_code == 200
+        spec = (await anonymous.get("/openapi.json")).json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+async def test_reads_refused_when_no_token_is_configured(stack_settings: Settings) -> None:
+    """Without any configured token, data reads answer 403 saying how to configure one; liveness stays open."""
+    async for base in _serve(stack_settings.model_copy(update={"api_token": None, "api_read_token": None})):
+        async with httpx.AsyncClient(base_url=base) as client:
+            r = await client.get("/assessments", headers={"Authorization": "Bearer x"})
+            health = await client.get("/healthz")
+    assert r.status_code == 403 and "ASSESSMENT_STORE_API_READ_TOKEN" in r.json()["detail"]
+    assert health.status_code == 200
 
 
 async def test_writes_refused_when_no_token_is_configured(stack_settings: Settings) -> None:
     """Without a configured token every write answers 403 saying how to configure one."""
-    async for base in _serve(stack_settings.model_copy(update={"api_token": None})):
+    async for base in _serve(stack_settings.model_copy(update={"api_token": None, "api_read_token": SecretStr("r")})):
         async with httpx.AsyncClient(base_url=base) as client:
             r = await client.post("/assessments", json={"request": 1}, headers={"Authorization": "Bearer x"})
     assert r.status_code == 403 and "ASSESSMENT_STORE_API_TOKEN" in r.json()["detail"]
@@ -161,3 +198,102 @@ async def test_wait_times_out_with_408(api: httpx.AsyncClient) -> None:
     aid = (await api.post("/assessments", json={"request": 1}, headers=AUTH)).json()["assessmentId"]
     r = await api.get(f"/assessments/{aid}/wait", params={"timeout": 0.2})
     assert r.status_code == 408 and r.json()["assessmentId"] == aid and r.json()["timeoutS"] == 0.2
+
+
+# --- input the store cannot hold: refused at the edge (issue 9, defects 1, 4, 5, 6, 11) ---------------------------
+
+
+def _field(r: httpx.Response) -> str:
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", (r.status_code, r.text)
+    field: str = r.json()["errors"][0]["field"]
+    return field
+
+
+async def test_numbers_beyond_their_types_are_422_naming_the_field(api: httpx.AsyncClient) -> None:
+    """maxRetries >= 2^31 and processingTimeoutMs, expectedVersion, durationMs >= 2^63 are 422s naming the field (not 500s)."""
+    assert _field(await api.post("/assessments", json={"request": 1, "maxRetries": 2**31})) == "maxRetries"
+    assert _field(await api.post("/assessments", json={"request": 1, "processingTimeoutMs": 2**63})) \
+        == "processingTimeoutMs"
+    aid = (await api.post("/assessments", json={"request": 1})).json()["assessmentId"]
+    assert _field(await api.post(f"/assessments/{aid}/start", json={"expectedVersion": 2**63})) == "expectedVersion"
+    await api.post(f"/assessments/{aid}/start", json={})
+    assert _field(await api.post(f"/assessments/{aid}/complete", json={"result": 1, "durationMs": 2**63})) \
+        == "durationMs"
+    assert _field(await api.post(f"/assessments/{aid}/fail", json={"error": "e", "durationMs": 2**64})) == "durationMs"
+    assert _field(await api.post("/assessments", json={"request": {"n": [2**63]}})) == "request.n[0]"
+    # The largest values are accepted.
+    r = await api.post("/assessments", json={"request": {"n": 2**63 - 1}, "maxRetries": 2**31 - 1,
+                                             "processingTimeoutMs": 2**63 - 1})
+    assert r.status_code == 201, r.text
+
+
+async def test_types_are_strict(api: httpx.AsyncClient) -> None:
+    """"50" and true are not a progress, "true" is not a boolean: 422 naming the field, nothing coerced."""
+    aid = (await api.post("/assessments", json={"request": 1})).json()["assessmentId"]
+    for bad in ("50", True, 50.0):
+        assert _field(await api.post(f"/assessments/{aid}/progress", json={"progress": bad})) == "progress"
+    assert _field(await api.post(f"/assessments/{aid}/fail", json={"error": "e", "retryable": "true"})) == "retryable"
+    assert _field(await api.post("/assessments", json={"request": 1, "maxRetries": "3"})) == "maxRetries"
+    assert (await api.get(f"/assessments/{aid}")).json()["version"] == 1
+
+
+async def test_nul_in_any_string_is_422_and_writes_keep_working(api: httpx.AsyncClient) -> None:
+    """A NUL in an error, message, reason, id or nested request is a 422 naming the field; afterwards the same
+    assessment still takes writes (the pipeline did not stop on it)."""
+    aid = (await api.post("/assessments", json={"request": 1})).json()["assessmentId"]
+    assert _field(await api.post(f"/assessments/{aid}/fail", json={"error": "a\u0000b"})) == "error"
+    assert _field(await api.post(f"/assessments/{aid}/progress", json={"progress": 1, "message": "\u0000"})) \
+        == "message"
+    assert _field(await api.post(f"/assessments/{aid}/cancel", json={"reason": "x\u0000"})) == "reason"
+    assert _field(await api.post(f"/assessments/{aid}/start", json={"commandId": "c\u0000"})) == "commandId"
+    assert _field(await api.post("/assessments", json={"request": {"a": ["ok", "b\u0000"]}})) == "request.a[1]"
+    assert _field(await api.post("/assessments", json={"request": 1, "assessmentId": "n\u0000"})) == "assessmentId"
+    r = await api.post(f"/assessments/{aid}/fail", json={"error": "a real error"})
+    assert r.status_code == 200 and r.json()["state"] == "FAILED" and r.json()["errorMessage"] == "a real error"
+
+
+async def test_lone_surrogates_in_a_body_are_422(api: httpx.AsyncClient) -> None:
+    """A lone surrogate escape in a value, a request document or an object key is a 422, not a 500."""
+    aid = (await api.post("/assessments", json={"request": 1})).json()["assessmentId"]
+    headers = {"Content-Type": "application/json"}
+    r = await api.post(f"/assessments/{aid}/fail", content=b'{"error": "a\\ud800b"}', headers=headers)
+    assert _field(r) == "error"
+    r = await api.post("/assessments", content=b'{"request": {"k": ["\\udfff"]}}', headers=headers)
+    assert _field(r) == "request.k[0]"
+    r = await api.post("/assessments", content=b'{"request": {"\\ud83d": 1}}', headers=headers)
+    assert _field(r) == "request"
+    r = await api.post("/assessments", content=b'{"request": 1, "\\ud800": 1}', headers=headers)
+    assert r.status_code == 422 and r.json()["title"] == "Validation error"
+
+
+async def test_a_deeply_nested_request_is_refused_and_lists_stay_readable(api: httpx.AsyncClient) -> None:
+    """A request nested 500 levels is a 422 naming the limit (not stored), 64 levels are stored and read back,
+    and list pages keep answering 200."""
+    deep: object = 1
+    for _ in range(500):
+        deep = [deep]
+    r = await api.post("/assessments", json={"request": deep, "assessmentId": "deep-500"})
+    assert _field(r).startswith("request") and "deeper than 64" in r.json()["detail"]
+    assert (await api.get("/assessments/deep-500")).status_code == 404
+    ok: object = 1
+    for _ in range(64):
+        ok = {"k": ok}
+    r = await api.post("/assessments", json={"request": ok})
+    assert r.status_code == 201, r.text
+    assert (await api.get(f"/assessments/{r.json()['assessmentId']}")).json()["requestData"] == ok
+    assert (await api.get("/assessments", params={"limit": 1000})).status_code == 200
+
+
+async def test_nul_in_an_id_or_a_cursor_and_bad_cursors_are_422(api: httpx.AsyncClient) -> None:
+    """NUL in a path id or in a cursor is a 422 naming the field (not a retriable 503); a non-base64, empty or
+    altered cursor is a 422, never "the first page"."""
+    assert _field(await api.get("/assessments/a%00b")) == "assessmentId"
+    assert _field(await api.get("/assessments/a%00b/events")) == "assessmentId"
+    assert _field(await api.get("/commands/c%00d")) == "commandId"
+    nul_cursor = base64.urlsafe_b64encode(b"a\x00b").decode()
+    for cursor in (nul_cursor, "!!!not-base64!!!", "", "YQ", base64.urlsafe_b64encode(b"\xff\xfe").decode()):
+        r = await api.get("/assessments", params={"cursor": cursor})
+        assert _field(r) == "cursor", cursor
+        assert "retriable" not in r.json()
+    page = (await api.get("/assessments", params={"limit": 1})).json()
+    assert (await api.get("/assessments", params={"cursor": page["nextCursor"]})).status_code == 200
