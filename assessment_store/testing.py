@@ -17,7 +17,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -25,7 +25,7 @@ from ._config import Settings
 from ._lifecycle import Backoff
 
 __all__ = [
-    "eventually", "isolated_settings", "produce_lifecycles", "projected_event_count", "running_stack",
+    "eventually", "isolated_settings", "kafka_container_spec", "produce_lifecycles", "projected_event_count", "running_stack",
     "start_group_at_end", "topic_end_offsets",
 ]
 
@@ -70,31 +70,72 @@ def running_stack(settings: Settings, *, keep_running: bool = False) -> Iterator
             stack.down(log=lambda _m: None)
 
 
+def kafka_container_spec(settings: Settings) -> tuple[str, dict[str, str], dict[int, int]]:
+    """Image, environment and port bindings (container -> host) of Apache's own Kafka image in
+    KRaft mode, run by the testcontainers backend as a generic container.
+
+    testcontainers' ``KafkaContainer`` expects Confluent's image (``with_kraft()`` refuses
+    ``apache/kafka``). The broker must advertise the address clients connect to, which is only
+    known once a port is mapped, so the host port is chosen here (``settings.kafka_port``) and
+    bound to the same number."""
+    port = settings.kafka_port
+    env = {
+        "KAFKA_NODE_ID": "1",
+        "KAFKA_PROCESS_ROLES": "broker,controller",
+        "KAFKA_LISTENERS": "PLAINTEXT://:9092,CONTROLLER://:9093",
+        "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://127.0.0.1:{port}",
+        "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9093",
+        "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR": "1",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR": "1",
+        "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS": "0",
+    }
+    return f"apache/kafka:{settings.kafka_version}", env, {9092: port}
+
+
+def _kafka_container(settings: Settings) -> Any:
+    from testcontainers.core.container import DockerContainer
+
+    image, env, ports = kafka_container_spec(settings)
+    container = DockerContainer(image).with_envs(**env)
+    for inside, outside in ports.items():
+        container = container.with_bind_ports(inside, outside)
+    return container
+
+
 @contextlib.contextmanager
 def _containers(settings: Settings) -> Iterator[Settings]:
     """The same services from the official images, where a Docker engine exists."""
-    from testcontainers.kafka import KafkaContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
     from testcontainers.postgres import PostgresContainer
 
-    from stack import ProjectorService
+    from stack import BridgeService, ProcessorService, ProjectorService
     from streams import ensure_topics
 
-    with KafkaContainer("apache/kafka:4.1.0").with_kraft() as kafka, PostgresContainer(
+    with _kafka_container(settings) as kafka, PostgresContainer(
         "postgres:15", username=settings.postgres_user, dbname=settings.postgres_db
     ) as pg:
-        host, port = kafka.get_bootstrap_server().rsplit(":", 1)
+        wait_for_logs(kafka, "Kafka Server started", timeout=120)
         pg_port = int(pg.get_exposed_port(5432))
         dsn = f"postgresql://{settings.postgres_user}:{pg.password}@{pg.get_container_host_ip()}:{pg_port}/{settings.postgres_db}"
         effective = settings.model_copy(
-            update={"bootstrap_servers": f"{host}:{port}", "postgres_dsn": dsn, "postgres_port": pg_port}
+            update={"bootstrap_servers": f"127.0.0.1:{settings.kafka_port}", "postgres_dsn": dsn,
+                    "postgres_port": pg_port}
         )
         asyncio.run(ensure_topics(effective))
-        projector = ProjectorService(effective)
-        projector.start(log=lambda _m: None)
+        services = [ProcessorService(effective), ProjectorService(effective), BridgeService(effective)]
         try:
+            for service in services:
+                service.start(log=lambda _m: None)
             yield effective
         finally:
-            projector.stop()
+            for service in reversed(services):
+                service.stop()
 
 
 async def eventually(
