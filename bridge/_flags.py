@@ -59,7 +59,7 @@ AUDIT_OPERATION = "flags_update"
 _UPDATE_LOCK = 0x666C6167_7570  # pg_advisory_xact_lock key: "flagup"
 _MAX_SALT = 200
 
-# Python field name <-> the seed's MigrationConfig name (the JSON on the topic uses the seed's names).
+# Python field name <-> the name on the flags topic (camelCase, the legacy service's names; docs/legacy-format.md).
 _JSON_NAMES: dict[str, str] = {
     "enable_assessment_store": "enableAssessmentStore",
     "enable_legacy_fallback": "enableLegacyFallback",
@@ -90,7 +90,7 @@ def flags_topic_spec(topic: str = FLAGS_TOPIC) -> TopicSpec:
 
 @dataclass(frozen=True, slots=True)
 class MigrationFlags:
-    """The seed's ``MigrationConfig`` plus the routing salt. The defaults are the safe state:
+    """The migration flags (docs/legacy-format.md) plus the routing salt. The defaults are the safe state:
     everything on legacy, fallback on."""
 
     enable_assessment_store: bool = False
@@ -100,7 +100,7 @@ class MigrationFlags:
     enable_audit_logging: bool = True
     enable_dual_mode: bool = False
     enable_shadow_comparison: bool = False
-    """Beyond the seed: observe each routed call on the other side and compare (``bridge/_shadow.py``)."""
+    """Observe each routed call on the other side and compare (``bridge/_shadow.py``)."""
     routing_salt: str = "assessment-store-rollout"
 
     def __post_init__(self) -> None:
@@ -123,7 +123,7 @@ class MigrationFlags:
                 raise ValidationError(name, f"must be true or false, got {value!r}")
 
     def to_json(self) -> dict[str, JSON]:
-        """camelCase, as the seed's MigrationConfig."""
+        """camelCase, the names on the flags topic."""
         return {_JSON_NAMES[f.name]: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
@@ -304,7 +304,7 @@ class FlagStore(AsyncLifecycle):
     # --- writing ------------------------------------------------------------------------------
 
     async def update(self, actor: str, **changes: Any) -> MigrationFlags:
-        """Change flags (snake_case or the seed's camelCase names) and return the resulting flags.
+        """Change flags (snake_case or the topic's camelCase names) and return the resulting flags.
 
         Invalid values raise ``ValidationError`` naming the flag, before anything is written.
         When the values equal the current ones nothing is appended. Returns once this instance has

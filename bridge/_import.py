@@ -3,7 +3,7 @@ exported state (``_snapshot.plan_import``), in batches.
 
     report = await import_legacy(settings, Path("export.jsonl"))
 
-Per batch of ``batch_size`` lines (1,000 by default, the seed's migration batch):
+Per batch of ``batch_size`` lines (1,000 by default):
 
 1. each line is checked (bad ones are kept with their line number and reason);
 2. the batch's assessments are read from the projection, in one query, and each good line is

@@ -38,17 +38,17 @@ LEGACY_STATES: dict[str, State] = {
     "failed": State.FAILED,
     "cancelled": State.CANCELLED,
 }
-"""The seed's ``convertLegacyState`` table. Unlike the seed, an unknown status is *not* FAILED."""
+"""Legacy status -> store state (docs/legacy-format.md). An unknown status has no entry: it is *not* FAILED."""
 
 
 def convert_legacy_state(status: str) -> State | None:
-    """The store state of a legacy status, or None when the status is unknown (the seed's
-    ``convertLegacyState`` answered FAILED there, which would invent failures)."""
+    """The store state of a legacy status, or None when the status is unknown (mapping it
+    to FAILED would invent failures)."""
     return LEGACY_STATES.get(status)
 
 
 class LegacyEvent(str, enum.Enum):
-    """The six events the legacy ``EventEmitter`` emits (DESIGN.md)."""
+    """The six events the legacy ``EventEmitter`` emits (docs/legacy-format.md)."""
 
     CREATED = "assessment.created"
     STARTED = "assessment.started"
@@ -259,7 +259,7 @@ def assessment_id(obj: dict[str, Any], key: str, field: str) -> str:
 
 
 def status(obj: dict[str, Any], key: str, field: str) -> State | None:
-    """The store state of a present status; None when absent or null (DESIGN.md: any field may
+    """The store state of a present status; None when absent or null (any field may
     be missing); ``_Reject`` when it is not one of the five legacy statuses."""
     value = optional_str(obj, key, field)
     if value is None:

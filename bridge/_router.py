@@ -1,4 +1,4 @@
-"""The dual-mode router: the seed's ``AssessmentStoreMigrationService``, with sticky routing.
+"""The dual-mode router: the migration service every caller goes through, with sticky routing.
 
 Each call picks a side from the live migration flags (``FlagStore.current()``, no I/O):
 
@@ -8,8 +8,8 @@ Each call picks a side from the live migration flags (``FlagStore.current()``, n
 
 The routing key is the assessment id (``routing_key=`` overrides it; a caller who created with a
 routing key must pass the same key on later calls). ``create_assessment`` generates the id *before*
-routing, so the side it creates on is the side every later call for that id goes to. The seed's
-``Math.random()`` per call would split one assessment across both systems.
+routing, so the side it creates on is the side every later call for that id goes to. A random draw
+per call would split one assessment across both systems.
 
 Legacy fallback (``enable_legacy_fallback``): a call the store could not serve because Kafka or
 PostgreSQL failed (``BackendError``) is retried on legacy and counted. A refusal by the store
@@ -142,7 +142,7 @@ if TYPE_CHECKING:
 
 
 class LegacyBackend(Protocol):
-    """The legacy EventEmitter service, as the router calls it (the seed's ``EventService``).
+    """The legacy EventEmitter service, as the router calls it (its event service).
 
     An adapter over the real legacy service implements it; ``InMemoryLegacyBackend`` (tests only)
     does for the router's own tests. States come back as ``Assessment`` (legacy statuses converted).
@@ -348,7 +348,7 @@ class MigrationRouter:
             self.stats.errors[side.value] += 1
             raise
 
-    # --- the seed's operations ------------------------------------------------------------------
+    # --- the operations ---------------------------------------------------------------------------
 
     async def create_assessment(self, request: JSON, *, assessment_id: str | None = None,
                                 routing_key: str | None = None) -> str:

@@ -1,11 +1,11 @@
 """One line of a legacy export -> the commands that bring the store to that state. Pure: no I/O.
 
-A line is one assessment (DESIGN.md)::
+A line is one assessment (docs/legacy-format.md)::
 
     {"assessmentId": "...", "status": "completed", "progress": 100, "message": null, "request": {...},
      "result": {...}, "error": null, "timestamp": "...", "updatedAt": "...", "duration": 1234}
 
-``status`` is required and mapped like the seed's ``convertLegacyState`` (an unknown one is
+``status`` is required and mapped as docs/legacy-format.md says (an unknown one is
 refused, never FAILED); the other fields are checked as in ``_translate`` (the refusal names the
 field). The path to each exported state::
 

@@ -13,8 +13,8 @@ field, reason). ``translate`` never raises on any input.
 ``event`` one of the six legacy event names, ``data`` an object, ``emittedAt`` an ISO-8601 string,
 ``seq`` a non-negative integer and ``emitter`` a non-empty string. In ``data``: ``assessmentId``
 is required (a valid store id); ``status``, when present, must be one of ``pending``,
-``processing``, ``completed``, ``failed``, ``cancelled`` (mapped as the seed's
-``convertLegacyState``, except that an unknown status is **rejected**, not turned into FAILED) and
+``processing``, ``completed``, ``failed``, ``cancelled`` (mapped to the state of the same
+name; an unknown status is **rejected**, not turned into FAILED) and
 must agree with the event (``assessment.progress`` with ``pending`` or ``processing``, each other
 event with its own status); ``progress`` (required for ``assessment.progress``) a number in
 0..100, ``duration`` a number >= 0 (fractions are cut off), ``message``/``error`` strings,

@@ -77,7 +77,7 @@ def rejected(m: dict[str, Any] | bytes | None, **limits: int) -> Rejection:
 # --- statuses ---------------------------------------------------------------------------------
 
 def test_statuses_map_like_convert_legacy_state() -> None:
-    """The five legacy statuses map as the seed's convertLegacyState."""
+    """The five legacy statuses map to the five states of the same name."""
     assert {k: v.value for k, v in LEGACY_STATES.items()} == {
         "pending": "PENDING", "processing": "PROCESSING", "completed": "COMPLETED", "failed": "FAILED",
         "cancelled": "CANCELLED"}
@@ -86,7 +86,7 @@ def test_statuses_map_like_convert_legacy_state() -> None:
 
 @pytest.mark.parametrize("status", ["archived", "COMPLETED", "Completed", "", "done"])
 def test_unknown_status_is_none_not_failed(status: str) -> None:
-    """Unlike the seed, an unknown status maps to nothing (never to FAILED)."""
+    """An unknown status maps to nothing (never to FAILED)."""
     assert convert_legacy_state(status) is None
 
 
@@ -132,7 +132,7 @@ def test_commands_carry_legacy_ids_and_a_traceable_correlation() -> None:
 
 
 def test_missing_optional_fields_are_fine() -> None:
-    """Only event, data.assessmentId, emittedAt, seq and emitter are required (DESIGN.md: any data field may be missing)."""
+    """Only event, data.assessmentId, emittedAt, seq and emitter are required (any data field may be missing)."""
     m = {"event": "assessment.created", "data": {"assessmentId": AID}, "emittedAt": "2024-05-01T12:00:00Z",
          "seq": 1, "emitter": "e"}
     c = ok(m).commands[0]

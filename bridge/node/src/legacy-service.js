@@ -8,8 +8,7 @@ const { randomUUID } = require('node:crypto');
  */
 
 /**
- * A legacy assessment record, and one line of the JSON Lines export (DESIGN.md, "Legacy system and
- * its messages").
+ * A legacy assessment record, and one line of the JSON Lines export (docs/legacy-format.md).
  * @typedef {object} LegacyAssessment
  * @property {string} assessmentId
  * @property {LegacyStatus} status
