@@ -10,8 +10,8 @@ def test_assessment_store_public_names() -> None:
     """The top-level package exports exactly these names."""
     assert sorted(assessment_store.__all__) == sorted([
         "Assessment", "AssessmentNotFound", "AssessmentStore", "AssessmentStoreError", "BackendError",
-        "CodecError", "CommandTimeout", "DatabaseUnavailable", "DownloadFailed", "Event", "EventSource", "EventType",
-        "InvalidTransition", "KafkaUnavailable", "MissingTool", "Outcome", "PortInUse", "ServiceFailed", "Settings",
+        "CodecError", "CommandTimeout", "DataRejected", "DatabaseUnavailable", "DownloadFailed", "Event", "EventSource", "EventType",
+        "InvalidTransition", "KafkaUnavailable", "MissingTool", "NotQuarantined", "Outcome", "PortInUse", "ServiceFailed", "Settings",
         "StackError", "State", "StoreUsageError", "SyncAssessmentStore", "ValidationError", "VersionConflict", "WaitTimeout",
         "__version__",
     ])
@@ -22,7 +22,8 @@ def test_assessment_store_public_names() -> None:
 def test_every_error_derives_from_one_root() -> None:
     """Every exported exception class is an AssessmentStoreError."""
     errors = [getattr(assessment_store, n) for n in assessment_store.__all__ if n.endswith(("Error", "Found",
-              "Transition", "Conflict", "Timeout", "Unavailable", "InUse", "Tool", "Failed"))]
+              "Transition", "Conflict", "Timeout", "Unavailable", "InUse", "Tool", "Failed", "Rejected",
+              "Quarantined"))]
     assert errors
     for cls in errors:
         assert issubclass(cls, assessment_store.AssessmentStoreError), cls
