@@ -17,7 +17,7 @@ from assessment_store import (
     ValidationError,
     VersionConflict,
 )
-from assessment_store._model import CommandEnvelope, UpdateProgress, new_id
+from assessment_store._model import CommandEnvelope, Create, UpdateProgress, new_id
 from assessment_store.testing import topic_end_offsets
 from stack import Stack
 from stack._procs import is_alive, wait_until
@@ -174,3 +174,25 @@ async def test_invalid_fields_are_refused_before_sending(store: AssessmentStore)
     with pytest.raises(ValidationError) as info:
         await store.update_progress(aid, 150)
     assert info.value.field == "progress"
+
+
+async def test_a_hostile_command_straight_to_kafka_stops_nothing(store: AssessmentStore, stack_settings: Settings) -> None:
+    """Commands that bypass client validation (NUL in ids and text, lone surrogates) are refused; writes keep flowing."""
+    hostile = [
+        Create(assessment_id="nul\x00id", request={"k\x00": "v"}),
+        Create(assessment_id=new_id(), request={"text": "a\x00b"}, command_id="cmd\x00id"),
+        Create(assessment_id=new_id(), request={"lone": "\ud800"}),
+        UpdateProgress(assessment_id="sur\udc00rogate", progress=5, message="m\x00"),
+    ]
+    sent = 0
+    async with CommandSender(stack_settings) as sender:
+        for cmd in hostile:
+            try:
+                await sender.send(CommandEnvelope(cmd, datetime.now(UTC)))
+                sent += 1
+            except ValidationError:
+                continue  # the encoder refused it (no UTF-8 for a lone surrogate): it never reached the log
+    assert sent >= 2  # the NUL ones are valid Avro: they reach the processor
+    aid = await store.create_assessment({"after": "hostile commands"})
+    await store.start_assessment(aid)
+    assert (await store.get_state(aid)).version == 2
