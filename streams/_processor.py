@@ -286,8 +286,8 @@ class CommandProcessor(AsyncLifecycle):
         for a in part.states.values():
             self._arm_deadline(part, a)
         log.info("partition %d rebuilt: %d assessments, %d command ids, %d held events, committed offset %d, "
-                 "fence epoch %d at events offset %d", partition, len(part.states), len(part.outcomes), len(part.held),
-                 committed, epoch, sent[0].offset)
+                 "fence epoch %d at events offset %d, %d fenced records ignored", partition, len(part.states),
+                 len(part.outcomes), len(part.held), committed, epoch, sent[0].offset, fence.fenced)
         return part
 
     async def _read_log(self, reader: AIOKafkaConsumer, part: _Partition, fence: LogFence,
@@ -305,10 +305,11 @@ class CommandProcessor(AsyncLifecycle):
                         break
                     verdict, epoch = fence.judge(tp, rec.headers)
                     if verdict is Verdict.FENCED:
-                        self.stats.fenced_ignored += 1
-                        log.warning("ignoring %s/%d/%d: written at epoch %s after the fence of epoch %d "
-                                    "(a processor that had lost the partition)", rec.topic, rec.partition,
-                                    rec.offset, epoch, fence.current(tp))
+                        self.stats.fenced_ignored += 1  # logged once per rebuild (see _rebuild)
+                        if fence.fenced == 1:
+                            log.warning("partition %d: ignoring %s/%d (epoch %s) and what a fenced writer wrote after "
+                                        "it: written after the fence of epoch %d (a processor that had lost the "
+                                        "partition)", rec.partition, rec.topic, rec.offset, epoch, fence.current(tp))
                     elif verdict is Verdict.ACCEPTED:
                         if tp.topic == ev_topic:
                             self._rebuild_event(part, rec, committed)
