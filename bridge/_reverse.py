@@ -59,7 +59,7 @@ REVERSE_EMITTER = "assessment-store-reverse"
 
 
 def to_legacy_message(event: Event) -> dict[str, JSON] | None:
-    """The legacy message of one event (DESIGN.md format), or None when legacy has no such event (retry)."""
+    """The legacy message of one event (the legacy service's format), or None when legacy has no such event (retry)."""
     p = event.payload
     ts = event.recorded_at.isoformat().replace("+00:00", "Z")
     data: dict[str, JSON] = {"assessmentId": event.assessment_id, "timestamp": ts}
