@@ -16,6 +16,8 @@ The tree::
     │   ├── KafkaUnavailable
     │   ├── DatabaseUnavailable
     │   ├── DataRejected                    PostgreSQL refused a value (NUL, out of range; .sqlstate), never retriable
+    │   ├── FencedOut                       the consumer group gave this member's partitions to another (.group,
+    │                                       .partitions): what it was about to commit or write is no longer its own
     │   ├── bridge.LegacyUnavailable        the legacy service is unreachable or answered nonsense (.url, .status)
     │   └── bridge.LegacyNotSynced          legacy lacks store changes it would serve (.assessment_id, .store_version,
     │                                       .legacy_version); raised by the router's sync before serve
@@ -41,6 +43,7 @@ __all__ = [
     "DataRejected",
     "DatabaseUnavailable",
     "DownloadFailed",
+    "FencedOut",
     "InvalidTransition",
     "KafkaUnavailable",
     "MissingTool",
@@ -175,6 +178,16 @@ class KafkaUnavailable(BackendError):
 
 class DatabaseUnavailable(BackendError):
     pass
+
+
+class FencedOut(BackendError):
+    """A rebalance gave this member's partitions to another member (typically after a stall past the
+    session timeout): its offset commit was refused, so what it handled since is not its to write."""
+
+    def __init__(self, message: str, group: str | None = None, partitions: tuple[int, ...] = ()) -> None:
+        self.group = group
+        self.partitions = partitions
+        super().__init__(message)
 
 
 class DataRejected(BackendError):

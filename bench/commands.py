@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.commands [--duration 10] [--rates 500,2000] [--preload 50000]
 
-Starts a private stack (data in .data/bench, ports 29392-29394), then measures, in one run:
+Starts a private stack (data in .data/bench-<port base>, ports 29392-29394 unless ``--port-base``
+moves them), then measures, in one run:
 
 1. latency at fixed offered rates (open loop: a command is issued every 1/rate s whatever the
    previous ones are doing): each sample is the time from `AssessmentStore.execute` being called
@@ -145,7 +146,7 @@ async def sustained_rate(
 
 
 def main(args: argparse.Namespace) -> None:
-    settings = isolated_settings(ROOT / ".data" / "bench", port_base=29392)
+    settings = isolated_settings(ROOT / ".data" / f"bench-{args.port_base}", port_base=args.port_base)
     Stack(settings).purge(log=lambda _m: None)
     with running_stack(settings) as s:  # the stack manager is synchronous: outside the event loop
         asyncio.run(measure(s, args))
@@ -186,4 +187,5 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per latency rate")
     parser.add_argument("--rates", type=lambda v: [int(x) for x in v.split(",")], default=[100, 500, 2000])
     parser.add_argument("--preload", type=int, default=50_000, help="commands for the sustained-rate run")
+    parser.add_argument("--port-base", type=int, default=29392, help="Kafka, controller and PostgreSQL ports: base..base+2.")
     main(parser.parse_args())

@@ -22,7 +22,8 @@ import json
 import logging
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 
 from assessment_store._config import Settings
 from assessment_store._errors import CodecError
@@ -39,7 +40,15 @@ from assessment_store._model import (
     Started,
 )
 from schemas import EventCodec
-from streams._kafka import TopicSpec, admin_client, ensure_topics, topic_end_offsets, translate_kafka_errors
+from streams._fence import LogFence, Verdict, fence_metadata, metadata_epoch
+from streams._kafka import (
+    TopicSpec,
+    admin_client,
+    committed_with_metadata,
+    ensure_topics,
+    topic_end_offsets,
+    translate_kafka_errors,
+)
 
 __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus", "reverse_sync_status",
            "reverse_topic_spec", "to_legacy_message"]
@@ -83,18 +92,22 @@ def reverse_topic_spec(settings: Settings, topic: str | None = None) -> TopicSpe
 
 @dataclass(slots=True)
 class ReverseStats:
-    """``events == emitted + skipped_not_store + skipped_no_legacy_event + undecodable`` once a batch is done."""
+    """``events == emitted + skipped_not_store + skipped_no_legacy_event + undecodable`` once a batch is done;
+    ``fenced`` records (and fence records themselves) are not among ``events``."""
 
     events: int = 0
     emitted: int = 0
     skipped_not_store: int = 0
     skipped_no_legacy_event: int = 0
     undecodable: int = 0
+    fenced: int = 0
+    """events a processor wrote after a later owner's fence (streams/_fence.py): never synced"""
     batches: int = 0
 
     def to_json(self) -> dict[str, JSON]:
         return {"events": self.events, "emitted": self.emitted, "skippedNotStore": self.skipped_not_store,
                 "skippedNoLegacyEvent": self.skipped_no_legacy_event, "undecodable": self.undecodable,
+                "fenced": self.fenced,
                 "batches": self.batches}
 
 
@@ -112,19 +125,24 @@ class ReverseSync(AsyncLifecycle):
         self._codec = EventCodec()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        # The fence in force per partition at our position; a partition assigned to us is loaded from
+        # the metadata of the group's committed offset (where every commit records it) before use.
+        self._fence = LogFence()
+        self._fence_known: set[TopicPartition] = set()
 
     async def start(self) -> None:
         if self._consumer is not None:
             return
         await ensure_topics(self.settings, [reverse_topic_spec(self.settings, self.topic)])
         consumer = AIOKafkaConsumer(
-            self.settings.events_topic, bootstrap_servers=self.settings.kafka_bootstrap, group_id=self.group_id,
+            bootstrap_servers=self.settings.kafka_bootstrap, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             session_timeout_ms=self.settings.consumer_session_timeout_ms,
         )
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
                                     enable_idempotence=True, linger_ms=5)
+        consumer.subscribe([self.settings.events_topic], listener=_ForgetFences(self))
         try:
             with translate_kafka_errors("starting the reverse sync"):
                 await producer.start()
@@ -153,9 +171,18 @@ class ReverseSync(AsyncLifecycle):
             with translate_kafka_errors("reading the events topic"):
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
             futures = []
+            for tp in batch:
+                if tp not in self._fence_known:
+                    _offset, metadata = await committed_with_metadata(consumer, tp)
+                    self._fence.epochs[tp] = metadata_epoch(metadata)
+                    self._fence_known.add(tp)
             with translate_kafka_errors("emitting reverse-synced messages"):
-                for records in batch.values():
+                for tp, records in batch.items():
                     for rec in records:
+                        verdict, _epoch = self._fence.judge(tp, rec.headers)
+                        if verdict is not Verdict.ACCEPTED:
+                            self.stats.fenced += verdict is Verdict.FENCED
+                            continue
                         message = self._translate(rec.value, rec.headers, f"{rec.topic}/{rec.partition}/{rec.offset}")
                         if message is not None:
                             futures.append(await producer.send(
@@ -167,7 +194,11 @@ class ReverseSync(AsyncLifecycle):
                 # partition its key hashes to, through an idempotent producer (no reordering on retry).
                 await asyncio.gather(*futures)
                 if batch:
-                    await consumer.commit()
+                    # With each offset, the fence in force there: a restart or the next owner of the
+                    # partition resumes with it.
+                    await consumer.commit({
+                        tp: OffsetAndMetadata(recs[-1].offset + 1, fence_metadata(self._fence.current(tp)))
+                        for tp, recs in batch.items() if recs})
             self.stats.emitted += len(futures)
             self.stats.batches += 1 if batch else 0
 
@@ -187,6 +218,19 @@ class ReverseSync(AsyncLifecycle):
         if message is None:
             self.stats.skipped_no_legacy_event += 1
         return message
+
+
+class _ForgetFences(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A (re)assigned partition's fence is read again from the committed metadata before its first batch."""
+
+    def __init__(self, sync: ReverseSync) -> None:
+        self.sync = sync
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.sync._fence_known.difference_update(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.sync._fence_known.difference_update(assigned)
 
 
 @dataclass(frozen=True, slots=True)

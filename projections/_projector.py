@@ -74,6 +74,7 @@ from assessment_store._lifecycle import Backoff
 from assessment_store._model import Assessment, Event, Outcome, Payload
 from schemas import EventCodec, OutcomeCodec
 from streams import COMMAND_OFFSET_HEADER, ensure_topics, partition_counts, translate_kafka_errors
+from streams._fence import LogFence, Verdict
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
 from ._queries import assessment_to_row, fetch_assessments
@@ -104,6 +105,8 @@ class FoldStats:
     unstorable_outcomes: int = 0
     unpositioned_dropped: int = 0
     """records fetched before our seek (at Kafka's offsets) or below the stored offset: dropped"""
+    fenced: int = 0
+    """records of a processor that had lost its partition (after a later owner's fence): not folded"""
 
     def add(self, other: FoldStats) -> None:
         for f in dataclasses.fields(self):
@@ -116,6 +119,8 @@ class _Batch:
     outcomes: list[tuple[ConsumerRecord[bytes, bytes], Outcome]] = field(default_factory=list)
     anomalies: list[tuple[Any, ...]] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    fences: list[tuple[str, int, int, int]] = field(default_factory=list)
+    """fence records of the batch: (topic, partition, offset, epoch), stored with its offsets"""
 
     def event_ids(self) -> list[str]:
         return list(dict.fromkeys(ev.assessment_id for _, ev in self.events))
@@ -131,7 +136,7 @@ class _Batch:
             (held if storable(ev.assessment_id) in quarantined else kept).append((rec, ev))
         if not held:
             return self, []
-        return _Batch(kept, self.outcomes, self.anomalies, self.next_offsets), held
+        return _Batch(kept, self.outcomes, self.anomalies, self.next_offsets, self.fences), held
 
 
 def storable(text: str) -> str:
@@ -192,6 +197,9 @@ class Projector(AsyncLifecycle):
         self._position_lock = asyncio.Lock()
         # Assessments in quarantine (storable ids), loaded with the stored offsets.
         self._quarantined: set[str] = set()
+        # The fence in force per partition at the next record to decode: loaded with the stored
+        # offsets, advanced as records are decoded (a failed batch re-seeks, which reloads it).
+        self._fence = LogFence()
         self._backoff = Backoff(log)
 
     @property
@@ -278,6 +286,18 @@ class Projector(AsyncLifecycle):
         stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         return {tp: stored[tp] for tp in partitions if tp in stored}
 
+    async def _load_fences(self, stored: dict[TopicPartition, int], partitions: Sequence[TopicPartition]) -> None:
+        """The fence in force at each partition's stored offset (0 where none was folded yet)."""
+        assert self._pool is not None
+        with translate_db_errors("reading the processors' fences"):
+            rows = await self._pool.fetch(
+                f"SELECT topic, partition, max(epoch) AS epoch FROM {self.schema}.log_fences"
+                " WHERE topic = ANY($1::text[]) GROUP BY topic, partition", list({tp.topic for tp in partitions}))
+        epochs = {TopicPartition(r["topic"], r["partition"]): int(r["epoch"]) for r in rows}
+        for tp in partitions:
+            # Only fences below the stored offset exist here: each is stored with the offsets past it.
+            self._fence.epochs[tp] = epochs.get(tp, 0) if tp in stored else 0
+
     async def _load_quarantined(self) -> None:
         assert self._pool is not None
         with translate_db_errors("reading the quarantined assessments"):
@@ -291,8 +311,9 @@ class Projector(AsyncLifecycle):
         assert consumer is not None
         async with self._position_lock:
             stored = await self.stored_offsets(partitions)
-            # Read after the offsets: a quarantine committed with offsets we read is seen here.
+            # Read after the offsets: a quarantine or fence committed with offsets we read is seen here.
             await self._load_quarantined()
+            await self._load_fences(stored, partitions)
             # Only partitions still ours: a rebalance may have moved some during the awaits above.
             owned = consumer.assignment()
             positioned = []
@@ -419,6 +440,16 @@ class Projector(AsyncLifecycle):
         stats = FoldStats(batches=1)
         for tp, recs in records.items():
             for rec in recs:
+                # Fences first (streams/_fence.py): a fence record is stored, not folded; a record
+                # written after a later owner's fence is kept as an anomaly, never folded.
+                verdict, epoch = self._fence.judge(tp, rec.headers)
+                if verdict is Verdict.FENCE:
+                    batch.fences.append((rec.topic, rec.partition, rec.offset, epoch or 0))
+                    continue
+                if verdict is Verdict.FENCED:
+                    stats.fenced += 1
+                    batch.anomalies.append(self._fenced_anomaly(rec, epoch, self._fence.current(tp)))
+                    continue
                 try:
                     if rec.topic == self.s.outcomes_topic:
                         batch.outcomes.append((rec, self.outcome_codec.decode(rec.value, rec.headers)))
@@ -430,6 +461,16 @@ class Projector(AsyncLifecycle):
             if recs:
                 batch.next_offsets[tp] = recs[-1].offset + 1
         return batch, stats
+
+    def _fenced_anomaly(self, rec: ConsumerRecord[bytes, bytes], epoch: int | None, fence: int) -> tuple[Any, ...]:
+        detail = f"written at epoch {epoch} after the fence of epoch {fence}: a processor that had lost the partition"
+        try:
+            if rec.topic == self.s.outcomes_topic:
+                o = self.outcome_codec.decode(rec.value, rec.headers)
+                return _anomaly("fenced", rec, f"outcome of command {o.command_id}: {detail}", raw=rec.value)
+            return _anomaly("fenced", rec, detail, self.codec.decode(rec.value, rec.headers), raw=rec.value)
+        except CodecError:
+            return _anomaly("fenced", rec, detail, raw=rec.value)  # a stale fence record, or undecodable
 
     async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> FoldStats:
         batch, stats = self._decode(records)
@@ -538,6 +579,7 @@ class Projector(AsyncLifecycle):
                     for rec, e in bad_outcomes], next_offsets=batch.next_offsets)
                 args, _ = self._prepare(rest, {}, FoldStats())
                 await conn.execute(_FOLD_BATCH, *args)
+                await self._insert_fences(conn, batch.fences)
                 for aid, r in refused.items():
                     rec = events_of[aid][r.first][0]
                     await conn.execute(
@@ -578,6 +620,14 @@ class Projector(AsyncLifecycle):
             else:
                 bad, error = mid, e
         return _Refused(bad - 1, error)
+
+    async def _insert_fences(self, conn: asyncpg.Connection, fences: list[tuple[str, int, int, int]]) -> None:
+        """Store the batch's fence records with its offsets (same transaction). ON CONFLICT: a batch
+        re-read after a crash or by two projectors in a rebalance stores each fence once."""
+        if fences:
+            await conn.executemany(
+                f"INSERT INTO {self.schema}.log_fences (topic, partition, kafka_offset, epoch) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT DO NOTHING", fences)
 
     async def _insert_held(self, conn: asyncpg.Connection, held: list[tuple[str, ConsumerRecord[bytes, bytes]]]) -> None:
         """Keep records of quarantined assessments as they were on the topic, not applied.
@@ -667,13 +717,14 @@ class Projector(AsyncLifecycle):
         ids = rest.event_ids()
         states: dict[str, Assessment] = await fetch_assessments(conn, ids, schema=self.schema) if ids else {}
         args, _changed = self._prepare(rest, states, stats)
-        if not held:
+        if not held and not batch.fences:
             await conn.execute(_FOLD_BATCH, *args)  # one statement, one transaction: the usual case
             return
-        # Held events commit with the batch's rows and offsets, or not at all.
+        # Held events and fences commit with the batch's rows and offsets, or not at all.
         async with conn.transaction():
             await conn.execute(_FOLD_BATCH, *args)
             await self._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
+            await self._insert_fences(conn, batch.fences)
         stats.held += len(held)
 
     def _prepare(
@@ -769,7 +820,7 @@ class _Pipeline:
         args, changed, held = prepared
         self._in_flight = changed
         self._writing_batch = batch
-        self._writing = asyncio.create_task(self._write(args, held))
+        self._writing = asyncio.create_task(self._write(args, held, batch.fences))
         p.stats.add(stats)
 
     async def _prepare(self, batch: _Batch, stats: FoldStats) -> tuple[
@@ -788,15 +839,17 @@ class _Pipeline:
         stats.held += len(held)
         return args, changed, held
 
-    async def _write(self, args: list[Any], held: list[tuple[ConsumerRecord[bytes, bytes], Event]]) -> None:
+    async def _write(self, args: list[Any], held: list[tuple[ConsumerRecord[bytes, bytes], Event]],
+                     fences: list[tuple[str, int, int, int]]) -> None:
         assert self.p._pool is not None
         with translate_db_errors("writing a rebuilt batch"):
-            if not held:
+            if not held and not fences:
                 await self.p._pool.execute(_FOLD_BATCH, *args)
                 return
             async with self.p._pool.acquire() as conn, conn.transaction():
                 await conn.execute(_FOLD_BATCH, *args)
                 await self.p._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
+                await self.p._insert_fences(conn, fences)
 
     async def drain(self) -> bool:
         """Wait for the batch being written; True when PostgreSQL refused it and it was re-folded

@@ -189,7 +189,7 @@ async def replay(
                         # each table's options invalidates them, so every reader re-resolves
                         # "projection.<table>" to the new schema.
                         for table in ("assessments", "assessment_events", "command_outcomes", "anomalies",
-                                      "projector_offsets", "meta", "quarantine", "quarantine_held"):
+                                      "projector_offsets", "meta", "quarantine", "quarantine_held", "log_fences"):
                             await conn.execute(f"ALTER TABLE {old}.{table} SET (autovacuum_enabled = true)")
                     await conn.execute(
                         "INSERT INTO public.migration_audit (operation, actor, details) VALUES ($1, $2, $3)",

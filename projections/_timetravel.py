@@ -3,7 +3,9 @@
 Kafka record timestamps are the events' ``recorded_at`` (the processor sets them), so "as of time
 T" means: every record of the events topic with a timestamp <= T. Within a partition records are
 in offset order and the processor stamps them in that order, so the prefix up to the first record
-after T is exactly that set (``offsets_for_times`` finds its end).
+after T is exactly that set (``offsets_for_times`` finds its end). Reading from offset 0, every
+fence is seen, so records a fenced processor wrote are skipped as every reader skips them
+(``streams/_fence.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from assessment_store._model import (
 )
 from schemas import EventCodec
 from streams import partition_counts, translate_kafka_errors
+from streams._fence import LogFence, Verdict
 
 __all__ = ["counts_at", "state_at"]
 
@@ -50,7 +53,9 @@ async def _ends_at(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
 async def _read(
     consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Yield the records of each partition from its beginning up to (excluding) its end."""
+    """Yield the records of each partition from its beginning up to (excluding) its end, except
+    fence records and records written after a later owner's fence."""
+    fence = LogFence()
     todo = {tp: end for tp, end in ends.items() if end > 0}
     consumer.assign(list(todo))
     if not todo:
@@ -60,7 +65,7 @@ async def _read(
         batch = await consumer.getmany(*todo, timeout_ms=1000)
         for tp, recs in batch.items():
             for rec in recs:
-                if rec.offset < todo.get(tp, 0):
+                if rec.offset < todo.get(tp, 0) and fence.judge(tp, rec.headers)[0] is Verdict.ACCEPTED:
                     yield rec
             if tp in todo and await consumer.position(tp) >= todo[tp]:
                 del todo[tp]

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 
 from assessment_store._config import Settings
-from assessment_store._errors import KafkaUnavailable
+from assessment_store._errors import FencedOut, KafkaUnavailable
 from assessment_store._lifecycle import AsyncLifecycle
 
 __all__ = [
-    "KeyedProducer", "close_producer",
+    "KeyedProducer", "close_producer", "committed_with_metadata",
     "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "store_topics",
     "topic_end_offsets", "translate_kafka_errors",
 ]
@@ -31,12 +31,26 @@ def translate_kafka_errors(what: str) -> Iterator[None]:
     """aiokafka and socket failures -> ``KafkaUnavailable``; keeps aiokafka's ``retriable``."""
     try:
         yield
+    except CommitFailedError as e:
+        # The group rebalanced: this member's generation is gone (see streams/_fence.py).
+        raise FencedOut(f"{what}: the consumer group rebalanced and refused this member's commit ({e.args[-1]})") from e
     except KafkaError as e:
         err = KafkaUnavailable(f"{what}: {type(e).__name__}: {e}")
         err.retriable = bool(getattr(e, "retriable", False))
         raise err from e
     except OSError as e:
         raise KafkaUnavailable(f"{what}: broker unreachable ({e})") from e
+
+
+async def committed_with_metadata(consumer: AIOKafkaConsumer, tp: TopicPartition) -> tuple[int | None, str]:
+    """The group's committed offset of ``tp`` (None if never committed) and its metadata string.
+    ``AIOKafkaConsumer.committed`` drops the metadata, which holds the processor's fence epoch."""
+    with translate_kafka_errors(f"reading the committed offset of {tp.topic}[{tp.partition}]"):
+        found = await consumer._coordinator.fetch_committed_offsets([tp])  # noqa: SLF001 - no public way to the metadata
+    meta = found.get(tp)
+    if meta is None or meta.offset < 0:
+        return None, meta.metadata if meta is not None else ""
+    return int(meta.offset), str(meta.metadata or "")
 
 
 def idempotent_producer(settings: Settings) -> AIOKafkaProducer:
