@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from ._console import err, out
 from ._console import fail as _fail
 from ._console import run_cli as _run
 from ._console import serve_forever as _serve_forever
-from ._errors import AssessmentStoreError
+from ._errors import AssessmentStoreError, ServiceFailed
 from ._model import JSON, Assessment, State
 from ._store import AssessmentStore
 
@@ -116,12 +117,45 @@ def stack_up(services: ServicesArg = None) -> None:
     from stack import Stack
 
     t0 = time.monotonic()
+    settings = Settings()
     try:
-        Stack(Settings()).up(services, log=lambda m: err.print(f"[dim]{m}[/]"))
-    except (AssessmentStoreError, ValueError) as e:
+        Stack(settings).up(services, log=lambda m: err.print(f"[dim]{m}[/]"))
+    except ServiceFailed as e:
+        _fail(f"{e}\nnext: `assessment-store stack logs {e.service}` shows its whole log; "
+              f"`assessment-store stack status` shows what runs")
+    except PermissionError as e:
+        _fail(f"{e}\nnext: make {settings.data_dir.resolve()} writable by this account, or choose another data "
+              "directory with ASSESSMENT_STORE_DATA_DIR")
+    except (AssessmentStoreError, ValueError, OSError) as e:
         _fail(str(e))
     err.print(f"stack up in {time.monotonic() - t0:.1f} s")
     stack_status(as_json=False)
+
+
+_SECRET_SETTINGS = {"api_token", "api_read_token"}
+
+
+def stack_env_lines(settings: Settings) -> list[str]:
+    """``export`` lines that point another process at this stack: the data directory (where the
+    generated passwords live) and every setting that differs from its default, secrets excepted."""
+    defaults = Settings.model_construct()
+    lines = [f"export ASSESSMENT_STORE_DATA_DIR={shlex.quote(str(settings.data_dir.resolve()))}"]
+    for name in sorted(Settings.model_fields):
+        if name in ("data_dir", *_SECRET_SETTINGS) or "password" in name:
+            continue
+        value = getattr(settings, name)
+        if value is None or value == getattr(defaults, name, None):
+            continue
+        text = str(value.resolve()) if isinstance(value, Path) else str(value)
+        lines.append(f"export ASSESSMENT_STORE_{name.upper()}={shlex.quote(text)}")
+    return lines
+
+
+@stack_app.command("env")
+def stack_env() -> None:
+    """Print the exports a service elsewhere on the machine needs to reach this stack:
+    eval "$(assessment-store stack env)"."""
+    sys.stdout.write("\n".join(stack_env_lines(Settings())) + "\n")
 
 
 @stack_app.command("down")

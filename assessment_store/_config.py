@@ -3,12 +3,21 @@ prefixed ``ASSESSMENT_STORE_`` (``ASSESSMENT_STORE_KAFKA_PORT=29092``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
+
+
+def _user_dir(xdg_variable: str, fallback: str) -> Path:
+    """``$<xdg_variable>/assessment-store``, else ``~/<fallback>/assessment-store`` (the XDG base
+    directory rules): one place per user, whatever the working directory."""
+    base = os.environ.get(xdg_variable, "").strip()
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / fallback
+    return root / "assessment-store"
 
 
 class Settings(BaseSettings):
@@ -20,12 +29,15 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------
     data_dir: Path = Field(
-        default=Path(".data"),
-        description="Project-local state: Kafka log dirs, the PostgreSQL cluster, pid files, logs.",
+        default_factory=lambda: _user_dir("XDG_DATA_HOME", ".local/share"),
+        description="The local stack's state: Kafka log dirs, the PostgreSQL cluster and its generated passwords, "
+        "pid files, logs. Per user by default ($XDG_DATA_HOME/assessment-store, else "
+        "~/.local/share/assessment-store), so every process of the user finds the same stack from any directory.",
     )
     cache_dir: Path = Field(
-        default=Path(".cache"),
-        description="Downloaded Kafka jars and the Maven repository used to fetch them.",
+        default_factory=lambda: _user_dir("XDG_CACHE_HOME", ".cache"),
+        description="Downloaded Kafka jars and the Maven repository used to fetch them ($XDG_CACHE_HOME/assessment-store, "
+        "else ~/.cache/assessment-store).",
     )
 
     # --- Kafka -------------------------------------------------------------

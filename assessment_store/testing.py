@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,15 +34,15 @@ T = TypeVar("T")
 def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) -> Settings:
     """Settings for a stack of its own: its own data directory and ports port_base..+2.
 
-    The jar cache stays shared (``ASSESSMENT_STORE_CACHE_DIR`` or ``.cache``) so tests never
-    download Kafka twice.
+    The jar cache stays shared (the default ``cache_dir``, or ``ASSESSMENT_STORE_CACHE_DIR``) so
+    tests never download Kafka twice.
     """
     values: dict[str, object] = {
         "data_dir": data_dir,
         "kafka_port": port_base,
         "kafka_controller_port": port_base + 1,
         "postgres_port": port_base + 2,
-        "cache_dir": Path(os.environ.get("ASSESSMENT_STORE_CACHE_DIR", ".cache")).resolve(),
+        "cache_dir": Settings().cache_dir.resolve(),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -36,7 +36,6 @@ class PostgresService:
         self.s = settings
         self.data_root = settings.data_dir.resolve()
         self.logs = self.data_root / "logs"
-        self.log_file = self.logs / "postgres.log"
         self._pgdata: Path | None = None
 
     # --- where and as whom ------------------------------------------------------------
@@ -94,6 +93,13 @@ class PostgresService:
             pointer.write_text(f"{self._pgdata}\n")
         return self._pgdata
 
+    @property
+    def log_file(self) -> Path:
+        """``<data_dir>/logs/postgres.log``; beside the cluster when the cluster had to move out of a
+        data directory its account cannot reach (the server writes its log itself, as that account)."""
+        pgdata = self.pgdata()
+        return self.logs / "postgres.log" if pgdata == self.data_root / "postgres" else pgdata.parent / "postgres.log"
+
     def _reachable(self, path: Path) -> bool:
         probe = subprocess.run([*self._run_as(), "test", "-x", str(path)], capture_output=True)
         return probe.returncode == 0
@@ -147,7 +153,7 @@ class PostgresService:
             if not (self.pgdata() / "PG_VERSION").exists():
                 self._initdb(log)
             check_port_free(self.s.postgres_host, self.s.postgres_port, "postgres")
-            self.logs.mkdir(parents=True, exist_ok=True)
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self.log_file.touch()
             os.chown(self.log_file, *self._owner())
             pgdata = str(self.pgdata())
