@@ -180,7 +180,9 @@ class KafkaService:
         from aiokafka import AIOKafkaClient
         from aiokafka.errors import KafkaError
 
-        client = AIOKafkaClient(bootstrap_servers=self.s.kafka_bootstrap, request_timeout_ms=2000)
+        from streams import kafka_client_options
+
+        client = AIOKafkaClient(**kafka_client_options(self.s, "admin"), request_timeout_ms=2000)
         # Refused connections are the expected answer while the broker boots; do not log each one.
         quiet = logging.getLogger("aiokafka")
         level = quiet.level

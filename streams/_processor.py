@@ -63,7 +63,7 @@ from assessment_store._model import (
 )
 from schemas import CommandCodec, EventCodec, OutcomeCodec
 
-from ._kafka import ensure_topics, idempotent_producer, partition_counts, translate_kafka_errors
+from ._kafka import ensure_topics, idempotent_producer, kafka_client_options, partition_counts, translate_kafka_errors
 
 __all__ = ["COMMAND_OFFSET_HEADER", "CommandProcessor", "ProcessorStats"]
 
@@ -132,12 +132,12 @@ class CommandProcessor(AsyncLifecycle):
             raise StackError(
                 f"topics must have equal partition counts for single-writer routing, found {counts}"
             )
-        producer = idempotent_producer(s)
+        producer = idempotent_producer(s, "processor")
         with translate_kafka_errors("starting the processor's producer"):
             await producer.start()
         self._producer = producer
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, group_id=s.processor_group, enable_auto_commit=False,
+            **kafka_client_options(s, "processor"), group_id=s.processor_group, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=1000,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             # A processor killed with -9 holds its partitions until its session expires.
@@ -204,7 +204,7 @@ class CommandProcessor(AsyncLifecycle):
         committed = await self._consumer.committed(cmd_tp) or 0
         part = _Partition()
         reader = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+            **kafka_client_options(s, "processor"), enable_auto_commit=False, isolation_level="read_committed",
             group_id=None, auto_offset_reset="earliest",
         )
         ev_tp, out_tp = TopicPartition(s.events_topic, partition), TopicPartition(s.outcomes_topic, partition)
