@@ -39,11 +39,12 @@ class Settings(BaseSettings):
         default=None,
         description="Broker list; defaults to the local broker (kafka_host:kafka_port).",
     )
-    kafka_secure: bool = Field(
-        default=False,
+    kafka_secure: bool | None = Field(
+        default=None,
         description="The local broker runs with authentication: one SASL_SSL listener (SCRAM-SHA-512 over TLS), "
         "credentials and certificates generated at its first start, ACLs per principal. Clients of such a stack "
-        "connect with SASL_SSL and the stack's CA, as `kafka_username` or else the principal of their role.",
+        "connect with SASL_SSL and the stack's CA, as `kafka_username` or else the principal of their role. "
+        "Unset: as the local broker's data directory was first started (off for a new one or another cluster).",
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="How clients talk to `bootstrap_servers` (kafka_secure implies SASL_SSL).",
@@ -163,6 +164,19 @@ class Settings(BaseSettings):
     @property
     def kafka_bootstrap(self) -> str:
         return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def kafka_secure_mode(self) -> bool:
+        """Whether clients talk to the local stack's authenticated broker: ``kafka_secure``, or when
+        unset, what the local broker's data directory was formatted for (never for another cluster)."""
+        if self.kafka_secure is not None:
+            return self.kafka_secure
+        if self.bootstrap_servers is not None:
+            return False
+        try:
+            return (self.data_dir.resolve() / "kafka" / "security").read_text().strip() == "SASL_SSL"
+        except OSError:
+            return False
 
     @property
     def kafka_credentials_file(self) -> Path:

@@ -125,10 +125,10 @@ class KafkaService:
         exist only if created at format time, and a secured directory must never be served open."""
         marker = self.home / "security"
         if not (self.log_dir / "meta.properties").exists():
-            return
+            return  # not formatted yet: kafka_secure decides
         formatted = marker.read_text().strip() if marker.exists() else "PLAINTEXT"
         wanted = "SASL_SSL" if self.s.kafka_secure else "PLAINTEXT"
-        if formatted != wanted:
+        if self.s.kafka_secure is not None and formatted != wanted:
             raise ServiceFailed(
                 "kafka", f"{self.log_dir} was formatted for {formatted} clients, and kafka_secure="
                 f"{str(self.s.kafka_secure).lower()} asks for {wanted}: set ASSESSMENT_STORE_KAFKA_SECURE="
@@ -157,7 +157,7 @@ class KafkaService:
         self.home.chmod(0o700)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._check_mode()
-        creds = ensure_credentials(self.s) if self.s.kafka_secure else None
+        creds = ensure_credentials(self.s) if self.s.kafka_secure_mode else None
         config = self._write_config(creds)
         log4j = resources.files("stack") / "kafka" / "log4j2.properties"
         base = [
@@ -190,7 +190,7 @@ class KafkaService:
                     tail(self.logs / "kafka.log") + "\n" + tail(out_path, 10),
                 )
             if asyncio.run(self._answers_metadata()):
-                if self.s.kafka_secure:
+                if creds is not None:
                     asyncio.run(self._secure_setup(log))
                 return True
             if time.monotonic() > deadline:
@@ -263,7 +263,8 @@ class KafkaService:
             name=self.name,
             running=pid is not None,
             pid=pid,
-            address=f"{self.s.kafka_host}:{self.s.kafka_port} (controller :{self.s.kafka_controller_port})",
+            address=f"{self.s.kafka_host}:{self.s.kafka_port}{' SASL_SSL' if self.s.kafka_secure_mode else ''}"
+                    f" (controller :{self.s.kafka_controller_port})",
             data=str(self.log_dir),
             log=str(self.logs / "kafka.log"),
             rss_bytes=rss_bytes(pid),

@@ -66,7 +66,7 @@ class StoreProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         env = {**os.environ, **settings_env(self.s)}
-        if self.s.kafka_secure:
+        if self.s.kafka_secure_mode:
             # Each service authenticates as its own principal, with the password it reads from the
             # 0600 credentials file: no password in the environment of a child.
             env["ASSESSMENT_STORE_KAFKA_USERNAME"] = self.principal

@@ -29,6 +29,7 @@ from assessment_store._lifecycle import AsyncLifecycle
 
 __all__ = [
     "PRINCIPALS", "KeyedProducer", "Principal", "close_producer", "kafka_client_options", "kafka_principal",
+    "node_client_env",
     "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "read_credentials",
     "start_kafka_client", "store_topics", "topic_end_offsets", "translate_kafka_errors",
 ]
@@ -82,7 +83,7 @@ def kafka_principal(settings: Settings, principal: Principal) -> str | None:
     configured ``kafka_username``, else on a kafka_secure stack the role's own user."""
     if settings.kafka_username is not None:
         return settings.kafka_username
-    return principal if settings.kafka_secure else None
+    return principal if settings.kafka_secure_mode else None
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,6 +91,27 @@ def _ssl_context(cafile: Path | None, certfile: Path | None, keyfile: Path | Non
     # One context per file set: building one reads and parses the CA bundle.
     context: ssl.SSLContext = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
     return context
+
+
+def _cafile(settings: Settings) -> Path | None:
+    return settings.kafka_ssl_cafile or (settings.kafka_ca_file if settings.kafka_secure_mode else None)
+
+
+def node_client_env(settings: Settings, principal: Principal) -> dict[str, str]:
+    """``kafka_client_options`` as the environment of the Node tap (``bridge/node/src/options.js``:
+    KAFKA_BOOTSTRAP, KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_USERNAME, KAFKA_PASSWORD,
+    KAFKA_SSL_CAFILE). kafkajs takes the password only as a value, so it travels in the child's
+    environment (readable by this account only)."""
+    opts = kafka_client_options(settings, principal)
+    env = {"KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "KAFKA_SECURITY_PROTOCOL": str(opts.get("security_protocol", "PLAINTEXT"))}
+    if "sasl_mechanism" in opts:
+        env.update(KAFKA_SASL_MECHANISM=opts["sasl_mechanism"], KAFKA_USERNAME=opts["sasl_plain_username"],
+                   KAFKA_PASSWORD=opts["sasl_plain_password"])
+    cafile = _cafile(settings)
+    if "ssl_context" in opts and cafile is not None:
+        env["KAFKA_SSL_CAFILE"] = str(cafile.resolve())
+    return env
 
 
 def kafka_client_options(settings: Settings, principal: Principal) -> dict[str, Any]:
@@ -103,12 +125,12 @@ def kafka_client_options(settings: Settings, principal: Principal) -> dict[str, 
     ``kafka_security_protocol``/``kafka_sasl_*``/``kafka_ssl_*`` settings say (default PLAINTEXT)."""
     s = settings
     opts: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
-    protocol = "SASL_SSL" if s.kafka_secure else s.kafka_security_protocol
+    protocol = "SASL_SSL" if s.kafka_secure_mode else s.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return opts
     opts["security_protocol"] = protocol
     if protocol in ("SSL", "SASL_SSL"):
-        cafile = s.kafka_ssl_cafile or (s.kafka_ca_file if s.kafka_secure else None)
+        cafile = _cafile(s)
         opts["ssl_context"] = _ssl_context(
             cafile.resolve() if cafile else None,
             s.kafka_ssl_certfile.resolve() if s.kafka_ssl_certfile else None,
@@ -120,15 +142,15 @@ def kafka_client_options(settings: Settings, principal: Principal) -> dict[str, 
             raise ValidationError("kafka_username", f"required with kafka_security_protocol={protocol}")
         if s.kafka_password is not None:
             password = s.kafka_password.get_secret_value()
-        elif s.kafka_secure and s.kafka_credentials_file.exists():
+        elif s.kafka_secure_mode and s.kafka_credentials_file.exists():
             found = read_credentials(s.kafka_credentials_file).get(username)
             if found is None:
                 raise ValidationError("kafka_username", f"no principal {username!r} in {s.kafka_credentials_file}")
             password = found
         else:
-            where = f" (and {s.kafka_credentials_file} does not exist)" if s.kafka_secure else ""
+            where = f" (and {s.kafka_credentials_file} does not exist)" if s.kafka_secure_mode else ""
             raise ValidationError("kafka_password", f"required with kafka_security_protocol={protocol}{where}")
-        opts["sasl_mechanism"] = "SCRAM-SHA-512" if s.kafka_secure else s.kafka_sasl_mechanism
+        opts["sasl_mechanism"] = "SCRAM-SHA-512" if s.kafka_secure_mode else s.kafka_sasl_mechanism
         opts["sasl_plain_username"] = username
         opts["sasl_plain_password"] = password
     return opts
