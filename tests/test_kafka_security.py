@@ -8,7 +8,10 @@ own (the session's port base + 500), beside the session's plain stack.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -26,7 +29,8 @@ from schemas import CommandCodec
 from stack import Stack
 from stack._kafka import KafkaService
 from streams import CommandSender, EventProducer, Principal, kafka_client_options, translate_kafka_errors
-from streams._kafka import read_credentials
+from bridge._legacy_process import NODE_DIR
+from streams._kafka import node_client_env, read_credentials
 
 from .conftest import PORT_BASE, ROOT
 
@@ -64,8 +68,8 @@ def _event(aid: str) -> Event:
     return Event(aid, 1, Created({"forged": True}), now, now)
 
 
-async def _read_keys(settings: Settings, principal: Principal, topic: str) -> set[bytes]:
-    """The keys of every record of ``topic``, read without a group as ``principal``."""
+async def _read_all(settings: Settings, principal: Principal, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record of ``topic``, read without a group as ``principal``."""
     consumer = AIOKafkaConsumer(**kafka_client_options(settings, principal), group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
@@ -74,11 +78,11 @@ async def _read_keys(settings: Settings, principal: Principal, topic: str) -> se
         consumer.assign(parts)
         ends = await consumer.end_offsets(parts)
         await consumer.seek_to_beginning(*parts)
-        keys: set[bytes] = set()
+        records: list[tuple[bytes | None, bytes | None]] = []
         while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
             for recs in (await consumer.getmany(timeout_ms=1000)).values():
-                keys.update(r.key for r in recs if r.key is not None)
-        return keys
+                records += [(r.key, r.value) for r in recs]
+        return records
     finally:
         await consumer.stop()
 
@@ -157,7 +161,7 @@ async def test_dashboard_reads_but_never_writes(secure: Settings) -> None:
         await writer.append(_event(aid))
     finally:
         await writer.stop()
-    assert aid.encode() in await _read_keys(secure, "dashboard", secure.events_topic)
+    assert aid.encode() in {k for k, _v in await _read_all(secure, "dashboard", secure.events_topic)}
 
     for principal, topic in (("dashboard", secure.events_topic), ("dashboard", secure.commands_topic)):
         producer = AIOKafkaProducer(**kafka_client_options(secure, principal), acks="all", request_timeout_ms=10000)
@@ -206,3 +210,26 @@ def test_a_data_directory_keeps_its_mode(secure: Settings) -> None:
     unset = secure.model_copy(update={"kafka_secure": None})
     assert unset.kafka_secure_mode, "an unset kafka_secure follows the data directory"
     KafkaService(unset)._check_mode()
+
+
+def _node_tap(settings: Settings, env: dict[str, str], emitter: str, timeout_ms: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["node", "bin/legacy-service.js", "--count", "2", "--no-create-topic", "--brokers", settings.kafka_bootstrap,
+         "--topic", settings.legacy_topic, "--emitter-id", emitter, "--timeout-ms", str(timeout_ms), "--log-level", "nothing"],
+        cwd=NODE_DIR, env={**os.environ, **env}, capture_output=True, text=True, timeout=90,
+    )
+
+
+async def test_node_tap_authenticates_as_legacy_tap(secure: Settings) -> None:
+    """The Node tap delivers as legacy-tap over SASL_SSL; with the dashboard's credentials its writes are refused."""
+    emitter = f"secure-tap-{new_id()}"
+    done = _node_tap(secure, node_client_env(secure, "legacy-tap"), emitter, 20000)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["tap"]["forwarded"] > 0
+    emitters = {json.loads(v)["emitter"] for _k, v in await _read_all(secure, "dashboard", secure.legacy_topic) if v}
+    assert emitter in emitters
+
+    refused = _node_tap(secure, node_client_env(secure, "dashboard"), f"{emitter}-ro", 3000)
+    assert refused.returncode == 1
+    emitters = {json.loads(v)["emitter"] for _k, v in await _read_all(secure, "dashboard", secure.legacy_topic) if v}
+    assert f"{emitter}-ro" not in emitters
