@@ -14,6 +14,7 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -22,7 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 from pydantic import SecretStr
 
 from assessment_store import AssessmentStore, Settings, State
-from assessment_store._errors import KafkaAccessDenied, KafkaUnavailable, ServiceFailed
+from assessment_store._errors import KafkaAccessDenied, KafkaUnavailable, ServiceFailed, ValidationError
 from assessment_store._model import CommandEnvelope, Created, Event, UpdateProgress, new_id
 from assessment_store.testing import eventually, isolated_settings
 from schemas import CommandCodec
@@ -233,3 +234,16 @@ async def test_node_tap_authenticates_as_legacy_tap(secure: Settings) -> None:
     assert refused.returncode == 1
     emitters = {json.loads(v)["emitter"] for _k, v in await _read_all(secure, "dashboard", secure.legacy_topic) if v}
     assert f"{emitter}-ro" not in emitters
+
+
+def test_client_options_default_to_plaintext(tmp_path: Path) -> None:
+    """Without security settings a client gets only the bootstrap servers; SASL without a password is refused early."""
+    plain = Settings(data_dir=tmp_path, kafka_port=1234)
+    assert kafka_client_options(plain, "client") == {"bootstrap_servers": "127.0.0.1:1234"}
+    assert not plain.kafka_secure_mode
+    with pytest.raises(ValidationError, match="kafka_password"):
+        kafka_client_options(plain.model_copy(update={"kafka_security_protocol": "SASL_PLAINTEXT",
+                                                      "kafka_username": "client"}), "client")
+    env = node_client_env(plain.model_copy(update={"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_username": "u",
+                                                   "kafka_password": SecretStr("p")}), "legacy-tap")
+    assert env["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT" and env["KAFKA_USERNAME"] == "u"
