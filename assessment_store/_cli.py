@@ -112,12 +112,17 @@ ServicesArg = Annotated[
 
 
 @stack_app.command("up")
-def stack_up(services: ServicesArg = None) -> None:
+def stack_up(
+    services: ServicesArg = None,
+    secure: Annotated[bool, typer.Option(
+        "--secure", help="Kafka with authentication (SASL_SSL, SCRAM, TLS, ACLs per principal); decided at the "
+        "broker's first start, like ASSESSMENT_STORE_KAFKA_SECURE=true.")] = False,
+) -> None:
     """Start the services that are not running (fetching Kafka's jars on first use). Idempotent."""
     from stack import Stack
 
     t0 = time.monotonic()
-    settings = Settings()
+    settings = Settings(kafka_secure=True) if secure else Settings()
     try:
         Stack(settings).up(services, log=lambda m: err.print(f"[dim]{m}[/]"))
     except ServiceFailed as e:
@@ -180,6 +185,48 @@ def stack_purge(
     if not yes:
         _fail(f"this deletes every event and projection under {settings.data_dir.resolve()}; add --yes to confirm")
     Stack(settings).purge(log=lambda m: err.print(f"[dim]{m}[/]"))
+
+
+@stack_app.command("credentials")
+def stack_credentials(
+    principal: Annotated[str | None, typer.Argument(
+        help="admin, processor, client, projector, bridge, reverse-sync, dashboard or legacy-tap.",
+        show_default=False)] = None,
+) -> None:
+    """Where a kafka_secure stack keeps its Kafka credentials; with PRINCIPAL, the variables a process
+    outside the stack sets to connect as it (`eval "$(assessment-store stack credentials client)"`).
+    They include the password: print them only where they are meant to go."""
+    from streams import PRINCIPALS
+    from streams._kafka import read_credentials
+
+    s = Settings()
+    if not s.kafka_secure_mode or not s.kafka_credentials_file.exists():
+        _fail(f"no authenticated Kafka under {s.data_dir.resolve()}: `stack up --secure` makes one")
+    if principal is None:
+        out.print(f"credentials (principal:password, mode 0600): {s.kafka_credentials_file}")
+        out.print(f"CA certificate: {s.kafka_ca_file}")
+        out.print(f"bootstrap: {s.kafka_bootstrap} (SASL_SSL, SCRAM-SHA-512)")
+        out.print(f"principals: {', '.join(PRINCIPALS)}")
+        return
+    password = read_credentials(s.kafka_credentials_file).get(principal)
+    if principal not in PRINCIPALS or password is None:
+        _fail(f"unknown principal {principal!r}; known: {', '.join(PRINCIPALS)}")
+    values = {
+        "ASSESSMENT_STORE_BOOTSTRAP_SERVERS": s.kafka_bootstrap,
+        "ASSESSMENT_STORE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "ASSESSMENT_STORE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "ASSESSMENT_STORE_KAFKA_USERNAME": principal,
+        "ASSESSMENT_STORE_KAFKA_PASSWORD": password,
+        "ASSESSMENT_STORE_KAFKA_SSL_CAFILE": str(s.kafka_ca_file),
+        # The Node tap's names (bridge/node/src/options.js).
+        "KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_USERNAME": principal,
+        "KAFKA_PASSWORD": password,
+        "KAFKA_SSL_CAFILE": str(s.kafka_ca_file),
+    }
+    sys.stdout.write("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
 
 
 @stack_app.command("status")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,30 @@ class Settings(BaseSettings):
         default=None,
         description="Broker list; defaults to the local broker (kafka_host:kafka_port).",
     )
+    kafka_secure: bool | None = Field(
+        default=None,
+        description="The local broker runs with authentication: one SASL_SSL listener (SCRAM-SHA-512 over TLS), "
+        "credentials and certificates generated at its first start, ACLs per principal. Clients of such a stack "
+        "connect with SASL_SSL and the stack's CA, as `kafka_username` or else the principal of their role. "
+        "Unset: as the local broker's data directory was first started (off for a new one or another cluster).",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How clients talk to `bootstrap_servers` (kafka_secure implies SASL_SSL).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_username: str | None = Field(
+        default=None, description="SASL user of every Kafka client of this process. Unset on a kafka_secure stack: "
+        "each client authenticates as the principal of its role (processor, client, ...).",
+    )
+    kafka_password: SecretStr | None = Field(
+        default=None, description="SASL password; unset on a kafka_secure stack: read from `<data_dir>/kafka-credentials`.",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle (PEM) that signs the brokers' certificates; unset: the system's, or "
+        "on a kafka_secure stack the stack's own CA (`<data_dir>/kafka-ca.pem`).",
+    )
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate (PEM) for brokers that ask for one.")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="Private key (PEM) of kafka_ssl_certfile.")
 
     # --- topics ------------------------------------------------------------
     events_topic: str = "assessments.events"
@@ -157,6 +182,29 @@ class Settings(BaseSettings):
     @property
     def kafka_bootstrap(self) -> str:
         return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def kafka_secure_mode(self) -> bool:
+        """Whether clients talk to the local stack's authenticated broker: ``kafka_secure``, or when
+        unset, what the local broker's data directory was formatted for (never for another cluster)."""
+        if self.kafka_secure is not None:
+            return self.kafka_secure
+        if self.bootstrap_servers is not None:
+            return False
+        try:
+            return (self.data_dir.resolve() / "kafka" / "security").read_text().strip() == "SASL_SSL"
+        except OSError:
+            return False
+
+    @property
+    def kafka_credentials_file(self) -> Path:
+        """``principal:password`` lines of a kafka_secure stack, generated at its first start (mode 0600)."""
+        return self.data_dir.resolve() / "kafka-credentials"
+
+    @property
+    def kafka_ca_file(self) -> Path:
+        """The CA certificate of a kafka_secure stack (public: what clients verify the broker with)."""
+        return self.data_dir.resolve() / "kafka-ca.pem"
 
     @property
     def postgres_passfile(self) -> Path:

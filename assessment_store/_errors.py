@@ -14,6 +14,8 @@ The tree::
     ├── CodecError                          bytes that are not one of our events (.reason)
     ├── BackendError                        Kafka or PostgreSQL failed; .retriable says whether to retry
     │   ├── KafkaUnavailable
+    │   ├── KafkaAccessDenied               the broker refused this principal (.principal, .what, .reason); never
+    │   │                                   retriable: wrong credentials, or an ACL forbids the operation
     │   ├── DatabaseUnavailable
     │   ├── DataRejected                    PostgreSQL refused a value (NUL, out of range; .sqlstate), never retriable
     │   ├── FencedOut                       the consumer group gave this member's partitions to another (.group,
@@ -45,6 +47,7 @@ __all__ = [
     "DownloadFailed",
     "FencedOut",
     "InvalidTransition",
+    "KafkaAccessDenied",
     "KafkaUnavailable",
     "MissingTool",
     "NotQuarantined",
@@ -188,6 +191,22 @@ class FencedOut(BackendError):
         self.group = group
         self.partitions = partitions
         super().__init__(message)
+
+
+class KafkaAccessDenied(BackendError):
+    """The broker authenticated nobody (wrong or missing credentials: ``reason`` "authentication") or
+    its ACLs forbid this principal the operation (``reason`` "authorization": writing a topic it may
+    only read, say). Retrying the same call fails the same way."""
+
+    retriable = False
+
+    def __init__(self, what: str, principal: str | None, reason: str, detail: str) -> None:
+        self.what = what
+        self.principal = principal
+        self.reason = reason
+        self.detail = detail
+        who = f"principal {principal!r}" if principal else "an unauthenticated client"
+        super().__init__(f"{what}: Kafka refused {who} ({reason}): {detail}")
 
 
 class DataRejected(BackendError):

@@ -98,7 +98,7 @@ class AssessmentStore(AsyncLifecycle):
         while True:
             try:
                 if not self._topics_checked:
-                    await ensure_topics(self.settings)
+                    await ensure_topics(self.settings, principal="client")
                     self._topics_checked = True
                 await self._sender.send(envelope)
                 return

@@ -173,7 +173,9 @@ async def start_group_at_end(settings: Settings, group: str, topic: str) -> dict
     from aiokafka.structs import OffsetAndMetadata
 
     ends = await topic_end_offsets(settings, topic)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    from streams import kafka_client_options
+
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings, "admin"), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for p in ends])
@@ -195,11 +197,12 @@ async def produce_lifecycles(settings: Settings, count: int, *, prefix: str, bat
     from aiokafka import AIOKafkaProducer
 
     from schemas import EventCodec
+    from streams import kafka_client_options
 
     from ._model import Completed, Created, Event, Payload, ProgressUpdated, Started
 
     codec = EventCodec()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**kafka_client_options(settings, "admin"), acks="all", enable_idempotence=True,
                                 linger_ms=10, max_batch_size=512 * 1024)
     await producer.start()
     t0 = datetime.now(UTC)

@@ -41,6 +41,7 @@ from assessment_store.testing import isolated_settings, running_stack, topic_end
 from bridge import BridgeOptions, LegacyBridge, LegacyMessage, LegacyView, Translation, parse_message, translate_message
 from schemas import CommandCodec
 from stack import Stack
+from streams import kafka_client_options
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -77,7 +78,7 @@ def legacy_records(assessments: int) -> list[tuple[bytes, bytes]]:
 
 
 async def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**kafka_client_options(settings, "admin"), acks="all", enable_idempotence=True,
                                 linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     try:
@@ -90,7 +91,7 @@ async def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> Non
 async def bare_consumer_rate(settings: Settings, total: int, *, decode: bool = False) -> float:
     """Messages/s of a bare consumer reading the whole topic, first record to last (``decode``: and
     ``json.loads`` of every value, the least any translation has to do)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings, "admin"), group_id=None, enable_auto_commit=False,
                                 max_poll_records=2000)
     await consumer.start()
     try:

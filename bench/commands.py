@@ -36,7 +36,7 @@ from assessment_store.testing import isolated_settings, running_stack
 from projections import connect
 from schemas import CommandCodec
 from stack import Stack
-from streams import TopicSpec, ensure_topics
+from streams import TopicSpec, ensure_topics, kafka_client_options
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -96,7 +96,7 @@ async def _encoded_commands(n: int, ids: list[str]) -> list[tuple[bytes, bytes, 
 
 async def bare_producer_rate(settings: Settings, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
                              topic: str) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**kafka_client_options(settings, "admin"), acks="all", enable_idempotence=True,
                                 linger_ms=5)
     await producer.start()
     try:

@@ -101,12 +101,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from assessment_store import Settings
+from streams import kafka_client_options
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:29792"
 STARTUP_TIMEOUT_S = 90.0
 RECEIPT_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 20.0
 
 WORKER_KINDS = ("faust", "faust-eos", "aiokafka", "aiokafka-eos")
+
+
+def _kafka(bootstrap: str) -> dict[str, Any]:
+    """The store's client options for ``bootstrap``: the ASSESSMENT_STORE_KAFKA_* security settings of
+    the environment apply here as in the store (the faust workers connect with faust's own settings)."""
+    return kafka_client_options(Settings(bootstrap_servers=bootstrap), "admin")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -181,7 +190,7 @@ async def _aiokafka_worker(args: argparse.Namespace) -> None:
     log.note("app_start")
     consumer = AIOKafkaConsumer(
         args.topic,
-        bootstrap_servers=args.bootstrap,
+        **_kafka(args.bootstrap),
         group_id=args.app_id,
         auto_offset_reset="earliest",
         enable_auto_commit=not eos,
@@ -191,7 +200,7 @@ async def _aiokafka_worker(args: argparse.Namespace) -> None:
     producer: AIOKafkaProducer | None = None
     if eos:
         producer = AIOKafkaProducer(
-            bootstrap_servers=args.bootstrap,
+            **_kafka(args.bootstrap),
             transactional_id=f"{args.app_id}-tx",
             enable_idempotence=True,
             acks="all",
@@ -360,7 +369,7 @@ class CommittedObserver:
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.visible: dict[int, list[float]] = {}
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **_kafka(bootstrap),
             isolation_level="read_committed",
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
@@ -403,7 +412,7 @@ class CommittedObserver:
 
 @contextlib.asynccontextmanager
 async def admin_client(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**_kafka(bootstrap), request_timeout_ms=15000)
     await admin.start()
     try:
         yield admin
@@ -746,7 +755,7 @@ async def probe(args: argparse.Namespace) -> int:
         return 1
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"faustprobe-{run_id}-"))
-    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all",
+    producer = AIOKafkaProducer(**_kafka(args.bootstrap), acks="all",
                                 enable_idempotence=True)
     await producer.start()
     outcomes: list[Outcome] = []

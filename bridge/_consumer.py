@@ -46,7 +46,7 @@ from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import DatabaseUnavailable
 from assessment_store._model import CommandEnvelope, Create, EventSource, State
 from projections import create_pool, translate_db_errors
-from streams import ensure_topics, translate_kafka_errors
+from streams import ensure_topics, kafka_client_options, translate_kafka_errors
 
 from ._legacy import LegacyEvent, RejectKind, Rejection
 from ._producer import Appender
@@ -190,12 +190,12 @@ class LegacyBridge(AsyncLifecycle):
         if self._consumer is not None:
             return
         s = self.s
-        await ensure_topics(s)  # the legacy topic and its DLQ among them
+        await ensure_topics(s, principal="bridge")  # the legacy topic and its DLQ among them
         pool = await create_pool(s, min_size=1, max_size=2)
         try:
             await self._appender.start()
             consumer = AIOKafkaConsumer(
-                s.legacy_topic, bootstrap_servers=s.kafka_bootstrap, group_id=self.options.group_id,
+                s.legacy_topic, **kafka_client_options(s, "bridge"), group_id=self.options.group_id,
                 # Commits are manual, after the acks (module docstring, point 3). A new group reads
                 # the legacy topic from its beginning: re-reading is harmless (idempotent ids).
                 enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=self.options.max_batch,

@@ -43,7 +43,9 @@ from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import KafkaUnavailable, ValidationError
 from assessment_store._model import JSON, new_id
 from projections import connect, translate_db_errors
-from streams._kafka import TopicSpec, ensure_topics, translate_kafka_errors
+from streams._kafka import (
+    Principal, TopicSpec, ensure_topics, kafka_client_options, kafka_principal, translate_kafka_errors,
+)
 
 __all__ = [
     "AUDIT_OPERATION", "FLAGS_KEY", "FLAGS_TOPIC", "FlagChange", "FlagStore", "FlagStoreStats", "MigrationFlags",
@@ -189,9 +191,14 @@ Subscriber = Callable[[FlagChange], None]
 class FlagStore(AsyncLifecycle):
     """The migration flags every instance agrees on. ``async with FlagStore(settings) as flags:``"""
 
-    def __init__(self, settings: Settings, *, topic: str = FLAGS_TOPIC, fetch_max_wait_ms: int = 10) -> None:
+    def __init__(self, settings: Settings, *, topic: str = FLAGS_TOPIC, fetch_max_wait_ms: int = 10,
+                 principal: Principal = "admin") -> None:
+        """``principal``: who this instance is to Kafka (``kafka_client_options``). Changing flags is
+        an operator's act (``admin``); a service that only routes by them may run as ``client``,
+        which may read the flags topic but not write it."""
         self.settings = settings
         self.topic = topic
+        self.principal: Principal = principal
         self.stats = FlagStoreStats()
         self._tp = TopicPartition(topic, 0)
         # fetch_max_wait_ms bounds how long the broker holds an empty fetch: it is the propagation
@@ -211,15 +218,16 @@ class FlagStore(AsyncLifecycle):
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        await ensure_topics(self.settings, [flags_topic_spec(self.topic)])
+        await ensure_topics(self.settings, [flags_topic_spec(self.topic)], principal=self.principal)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+            **kafka_client_options(self.settings, self.principal), group_id=None, enable_auto_commit=False,
             fetch_max_wait_ms=self._fetch_max_wait_ms, isolation_level="read_committed",
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=0,
+            **kafka_client_options(self.settings, self.principal), acks="all", enable_idempotence=True, linger_ms=0,
         )
-        with translate_kafka_errors(f"starting the flag store on {self.settings.kafka_bootstrap}"):
+        with translate_kafka_errors(f"starting the flag store on {self.settings.kafka_bootstrap}",
+                                    kafka_principal(self.settings, self.principal)):
             await consumer.start()
             try:
                 await producer.start()
@@ -277,7 +285,7 @@ class FlagStore(AsyncLifecycle):
         Compaction eventually keeps only the latest change; ``audit_trail`` is the durable history.
         """
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+            **kafka_client_options(self.settings, self.principal), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
         changes: list[FlagChange] = []

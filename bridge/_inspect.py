@@ -20,7 +20,7 @@ from assessment_store._config import Settings
 from assessment_store._model import JSON
 from projections import translate_db_errors
 from projections._db import connection
-from streams import translate_kafka_errors
+from streams import kafka_client_options, translate_kafka_errors
 
 from ._snapshot import IMPORT_ID_PREFIX
 from ._translate import COMMAND_ID_PREFIX
@@ -87,7 +87,7 @@ def _header(headers: Any, name: str) -> str:
 async def dead_letters(settings: Settings, *, limit: int = 100, topic: str | None = None) -> list[DeadLetter]:
     """The last ``limit`` dead letters of each partition of the bridge's DLQ, oldest first."""
     topic = topic or settings.legacy_topic + ".dlq"
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    reader = AIOKafkaConsumer(**kafka_client_options(settings, "dashboard"), group_id=None, enable_auto_commit=False)
     found: list[DeadLetter] = []
     with translate_kafka_errors(f"reading {topic}"):
         await reader.start()

@@ -17,6 +17,7 @@ from typing import Any
 
 from assessment_store._config import Settings
 from assessment_store._errors import ServiceFailed
+from streams._kafka import node_client_env
 
 __all__ = ["NODE_DIR", "LegacyHttpProcess", "start_legacy_http"]
 
@@ -62,7 +63,7 @@ async def start_legacy_http(settings: Settings, *, group: str, stderr_path: Path
         # The child keeps its own copy of the file descriptor: closing ours here is fine.
         proc = await asyncio.create_subprocess_exec(
             "node", "bin/legacy-http.js", *args, cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=err,
-            env={**os.environ, "KAFKA_BOOTSTRAP": settings.kafka_bootstrap})
+            env={**os.environ, **node_client_env(settings, "legacy-tap")})
     assert proc.stdout is not None
     try:
         port = json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout_s))["listening"]

@@ -27,7 +27,8 @@ from assessment_store._config import Settings
 from assessment_store._errors import KafkaUnavailable
 from assessment_store._model import CommandEnvelope
 from schemas import CommandCodec
-from streams import translate_kafka_errors
+from streams import kafka_client_options, translate_kafka_errors
+from streams._kafka import start_kafka_client
 
 __all__ = ["Appender"]
 
@@ -57,11 +58,11 @@ class Appender:
         if self._producer is not None:
             return
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+            **kafka_client_options(self._settings, "bridge"), acks="all", enable_idempotence=True,
             linger_ms=self._linger_ms, max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024,
         )
-        with translate_kafka_errors(f"starting the bridge's producer for {self._settings.kafka_bootstrap}"):
-            await producer.start()
+        await start_kafka_client(producer, self._settings, "bridge",
+                                 f"starting the bridge's producer for {self._settings.kafka_bootstrap}")
         self._producer = producer
 
     async def stop(self) -> None:

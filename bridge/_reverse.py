@@ -46,6 +46,8 @@ from streams._kafka import (
     admin_client,
     committed_with_metadata,
     ensure_topics,
+    kafka_client_options,
+    kafka_principal,
     topic_end_offsets,
     translate_kafka_errors,
 )
@@ -133,18 +135,18 @@ class ReverseSync(AsyncLifecycle):
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        await ensure_topics(self.settings, [reverse_topic_spec(self.settings, self.topic)])
+        await ensure_topics(self.settings, [reverse_topic_spec(self.settings, self.topic)], principal="reverse-sync")
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, group_id=self.group_id,
+            **kafka_client_options(self.settings, "reverse-sync"), group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", isolation_level="read_committed",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             session_timeout_ms=self.settings.consumer_session_timeout_ms,
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+        producer = AIOKafkaProducer(**kafka_client_options(self.settings, "reverse-sync"), acks="all",
                                     enable_idempotence=True, linger_ms=5)
         consumer.subscribe([self.settings.events_topic], listener=_ForgetFences(self))
         try:
-            with translate_kafka_errors("starting the reverse sync"):
+            with translate_kafka_errors("starting the reverse sync", kafka_principal(self.settings, "reverse-sync")):
                 await producer.start()
                 await consumer.start()
         except BaseException:
@@ -257,13 +259,13 @@ class ReverseSyncStatus:
 async def reverse_sync_status(settings: Settings, *, group_id: str | None = None) -> ReverseSyncStatus:
     """The reverse sync group's members and lag on the events topic."""
     group = group_id or settings.reverse_sync_group
-    async with admin_client(settings) as admin:
-        with translate_kafka_errors(f"describing consumer group {group}"):
+    async with admin_client(settings, "dashboard") as admin:
+        with translate_kafka_errors(f"describing consumer group {group}", kafka_principal(settings, "dashboard")):
             described = await admin.describe_consumer_groups([group])
             committed = await admin.list_consumer_group_offsets(group)
     # The raw DescribeGroups answer: groups = [(error_code, group_id, state, protocol_type, protocol, members, ...)].
     members = sum(len(g[5]) for response in described for g in response.groups if g[1] == group)
     done = {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == settings.events_topic}
-    ends = await topic_end_offsets(settings, settings.events_topic)
+    ends = await topic_end_offsets(settings, settings.events_topic, principal="dashboard")
     behind = sum(max(0, end - done.get(p, 0)) for p, end in ends.items())
     return ReverseSyncStatus(group, members, behind)

@@ -73,7 +73,7 @@ from assessment_store._errors import (
 from assessment_store._lifecycle import Backoff
 from assessment_store._model import Assessment, Event, Outcome, Payload
 from schemas import EventCodec, OutcomeCodec
-from streams import COMMAND_OFFSET_HEADER, ensure_topics, partition_counts, translate_kafka_errors
+from streams import COMMAND_OFFSET_HEADER, ensure_topics, kafka_client_options, partition_counts, translate_kafka_errors
 from streams._fence import LogFence, Verdict
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
@@ -209,10 +209,10 @@ class Projector(AsyncLifecycle):
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        await ensure_topics(self.s)
+        await ensure_topics(self.s, principal="projector")
         await self._open_pool()
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.s.kafka_bootstrap,
+            **kafka_client_options(self.s, "projector"),
             group_id=None if self.assign_all else self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -230,7 +230,7 @@ class Projector(AsyncLifecycle):
             try:
                 await consumer.start()
                 if self.assign_all:
-                    counts = await partition_counts(self.s, self.topics)
+                    counts = await partition_counts(self.s, self.topics, principal="projector")
                     partitions = [TopicPartition(t, p) for t in self.topics for p in range(counts.get(t, 0))]
                     if not partitions:
                         raise KafkaUnavailable(f"no partitions found for {self.topics}")

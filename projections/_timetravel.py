@@ -32,7 +32,7 @@ from assessment_store._model import (
     State,
 )
 from schemas import EventCodec
-from streams import partition_counts, translate_kafka_errors
+from streams import kafka_client_options, partition_counts, translate_kafka_errors
 from streams._fence import LogFence, Verdict
 
 __all__ = ["counts_at", "state_at"]
@@ -76,7 +76,7 @@ async def _read(
 
 
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+    return AIOKafkaConsumer(**kafka_client_options(settings, "dashboard"), group_id=None, enable_auto_commit=False,
                             isolation_level="read_committed", auto_offset_reset="earliest")
 
 
@@ -91,7 +91,7 @@ async def state_at(
     with translate_kafka_errors(f"reading the history of {assessment_id!r}"):
         await consumer.start()
         try:
-            parts = list(range((await partition_counts(settings, [settings.events_topic]))[settings.events_topic]))
+            parts = list(range((await partition_counts(settings, [settings.events_topic], principal="dashboard"))[settings.events_topic]))
             # Same partitioner as the producers: the assessment's events are all in this one.
             p = DefaultPartitioner()(assessment_id.encode(), parts, parts)
             tp = TopicPartition(settings.events_topic, p)
@@ -123,7 +123,7 @@ async def counts_at(settings: Settings, at: datetime) -> dict[State, int]:
     with translate_kafka_errors("reading the events topic"):
         await consumer.start()
         try:
-            count = (await partition_counts(settings, [settings.events_topic]))[settings.events_topic]
+            count = (await partition_counts(settings, [settings.events_topic], principal="dashboard"))[settings.events_topic]
             parts = [TopicPartition(settings.events_topic, p) for p in range(count)]
             async for rec in _read(consumer, await _ends_at(consumer, parts, at)):
                 try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from assessment_store._config import Settings
 from assessment_store._errors import DownloadFailed, MissingTool, ServiceFailed
 
+from ._kafka_security import apply_acls, ensure_credentials, ensure_tls, format_scram_args, secure_broker_props, secure_topics
 from ._procs import LogFn, ServiceStatus, check_port_free, is_alive, read_pid, rss_bytes, stop_pid, tail
 
 __all__ = ["KafkaService"]
@@ -81,7 +83,8 @@ class KafkaService:
 
     # --- config -----------------------------------------------------------------
 
-    def _write_config(self) -> Path:
+    def _write_config(self, creds: dict[str, str] | None = None) -> Path:
+        """server.properties; with ``creds`` (the secure mode) the SASL_SSL listener, TLS and ACLs too."""
         s = self.s
         props = {
             "process.roles": "broker,controller",
@@ -107,9 +110,29 @@ class KafkaService:
             "num.network.threads": "2",
             "num.io.threads": "4",
         }
+        if creds is not None:
+            props.update(secure_broker_props(s, creds, ensure_tls(s, self.home / "tls")))
         path = self.home / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        # It holds the admin password in the secure mode: owner-only in any mode.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={v}\n" for k, v in props.items()))
+        path.chmod(0o600)
         return path
+
+    def _check_mode(self) -> None:
+        """Refuse to start a log directory in the other mode than it was formatted in: SCRAM users
+        exist only if created at format time, and a secured directory must never be served open."""
+        marker = self.home / "security"
+        if not (self.log_dir / "meta.properties").exists():
+            return  # not formatted yet: kafka_secure decides
+        formatted = marker.read_text().strip() if marker.exists() else "PLAINTEXT"
+        wanted = "SASL_SSL" if self.s.kafka_secure else "PLAINTEXT"
+        if self.s.kafka_secure is not None and formatted != wanted:
+            raise ServiceFailed(
+                "kafka", f"{self.log_dir} was formatted for {formatted} clients, and kafka_secure="
+                f"{str(self.s.kafka_secure).lower()} asks for {wanted}: set ASSESSMENT_STORE_KAFKA_SECURE="
+                f"{str(formatted == 'SASL_SSL').lower()}, or use another data directory (or `stack purge --yes`)")
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -133,7 +156,9 @@ class KafkaService:
         self.home.mkdir(parents=True, exist_ok=True)
         self.home.chmod(0o700)
         self.logs.mkdir(parents=True, exist_ok=True)
-        config = self._write_config()
+        self._check_mode()
+        creds = ensure_credentials(self.s) if self.s.kafka_secure_mode else None
+        config = self._write_config(creds)
         log4j = resources.files("stack") / "kafka" / "log4j2.properties"
         base = [
             java,
@@ -142,12 +167,7 @@ class KafkaService:
             f"-Dkafka.logs.dir={self.logs}",
         ]
         if not (self.log_dir / "meta.properties").exists():
-            fmt = subprocess.run(
-                [*base, "kafka.tools.StorageTool", "format", "-t", _kraft_cluster_id(), "-c", str(config)],
-                capture_output=True, text=True, umask=_PRIVATE_UMASK,
-            )
-            if fmt.returncode != 0:
-                raise ServiceFailed("kafka", "formatting KRaft storage failed", (fmt.stdout + fmt.stderr)[-3000:])
+            self._format(base, config, creds)
         out_path = self.logs / "kafka.out"
         with out_path.open("ab") as out:
             proc = subprocess.Popen(
@@ -170,17 +190,51 @@ class KafkaService:
                     tail(self.logs / "kafka.log") + "\n" + tail(out_path, 10),
                 )
             if asyncio.run(self._answers_metadata()):
+                if creds is not None:
+                    asyncio.run(self._secure_setup(log))
                 return True
             if time.monotonic() > deadline:
                 stop_pid(proc.pid, str(self.home))
                 raise ServiceFailed("kafka", f"no metadata answer within {timeout_s:g} s", tail(self.logs / "kafka.log"))
             time.sleep(0.2)
 
+    def _format(self, base: list[str], config: Path, creds: dict[str, str] | None) -> None:
+        args = ["kafka.tools.StorageTool", "format", "-t", _kraft_cluster_id(), "-c", str(config)]
+        argfile = self.home / "format.args"
+        if creds is not None:
+            # The passwords go through a java @argfile (0600), never the command line that any
+            # account can read in /proc while the tool runs.
+            fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("\n".join([*args, *format_scram_args(creds)]) + "\n")
+            args = [f"@{argfile}"]
+        try:
+            fmt = subprocess.run([*base, *args], capture_output=True, text=True, umask=_PRIVATE_UMASK)
+        finally:
+            argfile.unlink(missing_ok=True)
+        if fmt.returncode != 0:
+            out = fmt.stdout + fmt.stderr
+            for pw in (creds or {}).values():
+                out = out.replace(pw, "***")
+            raise ServiceFailed("kafka", "formatting KRaft storage failed", out[-3000:])
+        (self.home / "security").write_text("SASL_SSL\n" if creds is not None else "PLAINTEXT\n")
+
+    async def _secure_setup(self, log: LogFn) -> None:
+        """Topics and ACLs of the secure mode, as ``admin``; both idempotent, so on every start."""
+        from streams import ensure_topics
+
+        created = await ensure_topics(self.s, secure_topics(self.s), principal="admin")
+        if created:
+            log(f"created topics: {', '.join(created)}")
+        await apply_acls(self.s)
+
     async def _answers_metadata(self) -> bool:
         from aiokafka import AIOKafkaClient
         from aiokafka.errors import KafkaError
 
-        client = AIOKafkaClient(bootstrap_servers=self.s.kafka_bootstrap, request_timeout_ms=2000)
+        from streams import kafka_client_options
+
+        client = AIOKafkaClient(**kafka_client_options(self.s, "admin"), request_timeout_ms=2000)
         # Refused connections are the expected answer while the broker boots; do not log each one.
         quiet = logging.getLogger("aiokafka")
         level = quiet.level
@@ -209,7 +263,8 @@ class KafkaService:
             name=self.name,
             running=pid is not None,
             pid=pid,
-            address=f"{self.s.kafka_host}:{self.s.kafka_port} (controller :{self.s.kafka_controller_port})",
+            address=f"{self.s.kafka_host}:{self.s.kafka_port}{' SASL_SSL' if self.s.kafka_secure_mode else ''}"
+                    f" (controller :{self.s.kafka_controller_port})",
             data=str(self.log_dir),
             log=str(self.logs / "kafka.log"),
             rss_bytes=rss_bytes(pid),

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from assessment_store._config import Settings
 from assessment_store._errors import ServiceFailed
+from streams import Principal
 
 from ._procs import LogFn, ServiceStatus, is_alive, read_pid, rss_bytes, stop_pid, tail
 
@@ -41,6 +42,8 @@ class StoreProcess:
     description = ""
     command: tuple[str, ...] = ()
     """Arguments after ``python -m assessment_store``; default: the service's name."""
+    principal: Principal = "admin"
+    """Who the service is to Kafka on a kafka_secure stack (its own ACLs, ``stack._kafka_security``)."""
 
     def __init__(self, settings: Settings, instance: int = 1) -> None:
         """``instance`` > 1 runs another process of the same kind beside the first (scale-out:
@@ -63,6 +66,11 @@ class StoreProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         env = {**os.environ, **settings_env(self.s)}
+        if self.s.kafka_secure_mode:
+            # Each service authenticates as its own principal, with the password it reads from the
+            # 0600 credentials file: no password in the environment of a child.
+            env["ASSESSMENT_STORE_KAFKA_USERNAME"] = self.principal
+            env.pop("ASSESSMENT_STORE_KAFKA_PASSWORD", None)
         with self.log_file.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "assessment_store", *(self.command or (self.name,)),
@@ -103,6 +111,7 @@ class StoreProcess:
 
 class ProcessorService(StoreProcess):
     name = "processor"
+    principal = "processor"
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -111,6 +120,7 @@ class ProcessorService(StoreProcess):
 
 class ProjectorService(StoreProcess):
     name = "projector"
+    principal = "projector"
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -120,6 +130,7 @@ class ProjectorService(StoreProcess):
 class BridgeService(StoreProcess):
     name = "bridge"
     command = ("bridge", "run")
+    principal = "bridge"
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -129,6 +140,7 @@ class BridgeService(StoreProcess):
 class ReverseSyncService(StoreProcess):
     name = "reverse-sync"
     command = ("bridge", "reverse-sync")
+    principal = "reverse-sync"
 
     @property
     def description(self) -> str:  # type: ignore[override]

@@ -1,18 +1,24 @@
 """Topics, producers and the command processor: everything that writes the log."""
 
 from ._commands import CommandSender
-from ._kafka import TopicSpec, ensure_topics, partition_counts, store_topics, topic_end_offsets, translate_kafka_errors
+from ._kafka import (
+    PRINCIPALS, Principal, TopicSpec, ensure_topics, kafka_client_options, partition_counts, store_topics,
+    topic_end_offsets, translate_kafka_errors,
+)
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
 from ._producer import EventProducer
 
 __all__ = [
     "COMMAND_OFFSET_HEADER",
+    "PRINCIPALS",
+    "Principal",
     "CommandProcessor",
     "CommandSender",
     "EventProducer",
     "ProcessorStats",
     "TopicSpec",
     "ensure_topics",
+    "kafka_client_options",
     "partition_counts",
     "store_topics",
     "topic_end_offsets",

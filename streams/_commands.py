@@ -21,6 +21,8 @@ class CommandSender(KeyedProducer):
     command of one assessment reaches the same single writer, in the order it was sent.
     """
 
+    principal = "client"
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._codec = CommandCodec()

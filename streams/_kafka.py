@@ -1,39 +1,65 @@
-"""The one place aiokafka errors become store errors, and the topics the store needs."""
+"""The one place aiokafka errors become store errors, the one place Kafka clients get their
+connection and credentials (``kafka_client_options``), and the topics the store needs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import RecordMetadata
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    AuthenticationFailedError, ClusterAuthorizationFailedError, CommitFailedError, GroupAuthorizationFailedError,
+    IllegalSaslStateError, KafkaConnectionError, KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError,
+    TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed, UnsupportedSaslMechanismError,
+)
+from aiokafka.helpers import create_ssl_context
 
 from assessment_store._config import Settings
-from assessment_store._errors import FencedOut, KafkaUnavailable
+from assessment_store._errors import FencedOut, KafkaAccessDenied, KafkaUnavailable, ValidationError
 from assessment_store._lifecycle import AsyncLifecycle
 
 __all__ = [
-    "KeyedProducer", "close_producer", "committed_with_metadata",
-    "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "store_topics",
-    "topic_end_offsets", "translate_kafka_errors",
+    "PRINCIPALS", "KeyedProducer", "Principal", "close_producer", "committed_with_metadata", "kafka_client_options",
+    "kafka_principal", "node_client_env",
+    "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "read_credentials",
+    "start_kafka_client", "store_topics", "topic_end_offsets", "translate_kafka_errors",
 ]
 
 log = logging.getLogger("assessment_store.kafka")
 
+Principal = Literal["admin", "processor", "client", "projector", "bridge", "reverse-sync", "dashboard", "legacy-tap"]
+"""The roles a Kafka client plays; on a kafka_secure stack each is a SCRAM user of that name with
+its own ACLs (``stack._kafka_security``), ``admin`` the super user."""
+PRINCIPALS: tuple[Principal, ...] = get_args(Principal)
+
+_AUTHENTICATION = (AuthenticationFailedError, SaslAuthenticationFailed, UnsupportedSaslMechanismError,
+                   IllegalSaslStateError)
+_AUTHORIZATION = (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError,
+                  TransactionalIdAuthorizationFailed)
+
 
 @contextlib.contextmanager
-def translate_kafka_errors(what: str) -> Iterator[None]:
-    """aiokafka and socket failures -> ``KafkaUnavailable``; keeps aiokafka's ``retriable``."""
+def translate_kafka_errors(what: str, principal: str | None = None) -> Iterator[None]:
+    """aiokafka and socket failures -> ``KafkaUnavailable`` (keeps aiokafka's ``retriable``); a
+    refusal by the broker's authentication or ACLs -> ``KafkaAccessDenied``."""
     try:
         yield
     except CommitFailedError as e:
         # The group rebalanced: this member's generation is gone (see streams/_fence.py).
         raise FencedOut(f"{what}: the consumer group rebalanced and refused this member's commit ({e.args[-1]})") from e
+    except _AUTHENTICATION as e:
+        raise KafkaAccessDenied(what, principal, "authentication", f"{type(e).__name__}: {e}") from e
+    except _AUTHORIZATION as e:
+        raise KafkaAccessDenied(what, principal, "authorization", f"{type(e).__name__}: {e}") from e
     except KafkaError as e:
         err = KafkaUnavailable(f"{what}: {type(e).__name__}: {e}")
         err.retriable = bool(getattr(e, "retriable", False))
@@ -53,12 +79,144 @@ async def committed_with_metadata(consumer: AIOKafkaConsumer, tp: TopicPartition
     return int(meta.offset), str(meta.metadata or "")
 
 
-def idempotent_producer(settings: Settings) -> AIOKafkaProducer:
+# --- connection and credentials -------------------------------------------------------------
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """``principal:password`` lines (the kafka_secure stack's credentials file) as a dict."""
+    creds: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, sep, password = line.partition(":")
+        if sep and name:
+            creds[name] = password
+    return creds
+
+
+def kafka_principal(settings: Settings, principal: Principal) -> str | None:
+    """The SASL user a client of role ``principal`` authenticates as (None: no SASL): the
+    configured ``kafka_username``, else on a kafka_secure stack the role's own user."""
+    if settings.kafka_username is not None:
+        return settings.kafka_username
+    return principal if settings.kafka_secure_mode else None
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(cafile: Path | None, certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext:
+    # One context per file set: building one reads and parses the CA bundle.
+    context: ssl.SSLContext = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+    return context
+
+
+def _cafile(settings: Settings) -> Path | None:
+    return settings.kafka_ssl_cafile or (settings.kafka_ca_file if settings.kafka_secure_mode else None)
+
+
+def node_client_env(settings: Settings, principal: Principal) -> dict[str, str]:
+    """``kafka_client_options`` as the environment of the Node tap (``bridge/node/src/options.js``:
+    KAFKA_BOOTSTRAP, KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_USERNAME, KAFKA_PASSWORD,
+    KAFKA_SSL_CAFILE). kafkajs takes the password only as a value, so it travels in the child's
+    environment (readable by this account only)."""
+    opts = kafka_client_options(settings, principal)
+    env = {"KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+           "KAFKA_SECURITY_PROTOCOL": str(opts.get("security_protocol", "PLAINTEXT"))}
+    if "sasl_mechanism" in opts:
+        env.update(KAFKA_SASL_MECHANISM=opts["sasl_mechanism"], KAFKA_USERNAME=opts["sasl_plain_username"],
+                   KAFKA_PASSWORD=opts["sasl_plain_password"])
+    cafile = _cafile(settings)
+    if "ssl_context" in opts and cafile is not None:
+        env["KAFKA_SSL_CAFILE"] = str(cafile.resolve())
+    return env
+
+
+def kafka_client_options(settings: Settings, principal: Principal) -> dict[str, Any]:
+    """The connection keyword arguments of every aiokafka client the store builds (producer,
+    consumer, admin, bare client): bootstrap servers, security protocol, TLS context and SASL
+    credentials of the role ``principal``.
+
+    With ``kafka_secure`` (the local stack's authenticated mode) that is SASL_SSL with
+    SCRAM-SHA-512, the stack's CA, and the role's password from ``<data_dir>/kafka-credentials``
+    unless ``kafka_username``/``kafka_password`` say otherwise. Without it, what the
+    ``kafka_security_protocol``/``kafka_sasl_*``/``kafka_ssl_*`` settings say (default PLAINTEXT)."""
+    s = settings
+    opts: dict[str, Any] = {"bootstrap_servers": s.kafka_bootstrap}
+    protocol = "SASL_SSL" if s.kafka_secure_mode else s.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return opts
+    opts["security_protocol"] = protocol
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = _cafile(s)
+        opts["ssl_context"] = _ssl_context(
+            cafile.resolve() if cafile else None,
+            s.kafka_ssl_certfile.resolve() if s.kafka_ssl_certfile else None,
+            s.kafka_ssl_keyfile.resolve() if s.kafka_ssl_keyfile else None,
+        )
+    if protocol.startswith("SASL_"):
+        username = kafka_principal(s, principal)
+        if username is None:
+            raise ValidationError("kafka_username", f"required with kafka_security_protocol={protocol}")
+        if s.kafka_password is not None:
+            password = s.kafka_password.get_secret_value()
+        elif s.kafka_secure_mode and s.kafka_credentials_file.exists():
+            found = read_credentials(s.kafka_credentials_file).get(username)
+            if found is None:
+                raise ValidationError("kafka_username", f"no principal {username!r} in {s.kafka_credentials_file}")
+            password = found
+        else:
+            where = f" (and {s.kafka_credentials_file} does not exist)" if s.kafka_secure_mode else ""
+            raise ValidationError("kafka_password", f"required with kafka_security_protocol={protocol}{where}")
+        opts["sasl_mechanism"] = "SCRAM-SHA-512" if s.kafka_secure_mode else s.kafka_sasl_mechanism
+        opts["sasl_plain_username"] = username
+        opts["sasl_plain_password"] = password
+    return opts
+
+
+async def _authentication_refused(settings: Settings, principal: Principal) -> str | None:
+    """Why a broker refuses this role's credentials, or None when it accepts them or none answers.
+
+    aiokafka reports a refused SASL handshake at bootstrap only as "Unable to bootstrap", the same
+    as a broker that is down; one direct connection tells the two apart."""
+    from aiokafka.conn import create_conn
+
+    opts = kafka_client_options(settings, principal)
+    if not str(opts.get("security_protocol", "")).startswith("SASL_"):
+        return None
+    for hostport in settings.kafka_bootstrap.split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        try:
+            conn = await create_conn(
+                host, int(port), request_timeout_ms=5000, ssl_context=opts.get("ssl_context"),
+                security_protocol=opts["security_protocol"], sasl_mechanism=opts["sasl_mechanism"],
+                sasl_plain_username=opts["sasl_plain_username"], sasl_plain_password=opts["sasl_plain_password"],
+            )
+        except _AUTHENTICATION as e:
+            return f"{type(e).__name__}: {e}"
+        except (OSError, KafkaError, TimeoutError, ValueError):
+            continue
+        conn.close()
+        return None
+    return None
+
+
+async def start_kafka_client(client: Any, settings: Settings, principal: Principal, what: str) -> None:
+    """``await client.start()`` with its failures translated, a refused login as ``KafkaAccessDenied``."""
+    user = kafka_principal(settings, principal)
+    try:
+        with translate_kafka_errors(what, user):
+            await client.start()
+    except KafkaUnavailable as e:
+        if isinstance(e.__cause__, KafkaConnectionError):
+            reason = await _authentication_refused(settings, principal)
+            if reason is not None:
+                raise KafkaAccessDenied(what, user, "authentication", reason) from e.__cause__
+        raise
+
+
+def idempotent_producer(settings: Settings, principal: Principal = "admin") -> AIOKafkaProducer:
     """The producer every writer of the log uses: acks=all (nothing is acknowledged before every
     in-sync replica has it) and idempotence (the broker drops the duplicate a retried send would
     create, and keeps one partition's records in send order)."""
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=0,
+        **kafka_client_options(settings, principal), acks="all", enable_idempotence=True, linger_ms=0,
         max_request_size=4 * 1024 * 1024,
     )
 
@@ -82,18 +240,22 @@ async def close_producer(producer: AIOKafkaProducer, flush_timeout_s: float) -> 
 
 class KeyedProducer(AsyncLifecycle):
     """An idempotent producer behind the lifecycle every writer shares; subclasses say what they
-    encode and where it goes."""
+    encode and where it goes, and as which principal (``kafka_client_options``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    principal: Principal = "admin"
+
+    def __init__(self, settings: Settings, *, principal: Principal | None = None) -> None:
         self._settings = settings
+        if principal is not None:
+            self.principal = principal
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
         if self._producer is not None:
             return
-        producer = idempotent_producer(self._settings)
-        with translate_kafka_errors(f"starting a producer for {self._settings.kafka_bootstrap}"):
-            await producer.start()
+        producer = idempotent_producer(self._settings, self.principal)
+        await start_kafka_client(producer, self._settings, self.principal,
+                                 f"starting a producer for {self._settings.kafka_bootstrap}")
         self._producer = producer
 
     async def stop(self) -> None:
@@ -107,7 +269,7 @@ class KeyedProducer(AsyncLifecycle):
     ) -> RecordMetadata:
         await self.start()
         assert self._producer is not None
-        with translate_kafka_errors(what):
+        with translate_kafka_errors(what, kafka_principal(self._settings, self.principal)):
             return await self._producer.send_and_wait(
                 topic, value=value, key=key.encode(), headers=headers, timestamp_ms=timestamp_ms
             )
@@ -137,22 +299,26 @@ def store_topics(settings: Settings) -> list[TopicSpec]:
 
 
 @contextlib.asynccontextmanager
-async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=15000)
-    with translate_kafka_errors(f"connecting to {settings.kafka_bootstrap}"):
-        await admin.start()
+async def admin_client(settings: Settings, principal: Principal = "admin") -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(**kafka_client_options(settings, principal), request_timeout_ms=15000)
+    await start_kafka_client(admin, settings, principal, f"connecting to {settings.kafka_bootstrap}")
     try:
         yield admin
     finally:
         await admin.close()
 
 
-async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
-    """Create the missing topics; returns the names created. Existing topics are left as they are."""
+async def ensure_topics(
+    settings: Settings, specs: list[TopicSpec] | None = None, *, principal: Principal = "admin"
+) -> list[str]:
+    """Create the missing topics; returns the names created. Existing topics are left as they are.
+
+    Only ``admin`` may create topics on a kafka_secure stack (which creates them all at ``stack up``);
+    the other principals may describe every topic, so for them this is a check that finds none missing."""
     specs = specs if specs is not None else store_topics(settings)
     created: list[str] = []
-    async with admin_client(settings) as admin:
-        with translate_kafka_errors("creating topics"):
+    async with admin_client(settings, principal) as admin:
+        with translate_kafka_errors("creating topics", kafka_principal(settings, principal)):
             existing = set(await admin.list_topics())
             missing = [s for s in specs if s.name not in existing]
             for spec in missing:
@@ -166,20 +332,20 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None
     return created
 
 
-async def partition_counts(settings: Settings, topics: list[str]) -> dict[str, int]:
-    async with admin_client(settings) as admin:
-        with translate_kafka_errors("describing topics"):
+async def partition_counts(settings: Settings, topics: list[str], *, principal: Principal = "admin") -> dict[str, int]:
+    async with admin_client(settings, principal) as admin:
+        with translate_kafka_errors("describing topics", kafka_principal(settings, principal)):
             described = await admin.describe_topics(topics)
     return {d["topic"]: len(d["partitions"]) for d in described}
 
 
-async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+async def topic_end_offsets(settings: Settings, topic: str, *, principal: Principal = "admin") -> dict[int, int]:
     """Partition -> end offset (the offset the next record will get); empty when the topic does not exist."""
-    partitions = range((await partition_counts(settings, [topic])).get(topic, 0))
+    partitions = range((await partition_counts(settings, [topic], principal=principal)).get(topic, 0))
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    with translate_kafka_errors(f"reading the end offsets of {topic}"):
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings, principal))
+    with translate_kafka_errors(f"reading the end offsets of {topic}", kafka_principal(settings, principal)):
         await consumer.start()
         try:
             ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])

@@ -103,6 +103,7 @@ from ._kafka import (
     committed_with_metadata,
     ensure_topics,
     idempotent_producer,
+    kafka_client_options,
     partition_counts,
     translate_kafka_errors,
 )
@@ -190,12 +191,12 @@ class CommandProcessor(AsyncLifecycle):
             raise StackError(
                 f"topics must have equal partition counts for single-writer routing, found {counts}"
             )
-        producer = idempotent_producer(s)
+        producer = idempotent_producer(s, "processor")
         with translate_kafka_errors("starting the processor's producer"):
             await producer.start()
         self._producer = producer
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, group_id=s.processor_group, enable_auto_commit=False,
+            **kafka_client_options(s, "processor"), group_id=s.processor_group, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=1000,
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             # A processor killed with -9 holds its partitions until its session expires.
@@ -282,7 +283,7 @@ class CommandProcessor(AsyncLifecycle):
         part = _Partition(resume_at=committed)
         fence = LogFence()
         reader = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+            **kafka_client_options(s, "processor"), enable_auto_commit=False, isolation_level="read_committed",
             group_id=None, auto_offset_reset="earliest",
         )
         ev_tp, out_tp = TopicPartition(s.events_topic, partition), TopicPartition(s.outcomes_topic, partition)

@@ -8,7 +8,7 @@ from assessment_store._config import Settings
 from assessment_store._model import Event
 from schemas import EventCodec
 
-from ._kafka import KeyedProducer
+from ._kafka import KeyedProducer, Principal
 
 __all__ = ["EventProducer"]
 
@@ -22,8 +22,11 @@ class EventProducer(KeyedProducer):
     so a network blip never yields two copies of one event at different offsets.
     """
 
-    def __init__(self, settings: Settings, codec: EventCodec | None = None) -> None:
-        super().__init__(settings)
+    principal = "processor"  # only the processor writes the log of record
+
+    def __init__(self, settings: Settings, codec: EventCodec | None = None, *,
+                 principal: Principal | None = None) -> None:
+        super().__init__(settings, principal=principal)
         self._codec = codec or EventCodec()
 
     async def append(self, event: Event) -> RecordMetadata:

@@ -32,7 +32,7 @@ const { EventEmitter } = require('node:events');
 const { Kafka } = require('kafkajs');
 const { LegacyAssessmentService } = require('./legacy-service');
 const { tap } = require('./tap');
-const { DEFAULTS, DEFAULT_BROKERS, parseBrokers, parseLogLevel } = require('./options');
+const { DEFAULTS, DEFAULT_BROKERS, parseBrokers, parseLogLevel, securityFromEnv } = require('./options');
 const { ensureTopic } = require('./topics');
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -300,7 +300,12 @@ async function startLegacyHttp(options = {}) {
   /** @type {import('kafkajs').Consumer|null} */
   let consumer = null;
   if (reverseTopic !== null) {
-    const kafka = new Kafka({ clientId: 'assessment-legacy-reverse', brokers, logLevel: parseLogLevel(logLevel) });
+    const kafka = new Kafka({
+      ...securityFromEnv(),
+      clientId: 'assessment-legacy-reverse',
+      brokers,
+      logLevel: parseLogLevel(logLevel),
+    });
     consumer = kafka.consumer({ groupId: options.groupId ?? 'assessment-legacy-reverse-import', maxWaitTimeInMs: 100 });
     await consumer.connect();
     await consumer.subscribe({ topics: [reverseTopic], fromBeginning: true });

@@ -1,5 +1,6 @@
 'use strict';
 
+const fs = require('node:fs');
 const os = require('node:os');
 const { logLevel: KafkaLogLevel } = require('kafkajs');
 
@@ -62,7 +63,8 @@ const LOG_LEVELS = Object.freeze({
  *   failed delivery attempts (ms, doubling, +-20 % jitter); default 100 .. 30000
  * @property {number} [closeTimeoutMs] how long close() tries to deliver what is buffered; default 30000
  * @property {(info: DropInfo) => void} [onDrop] called (like the 'dropped' event) when messages are dropped
- * @property {object} [kafka] extra kafkajs client config (ssl, sasl, connectionTimeout, requestTimeout, retry, ...)
+ * @property {object} [kafka] extra kafkajs client config (ssl, sasl, connectionTimeout, requestTimeout, retry, ...);
+ *   ssl and sasl default to securityFromEnv() (KAFKA_SECURITY_PROTOCOL, KAFKA_USERNAME, ...)
  */
 
 /**
@@ -131,6 +133,44 @@ function parseLogLevel(value) {
   );
 }
 
+const SECURITY_PROTOCOLS = new Set(['PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', 'SASL_SSL']);
+const SASL_MECHANISMS = Object.freeze({ 'SCRAM-SHA-512': 'scram-sha-512', 'SCRAM-SHA-256': 'scram-sha-256', PLAIN: 'plain' });
+
+/**
+ * kafkajs's `ssl`/`sasl` settings from the environment, named like the Python side's settings:
+ * KAFKA_SECURITY_PROTOCOL (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL; default PLAINTEXT),
+ * KAFKA_SASL_MECHANISM (SCRAM-SHA-512 default, SCRAM-SHA-256, PLAIN), KAFKA_USERNAME,
+ * KAFKA_PASSWORD and KAFKA_SSL_CAFILE (PEM; default: Node's trusted CAs). `assessment-store stack
+ * credentials legacy-tap` prints them for the local authenticated stack. Every Kafka client of
+ * this package starts from these; an explicit `kafka` option overrides them.
+ *
+ * @param {NodeJS.ProcessEnv} [env]
+ * @returns {{ssl?: boolean|{ca: string[]}, sasl?: {mechanism: string, username: string, password: string}}}
+ */
+function securityFromEnv(env = process.env) {
+  const protocol = (env.KAFKA_SECURITY_PROTOCOL || 'PLAINTEXT').toUpperCase();
+  if (!SECURITY_PROTOCOLS.has(protocol)) {
+    throw new TypeError(`KAFKA_SECURITY_PROTOCOL must be one of ${[...SECURITY_PROTOCOLS].join(', ')}, got ${protocol}`);
+  }
+  /** @type {{ssl?: boolean|{ca: string[]}, sasl?: {mechanism: string, username: string, password: string}}} */
+  const out = {};
+  if (protocol === 'SSL' || protocol === 'SASL_SSL') {
+    out.ssl = env.KAFKA_SSL_CAFILE ? { ca: [fs.readFileSync(env.KAFKA_SSL_CAFILE, 'utf8')] } : true;
+  }
+  if (protocol.startsWith('SASL_')) {
+    const name = (env.KAFKA_SASL_MECHANISM || 'SCRAM-SHA-512').toUpperCase();
+    const mechanism = /** @type {Record<string, string>} */ (SASL_MECHANISMS)[name];
+    if (mechanism === undefined) {
+      throw new TypeError(`KAFKA_SASL_MECHANISM must be one of ${Object.keys(SASL_MECHANISMS).join(', ')}, got ${name}`);
+    }
+    if (!env.KAFKA_USERNAME || !env.KAFKA_PASSWORD) {
+      throw new TypeError(`KAFKA_SECURITY_PROTOCOL=${protocol} needs KAFKA_USERNAME and KAFKA_PASSWORD`);
+    }
+    out.sasl = { mechanism, username: env.KAFKA_USERNAME, password: env.KAFKA_PASSWORD };
+  }
+  return out;
+}
+
 /**
  * Validates the tap options and fills in the defaults. Unknown option names are refused, so a
  * typo (maxBuffer for maxBuffered) does not silently fall back to a default.
@@ -189,8 +229,8 @@ function resolveOptions(options = {}, env = process.env) {
     retry,
     closeTimeoutMs,
     onDrop: /** @type {((info: DropInfo) => void)|undefined} */ (opts.onDrop),
-    kafka: /** @type {Record<string, unknown>} */ (opts.kafka || {}),
+    kafka: /** @type {Record<string, unknown>} */ ({ ...securityFromEnv(env), ...(opts.kafka || {}) }),
   };
 }
 
-module.exports = { LEGACY_EVENTS, DEFAULTS, DEFAULT_BROKERS, resolveOptions, parseBrokers, parseLogLevel };
+module.exports = { LEGACY_EVENTS, DEFAULTS, DEFAULT_BROKERS, resolveOptions, parseBrokers, parseLogLevel, securityFromEnv };

@@ -1,7 +1,7 @@
 'use strict';
 
 const { Kafka } = require('kafkajs');
-const { parseBrokers, parseLogLevel, DEFAULT_BROKERS } = require('./options');
+const { parseBrokers, parseLogLevel, securityFromEnv, DEFAULT_BROKERS } = require('./options');
 
 /**
  * Creates a topic if it does not exist, with the settings the Python side gives the legacy topic
@@ -20,6 +20,7 @@ const { parseBrokers, parseLogLevel, DEFAULT_BROKERS } = require('./options');
  */
 async function ensureTopic({ topic, brokers, partitions = 6, config, logLevel = 'error', kafka = {} }) {
   const client = new Kafka({
+    ...securityFromEnv(),
     ...kafka,
     logLevel: parseLogLevel(logLevel),
     clientId: 'assessment-legacy-tap-admin',
