@@ -117,12 +117,21 @@ def stack_up(
     secure: Annotated[bool, typer.Option(
         "--secure", help="Kafka with authentication (SASL_SSL, SCRAM, TLS, ACLs per principal); decided at the "
         "broker's first start, like ASSESSMENT_STORE_KAFKA_SECURE=true.")] = False,
+    brokers: Annotated[int | None, typer.Option(
+        "--brokers", min=1, max=9, help="Run Kafka as a cluster of this many brokers (KRaft on loopback; topics get "
+        "3 replicas and min.insync.replicas=2 from 3 brokers on); decided at the cluster's first start, like "
+        "ASSESSMENT_STORE_KAFKA_BROKERS.")] = None,
 ) -> None:
     """Start the services that are not running (fetching Kafka's jars on first use). Idempotent."""
     from stack import Stack
 
     t0 = time.monotonic()
-    settings = Settings(kafka_secure=True) if secure else Settings()
+    chosen: dict[str, object] = {}
+    if secure:
+        chosen["kafka_secure"] = True
+    if brokers is not None:
+        chosen["kafka_brokers"] = brokers
+    settings = Settings(**chosen)  # type: ignore[arg-type]
     try:
         Stack(settings).up(services, log=lambda m: err.print(f"[dim]{m}[/]"))
     except ServiceFailed as e:

@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
 
+_NODE_PORT_STEP = 10
+"""Port distance between two nodes of a local Kafka cluster."""
+
 
 def _user_dir(xdg_variable: str, fallback: str) -> Path:
     """``$<xdg_variable>/assessment-store``, else ``~/<fallback>/assessment-store`` (the XDG base
@@ -51,6 +54,12 @@ class Settings(BaseSettings):
         default=None,
         description="Broker list; defaults to the local broker (kafka_host:kafka_port).",
     )
+    kafka_brokers: int | None = Field(
+        default=None, ge=1, le=9,
+        description="Brokers of the local Kafka cluster (KRaft, each node broker and controller, on loopback). Node i "
+        "listens on kafka_port + 10*(i-1), its controller on kafka_controller_port + 10*(i-1). None: as many as "
+        "the data directory was formatted with (1 for a new one). Fixed at the first start of a data directory.",
+    )
     kafka_secure: bool | None = Field(
         default=None,
         description="The local broker runs with authentication: one SASL_SSL listener (SCRAM-SHA-512 over TLS), "
@@ -85,7 +94,9 @@ class Settings(BaseSettings):
         default=None, description="Where the reverse sync writes the store's changes in the legacy format "
         "(None: '<legacy_topic>.reverse').")
     partitions: int = Field(default=6, ge=1, le=1000)
-    replication_factor: int = Field(default=1, ge=1)
+    replication_factor: int = Field(
+        default=1, ge=1, description="Replicas of new topics; on a local cluster of several brokers at least "
+        "min(3, brokers) (see topic_replication_factor).")
 
     # --- PostgreSQL --------------------------------------------------------
     postgres_host: str = "127.0.0.1"
@@ -180,8 +191,40 @@ class Settings(BaseSettings):
         return self.reverse_topic or f"{self.legacy_topic}.reverse"
 
     @property
+    def kafka_cluster_size(self) -> int:
+        """Brokers of the local cluster: ``kafka_brokers``, or when unset what the data directory
+        was formatted with (``<data_dir>/kafka/brokers``), else 1."""
+        if self.kafka_brokers is not None:
+            return self.kafka_brokers
+        try:
+            return max(1, int((self.data_dir.resolve() / "kafka" / "brokers").read_text().strip()))
+        except (OSError, ValueError):
+            return 1
+
+    def kafka_node_ports(self, node: int) -> tuple[int, int]:
+        """(broker, controller) ports of local node ``node`` (1-based)."""
+        step = _NODE_PORT_STEP * (node - 1)
+        return self.kafka_port + step, self.kafka_controller_port + step
+
+    @property
     def kafka_bootstrap(self) -> str:
-        return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+        if self.bootstrap_servers:
+            return self.bootstrap_servers
+        return ",".join(f"{self.kafka_host}:{self.kafka_node_ports(n)[0]}" for n in range(1, self.kafka_cluster_size + 1))
+
+    @property
+    def topic_replication_factor(self) -> int:
+        """Replicas of the topics the store creates: ``replication_factor``, raised to min(3, brokers)
+        on a local cluster of several brokers (one replica per broker would lose data with a broker)."""
+        if self.bootstrap_servers:
+            return self.replication_factor
+        return max(self.replication_factor, min(3, self.kafka_cluster_size))
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """``min.insync.replicas`` of those topics: 2 once there are 3 replicas, so an acknowledged
+        write (acks=all) is on two brokers and survives losing any one; else 1."""
+        return 2 if self.topic_replication_factor >= 3 else 1
 
     @property
     def kafka_secure_mode(self) -> bool:

@@ -152,7 +152,7 @@ class CommandTimeout(WaitTimeout):
 
     def __init__(
         self, command_id: str, assessment_id: str, timeout_s: float,
-        waiting_for: str = "an outcome (is the command processor running?)",
+        waiting_for: str = "outcome (is the command processor running?)",
     ) -> None:
         self.command_id = command_id
         AssessmentStoreError.__init__(

@@ -123,7 +123,7 @@ class ChangeListener:
         # harmless, the command id makes a second delivery a duplicate.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        stage = "an outcome (is the command processor running?)"
+        stage = "outcome (is the command processor running?)"
         future: asyncio.Future[tuple[bool, int | None]] = loop.create_future()
         self._outcome_waiters.setdefault(command_id, set()).add(future)
         try:
@@ -134,9 +134,9 @@ class ChangeListener:
                         found = await read(command_id)
                         if found is not None:
                             return found.accepted, found.version, found
-                    stage = "Kafka's acknowledgement of the command (is the broker reachable?)"
+                    stage = "acknowledgement of the command by Kafka (is the broker reachable?)"
                     await send()
-                    stage = "an outcome (is the command processor running?)"
+                    stage = "outcome (is the command processor running?)"
                     accepted, version = await asyncio.shield(future)
             except TimeoutError as e:
                 raise CommandTimeout(command_id, assessment_id, timeout_s, waiting_for=stage) from e

@@ -147,15 +147,20 @@ def _jaas(module: str, **options: str) -> str:
     return f"{module} required " + " ".join(f'{k}="{v}"' for k, v in options.items()) + ";"
 
 
-def secure_broker_props(settings: Settings, creds: dict[str, str], tls: TlsFiles) -> dict[str, str]:
-    """The listener, SASL, TLS and authorizer settings of the secure mode (merged over the plain ones)."""
+def secure_broker_props(
+    settings: Settings, creds: dict[str, str], tls: TlsFiles, port: int | None = None, controller_port: int | None = None,
+) -> dict[str, str]:
+    """The listener, SASL, TLS and authorizer settings of the secure mode (merged over the plain ones)
+    of the node listening on ``port`` / ``controller_port`` (default: node 1's)."""
     s = settings
+    port = port or s.kafka_port
+    controller_port = controller_port or s.kafka_controller_port
     admin_pw = creds["admin"]
     scram_jaas = _jaas("org.apache.kafka.common.security.scram.ScramLoginModule", username="admin", password=admin_pw)
     name = LISTENER.lower()
     return {
-        "listeners": f"{LISTENER}://{s.kafka_host}:{s.kafka_port},CONTROLLER://{s.kafka_host}:{s.kafka_controller_port}",
-        "advertised.listeners": f"{LISTENER}://{s.kafka_host}:{s.kafka_port}",
+        "listeners": f"{LISTENER}://{s.kafka_host}:{port},CONTROLLER://{s.kafka_host}:{controller_port}",
+        "advertised.listeners": f"{LISTENER}://{s.kafka_host}:{port}",
         "inter.broker.listener.name": LISTENER,
         "listener.security.protocol.map": f"CONTROLLER:SASL_PLAINTEXT,{LISTENER}:SASL_SSL",
         "sasl.enabled.mechanisms": ",".join(_SCRAM),

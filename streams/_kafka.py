@@ -286,7 +286,7 @@ def store_topics(settings: Settings) -> list[TopicSpec]:
     forever = {"retention.ms": "-1", "retention.bytes": "-1"}
     return [
         # The log of record: never expires; rebuilds and time travel read it from offset 0.
-        TopicSpec(settings.events_topic, settings.partitions, {**forever, "min.insync.replicas": "1"}),
+        TopicSpec(settings.events_topic, settings.partitions, forever),
         # Commands and outcomes must have the events topic's partition count: the processor
         # owning command partition p writes events and outcomes to partition p of each.
         TopicSpec(settings.commands_topic, settings.partitions, {"retention.ms": str(7 * 24 * 3600 * 1000)}),
@@ -324,7 +324,9 @@ async def ensure_topics(
             for spec in missing:
                 try:
                     await admin.create_topics(
-                        [NewTopic(spec.name, spec.partitions, settings.replication_factor, topic_configs=spec.config)]
+                        [NewTopic(spec.name, spec.partitions, settings.topic_replication_factor,
+                                   topic_configs={"min.insync.replicas": str(settings.min_insync_replicas),
+                                                  **spec.config})]
                     )
                     created.append(spec.name)
                 except TopicAlreadyExistsError:

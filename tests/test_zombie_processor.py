@@ -109,7 +109,7 @@ async def _log_events(settings: Settings, starts: dict[int, int], ids: set[str])
     return accepted, fenced
 
 
-async def test_zombie_processor_is_fenced(store: AssessmentStore, stack_settings: Settings) -> None:
+async def test_zombie_processor_is_fenced(stack_settings: Settings) -> None:
     """A processor frozen (SIGSTOP) mid-burst past the session timeout, its partitions taken over and
     written to, then woken (SIGCONT): nothing it writes after the takeover is folded or accepted by any
     reader; projection == replay == log, gapless; a restarted processor continues at the right versions."""
@@ -121,6 +121,11 @@ async def test_zombie_processor_is_fenced(store: AssessmentStore, stack_settings
     second = ProcessorService(s, instance=2)
     await asyncio.to_thread(second.start, lambda _m: None)
     frozen: int | None = None
+    # A takeover waits for the session timeout, then rebuilds every taken partition from the shared
+    # session log; on a loaded machine that can exceed the default 30 s of a write, so writes here may
+    # take 90 s (each still bounded).
+    store = AssessmentStore(s.model_copy(update={"command_timeout_s": 90.0, "visibility_timeout_s": 90.0}))
+    await store.start()
     try:
         await eventually(lambda: _group_members(s), lambda g: g == ("Stable", 2), timeout_s=60,
                          what="two processors sharing the partitions")
@@ -231,5 +236,6 @@ async def test_zombie_processor_is_fenced(store: AssessmentStore, stack_settings
     finally:
         if frozen is not None:
             os.kill(frozen, signal.SIGCONT)
+        await store.stop()
         await asyncio.to_thread(second.stop)
         await asyncio.to_thread(stack.up, ["processor"], lambda _m: None)
