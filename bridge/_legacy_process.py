@@ -60,6 +60,7 @@ async def start_legacy_http(settings: Settings, *, group: str, stderr_path: Path
     if emitter_id is not None:
         args += ["--emitter-id", emitter_id]
     with stderr_path.open("wb") as err:
+        os.fchmod(err.fileno(), 0o600)  # like every service log: it may hold request data
         # The child keeps its own copy of the file descriptor: closing ours here is fine.
         proc = await asyncio.create_subprocess_exec(
             "node", "bin/legacy-http.js", *args, cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=err,

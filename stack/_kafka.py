@@ -18,7 +18,9 @@ from assessment_store._config import Settings
 from assessment_store._errors import DownloadFailed, MissingTool, ServiceFailed
 
 from ._kafka_security import apply_acls, ensure_credentials, ensure_tls, format_scram_args, secure_broker_props, secure_topics
-from ._procs import LogFn, ServiceStatus, check_port_free, is_alive, read_pid, rss_bytes, stop_pid, tail
+from ._procs import (
+    LogFn, ServiceStatus, check_port_free, is_alive, private_log, read_pid, rss_bytes, stop_pid, tail,
+)
 
 __all__ = ["KafkaNode", "KafkaService"]
 
@@ -187,7 +189,7 @@ class KafkaNode:
         ]
         if not (self.log_dir / "meta.properties").exists():
             self._format(base, config, creds)
-        with (self.logs / "kafka.out").open("ab") as out:
+        with private_log(self.logs / "kafka.out") as out:
             proc = subprocess.Popen(
                 [
                     java,

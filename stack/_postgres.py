@@ -154,7 +154,8 @@ class PostgresService:
                 self._initdb(log)
             check_port_free(self.s.postgres_host, self.s.postgres_port, "postgres")
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self.log_file.touch()
+            self.log_file.touch(mode=0o600)
+            self.log_file.chmod(0o600)
             os.chown(self.log_file, *self._owner())
             pgdata = str(self.pgdata())
             opts = (

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from assessment_store._errors import PortInUse
 
@@ -23,6 +24,7 @@ __all__ = [
     "check_port_free",
     "is_alive",
     "port_holder",
+    "private_log",
     "pss_bytes",
     "read_pid",
     "rss_bytes",
@@ -41,6 +43,14 @@ class ServiceStatus:
     data: str
     log: str
     rss_bytes: int | None = None
+
+
+def private_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, created 0600 and made 0600 if it existed: service logs can
+    hold request data, which other accounts must not read (like the Kafka and PostgreSQL data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def read_pid(path: Path) -> int | None:

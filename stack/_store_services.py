@@ -15,7 +15,7 @@ from assessment_store._config import Settings
 from assessment_store._errors import ServiceFailed
 from streams import Principal
 
-from ._procs import LogFn, ServiceStatus, is_alive, read_pid, rss_bytes, stop_pid, tail
+from ._procs import LogFn, ServiceStatus, is_alive, private_log, read_pid, rss_bytes, stop_pid, tail
 
 __all__ = ["BridgeService", "ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
 
@@ -71,7 +71,7 @@ class StoreProcess:
             # 0600 credentials file: no password in the environment of a child.
             env["ASSESSMENT_STORE_KAFKA_USERNAME"] = self.principal
             env.pop("ASSESSMENT_STORE_KAFKA_PASSWORD", None)
-        with self.log_file.open("ab") as out:
+        with private_log(self.log_file) as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "assessment_store", *(self.command or (self.name,)),
                  "--pid-file", str(self.pid_file)],

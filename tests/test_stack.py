@@ -116,10 +116,14 @@ def test_kraft_cluster_ids_never_look_like_options() -> None:
 
 
 def test_kafka_data_is_private_to_its_account(stack_settings: Settings) -> None:
-    """The broker's data directory is 0700 and no segment, index or checkpoint is readable by other accounts."""
+    """The broker's data directory is 0700; no segment, index, checkpoint or service log is readable by other accounts."""
     home = stack_settings.data_dir.resolve() / "kafka"
     assert home.stat().st_mode & 0o777 == 0o700
     files = [p for p in (home / "log-dirs").rglob("*") if p.is_file()]
     assert any(p.suffix == ".log" for p in files), "no segment found: is the session broker running?"
     exposed = [f"{p} {p.stat().st_mode & 0o777:o}" for p in files if p.stat().st_mode & 0o077]
     assert not exposed, exposed
+    logs = [p for p in (stack_settings.data_dir.resolve() / "logs").rglob("*") if p.is_file()]
+    assert any(p.name == "processor.log" for p in logs)
+    readable = [f"{p} {p.stat().st_mode & 0o777:o}" for p in logs if p.stat().st_mode & 0o077]
+    assert not readable, readable
