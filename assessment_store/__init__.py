@@ -3,9 +3,10 @@
 Public names are re-exported here from private modules; ``tests/test_public_api.py`` pins them.
 """
 
-# The role packages (streams, projections, schemas) import this package's core modules
-# (_config, _errors, _model, _domain), and _store imports the role packages. So _store is loaded
-# lazily (module __getattr__ below): importing `projections` first must not run into a cycle.
+# The role packages (assessment_store.streams, .projections, .schemas) import this package's core
+# modules (_config, _errors, _model, _domain), and _store imports the role packages. So _store is
+# loaded lazily (module __getattr__ below): importing `assessment_store.projections` first must not
+# run into a cycle.
 from typing import TYPE_CHECKING, Any
 
 from ._config import Settings

@@ -36,9 +36,9 @@ app.add_typer(stack_app, name="stack")
 
 def _mount_bridge() -> None:
     # Imported here: the role package's CLI is an add-on of this one, loaded when the app is built.
-    from bridge import bridge_app
-    from bridge._cli import import_
-    from bridge._flags_cli import flags_app
+    from assessment_store.bridge import bridge_app
+    from assessment_store.bridge._cli import import_
+    from assessment_store.bridge._flags_cli import flags_app
 
     app.add_typer(bridge_app, name="bridge")
     app.add_typer(flags_app, name="flags")
@@ -123,7 +123,7 @@ def stack_up(
         "ASSESSMENT_STORE_KAFKA_BROKERS.")] = None,
 ) -> None:
     """Start the services that are not running (fetching Kafka's jars on first use). Idempotent."""
-    from stack import Stack
+    from assessment_store.stack import Stack
 
     t0 = time.monotonic()
     chosen: dict[str, object] = {}
@@ -175,7 +175,7 @@ def stack_env() -> None:
 @stack_app.command("down")
 def stack_down(services: ServicesArg = None) -> None:
     """Stop the services (projector first, PostgreSQL last). Data stays in the data directory."""
-    from stack import Stack
+    from assessment_store.stack import Stack
 
     try:
         Stack(Settings()).down(services, log=lambda m: err.print(f"[dim]{m}[/]"))
@@ -188,7 +188,7 @@ def stack_purge(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm: delete all Kafka and PostgreSQL data.")] = False,
 ) -> None:
     """Stop the stack and delete its data directory. Needs --yes."""
-    from stack import Stack
+    from assessment_store.stack import Stack
 
     settings = Settings()
     if not yes:
@@ -205,8 +205,8 @@ def stack_credentials(
     """Where a kafka_secure stack keeps its Kafka credentials; with PRINCIPAL, the variables a process
     outside the stack sets to connect as it (`eval "$(assessment-store stack credentials client)"`).
     They include the password: print them only where they are meant to go."""
-    from streams import PRINCIPALS
-    from streams._kafka import read_credentials
+    from assessment_store.streams import PRINCIPALS
+    from assessment_store.streams._kafka import read_credentials
 
     s = Settings()
     if not s.kafka_secure_mode or not s.kafka_credentials_file.exists():
@@ -241,7 +241,7 @@ def stack_credentials(
 @stack_app.command("status")
 def stack_status(as_json: JsonFlag = False) -> None:
     """What runs, where, with pids, ports, data and log paths. Exit code 1 if anything is down."""
-    from stack import Stack
+    from assessment_store.stack import Stack
 
     rows = Stack(Settings()).status()
     if as_json:
@@ -266,8 +266,8 @@ def stack_logs(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
 ) -> None:
     """Print the tail of a service's log."""
-    from stack import Stack
-    from stack._procs import tail
+    from assessment_store.stack import Stack
+    from assessment_store.stack._procs import tail
 
     try:
         path = Path(Stack(Settings()).log_path(service))
@@ -298,7 +298,7 @@ PidFile = Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-fi
 @app.command("processor")
 def processor(pid_file: PidFile = None) -> None:
     """Run the command processor (the single writer of the events topic) in the foreground until SIGTERM."""
-    from streams import CommandProcessor
+    from assessment_store.streams import CommandProcessor
 
     _serve_forever(pid_file, "processor", CommandProcessor)
 
@@ -306,7 +306,7 @@ def processor(pid_file: PidFile = None) -> None:
 @app.command("projector")
 def projector(pid_file: PidFile = None) -> None:
     """Run the projector (fold the events and outcomes topics into PostgreSQL) in the foreground until SIGTERM."""
-    from projections import Projector
+    from assessment_store.projections import Projector
 
     _serve_forever(pid_file, "projector", Projector)
 
@@ -464,7 +464,7 @@ def replay_cmd(
     (row counts, versions, checksum) and swap it in atomically. Interrupted, it resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from projections import replay
+    from assessment_store.projections import replay
 
     with Progress(
         TextColumn("[bold]replay[/]"), BarColumn(), MofNCompleteColumn(),
@@ -508,7 +508,7 @@ app.add_typer(quarantine_app, name="quarantine")
 @quarantine_app.command("list")
 def quarantine_list(as_json: JsonFlag = False) -> None:
     """Quarantined assessments: why, where the first refused event sits, how many events are held."""
-    from projections import list_quarantine
+    from assessment_store.projections import list_quarantine
 
     entries = _run(list_quarantine(Settings()))
     if as_json:
@@ -527,7 +527,7 @@ def quarantine_list(as_json: JsonFlag = False) -> None:
 @quarantine_app.command("refold")
 def quarantine_refold(assessment_id: IdArg) -> None:
     """Re-apply a quarantined assessment's held events in log order, after a fix. Exit 1 if refused again."""
-    from projections import refold
+    from assessment_store.projections import refold
 
     result = _run(refold(Settings(), assessment_id))
     if not result.refolded:
@@ -545,7 +545,7 @@ def at_cmd(
     """Time travel: an assessment, or the counts per state, as of a time or offset, from the log."""
     from datetime import datetime
 
-    from projections import counts_at, state_at
+    from assessment_store.projections import counts_at, state_at
 
     when = None
     if at_time is not None:
@@ -581,7 +581,7 @@ def serve(
     need it or ASSESSMENT_STORE_API_READ_TOKEN."""
     import uvicorn
 
-    from api import create_app
+    from assessment_store.api import create_app
 
     settings = Settings()
     if settings.api_token is None:
@@ -606,7 +606,7 @@ def demo(
     settings = Settings()
     _run(run_demo(settings, count, out))
     if migration:
-        from bridge._demo import run_migration_demo
+        from assessment_store.bridge._demo import run_migration_demo
 
         if not _run(run_migration_demo(settings, migration_count, out)):
             err.print("[red]the migration demo's checks did not all hold (see above)[/]")

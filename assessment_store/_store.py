@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from projections import ChangeListener, create_pool, fetch_assessment, translate_db_errors
-from projections import count_by_state as _count_by_state
-from projections import fetch_history as _fetch_history
-from projections import fetch_outcome as _fetch_outcome
-from projections import list_ids as _list_ids
-from projections import list_page as _list_page
-from streams import CommandSender, ensure_topics
+from assessment_store.projections import ChangeListener, create_pool, fetch_assessment, translate_db_errors
+from assessment_store.projections import count_by_state as _count_by_state
+from assessment_store.projections import fetch_history as _fetch_history
+from assessment_store.projections import fetch_outcome as _fetch_outcome
+from assessment_store.projections import list_ids as _list_ids
+from assessment_store.projections import list_page as _list_page
+from assessment_store.streams import CommandSender, ensure_topics
 
 from ._config import Settings
 from ._domain import check_text, validate_command, validate_command_id, validate_id

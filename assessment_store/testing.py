@@ -58,7 +58,7 @@ def running_stack(settings: Settings, *, keep_running: bool = False) -> Iterator
         with _containers(settings) as effective:
             yield effective
         return
-    from stack import Stack
+    from assessment_store.stack import Stack
 
     stack = Stack(settings)
     try:
@@ -113,8 +113,8 @@ def _containers(settings: Settings) -> Iterator[Settings]:
     from testcontainers.core.waiting_utils import wait_for_logs
     from testcontainers.postgres import PostgresContainer
 
-    from stack import BridgeService, ProcessorService, ProjectorService
-    from streams import ensure_topics
+    from assessment_store.stack import BridgeService, ProcessorService, ProjectorService
+    from assessment_store.streams import ensure_topics
 
     with _kafka_container(settings) as kafka, PostgresContainer(
         "postgres:15", username=settings.postgres_user, dbname=settings.postgres_db
@@ -159,7 +159,7 @@ async def eventually(
 async def topic_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """Partition -> end offset (the offset the next record will get); ``ValueError`` when the topic
     does not exist (a test waiting on a topic nobody created would otherwise wait in vain)."""
-    from streams import topic_end_offsets as end_offsets
+    from assessment_store.streams import topic_end_offsets as end_offsets
 
     ends = await end_offsets(settings, topic)
     if not ends:
@@ -173,7 +173,7 @@ async def start_group_at_end(settings: Settings, group: str, topic: str) -> dict
     from aiokafka.structs import OffsetAndMetadata
 
     ends = await topic_end_offsets(settings, topic)
-    from streams import kafka_client_options
+    from assessment_store.streams import kafka_client_options
 
     consumer = AIOKafkaConsumer(**kafka_client_options(settings, "admin"), group_id=group, enable_auto_commit=False)
     await consumer.start()
@@ -196,8 +196,8 @@ async def produce_lifecycles(settings: Settings, count: int, *, prefix: str, bat
 
     from aiokafka import AIOKafkaProducer
 
-    from schemas import EventCodec
-    from streams import kafka_client_options
+    from assessment_store.schemas import EventCodec
+    from assessment_store.streams import kafka_client_options
 
     from ._model import Completed, Created, Event, Payload, ProgressUpdated, Started
 
@@ -229,7 +229,7 @@ async def produce_lifecycles(settings: Settings, count: int, *, prefix: str, bat
 
 async def projected_event_count(settings: Settings, prefix: str) -> int:
     """How many events of assessments whose id starts with ``prefix`` the live projection holds."""
-    from projections import connect
+    from assessment_store.projections import connect
 
     conn = await connect(settings)
     try:

@@ -38,10 +38,11 @@ from rich.table import Table
 from assessment_store import Settings
 from assessment_store._model import CommandEnvelope, EventSource
 from assessment_store.testing import isolated_settings, running_stack, topic_end_offsets
-from bridge import BridgeOptions, LegacyBridge, LegacyMessage, LegacyView, Translation, parse_message, translate_message
-from schemas import CommandCodec
-from stack import Stack
-from streams import kafka_client_options
+from assessment_store.bridge import (BridgeOptions, LegacyBridge, LegacyMessage, LegacyView, Translation, parse_message,
+                                     translate_message)
+from assessment_store.schemas import CommandCodec
+from assessment_store.stack import Stack
+from assessment_store.streams import kafka_client_options
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()

@@ -33,10 +33,10 @@ from rich.table import Table
 from assessment_store import AssessmentStore, Settings
 from assessment_store._model import CommandEnvelope, Create, UpdateProgress, new_id
 from assessment_store.testing import isolated_settings, running_stack
-from projections import connect
-from schemas import CommandCodec
-from stack import Stack
-from streams import TopicSpec, ensure_topics, kafka_client_options
+from assessment_store.projections import connect
+from assessment_store.schemas import CommandCodec
+from assessment_store.stack import Stack
+from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_options
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()

@@ -102,7 +102,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from assessment_store import Settings
-from streams import kafka_client_options
+from assessment_store.streams import kafka_client_options
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:29792"
 STARTUP_TIMEOUT_S = 90.0

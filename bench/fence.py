@@ -35,11 +35,11 @@ from rich.table import Table
 from assessment_store import Settings
 from assessment_store._model import Event, ProgressUpdated
 from assessment_store.testing import isolated_settings
-from schemas import EventCodec
-from stack import Stack
-from streams import TopicSpec, ensure_topics
-from streams._fence import EPOCH_HEADER, fence_headers, fence_metadata
-from streams._kafka import idempotent_producer
+from assessment_store.schemas import EventCodec
+from assessment_store.stack import Stack
+from assessment_store.streams import TopicSpec, ensure_topics
+from assessment_store.streams._fence import EPOCH_HEADER, fence_headers, fence_metadata
+from assessment_store.streams._kafka import idempotent_producer
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()

@@ -36,10 +36,10 @@ from rich.table import Table
 
 from assessment_store import Settings
 from assessment_store.testing import isolated_settings, produce_lifecycles
-from projections import connect
-from stack import Stack, settings_env
-from stack._procs import rss_bytes
-from streams import ensure_topics
+from assessment_store.projections import connect
+from assessment_store.stack import Stack, settings_env
+from assessment_store.stack._procs import rss_bytes
+from assessment_store.streams import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()

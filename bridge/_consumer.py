@@ -45,8 +45,8 @@ from assessment_store._config import Settings
 from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import DatabaseUnavailable
 from assessment_store._model import CommandEnvelope, Create, EventSource, State
-from projections import create_pool, translate_db_errors
-from streams import ensure_topics, kafka_client_options, translate_kafka_errors
+from assessment_store.projections import create_pool, translate_db_errors
+from assessment_store.streams import ensure_topics, kafka_client_options, translate_kafka_errors
 
 from ._legacy import LegacyEvent, RejectKind, Rejection
 from ._producer import Appender

@@ -42,8 +42,8 @@ from assessment_store._config import Settings
 from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import KafkaUnavailable, ValidationError
 from assessment_store._model import JSON, new_id
-from projections import connect, translate_db_errors
-from streams._kafka import (
+from assessment_store.projections import connect, translate_db_errors
+from assessment_store.streams._kafka import (
     Principal, TopicSpec, ensure_topics, kafka_client_options, kafka_principal, translate_kafka_errors,
 )
 

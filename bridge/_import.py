@@ -58,8 +58,8 @@ from rich.text import Text
 from assessment_store._config import Settings
 from assessment_store._errors import CommandTimeout, ValidationError
 from assessment_store._model import Command, CommandEnvelope, EventSource
-from projections import create_pool, translate_db_errors
-from projections._queries import fetch_assessments
+from assessment_store.projections import create_pool, translate_db_errors
+from assessment_store.projections._queries import fetch_assessments
 
 from ._legacy import RejectKind, Rejection
 from ._producer import Appender

@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from assessment_store._config import Settings
 from assessment_store._model import JSON
-from projections import translate_db_errors
-from projections._db import connection
-from streams import kafka_client_options, translate_kafka_errors
+from assessment_store.projections import translate_db_errors
+from assessment_store.projections._db import connection
+from assessment_store.streams import kafka_client_options, translate_kafka_errors
 
 from ._snapshot import IMPORT_ID_PREFIX
 from ._translate import COMMAND_ID_PREFIX

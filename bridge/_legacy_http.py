@@ -11,7 +11,7 @@ Errors are the store's own, so the router treats both sides alike:
 * 404 -> ``AssessmentNotFound(id)``; 409 -> ``InvalidTransition(id, STATE, transition)``;
   400 -> ``ValidationError(field, reason)``; a long-poll that ends unfinished (408) -> ``WaitTimeout``.
 
-httpx is imported when the backend is created, so ``import bridge`` works without it.
+httpx is imported when the backend is created, so ``import assessment_store.bridge`` works without it.
 """
 
 from __future__ import annotations

@@ -39,9 +39,9 @@ from assessment_store._model import (
     ProgressUpdated,
     Started,
 )
-from schemas import EventCodec
-from streams._fence import LogFence, Verdict, fence_metadata, metadata_epoch
-from streams._kafka import (
+from assessment_store.schemas import EventCodec
+from assessment_store.streams._fence import LogFence, Verdict, fence_metadata, metadata_epoch
+from assessment_store.streams._kafka import (
     TopicSpec,
     admin_client,
     committed_with_metadata,

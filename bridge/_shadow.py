@@ -51,7 +51,7 @@ from assessment_store._config import Settings
 from assessment_store._errors import AssessmentStoreError
 from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._model import JSON, Assessment, State
-from projections import create_pool, translate_db_errors
+from assessment_store.projections import create_pool, translate_db_errors
 
 __all__ = [
     "COMPARED_FIELDS", "MismatchLog", "MismatchSink", "ShadowMismatch", "ShadowObserver", "ShadowStats", "Verdict",

@@ -29,7 +29,7 @@ _MIGRATION_LOCK = 0x617373_6D6967  # pg_advisory_xact_lock key: "assmig"
 
 def _migrations() -> list[tuple[int, str, str]]:
     found = []
-    for entry in (resources.files("projections") / "sql").iterdir():
+    for entry in (resources.files("assessment_store.projections") / "sql").iterdir():
         m = _MIGRATION_RE.match(entry.name)
         if m:
             found.append((int(m.group(1)), entry.name, entry.read_text()))

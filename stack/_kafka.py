@@ -72,7 +72,7 @@ class KafkaNode:
         staging = self.libs.with_name("libs.partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        pom = resources.files("stack") / "kafka" / "pom.xml"
+        pom = resources.files("assessment_store.stack") / "kafka" / "pom.xml"
         with resources.as_file(pom) as pom_path:
             cmd = [
                 mvn, "-B", "-q", "-f", str(pom_path),
@@ -180,7 +180,7 @@ class KafkaNode:
         self._check_size()
         creds = ensure_credentials(self.s) if self.s.kafka_secure_mode else None
         config = self._write_config(creds)
-        log4j = resources.files("stack") / "kafka" / "log4j2.properties"
+        log4j = resources.files("assessment_store.stack") / "kafka" / "log4j2.properties"
         base = [
             java,
             "-cp", f"{libs}/*",
@@ -270,7 +270,7 @@ class KafkaNode:
         from aiokafka import AIOKafkaClient
         from aiokafka.errors import KafkaError
 
-        from streams import kafka_client_options
+        from assessment_store.streams import kafka_client_options
 
         options = {**kafka_client_options(self.s, "admin"), "bootstrap_servers": f"{self.s.kafka_host}:{self.port}"}
         client = AIOKafkaClient(**options, request_timeout_ms=2000)
@@ -355,7 +355,7 @@ class KafkaService:
 
     async def _secure_setup(self, log: LogFn) -> None:
         """Topics and ACLs of the secure mode, as ``admin``; both idempotent, so on every start."""
-        from streams import ensure_topics
+        from assessment_store.streams import ensure_topics
 
         created = await ensure_topics(self.s, secure_topics(self.s), principal="admin")
         if created:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from assessment_store._config import Settings
-from streams import ensure_topics
+from assessment_store.streams import ensure_topics
 
 from ._kafka import KafkaService
 from ._postgres import PostgresService

@@ -173,7 +173,7 @@ class PostgresService:
     async def _ensure_database(self, log: LogFn) -> None:
         import asyncpg
 
-        from projections._db import connect, migrate, translate_db_errors
+        from assessment_store.projections._db import connect, migrate, translate_db_errors
 
         s = self.s
         with translate_db_errors("preparing the role and database"):

@@ -7,7 +7,7 @@ from aiokafka.structs import RecordMetadata
 from assessment_store._config import Settings
 from assessment_store._errors import ValidationError
 from assessment_store._model import CommandEnvelope
-from schemas import CommandCodec
+from assessment_store.schemas import CommandCodec
 
 from ._kafka import KeyedProducer
 

@@ -96,7 +96,7 @@ from assessment_store._model import (
     Outcome,
     State,
 )
-from schemas import CommandCodec, EventCodec, OutcomeCodec
+from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 
 from ._fence import EPOCH_HEADER, LogFence, Verdict, fence_headers, fence_metadata, metadata_epoch
 from ._kafka import (

@@ -6,7 +6,7 @@ from aiokafka.structs import RecordMetadata
 
 from assessment_store._config import Settings
 from assessment_store._model import Event
-from schemas import EventCodec
+from assessment_store.schemas import EventCodec
 
 from ._kafka import KeyedProducer, Principal
 

@@ -23,7 +23,7 @@ PORT_BASE = int(os.environ.get("ASSESSMENT_STORE_TEST_PORT_BASE", "29092"))
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
     """Settings of a freshly purged stack that runs for the whole session."""
-    from stack import Stack
+    from assessment_store.stack import Stack
 
     settings = isolated_settings(
         ROOT / ".data" / f"test-session-{PORT_BASE}",

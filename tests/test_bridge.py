@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from assessment_store import CommandTimeout, Settings
 from assessment_store.testing import eventually, topic_end_offsets
-from bridge import (
+from assessment_store.bridge import (
     BridgeOptions,
     ImportReport,
     LegacyBridge,
@@ -29,10 +29,10 @@ from bridge import (
     dead_letters,
     import_legacy,
 )
-from bridge._import import rejected_path
-from projections import connect
-from stack import settings_env
-from streams import ensure_topics
+from assessment_store.bridge._import import rejected_path
+from assessment_store.projections import connect
+from assessment_store.stack import settings_env
+from assessment_store.streams import ensure_topics
 
 pytestmark = pytest.mark.stack
 
@@ -533,7 +533,7 @@ async def test_node_service_through_the_bridge_matches_its_own_export(stack_sett
 
 def _bridge_cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-c", "from bridge import bridge_app; bridge_app()", *args],
+    return subprocess.run([sys.executable, "-c", "from assessment_store.bridge import bridge_app; bridge_app()", *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
@@ -565,7 +565,7 @@ def test_cli_run_until_sigterm(stack_settings: Settings, tmp_path: Path) -> None
     pid_file = tmp_path / "bridge.pid"
     env = {**os.environ, **settings_env(stack_settings)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from bridge import bridge_app; bridge_app()", "run", "--pid-file", str(pid_file),
+        [sys.executable, "-c", "from assessment_store.bridge import bridge_app; bridge_app()", "run", "--pid-file", str(pid_file),
          "--group", f"bridge-cli-{uuid.uuid4().hex[:8]}"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

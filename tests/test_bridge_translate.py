@@ -23,7 +23,7 @@ from assessment_store._model import (
     State,
     UpdateProgress,
 )
-from bridge import (
+from assessment_store.bridge import (
     LEGACY_STATES,
     LegacyEvent,
     LegacyMessage,
@@ -39,8 +39,8 @@ from bridge import (
     plan_import,
     translate,
 )
-from bridge._consumer import DLQ_PAYLOAD_CAP, dead_letter_record
-from bridge._snapshot import ExportRecord, ImportPlan
+from assessment_store.bridge._consumer import DLQ_PAYLOAD_CAP, dead_letter_record
+from assessment_store.bridge._snapshot import ExportRecord, ImportPlan
 
 AID = "legacy-a-1"
 STATUS = {"created": "pending", "started": "processing", "progress": "processing", "completed": "completed",

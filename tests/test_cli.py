@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from assessment_store import Settings
-from stack import settings_env
+from assessment_store.stack import settings_env
 
 pytestmark = pytest.mark.stack
 
@@ -137,8 +137,8 @@ def test_bridge_shadow_lists_kept_mismatches_as_json(stack_settings: Settings) -
 async def test_demo_runs_the_store_and_the_migration_and_its_checks_hold(stack_settings: Settings) -> None:
     """`demo` prints the store's lifecycles, then a dual-mode run where both sides hold every assessment and no shadow disagrees."""
     from assessment_store.testing import start_group_at_end
-    from bridge import reverse_topic_spec
-    from streams import ensure_topics
+    from assessment_store.bridge import reverse_topic_spec
+    from assessment_store.streams import ensure_topics
 
     s = stack_settings
     reverse_topic = s.legacy_reverse_topic
@@ -201,7 +201,7 @@ def test_cli_wait_refuses_a_negative_or_non_finite_timeout(stack_settings: Setti
 
 def test_cli_import_does_not_clobber_a_rejected_file(stack_settings: Settings, tmp_path: Path) -> None:
     """`import-legacy FILE` refuses to overwrite an existing FILE.rejected.jsonl (which stays as it was) unless --overwrite."""
-    from bridge._import import rejected_path
+    from assessment_store.bridge._import import rejected_path
 
     path = tmp_path / "export.jsonl"
     path.write_text('{"not": "an export line"}\n')

@@ -10,7 +10,7 @@ from assessment_store import CodecError, EventSource
 from assessment_store._model import (
     Cancelled, Completed, Created, Event, Failed, Payload, ProgressUpdated, Retried, Started,
 )
-from schemas import EventCodec
+from assessment_store.schemas import EventCodec
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, 123456, tzinfo=UTC)
 PAYLOADS: list[Payload] = [
@@ -61,8 +61,8 @@ def test_a_command_written_with_the_previous_schema_still_decodes() -> None:
     from fastavro.schema import fingerprint, to_parsing_canonical_form
 
     from assessment_store._model import CommandEnvelope, Fail
-    from schemas import CommandCodec
-    from schemas import SCHEMA_DIR
+    from assessment_store.schemas import CommandCodec
+    from assessment_store.schemas import SCHEMA_DIR
 
     v1 = fastavro.parse_schema(json.loads((SCHEMA_DIR / "history" / "assessment_command.v1.avsc").read_text()))
     codec = CommandCodec()
@@ -84,7 +84,7 @@ def test_a_command_written_with_the_previous_schema_still_decodes() -> None:
 def test_a_command_envelope_keeps_its_origin_time() -> None:
     """occurred_at (a legacy emission's time) survives the commands topic; None stays None."""
     from assessment_store._model import CommandEnvelope, Start
-    from schemas import CommandCodec
+    from assessment_store.schemas import CommandCodec
 
     codec = CommandCodec()
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -19,9 +19,9 @@ from assessment_store import (
 )
 from assessment_store._model import CommandEnvelope, Create, UpdateProgress, new_id
 from assessment_store.testing import topic_end_offsets
-from stack import Stack
-from stack._procs import is_alive, wait_until
-from streams import CommandSender
+from assessment_store.stack import Stack
+from assessment_store.stack._procs import is_alive, wait_until
+from assessment_store.streams import CommandSender
 
 from .state_table import LEGAL, TRANSITION_NAMES
 

@@ -15,7 +15,7 @@ from assessment_store._domain import INT32_MAX, INT64_MAX, MAX_JSON_DEPTH, valid
 from assessment_store._model import (
     Cancel, Command, CommandEnvelope, Complete, Create, Fail, Start, UpdateProgress,
 )
-from schemas import CommandCodec
+from assessment_store.schemas import CommandCodec
 
 LIMIT = 1_000_000
 

@@ -29,7 +29,7 @@ from assessment_store import (
     WaitTimeout,
 )
 from assessment_store.testing import eventually, start_group_at_end
-from bridge import (
+from assessment_store.bridge import (
     FlagStore,
     HttpLegacyBackend,
     LegacyHttpProcess,
@@ -42,8 +42,8 @@ from bridge import (
     reverse_topic_spec,
     start_legacy_http,
 )
-from projections import connect
-from streams import ensure_topics
+from assessment_store.projections import connect
+from assessment_store.streams import ensure_topics
 
 pytestmark = pytest.mark.stack
 

@@ -8,9 +8,9 @@ import uuid
 import pytest
 
 from assessment_store import Settings, ValidationError
-from bridge import FlagChange, FlagStore, MigrationFlags, audit_trail
-from projections import connect
-from streams import partition_counts
+from assessment_store.bridge import FlagChange, FlagStore, MigrationFlags, audit_trail
+from assessment_store.projections import connect
+from assessment_store.streams import partition_counts
 
 pytestmark = pytest.mark.stack
 
@@ -117,7 +117,7 @@ async def test_topic_is_compacted_with_one_partition(stack_settings: Settings) -
     """The flags topic is created with one partition (one total order) and cleanup.policy=compact."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from streams._kafka import admin_client
+    from assessment_store.streams._kafka import admin_client
 
     topic = _topic()
     async with FlagStore(stack_settings, topic=topic):

@@ -20,11 +20,11 @@ import pytest
 
 from assessment_store import AssessmentStore, Settings
 from assessment_store.testing import eventually
-from bridge import BridgeOptions, TranslateLimits, dead_letters, parse_message
-from bridge._legacy import Rejection
-from projections import connect
-from stack import Stack, settings_env
-from streams import ensure_topics
+from assessment_store.bridge import BridgeOptions, TranslateLimits, dead_letters, parse_message
+from assessment_store.bridge._legacy import Rejection
+from assessment_store.projections import connect
+from assessment_store.stack import Stack, settings_env
+from assessment_store.streams import ensure_topics
 
 from .test_bridge import _group_caught_up, _legacy, _produce, _quiescent, _start_bridge
 

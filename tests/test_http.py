@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 from pydantic import SecretStr
 
-from api import create_app
+from assessment_store.api import create_app
 from assessment_store import Settings
 
 pytestmark = pytest.mark.stack

@@ -13,10 +13,10 @@ import pytest
 
 from assessment_store import AssessmentStore, Settings, State
 from assessment_store.testing import eventually, isolated_settings
-from projections import connect
-from stack import Stack
-from stack._procs import is_alive, wait_until
-from streams._kafka import admin_client
+from assessment_store.projections import connect
+from assessment_store.stack import Stack
+from assessment_store.stack._procs import is_alive, wait_until
+from assessment_store.streams._kafka import admin_client
 
 from .conftest import PORT_BASE, ROOT
 from .test_projector_resilience import _lifecycle_with_retries

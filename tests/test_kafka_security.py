@@ -26,12 +26,12 @@ from assessment_store import AssessmentStore, Settings, State
 from assessment_store._errors import KafkaAccessDenied, KafkaUnavailable, ServiceFailed, ValidationError
 from assessment_store._model import CommandEnvelope, Created, Event, UpdateProgress, new_id
 from assessment_store.testing import eventually, isolated_settings
-from schemas import CommandCodec
-from stack import Stack
-from stack._kafka import KafkaService
-from streams import CommandSender, EventProducer, Principal, kafka_client_options, translate_kafka_errors
-from bridge._legacy_process import NODE_DIR
-from streams._kafka import node_client_env, read_credentials
+from assessment_store.schemas import CommandCodec
+from assessment_store.stack import Stack
+from assessment_store.stack._kafka import KafkaService
+from assessment_store.streams import CommandSender, EventProducer, Principal, kafka_client_options, translate_kafka_errors
+from assessment_store.bridge._legacy_process import NODE_DIR
+from assessment_store.streams._kafka import node_client_env, read_credentials
 
 from .conftest import PORT_BASE, ROOT
 

@@ -14,9 +14,9 @@ import pytest
 
 from assessment_store import AssessmentStore, CommandTimeout, DatabaseUnavailable, Settings, State
 from assessment_store.testing import isolated_settings
-from projections import translate_db_errors
-from stack import KafkaService
-from stack._procs import is_alive, wait_until
+from assessment_store.projections import translate_db_errors
+from assessment_store.stack import KafkaService
+from assessment_store.stack._procs import is_alive, wait_until
 
 from .conftest import PORT_BASE
 

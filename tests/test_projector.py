@@ -9,8 +9,8 @@ import pytest
 from assessment_store import AssessmentStore, State
 from assessment_store._model import Event, ProgressUpdated, Started
 from assessment_store.testing import eventually
-from projections import connect
-from streams import EventProducer
+from assessment_store.projections import connect
+from assessment_store.streams import EventProducer
 
 pytestmark = pytest.mark.stack
 

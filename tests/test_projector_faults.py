@@ -11,9 +11,9 @@ import pytest
 
 from assessment_store import AssessmentStore, Settings, State
 from assessment_store.testing import eventually, produce_lifecycles, projected_event_count
-from projections import REBUILD_SCHEMA, connect, replay
-from stack import ProjectorService, Stack
-from stack._procs import is_alive, wait_until
+from assessment_store.projections import REBUILD_SCHEMA, connect, replay
+from assessment_store.stack import ProjectorService, Stack
+from assessment_store.stack._procs import is_alive, wait_until
 
 pytestmark = pytest.mark.stack
 

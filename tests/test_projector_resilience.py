@@ -19,10 +19,10 @@ from aiokafka.structs import OffsetAndMetadata
 from assessment_store import AssessmentStore, AssessmentStoreError, Settings, State
 from assessment_store._model import Completed, Created, Event, Failed, Payload, ProgressUpdated, Retried, Started
 from assessment_store.testing import eventually, produce_lifecycles, projected_event_count, topic_end_offsets
-from projections import REBUILD_SCHEMA, connect, list_quarantine, refold, replay
-from stack import Stack, settings_env
-from stack._procs import is_alive, wait_until
-from streams import EventProducer
+from assessment_store.projections import REBUILD_SCHEMA, connect, list_quarantine, refold, replay
+from assessment_store.stack import Stack, settings_env
+from assessment_store.stack._procs import is_alive, wait_until
+from assessment_store.streams import EventProducer
 
 pytestmark = pytest.mark.stack
 

@@ -9,7 +9,7 @@ import pytest
 
 from assessment_store import AssessmentStore, Settings, State
 from assessment_store.testing import eventually, produce_lifecycles, projected_event_count
-from projections import REBUILD_SCHEMA, connect, counts_at, replay, state_at
+from assessment_store.projections import REBUILD_SCHEMA, connect, counts_at, replay, state_at
 
 pytestmark = pytest.mark.stack
 

@@ -20,9 +20,9 @@ from assessment_store import Settings
 from assessment_store._domain import decide, evolve
 from assessment_store._model import Assessment, Command, Complete, Create, EventSource, Start, UpdateProgress
 from assessment_store.testing import eventually, produce_lifecycles, topic_end_offsets
-from bridge import ReverseSync, reverse_topic_spec
-from stack import Stack, settings_env
-from streams import EventProducer, TopicSpec, ensure_topics
+from assessment_store.bridge import ReverseSync, reverse_topic_spec
+from assessment_store.stack import Stack, settings_env
+from assessment_store.streams import EventProducer, TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.stack
 

@@ -23,7 +23,7 @@ from assessment_store import (
     State,
 )
 from assessment_store.testing import eventually
-from bridge import (
+from assessment_store.bridge import (
     FlagStore,
     InMemoryLegacyBackend,
     LegacyNotSynced,
@@ -32,7 +32,7 @@ from bridge import (
     ShadowObserver,
     Side,
 )
-from projections import connect
+from assessment_store.projections import connect
 
 pytestmark = pytest.mark.stack
 

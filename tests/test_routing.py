@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from assessment_store import ValidationError
-from bridge import bucket, route_to_store
-from bridge._routing import threshold
+from assessment_store.bridge import bucket, route_to_store
+from assessment_store.bridge._routing import threshold
 
 VECTORS_FILE = Path(__file__).resolve().parent.parent / "bridge" / "routing_vectors.json"
 

@@ -11,9 +11,9 @@ import pytest
 
 from assessment_store import DownloadFailed, MissingTool, PortInUse, Settings
 from assessment_store.testing import isolated_settings
-from projections import connect
-from stack import Stack
-from stack._procs import check_port_free, is_alive
+from assessment_store.projections import connect
+from assessment_store.stack import Stack
+from assessment_store.stack._procs import check_port_free, is_alive
 
 from .conftest import PORT_BASE, ROOT
 
@@ -109,7 +109,7 @@ def test_undownloadable_kafka_version_fails_with_mvn_output(tmp_path: Path) -> N
 
 def test_kraft_cluster_ids_never_look_like_options() -> None:
     """Generated KRaft cluster ids are 22 URL-safe base64 characters and never start with '-'."""
-    from stack._kafka import _kraft_cluster_id
+    from assessment_store.stack._kafka import _kraft_cluster_id
 
     ids = [_kraft_cluster_id() for _ in range(5000)]
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)

@@ -16,7 +16,7 @@ import pytest
 
 from assessment_store import AssessmentStore, Settings
 from assessment_store.testing import isolated_settings
-from stack import Stack, settings_env
+from assessment_store.stack import Stack, settings_env
 
 from .conftest import PORT_BASE
 

@@ -16,12 +16,12 @@ from aiokafka.partitioner import DefaultPartitioner
 from assessment_store import AssessmentStore, Settings
 from assessment_store._model import CommandEnvelope, UpdateProgress
 from assessment_store.testing import eventually, topic_end_offsets
-from projections import REBUILD_SCHEMA, connect, replay, state_at
-from schemas import EventCodec
-from stack import ProcessorService, Stack
-from stack._procs import is_alive, wait_until
-from streams import CommandSender
-from streams._kafka import admin_client
+from assessment_store.projections import REBUILD_SCHEMA, connect, replay, state_at
+from assessment_store.schemas import EventCodec
+from assessment_store.stack import ProcessorService, Stack
+from assessment_store.stack._procs import is_alive, wait_until
+from assessment_store.streams import CommandSender
+from assessment_store.streams._kafka import admin_client
 
 pytestmark = pytest.mark.stack
 
