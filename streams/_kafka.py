@@ -249,14 +249,22 @@ class KeyedProducer(AsyncLifecycle):
         if principal is not None:
             self.principal = principal
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
-        if self._producer is not None:
-            return
-        producer = idempotent_producer(self._settings, self.principal)
-        await start_kafka_client(producer, self._settings, self.principal,
-                                 f"starting a producer for {self._settings.kafka_bootstrap}")
-        self._producer = producer
+        # Started lazily by the first send, and a client's first sends are often concurrent: one
+        # starts the producer, the others wait for it (each making its own would leak all but one).
+        async with self._starting:
+            if self._producer is not None:
+                return
+            producer = idempotent_producer(self._settings, self.principal)
+            try:
+                await start_kafka_client(producer, self._settings, self.principal,
+                                         f"starting a producer for {self._settings.kafka_bootstrap}")
+            except BaseException:
+                await close_producer(producer, self._settings.producer_flush_timeout_s)
+                raise
+            self._producer = producer
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None

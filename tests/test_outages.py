@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import asyncpg
@@ -96,3 +97,23 @@ def test_client_side_driver_errors_become_retriable_store_errors() -> None:
     with pytest.raises(DatabaseUnavailable) as caught, translate_db_errors("writing"):
         raise asyncpg.exceptions.UniqueViolationError("duplicate key")
     assert not caught.value.retriable
+
+
+async def test_concurrent_first_writes_start_one_producer(
+    stack_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh client's first writes, sent concurrently, share one producer (the lazy start is not raced)."""
+    from assessment_store.streams import _kafka
+
+    made: list[object] = []
+    real = _kafka.idempotent_producer
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        made.append(producer := real(*args, **kwargs))
+        return producer
+
+    monkeypatch.setattr(_kafka, "idempotent_producer", counting)
+    async with AssessmentStore(stack_settings) as client:
+        ids = await asyncio.gather(*(client.create_assessment({"concurrent": i}) for i in range(8)))
+    assert len(set(ids)) == 8
+    assert len(made) == 1
