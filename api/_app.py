@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -103,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Event-sourced assessment store on Apache Kafka and PostgreSQL. Writes need "
         "`Authorization: Bearer <ASSESSMENT_STORE_API_TOKEN>`; reads of data need that token or "
-        "`ASSESSMENT_STORE_API_READ_TOKEN` (/healthz and this document are open); errors are application/problem+json.",
+        "`ASSESSMENT_STORE_API_READ_TOKEN` (/livez, /readyz, /healthz and this document are open); errors are application/problem+json.",
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
@@ -227,6 +228,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return problem(404, "Command not found", f"no outcome for command {command_id!r} (yet)",
                            commandId=command_id)
         return OutcomeOut.of(found)
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> dict[str, str]:
+        """Liveness: the process answers. No I/O, so an orchestrator never restarts the API for an
+        outage of Kafka or PostgreSQL (open: no token)."""
+        return {"status": "ok"}
+
+    ready_cache: dict[str, Any] = {"until": 0.0, "checks": {}}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Kafka or PostgreSQL not ready "
+                                                            "(problem+json naming which, with Retry-After)"}})
+    async def readyz() -> Any:
+        """Readiness: PostgreSQL answers a query and Kafka a metadata request (each within 3 s; results
+        reused for 1 s, so probes cannot load the backends). 503 names what is not ready (open: no token)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= ready_cache["until"]:
+            ready_cache["checks"] = await store.readiness()
+            ready_cache["until"] = loop.time() + 1.0
+        checks: dict[str, str] = ready_cache["checks"]
+        failing = {k: v for k, v in checks.items() if v != "ok"}
+        if failing:
+            resp = problem(503, "Not ready", "; ".join(f"{k}: {v}" for k, v in failing.items()), checks=checks,
+                           retriable=True)
+            resp.headers["Retry-After"] = "1"
+            return resp
+        return {"status": "ready", "checks": checks}
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:

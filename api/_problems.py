@@ -94,9 +94,13 @@ def install_problem_handlers(app: FastAPI) -> None:
             field = _camel_path(e.field)
             extra["field"] = field
             extra["errors"] = [{"field": field, "message": e.reason}]
-        if status >= 503:
-            extra["retriable"] = True
-        return problem(status, title, str(e), **extra)
+        if status >= 500:
+            extra["retriable"] = e.retriable
+        resp = problem(status, title, str(e), **extra)
+        if status == 503 and e.retriable:
+            # An outage a client should ride out: say when to try again (RFC 9110, 10.2.3).
+            resp.headers["Retry-After"] = "1"
+        return resp
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_req: Request, e: StarletteHTTPException) -> JSONResponse:

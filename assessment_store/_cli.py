@@ -30,6 +30,22 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        sys.stdout.write(f"assessment-store {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Event-sourced assessment store on Apache Kafka and PostgreSQL."""
 stack_app = typer.Typer(help="The local stack: Kafka, PostgreSQL and the projector, without Docker.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -23,12 +24,12 @@ from assessment_store.projections import fetch_history as _fetch_history
 from assessment_store.projections import fetch_outcome as _fetch_outcome
 from assessment_store.projections import list_ids as _list_ids
 from assessment_store.projections import list_page as _list_page
-from assessment_store.streams import CommandSender, ensure_topics
+from assessment_store.streams import CommandSender, ensure_topics, partition_counts
 
 from ._config import Settings
 from ._domain import check_text, validate_command, validate_command_id, validate_id
 from ._lifecycle import AsyncLifecycle
-from ._errors import AssessmentNotFound, KafkaUnavailable, ValidationError, error_from_rejection
+from ._errors import AssessmentNotFound, AssessmentStoreError, KafkaUnavailable, ValidationError, error_from_rejection
 from ._model import (
     JSON,
     Assessment,
@@ -133,6 +134,33 @@ class AssessmentStore(AsyncLifecycle):
     async def get_assessment_count(self, state: State | None = None) -> int:
         counts = await self.count_by_state()
         return counts[state] if state is not None else sum(counts.values())
+
+    async def readiness(self, timeout_s: float = 3.0) -> dict[str, str]:
+        """``{"postgres": ..., "kafka": ...}``: "ok", or what failed. PostgreSQL answers a query and
+        Kafka a metadata request for the events topic, each within ``timeout_s``. Never raises."""
+
+        async def check(probe: Callable[[], Awaitable[object]]) -> str:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await probe()
+                return "ok"
+            except TimeoutError:
+                return f"no answer within {timeout_s:g} s"
+            except AssessmentStoreError as e:
+                return str(e)
+
+        async def postgres() -> object:
+            with translate_db_errors("checking readiness"):
+                return await self._db.fetchval("SELECT 1")
+
+        async def kafka() -> object:
+            counts = await partition_counts(self.settings, [self.settings.events_topic], principal="client")
+            if not counts.get(self.settings.events_topic):
+                raise KafkaUnavailable(f"topic {self.settings.events_topic!r} does not exist")
+            return counts
+
+        pg, kf = await asyncio.gather(check(postgres), check(kafka))
+        return {"postgres": pg, "kafka": kf}
 
     async def count_by_state(self) -> dict[State, int]:
         with translate_db_errors("counting assessments"):

@@ -213,3 +213,11 @@ def test_cli_import_does_not_clobber_a_rejected_file(stack_settings: Settings, t
     r = _cli(stack_settings, "import-legacy", str(path), "--no-progress", "--overwrite", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["rejected"] == 1 and "earlier import" not in kept.read_text()
+
+
+def test_cli_prints_its_version(stack_settings: Settings) -> None:
+    """--version prints the package version and exits 0."""
+    from assessment_store import __version__
+
+    r = _cli(stack_settings, "--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"assessment-store {__version__}"

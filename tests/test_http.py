@@ -297,3 +297,23 @@ async def test_nul_in_an_id_or_a_cursor_and_bad_cursors_are_422(api: httpx.Async
         assert "retriable" not in r.json()
     page = (await api.get("/assessments", params={"limit": 1})).json()
     assert (await api.get("/assessments", params={"cursor": page["nextCursor"]})).status_code == 200
+
+
+async def test_liveness_and_readiness_are_open_and_readiness_checks_both_backends(
+    api: httpx.AsyncClient, stack_settings: Settings
+) -> None:
+    """/livez answers without I/O; /readyz is 200 with both backends up and 503 + Retry-After naming Kafka when it is down."""
+    async with httpx.AsyncClient(base_url=api.base_url) as anonymous:
+        assert (await anonymous.get("/livez")).json() == {"status": "ok"}
+        ready = await anonymous.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "kafka": "ok"}
+
+    no_kafka = stack_settings.model_copy(update={"bootstrap_servers": f"127.0.0.1:{_free_port()}"})
+    async for base in _serve(no_kafka):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            live = await client.get("/livez")
+            not_ready = await client.get("/readyz")
+    assert live.status_code == 200
+    assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
+    body = not_ready.json()
+    assert body["checks"]["postgres"] == "ok" and body["checks"]["kafka"] != "ok" and "kafka" in body["detail"]
