@@ -152,6 +152,13 @@ class PostgresService:
             self.bin_dir()
             if not (self.pgdata() / "PG_VERSION").exists():
                 self._initdb(log)
+            elif not self.s.postgres_passfile.exists() and self.s.postgres_dsn is None:
+                # A relocated cluster outlives a data directory deleted by hand (rather than by
+                # `stack purge`): its passwords went with the directory, so nothing could log in.
+                raise ServiceFailed(
+                    "postgres", f"the cluster in {self.pgdata()} has no passwords in {self.s.postgres_passfile} "
+                    "(was the data directory deleted by hand?); remove the cluster with "
+                    f"`rm -rf {self.pgdata().parent}` to start afresh, or restore the data directory")
             check_port_free(self.s.postgres_host, self.s.postgres_port, "postgres")
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self.log_file.touch(mode=0o600)

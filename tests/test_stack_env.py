@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from assessment_store import AssessmentStore, Settings
+from assessment_store import AssessmentStore, ServiceFailed, Settings
 from assessment_store.testing import isolated_settings
 from assessment_store.stack import Stack, settings_env
 
@@ -75,7 +76,8 @@ async def test_stack_env_lets_the_cli_and_the_client_reach_the_stack_from_anothe
 @pytest.mark.stack
 @pytest.mark.skipif(os.geteuid() != 0, reason="the cluster runs as another account only when started by root")
 def test_stack_up_with_a_data_dir_the_cluster_account_cannot_enter(tmp_path: Path) -> None:
-    """A 0700 data dir made by root: PostgreSQL starts beside it, logs beside the cluster, and `stack logs` finds the log."""
+    """A 0700 data dir made by root: PostgreSQL starts beside it, logs beside the cluster, `stack logs` finds the log;
+    deleted by hand, the orphaned cluster is reported with how to remove it."""
     data_dir = Path(tempfile.mkdtemp(prefix="assessment-store-0700-"))  # mode 0700, like mktemp -d
     settings = isolated_settings(data_dir, port_base=PORT_BASE + 700)
     stack = Stack(settings)
@@ -94,6 +96,13 @@ def test_stack_up_with_a_data_dir_the_cluster_account_cannot_enter(tmp_path: Pat
                 return await client.get_assessment_count()
 
         assert asyncio.run(count()) == 0
+
+        # The data directory deleted by hand: the relocated cluster stays, its passwords do not.
+        stack.down(["postgres"], log=lambda _m: None)
+        shutil.rmtree(data_dir)
+        data_dir.mkdir(mode=0o700)
+        with pytest.raises(ServiceFailed, match="rm -rf"):
+            Stack(settings).up(["postgres"], log=lambda _m: None)
     finally:
-        stack.purge(log=lambda _m: None)
+        Stack(settings).purge(log=lambda _m: None)
         subprocess.run(["rm", "-rf", str(data_dir)], check=False)
