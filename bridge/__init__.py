@@ -8,7 +8,7 @@ store's log, through the same single writer as every other write.
 * ``route_to_store`` / ``bucket``: sticky percentage routing, identical to the Node tap's;
 * ``FlagStore`` / ``MigrationFlags``: the migration flags, as events on a compacted topic;
 * ``MigrationRouter``: the dual-mode service, sticky per assessment, with counted legacy fallback
-  (``InMemoryLegacyBackend`` is a test double of the legacy side, for the router's own tests);
+  (its test double of the legacy side, ``InMemoryLegacyBackend``, is in ``assessment_store.bridge.testing``);
 * ``HttpLegacyBackend``: the router's legacy side over the Node sample service's HTTP face;
   ``start_legacy_http`` runs that service as a child process (demo, benchmark, tests);
 * ``ReverseSync``: every change written through the store, re-emitted in the legacy format;
@@ -36,7 +36,6 @@ from ._reverse import (
 )
 from ._router import (
     FlagSource,
-    InMemoryLegacyBackend,
     LegacyBackend,
     LegacyNotSynced,
     MigrationRouter,
@@ -72,7 +71,6 @@ __all__ = [
     "reverse_topic_spec",
     "to_legacy_message",
     "FlagSource",
-    "InMemoryLegacyBackend",
     "LegacyBackend",
     "LegacyNotSynced",
     "MigrationRouter",

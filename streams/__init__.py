@@ -6,7 +6,6 @@ from ._kafka import (
     topic_end_offsets, translate_kafka_errors,
 )
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
-from ._producer import EventProducer
 
 __all__ = [
     "COMMAND_OFFSET_HEADER",
@@ -14,7 +13,6 @@ __all__ = [
     "Principal",
     "CommandProcessor",
     "CommandSender",
-    "EventProducer",
     "ProcessorStats",
     "TopicSpec",
     "ensure_topics",

@@ -29,7 +29,8 @@ from assessment_store.testing import eventually, isolated_settings
 from assessment_store.schemas import CommandCodec
 from assessment_store.stack import Stack
 from assessment_store.stack._kafka import KafkaService
-from assessment_store.streams import CommandSender, EventProducer, Principal, kafka_client_options, translate_kafka_errors
+from assessment_store.streams import CommandSender, Principal, kafka_client_options, translate_kafka_errors
+from assessment_store.streams.testing import EventProducer
 from assessment_store.bridge._legacy_process import NODE_DIR
 from assessment_store.streams._kafka import node_client_env, read_credentials
 

@@ -10,7 +10,7 @@ from assessment_store import AssessmentStore, State
 from assessment_store._model import Event, ProgressUpdated, Started
 from assessment_store.testing import eventually
 from assessment_store.projections import connect
-from assessment_store.streams import EventProducer
+from assessment_store.streams.testing import EventProducer
 
 pytestmark = pytest.mark.stack
 

@@ -22,7 +22,7 @@ from assessment_store.testing import eventually, produce_lifecycles, projected_e
 from assessment_store.projections import REBUILD_SCHEMA, connect, list_quarantine, refold, replay
 from assessment_store.stack import Stack, settings_env
 from assessment_store.stack._procs import is_alive, wait_until
-from assessment_store.streams import EventProducer
+from assessment_store.streams.testing import EventProducer
 
 pytestmark = pytest.mark.stack
 

@@ -22,7 +22,8 @@ from assessment_store._model import Assessment, Command, Complete, Create, Event
 from assessment_store.testing import eventually, produce_lifecycles, topic_end_offsets
 from assessment_store.bridge import ReverseSync, reverse_topic_spec
 from assessment_store.stack import Stack, settings_env
-from assessment_store.streams import EventProducer, TopicSpec, ensure_topics
+from assessment_store.streams import TopicSpec, ensure_topics
+from assessment_store.streams.testing import EventProducer
 
 pytestmark = pytest.mark.stack
 

@@ -25,13 +25,13 @@ from assessment_store import (
 from assessment_store.testing import eventually
 from assessment_store.bridge import (
     FlagStore,
-    InMemoryLegacyBackend,
     LegacyNotSynced,
     MigrationRouter,
     MismatchLog,
     ShadowObserver,
     Side,
 )
+from assessment_store.bridge.testing import InMemoryLegacyBackend
 from assessment_store.projections import connect
 
 pytestmark = pytest.mark.stack

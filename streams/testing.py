@@ -1,4 +1,9 @@
-"""Appends events to the events topic."""
+"""Test helpers of the streams package, shipped for the tests of services that read the log.
+
+``EventProducer`` appends events straight to the events topic, around the command processor (the
+single writer): a test uses it to put a duplicate, a gap, a poisoned or a forged event in front of
+a reader. Nothing in the store writes events this way.
+"""
 
 from __future__ import annotations
 
