@@ -57,6 +57,10 @@ class InMemoryLegacyBackend:
 
     async def create_assessment(self, request: JSON, *, assessment_id: str) -> str:
         self.calls["create"] += 1
+        existing = self.assessments.get(assessment_id)
+        if existing is not None:
+            # As the legacy service answers (409): an id is created once (found by the contract suite).
+            raise InvalidTransition(assessment_id, existing.state.value, "create")
         now = datetime.now(UTC)
         await self._put(Assessment(assessment_id, State.PENDING, 1, 0, None, now, now, request))
         return assessment_id
