@@ -53,7 +53,7 @@ from the repository root, run the probe, stop the broker::
            ASSESSMENT_STORE_KAFKA_CONTROLLER_PORT=39093 \\
            ASSESSMENT_STORE_POSTGRES_PORT=39094
     .venv/bin/assessment-store stack up kafka
-    KAFKA_BOOTSTRAP=127.0.0.1:29792 .venv/bin/python bench/faust_probe.py
+    KAFKA_BOOTSTRAP=127.0.0.1:29792 .venv/bin/python docs/decisions/probes/faust_probe.py
     .venv/bin/assessment-store stack down kafka
 
 ``KAFKA_BOOTSTRAP`` defaults to ``127.0.0.1:29792``. Options: ``--scenarios A,B`` runs
@@ -72,7 +72,7 @@ Other load on the machine shows up as tail latency: the load average is printed 
 start and the end; run it twice.
 
 The worker processes are this same file, started as
-``python bench/faust_probe.py --worker {faust,faust-eos,aiokafka,aiokafka-eos} ...``;
+``python docs/decisions/probes/faust_probe.py --worker {faust,faust-eos,aiokafka,aiokafka-eos} ...``;
 they append JSON lines ({"event", "t", "seq"}) to a receipts file, which the probe
 polls, and log to a file next to it (kept in a temp dir, path printed at the end).
 """
