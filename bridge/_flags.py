@@ -42,7 +42,7 @@ from assessment_store._config import Settings
 from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import KafkaUnavailable, ValidationError
 from assessment_store._model import JSON, new_id
-from assessment_store.projections import connect, translate_db_errors
+from assessment_store.projections import connect, record_audit, translate_db_errors
 from assessment_store.streams._kafka import (
     Principal, TopicSpec, ensure_topics, kafka_client_options, kafka_principal, translate_kafka_errors,
 )
@@ -345,10 +345,7 @@ class FlagStore(AsyncLifecycle):
                     )
                     # The audit row goes in first, inside the transaction: a failed append rolls it
                     # back, so the table never lists a change the log does not hold.
-                    await conn.execute(
-                        "INSERT INTO public.migration_audit (operation, actor, details) VALUES ($1, $2, $3)",
-                        AUDIT_OPERATION, actor, {**change.to_json(), "topic": self.topic},
-                    )
+                    await record_audit(conn, AUDIT_OPERATION, actor, {**change.to_json(), "topic": self.topic})
                     with translate_kafka_errors(f"appending a flag change to {self.topic}"):
                         meta = await producer.send_and_wait(
                             self.topic, json.dumps(change.to_json()).encode(), key=FLAGS_KEY, partition=0,

@@ -58,7 +58,7 @@ from rich.text import Text
 from assessment_store._config import Settings
 from assessment_store._errors import CommandTimeout, ValidationError
 from assessment_store._model import Command, CommandEnvelope, EventSource
-from assessment_store.projections import create_pool, translate_db_errors
+from assessment_store.projections import create_pool, record_audit, translate_db_errors
 from assessment_store.projections._queries import fetch_assessments
 
 from ._legacy import RejectKind, Rejection
@@ -252,11 +252,8 @@ async def _finish(pool: asyncpg.Pool, sha: str, path: Path, counts: _Counts, tot
                 "UPDATE public.legacy_import_checkpoints SET finished_at = now(), updated_at = now()"
                 " WHERE file_sha256 = $1", sha,
             )
-            await conn.execute(
-                "INSERT INTO public.migration_audit (operation, actor, details) VALUES ($1, $2, $3)",
-                "legacy-import", f"{getpass.getuser()}@{socket.gethostname()}",
-                {"file": str(path), "sha256": sha, "lines": total, **counts.to_json()},
-            )
+            await record_audit(conn, "legacy-import", f"{getpass.getuser()}@{socket.gethostname()}",
+                               {"file": str(path), "sha256": sha, "lines": total, **counts.to_json()})
 
 
 # --- outcomes ---------------------------------------------------------------------------------------

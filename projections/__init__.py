@@ -1,5 +1,6 @@
 """Folding the log into PostgreSQL, and reading it back: the projector, queries, waiting."""
 
+from ._audit import record_audit
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector
@@ -9,6 +10,7 @@ from ._timetravel import counts_at, state_at
 from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids, list_page
 
 __all__ = [
+    "record_audit",
     "QuarantineEntry",
     "RefoldResult",
     "list_quarantine",

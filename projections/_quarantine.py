@@ -25,6 +25,7 @@ from aiokafka.structs import ConsumerRecord
 from assessment_store._config import Settings
 from assessment_store._errors import DataRejected, NotQuarantined
 
+from ._audit import record_audit
 from ._db import LIVE_SCHEMA, check_schema_name, connect, migrate, translate_db_errors
 from ._projector import _FOLD_BATCH, FoldStats, Projector, _Batch
 from ._queries import fetch_assessments
@@ -122,11 +123,8 @@ async def refold(settings: Settings, assessment_id: str) -> RefoldResult:
                 # Live projectors cache the quarantine list: a new generation makes each reload it
                 # (fold_batch refuses their next batch with AS001, and they reconnect and re-seek).
                 await conn.execute("UPDATE projection.meta SET generation = generation + 1")
-                await conn.execute(
-                    "INSERT INTO public.migration_audit (operation, actor, details) VALUES ($1, $2, $3)",
-                    "quarantine_refold", "assessment-store quarantine refold",
-                    {"assessment_id": assessment_id, "events": len(rows)},
-                )
+                await record_audit(conn, "quarantine_refold", "assessment-store quarantine refold",
+                                   {"assessment_id": assessment_id, "events": len(rows)})
     finally:
         await conn.close()
     final = changed.get(assessment_id) or states.get(assessment_id)

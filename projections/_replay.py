@@ -33,6 +33,7 @@ from aiokafka import TopicPartition
 from assessment_store._config import Settings
 from assessment_store._errors import StoreUsageError
 
+from ._audit import record_audit
 from ._db import LIVE_SCHEMA, connect, create_projection_schema, migrate, translate_db_errors
 from ._projector import Projector
 
@@ -191,12 +192,9 @@ async def replay(
                         for table in ("assessments", "assessment_events", "command_outcomes", "anomalies",
                                       "projector_offsets", "meta", "quarantine", "quarantine_held", "log_fences"):
                             await conn.execute(f"ALTER TABLE {old}.{table} SET (autovacuum_enabled = true)")
-                    await conn.execute(
-                        "INSERT INTO public.migration_audit (operation, actor, details) VALUES ($1, $2, $3)",
-                        "projection_rebuild_swap", "assessment-store replay",
-                        {"events_folded": folded, "kept_old": old if keep_old else None, "forced": force,
-                         "verification_ok": verification.ok},
-                    )
+                    await record_audit(conn, "projection_rebuild_swap", "assessment-store replay",
+                                       {"events_folded": folded, "kept_old": old if keep_old else None,
+                                        "forced": force, "verification_ok": verification.ok})
         return ReplayReport(folded, time.monotonic() - t0, resumed, verification, True,
                             None if keep_old else old, old if keep_old else None, quarantined)
     finally:
