@@ -53,7 +53,7 @@ app.add_typer(stack_app, name="stack")
 def _mount_bridge() -> None:
     # Imported here: the role package's CLI is an add-on of this one, loaded when the app is built.
     from assessment_store.bridge import bridge_app
-    from assessment_store.bridge._cli import import_
+    from assessment_store.bridge._cli import import_  # the CLI's own pieces: they move with the CLI
     from assessment_store.bridge._flags_cli import flags_app
 
     app.add_typer(bridge_app, name="bridge")
@@ -222,7 +222,7 @@ def stack_credentials(
     outside the stack sets to connect as it (`eval "$(assessment-store stack credentials client)"`).
     They include the password: print them only where they are meant to go."""
     from assessment_store.streams import PRINCIPALS
-    from assessment_store.streams._kafka import read_credentials
+    from assessment_store.streams import read_credentials
 
     s = Settings()
     if not s.kafka_secure_mode or not s.kafka_credentials_file.exists():
@@ -283,7 +283,7 @@ def stack_logs(
 ) -> None:
     """Print the tail of a service's log."""
     from assessment_store.stack import Stack
-    from assessment_store.stack._procs import tail
+    from assessment_store.stack import tail
 
     try:
         path = Path(Stack(Settings()).log_path(service))

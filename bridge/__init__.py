@@ -57,8 +57,10 @@ from ._translate import (
     translate,
     translate_message,
 )
+from ._flags import flags_topic_spec
 
 __all__ = [
+    "flags_topic_spec",
     "HttpLegacyBackend",
     "LegacyHttpProcess",
     "start_legacy_http",

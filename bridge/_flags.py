@@ -43,9 +43,7 @@ from assessment_store._lifecycle import AsyncLifecycle
 from assessment_store._errors import KafkaUnavailable, ValidationError
 from assessment_store._model import JSON, new_id
 from assessment_store.projections import connect, record_audit, translate_db_errors
-from assessment_store.streams._kafka import (
-    Principal, TopicSpec, ensure_topics, kafka_client_options, kafka_principal, translate_kafka_errors,
-)
+from assessment_store.streams import Principal, TopicSpec, ensure_topics, kafka_client_options, kafka_principal, translate_kafka_errors
 
 __all__ = [
     "AUDIT_OPERATION", "FLAGS_KEY", "FLAGS_TOPIC", "FlagChange", "FlagStore", "FlagStoreStats", "MigrationFlags",

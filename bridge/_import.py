@@ -59,7 +59,7 @@ from assessment_store._config import Settings
 from assessment_store._errors import CommandTimeout, ValidationError
 from assessment_store._model import Command, CommandEnvelope, EventSource
 from assessment_store.projections import create_pool, record_audit, translate_db_errors
-from assessment_store.projections._queries import fetch_assessments
+from assessment_store.projections import fetch_assessments
 
 from ._legacy import RejectKind, Rejection
 from ._producer import Appender

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from assessment_store._config import Settings
 from assessment_store._model import JSON
 from assessment_store.projections import translate_db_errors
-from assessment_store.projections._db import connection
+from assessment_store.projections import connection
 from assessment_store.streams import kafka_client_options, translate_kafka_errors
 
 from ._snapshot import IMPORT_ID_PREFIX

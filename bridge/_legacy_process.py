@@ -17,7 +17,7 @@ from typing import Any
 
 from assessment_store._config import Settings
 from assessment_store._errors import ServiceFailed
-from assessment_store.streams._kafka import node_client_env
+from assessment_store.streams import node_client_env
 
 __all__ = ["NODE_DIR", "LegacyHttpProcess", "start_legacy_http"]
 

@@ -28,7 +28,7 @@ from assessment_store._errors import KafkaUnavailable
 from assessment_store._model import CommandEnvelope
 from assessment_store.schemas import CommandCodec
 from assessment_store.streams import kafka_client_options, translate_kafka_errors
-from assessment_store.streams._kafka import start_kafka_client
+from assessment_store.streams import start_kafka_client
 
 __all__ = ["Appender"]
 

@@ -40,17 +40,8 @@ from assessment_store._model import (
     Started,
 )
 from assessment_store.schemas import EventCodec
-from assessment_store.streams._fence import LogFence, Verdict, fence_metadata, metadata_epoch
-from assessment_store.streams._kafka import (
-    TopicSpec,
-    admin_client,
-    committed_with_metadata,
-    ensure_topics,
-    kafka_client_options,
-    kafka_principal,
-    topic_end_offsets,
-    translate_kafka_errors,
-)
+from assessment_store.streams import LogFence, Verdict, fence_metadata, metadata_epoch
+from assessment_store.streams import TopicSpec, admin_client, committed_with_metadata, ensure_topics, kafka_client_options, kafka_principal, topic_end_offsets, translate_kafka_errors
 
 __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus", "reverse_sync_status",
            "reverse_topic_spec", "to_legacy_message"]

@@ -8,8 +8,12 @@ from ._quarantine import QuarantineEntry, RefoldResult, list_quarantine, refold
 from ._replay import REBUILD_SCHEMA, ReplayReport, Verification, replay, verify_schemas
 from ._timetravel import counts_at, state_at
 from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids, list_page
+from ._db import connection
+from ._queries import fetch_assessments
 
 __all__ = [
+    "fetch_assessments",
+    "connection",
     "record_audit",
     "QuarantineEntry",
     "RefoldResult",

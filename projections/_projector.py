@@ -75,7 +75,7 @@ from assessment_store._model import Assessment, Event, Outcome, Payload
 from assessment_store.schemas import EventCodec, OutcomeCodec
 from assessment_store.streams import (COMMAND_OFFSET_HEADER, ensure_topics, kafka_client_options, partition_counts,
                                       translate_kafka_errors)
-from assessment_store.streams._fence import LogFence, Verdict
+from assessment_store.streams import LogFence, Verdict
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
 from ._queries import assessment_to_row, fetch_assessments

@@ -33,7 +33,7 @@ from assessment_store._model import (
 )
 from assessment_store.schemas import EventCodec
 from assessment_store.streams import kafka_client_options, partition_counts, translate_kafka_errors
-from assessment_store.streams._fence import LogFence, Verdict
+from assessment_store.streams import LogFence, Verdict
 
 __all__ = ["counts_at", "state_at"]
 

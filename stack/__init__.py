@@ -6,8 +6,10 @@ from ._manager import SERVICES, Stack
 from ._postgres import PostgresService
 from ._procs import ServiceStatus
 from ._store_services import BridgeService, ProcessorService, ProjectorService, ReverseSyncService, settings_env
+from ._procs import tail
 
 __all__ = [
+    "tail",
     "SERVICES", "BridgeService", "KafkaService", "PostgresService", "ProcessorService", "ProjectorService", "ReverseSyncService", "ServiceStatus",
     "Stack",
     "settings_env",

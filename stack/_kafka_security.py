@@ -44,7 +44,7 @@ LISTENER = "SASL_SSL"
 def ensure_credentials(settings: Settings) -> dict[str, str]:
     """Every principal's password: read from the credentials file, generated for those missing."""
     from assessment_store.streams import PRINCIPALS
-    from assessment_store.streams._kafka import read_credentials
+    from assessment_store.streams import read_credentials
 
     path = settings.kafka_credentials_file
     creds = read_credentials(path) if path.exists() else {}
@@ -223,8 +223,8 @@ def secure_topics(settings: Settings) -> list[Any]:
     """Every topic a store component uses, as ``TopicSpec``s: on the secure stack only ``admin``
     creates topics, so ``stack up`` creates them all, also those the other components would create
     on first use in the plain mode (the reverse sync's and the migration flags' topics)."""
-    from assessment_store.bridge._flags import FLAGS_TOPIC, flags_topic_spec
-    from assessment_store.bridge._reverse import reverse_topic_spec
+    from assessment_store.bridge import FLAGS_TOPIC, flags_topic_spec
+    from assessment_store.bridge import reverse_topic_spec
     from assessment_store.streams import store_topics
 
     return [*store_topics(settings), reverse_topic_spec(settings, settings.legacy_reverse_topic),
@@ -247,8 +247,8 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     * ``dashboard``: read every store topic, describe every group (lag), and consume only in
       groups named ``dashboard*``: reading another group would let it commit that group's offsets.
     """
-    from assessment_store.bridge._consumer import BridgeOptions
-    from assessment_store.bridge._flags import FLAGS_TOPIC
+    from assessment_store.bridge import BridgeOptions
+    from assessment_store.bridge import FLAGS_TOPIC
 
     s = settings
     ev, cmd, out, rev = s.events_topic, s.commands_topic, s.outcomes_topic, s.legacy_reverse_topic
@@ -295,7 +295,7 @@ async def apply_acls(settings: Settings) -> int:
     """Create ``acl_bindings`` as ``admin`` (creating an existing ACL is a no-op); returns the count."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from assessment_store.streams._kafka import kafka_client_options, start_kafka_client, translate_kafka_errors
+    from assessment_store.streams import kafka_client_options, start_kafka_client, translate_kafka_errors
 
     acls = acl_bindings(settings)
     resource = {"topic": _Resource.TOPIC, "group": _Resource.GROUP, "transactional_id": _Resource.TRANSACTIONAL_ID}

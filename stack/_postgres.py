@@ -180,7 +180,7 @@ class PostgresService:
     async def _ensure_database(self, log: LogFn) -> None:
         import asyncpg
 
-        from assessment_store.projections._db import connect, migrate, translate_db_errors
+        from assessment_store.projections import connect, migrate, translate_db_errors
 
         s = self.s
         with translate_db_errors("preparing the role and database"):

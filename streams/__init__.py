@@ -6,8 +6,20 @@ from ._kafka import (
     topic_end_offsets, translate_kafka_errors,
 )
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
+from ._fence import LogFence, Verdict, fence_metadata, metadata_epoch
+from ._kafka import admin_client, committed_with_metadata, kafka_principal, node_client_env, read_credentials, start_kafka_client
 
 __all__ = [
+    "admin_client",
+    "committed_with_metadata",
+    "kafka_principal",
+    "node_client_env",
+    "read_credentials",
+    "start_kafka_client",
+    "LogFence",
+    "Verdict",
+    "fence_metadata",
+    "metadata_epoch",
     "COMMAND_OFFSET_HEADER",
     "PRINCIPALS",
     "Principal",
