@@ -28,7 +28,7 @@ from assessment_store.streams import CommandSender, ensure_topics, partition_cou
 
 from ._config import Settings
 from ._domain import check_text, validate_command, validate_command_id, validate_id
-from ._lifecycle import AsyncLifecycle
+from ._lifecycle import AsyncLifecycle, Backoff
 from ._errors import AssessmentNotFound, AssessmentStoreError, KafkaUnavailable, ValidationError, error_from_rejection
 from ._model import (
     JSON,
@@ -95,7 +95,7 @@ class AssessmentStore(AsyncLifecycle):
         """Hand the command to Kafka, riding out a broker that is restarting or unreachable: the
         caller's deadline (``command_timeout_s``, see ``ChangeListener.wait_for_outcome``) is what
         ends the attempts, with a ``CommandTimeout`` naming the broker."""
-        delay = 0.05
+        backoff = Backoff(log, initial_s=0.05, cap_s=1.0)
         while True:
             try:
                 if not self._topics_checked:
@@ -106,9 +106,7 @@ class AssessmentStore(AsyncLifecycle):
             except KafkaUnavailable as e:
                 if not e.retriable:
                     raise
-                log.warning("command %s not sent yet, retrying in %.2f s: %s", envelope.command.command_id, delay, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                await backoff.failed(f"command {envelope.command.command_id} not sent yet", e)
 
     # --- reads ------------------------------------------------------------------------
 

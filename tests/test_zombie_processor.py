@@ -16,12 +16,14 @@ from aiokafka.partitioner import DefaultPartitioner
 from assessment_store import AssessmentStore, Settings
 from assessment_store._model import CommandEnvelope, UpdateProgress
 from assessment_store.testing import eventually, topic_end_offsets
-from assessment_store.projections import REBUILD_SCHEMA, connect, replay, state_at
+from assessment_store.projections import connect, state_at
 from assessment_store.schemas import EventCodec
 from assessment_store.stack import ProcessorService, Stack
 from assessment_store.stack._procs import is_alive, wait_until
 from assessment_store.streams import CommandSender
 from assessment_store.streams._kafka import admin_client
+
+from .test_projector_faults import _equals_fresh_replay
 
 pytestmark = pytest.mark.stack
 
@@ -208,20 +210,7 @@ async def test_zombie_processor_is_fenced(stack_settings: Settings) -> None:
             assert then is not None and then.version == versions[aid], aid
 
         # A rebuild from offset 0 equals the live projection.
-        report = await replay(s, dry_run=True, restart=True)
-        assert report.verification.ok, report.verification
-        conn = await connect(s)
-        try:
-            for table in ("assessments", "assessment_events"):
-                diff = await conn.fetchval(
-                    f"SELECT count(*) FROM ((SELECT * FROM projection.{table} WHERE assessment_id LIKE $1"
-                    f" EXCEPT SELECT * FROM {REBUILD_SCHEMA}.{table} WHERE assessment_id LIKE $1)"
-                    f" UNION ALL (SELECT * FROM {REBUILD_SCHEMA}.{table} WHERE assessment_id LIKE $1"
-                    f" EXCEPT SELECT * FROM projection.{table} WHERE assessment_id LIKE $1)) d", prefix + "-%")
-                assert diff == 0, f"{table}: {diff} rows differ from a fresh replay"
-            await conn.execute(f"DROP SCHEMA {REBUILD_SCHEMA} CASCADE")
-        finally:
-            await conn.close()
+        await _equals_fresh_replay(s, prefix)
 
         # Both processors restarted: their rebuild from the log accepts the next command at the next version.
         await asyncio.to_thread(second.stop)
