@@ -17,6 +17,7 @@ requests (ACLs among them) itself. ACLs (``acl_bindings``) give each principal w
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import secrets
@@ -100,7 +101,10 @@ def ensure_tls(settings: Settings, tls_dir: Path) -> TlsFiles:
     tls_dir.chmod(0o700)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"assessment-store local CA {settings.data_dir.resolve()}")])
+    # X.509 caps a common name at 64 characters and data dirs can be any length: name the CA by a
+    # digest of its data dir, which keeps two stacks' CAs apart without depending on the path's length.
+    data_dir_digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:16]
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"assessment-store local CA {data_dir_digest}")])
     ca_cert = (
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
@@ -119,7 +123,7 @@ def ensure_tls(settings: Settings, tls_dir: Path) -> TlsFiles:
     broker_key = ec.generate_private_key(ec.SECP256R1())
     broker_cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, settings.kafka_host)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, settings.kafka_host[:64])]))
         .issuer_name(ca_name).public_key(broker_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
         .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(names))), critical=False)

@@ -29,6 +29,7 @@ from assessment_store.testing import eventually, isolated_settings
 from assessment_store.schemas import CommandCodec
 from assessment_store.stack import Stack
 from assessment_store.stack._kafka import KafkaService
+from assessment_store.stack._kafka_security import ensure_tls
 from assessment_store.streams import CommandSender, Principal, kafka_client_options, translate_kafka_errors
 from assessment_store.streams.testing import EventProducer
 from assessment_store.bridge._legacy_process import NODE_DIR
@@ -87,6 +88,15 @@ async def _read_all(settings: Settings, principal: Principal, topic: str) -> lis
         return records
     finally:
         await consumer.stop()
+
+
+def test_tls_files_are_made_for_a_data_dir_of_any_length(tmp_path: Path) -> None:
+    """A data dir path longer than X.509's 64-character common name still gets a CA and a broker key."""
+    deep = tmp_path / ("d" * 100) / ("e" * 100)
+    settings = isolated_settings(deep, port_base=SECURE_PORT_BASE, kafka_secure=True)
+    files = ensure_tls(settings, deep / "tls")
+    assert files.ca_cert.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE KEY" in files.broker_pem.read_text()
 
 
 def test_secrets_are_owner_only(secure: Settings) -> None:
