@@ -15,11 +15,11 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from assessment_store import __version__
-from assessment_store._config import Settings
-from assessment_store._domain import validate_id
-from assessment_store._errors import ValidationError
-from assessment_store._model import (
+from assessment_store.core import VERSION
+from assessment_store.core import Settings
+from assessment_store.core import validate_id
+from assessment_store.core import ValidationError
+from assessment_store.core import (
     Cancel,
     Command,
     Complete,
@@ -31,7 +31,7 @@ from assessment_store._model import (
     UpdateProgress,
     new_id,
 )
-from assessment_store._store import AssessmentStore
+from assessment_store.client import AssessmentStore
 
 from ._models import (
     AssessmentOut,
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="AssessmentStore",
-        version=__version__,
+        version=VERSION,
         description="Event-sourced assessment store on Apache Kafka and PostgreSQL. Writes need "
         "`Authorization: Bearer <ASSESSMENT_STORE_API_TOKEN>`; reads of data need that token or "
         "`ASSESSMENT_STORE_API_READ_TOKEN` (/livez, /readyz, /healthz and this document are open); errors are application/problem+json.",

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from assessment_store._errors import (
+from assessment_store.core import (
     AssessmentNotFound,
     AssessmentStoreError,
     BackendError,

@@ -1,16 +1,15 @@
 """AssessmentStore: an event-sourced assessment store on Apache Kafka and PostgreSQL.
 
 Public names are re-exported here from private modules; ``tests/test_public_api.py`` pins them.
+
+This package is the façade, the top of the house: the names a user needs (the client, the settings,
+the model, the error tree) and the ``testing`` helpers, over the role packages, which all stand on the
+kernel, ``assessment_store.core``. Imports run downward only (``docs/architecture.md`` draws the
+layers; ``tests/test_house.py`` holds them).
 """
 
-# The role packages (assessment_store.streams, .projections, .schemas) import this package's core
-# modules (_config, _errors, _model, _domain), and _store imports the role packages. So _store is
-# loaded lazily (module __getattr__ below): importing `assessment_store.projections` first must not
-# run into a cycle.
-from typing import TYPE_CHECKING, Any
-
-from ._config import Settings
-from ._errors import (
+from assessment_store.core import Settings
+from assessment_store.core import (
     AssessmentNotFound,
     AssessmentStoreError,
     BackendError,
@@ -31,13 +30,11 @@ from ._errors import (
     VersionConflict,
     WaitTimeout,
 )
-from ._model import Assessment, Event, EventSource, EventType, Outcome, State
+from assessment_store.core import Assessment, Event, EventSource, EventType, Outcome, State
 
-if TYPE_CHECKING:
-    from ._store import AssessmentStore
-    from ._sync import SyncAssessmentStore
+from assessment_store.core import VERSION as __version__
 
-__version__ = "0.1.0"
+from assessment_store.client import AssessmentStore, SyncAssessmentStore
 
 __all__ = [
     "Assessment",
@@ -71,14 +68,3 @@ __all__ = [
     "__version__",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "AssessmentStore":
-        from ._store import AssessmentStore
-
-        return AssessmentStore
-    if name == "SyncAssessmentStore":
-        from ._sync import SyncAssessmentStore
-
-        return SyncAssessmentStore
-    raise AttributeError(f"module 'assessment_store' has no attribute {name!r}")

@@ -14,14 +14,14 @@ from typing import Annotated, TypeVar
 import typer
 from rich.table import Table
 
-from ._config import Settings
+from assessment_store.core import Settings
 from ._console import err, out
 from ._console import fail as _fail
 from ._console import run_cli as _run
 from ._console import serve_forever as _serve_forever
-from ._errors import AssessmentStoreError, ServiceFailed
-from ._model import JSON, Assessment, State
-from ._store import AssessmentStore
+from assessment_store.core import AssessmentStoreError, ServiceFailed
+from assessment_store.core import JSON, Assessment, State
+from assessment_store.client import AssessmentStore
 
 T = TypeVar("T")
 

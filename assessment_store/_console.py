@@ -15,9 +15,9 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from ._config import Settings
-from ._errors import AssessmentStoreError, StoreUsageError, WaitTimeout
-from ._lifecycle import Service, supervise
+from assessment_store.core import Settings
+from assessment_store.core import AssessmentStoreError, StoreUsageError, WaitTimeout
+from assessment_store.core import Service, supervise
 
 __all__ = ["err", "fail", "out", "run_cli", "serve_forever"]
 

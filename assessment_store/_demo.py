@@ -9,9 +9,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from ._config import Settings
-from ._model import State
-from ._store import AssessmentStore
+from assessment_store.core import Settings
+from assessment_store.core import State
+from assessment_store.client import AssessmentStore
 
 __all__ = ["run_demo"]
 

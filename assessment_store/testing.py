@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ._config import Settings
-from ._lifecycle import Backoff
+from assessment_store.core import Settings
+from assessment_store.core import Backoff
 
 __all__ = [
     "eventually", "isolated_settings", "kafka_container_spec", "produce_lifecycles", "projected_event_count", "running_stack",
@@ -199,7 +199,7 @@ async def produce_lifecycles(settings: Settings, count: int, *, prefix: str, bat
     from assessment_store.schemas import EventCodec
     from assessment_store.streams import kafka_client_options
 
-    from ._model import Completed, Created, Event, Payload, ProgressUpdated, Started
+    from assessment_store.core import Completed, Created, Event, Payload, ProgressUpdated, Started
 
     codec = EventCodec()
     producer = AIOKafkaProducer(**kafka_client_options(settings, "admin"), acks="all", enable_idempotence=True,

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assessment_store import Settings
-from assessment_store._model import CommandEnvelope, EventSource
+from assessment_store.core import CommandEnvelope, EventSource
 from assessment_store.testing import isolated_settings, running_stack, topic_end_offsets
 from assessment_store.bridge import (BridgeOptions, LegacyBridge, LegacyMessage, LegacyView, Translation, parse_message,
                                      translate_message)

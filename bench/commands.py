@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assessment_store import AssessmentStore, Settings
-from assessment_store._model import CommandEnvelope, Create, UpdateProgress, new_id
+from assessment_store.core import CommandEnvelope, Create, UpdateProgress, new_id
 from assessment_store.testing import isolated_settings, running_stack
 from assessment_store.projections import connect
 from assessment_store.schemas import CommandCodec

@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assessment_store import Settings
-from assessment_store._model import Event, ProgressUpdated
+from assessment_store.core import Event, ProgressUpdated
 from assessment_store.testing import isolated_settings
 from assessment_store.schemas import EventCodec
 from assessment_store.stack import Stack

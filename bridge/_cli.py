@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from assessment_store._config import Settings
+from assessment_store.core import Settings
 from assessment_store._console import out, run_cli, serve_forever
 
 from ._consumer import BridgeOptions, LegacyBridge

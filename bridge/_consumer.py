@@ -41,10 +41,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store._config import Settings
-from assessment_store._lifecycle import AsyncLifecycle
-from assessment_store._errors import DatabaseUnavailable
-from assessment_store._model import CommandEnvelope, Create, EventSource, State
+from assessment_store.core import Settings
+from assessment_store.core import AsyncLifecycle
+from assessment_store.core import DatabaseUnavailable
+from assessment_store.core import CommandEnvelope, Create, EventSource, State
 from assessment_store.projections import create_pool, translate_db_errors
 from assessment_store.streams import ensure_topics, kafka_client_options, translate_kafka_errors
 

@@ -20,9 +20,9 @@ import uuid
 from rich.console import Console
 from rich.table import Table
 
-from assessment_store._config import Settings
-from assessment_store._model import Assessment, State
-from assessment_store._store import AssessmentStore
+from assessment_store.core import Settings
+from assessment_store.core import Assessment, State
+from assessment_store.client import AssessmentStore
 
 from ._flags import FLAGS_TOPIC, FlagStore
 from ._legacy_http import HttpLegacyBackend

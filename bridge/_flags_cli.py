@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from assessment_store._config import Settings
+from assessment_store.core import Settings
 from assessment_store._console import err, fail, out, run_cli
-from assessment_store._errors import BackendError
+from assessment_store.core import BackendError
 
 from ._flags import FlagStore, MigrationFlags, audit_trail, default_actor
 from ._reverse import ReverseSyncStatus, reverse_sync_status

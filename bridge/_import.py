@@ -55,9 +55,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from assessment_store._config import Settings
-from assessment_store._errors import CommandTimeout, ValidationError
-from assessment_store._model import Command, CommandEnvelope, EventSource
+from assessment_store.core import Settings
+from assessment_store.core import CommandTimeout, ValidationError
+from assessment_store.core import Command, CommandEnvelope, EventSource
 from assessment_store.projections import create_pool, record_audit, translate_db_errors
 from assessment_store.projections import fetch_assessments
 

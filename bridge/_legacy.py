@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from assessment_store._domain import validate_id
-from assessment_store._errors import ValidationError
-from assessment_store._model import JSON, State
+from assessment_store.core import validate_id
+from assessment_store.core import ValidationError
+from assessment_store.core import JSON, State
 
 __all__ = [
     "LEGACY_STATES",

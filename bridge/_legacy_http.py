@@ -22,14 +22,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from assessment_store._errors import (
+from assessment_store.core import (
     AssessmentNotFound,
     BackendError,
     InvalidTransition,
     ValidationError,
     WaitTimeout,
 )
-from assessment_store._model import JSON, Assessment
+from assessment_store.core import JSON, Assessment
 
 from ._legacy import convert_legacy_state
 

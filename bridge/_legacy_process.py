@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assessment_store._config import Settings
-from assessment_store._errors import ServiceFailed
+from assessment_store.core import Settings
+from assessment_store.core import ServiceFailed
 from assessment_store.streams import node_client_env
 
 __all__ = ["NODE_DIR", "LegacyHttpProcess", "start_legacy_http"]

@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from assessment_store._config import Settings
-from assessment_store._errors import KafkaUnavailable
-from assessment_store._model import CommandEnvelope
+from assessment_store.core import Settings
+from assessment_store.core import KafkaUnavailable
+from assessment_store.core import CommandEnvelope
 from assessment_store.schemas import CommandCodec
 from assessment_store.streams import kafka_client_options, translate_kafka_errors
 from assessment_store.streams import start_kafka_client

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from assessment_store._config import Settings
-from assessment_store._errors import CodecError
-from assessment_store._lifecycle import AsyncLifecycle
-from assessment_store._model import (
+from assessment_store.core import Settings
+from assessment_store.core import CodecError
+from assessment_store.core import AsyncLifecycle
+from assessment_store.core import (
     JSON,
     Cancelled,
     Completed,

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from assessment_store._errors import BackendError, StoreUsageError
-from assessment_store._model import JSON, Assessment, State, new_id
+from assessment_store.core import BackendError, StoreUsageError
+from assessment_store.core import JSON, Assessment, State, new_id
 
 from ._flags import MigrationFlags
 from ._routing import route_to_store
@@ -128,7 +128,7 @@ class StoreBackend(Protocol):
 
 
 if TYPE_CHECKING:
-    from assessment_store._store import AssessmentStore
+    from assessment_store.client import AssessmentStore
 
     def _store_is_a_backend(store: AssessmentStore) -> StoreBackend:
         return store  # mypy proves AssessmentStore satisfies the protocol; never called

@@ -18,7 +18,7 @@ import hashlib
 import math
 from decimal import ROUND_HALF_UP, Decimal
 
-from assessment_store._errors import ValidationError
+from assessment_store.core import ValidationError
 
 __all__ = ["BUCKETS", "bucket", "route_to_store", "threshold"]
 

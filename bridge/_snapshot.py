@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from assessment_store._model import JSON, Assessment, Cancel, Command, Complete, Create, Fail, Start, State, UpdateProgress
+from assessment_store.core import JSON, Assessment, Cancel, Command, Complete, Create, Fail, Start, State, UpdateProgress
 
 from ._legacy import (
     RejectKind,

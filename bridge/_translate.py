@@ -67,9 +67,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from assessment_store._domain import validate_command
-from assessment_store._errors import ValidationError
-from assessment_store._model import (
+from assessment_store.core import validate_command
+from assessment_store.core import ValidationError
+from assessment_store.core import (
     JSON,
     Cancel,
     Command,

@@ -13,8 +13,8 @@ import dataclasses
 from collections import Counter
 from datetime import UTC, datetime
 
-from assessment_store._errors import AssessmentNotFound, InvalidTransition, WaitTimeout
-from assessment_store._model import JSON, Assessment, State
+from assessment_store.core import AssessmentNotFound, InvalidTransition, WaitTimeout
+from assessment_store.core import JSON, Assessment, State
 
 __all__ = ["InMemoryLegacyBackend"]
 

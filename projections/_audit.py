@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from assessment_store._model import JSON
+from assessment_store.core import JSON
 
 __all__ = ["record_audit"]
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg
 
-from assessment_store._config import Settings
-from assessment_store._errors import DataRejected, DatabaseUnavailable
+from assessment_store.core import Settings
+from assessment_store.core import DataRejected, DatabaseUnavailable
 
 __all__ = [
     "LIVE_SCHEMA", "SCHEMA_VERSION", "check_schema_name", "connect", "create_pool", "create_projection_schema",

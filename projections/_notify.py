@@ -17,9 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from assessment_store._config import Settings
-from assessment_store._errors import CommandTimeout, DatabaseUnavailable, WaitTimeout
-from assessment_store._model import Assessment, Outcome, State
+from assessment_store.core import Settings
+from assessment_store.core import CommandTimeout, DatabaseUnavailable, WaitTimeout
+from assessment_store.core import Assessment, Outcome, State
 
 from ._db import connect, translate_db_errors
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL

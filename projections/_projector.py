@@ -59,10 +59,10 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from assessment_store._config import Settings
-from assessment_store._lifecycle import AsyncLifecycle
-from assessment_store._domain import evolve
-from assessment_store._errors import (
+from assessment_store.core import Settings
+from assessment_store.core import AsyncLifecycle
+from assessment_store.core import evolve
+from assessment_store.core import (
     AssessmentStoreError,
     BackendError,
     CodecError,
@@ -70,8 +70,8 @@ from assessment_store._errors import (
     DataRejected,
     KafkaUnavailable,
 )
-from assessment_store._lifecycle import Backoff
-from assessment_store._model import Assessment, Event, Outcome, Payload
+from assessment_store.core import Backoff
+from assessment_store.core import Assessment, Event, Outcome, Payload
 from assessment_store.schemas import EventCodec, OutcomeCodec
 from assessment_store.streams import (COMMAND_OFFSET_HEADER, ensure_topics, kafka_client_options, partition_counts,
                                       translate_kafka_errors)
@@ -375,7 +375,7 @@ class Projector(AsyncLifecycle):
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Fold until ``stop`` is set (or forever). A PostgreSQL outage of any length is ridden
         out here (backoff, then re-seek to the stored offsets); a Kafka error leaves the loop for
-        the supervisor (``assessment_store._lifecycle.supervise``), which restarts the consumer."""
+        the supervisor (``assessment_store.core.supervise``), which restarts the consumer."""
         await self.start()
         assert self._consumer is not None
         stop = stop or asyncio.Event()

@@ -22,8 +22,8 @@ from datetime import datetime
 
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store._config import Settings
-from assessment_store._errors import DataRejected, NotQuarantined
+from assessment_store.core import Settings
+from assessment_store.core import DataRejected, NotQuarantined
 
 from ._audit import record_audit
 from ._db import LIVE_SCHEMA, check_schema_name, connect, migrate, translate_db_errors

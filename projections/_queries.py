@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from assessment_store._model import Assessment, Outcome, State
+from assessment_store.core import Assessment, Outcome, State
 
 __all__ = [
     "ASSESSMENT_COLUMNS",

@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store._config import Settings
-from assessment_store._domain import evolve
-from assessment_store._errors import CodecError, ValidationError
-from assessment_store._model import (
+from assessment_store.core import Settings
+from assessment_store.core import evolve
+from assessment_store.core import CodecError, ValidationError
+from assessment_store.core import (
     Assessment,
     Cancelled,
     Completed,

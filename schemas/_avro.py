@@ -18,8 +18,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from assessment_store._errors import CodecError
-from assessment_store._model import JSON
+from assessment_store.core import CodecError
+from assessment_store.core import JSON
 
 __all__ = ["SCHEMA_DIR", "AvroRecordCodec", "Headers", "json_text"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from assessment_store._errors import CodecError
-from assessment_store._model import (
+from assessment_store.core import CodecError
+from assessment_store.core import (
     Cancel,
     Command,
     CommandEnvelope,

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Sequence
 from typing import Protocol
 
-from assessment_store._config import Settings
+from assessment_store.core import Settings
 from assessment_store.streams import ensure_topics
 
 from ._kafka import KafkaService

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from assessment_store._errors import PortInUse
+from assessment_store.core import PortInUse
 
 LogFn = Callable[[str], None]
 """Where a service reports progress (print, a Rich console, a test's list.append)."""

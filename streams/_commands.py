@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiokafka.structs import RecordMetadata
 
-from assessment_store._config import Settings
-from assessment_store._errors import ValidationError
-from assessment_store._model import CommandEnvelope
+from assessment_store.core import Settings
+from assessment_store.core import ValidationError
+from assessment_store.core import CommandEnvelope
 from assessment_store.schemas import CommandCodec
 
 from ._kafka import KeyedProducer

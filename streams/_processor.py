@@ -83,11 +83,11 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from assessment_store._config import Settings
-from assessment_store._lifecycle import AsyncLifecycle
-from assessment_store._domain import decide, evolve
-from assessment_store._errors import CodecError, FencedOut, KafkaUnavailable, StackError, StoreUsageError
-from assessment_store._model import (
+from assessment_store.core import Settings
+from assessment_store.core import AsyncLifecycle
+from assessment_store.core import decide, evolve
+from assessment_store.core import CodecError, FencedOut, KafkaUnavailable, StackError, StoreUsageError
+from assessment_store.core import (
     Assessment,
     CommandEnvelope,
     Event,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from aiokafka.structs import RecordMetadata
 
-from assessment_store._config import Settings
-from assessment_store._model import Event
+from assessment_store.core import Settings
+from assessment_store.core import Event
 from assessment_store.schemas import EventCodec
 
 from ._kafka import KeyedProducer, Principal

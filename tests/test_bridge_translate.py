@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store._domain import decide, evolve
-from assessment_store._model import (
+from assessment_store.core import decide, evolve
+from assessment_store.core import (
     Assessment,
     Cancel,
     Command,

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from assessment_store import CodecError, EventSource
-from assessment_store._model import (
+from assessment_store.core import (
     Cancelled, Completed, Created, Event, Failed, Payload, ProgressUpdated, Retried, Started,
 )
 from assessment_store.schemas import EventCodec
@@ -60,7 +60,7 @@ def test_a_command_written_with_the_previous_schema_still_decodes() -> None:
     import fastavro
     from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-    from assessment_store._model import CommandEnvelope, Fail
+    from assessment_store.core import CommandEnvelope, Fail
     from assessment_store.schemas import CommandCodec
     from assessment_store.schemas import SCHEMA_DIR
 
@@ -83,7 +83,7 @@ def test_a_command_written_with_the_previous_schema_still_decodes() -> None:
 
 def test_a_command_envelope_keeps_its_origin_time() -> None:
     """occurred_at (a legacy emission's time) survives the commands topic; None stays None."""
-    from assessment_store._model import CommandEnvelope, Start
+    from assessment_store.core import CommandEnvelope, Start
     from assessment_store.schemas import CommandCodec
 
     codec = CommandCodec()

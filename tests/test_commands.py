@@ -17,7 +17,7 @@ from assessment_store import (
     ValidationError,
     VersionConflict,
 )
-from assessment_store._model import CommandEnvelope, Create, UpdateProgress, new_id
+from assessment_store.core import CommandEnvelope, Create, UpdateProgress, new_id
 from assessment_store.testing import topic_end_offsets
 from assessment_store.stack import Stack
 from assessment_store.stack._procs import is_alive, wait_until

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from assessment_store import AssessmentNotFound, InvalidTransition, State, ValidationError, VersionConflict
-from assessment_store._domain import decide, evolve
-from assessment_store._model import (
+from assessment_store.core import decide, evolve
+from assessment_store.core import (
     Assessment, Cancel, Command, Complete, Create, Fail, Retry, Start, UpdateProgress,
 )
 
@@ -124,7 +124,7 @@ def test_bad_ids_are_refused(bad: str) -> None:
 
 def test_an_origin_time_becomes_occurred_at_and_the_duration_clock() -> None:
     """decide(occurred_at=legacy time): the event's occurred_at and the computed duration follow it; recorded_at is now."""
-    from assessment_store._model import Complete, Create, Start
+    from assessment_store.core import Complete, Create, Start
 
     legacy = T0 - timedelta(days=30)
     created = decide(None, Create(assessment_id="a-1", request={}), T0, occurred_at=legacy)

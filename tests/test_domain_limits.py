@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from assessment_store import ValidationError
-from assessment_store._domain import INT32_MAX, INT64_MAX, MAX_JSON_DEPTH, validate_command
-from assessment_store._model import (
+from assessment_store.core import INT32_MAX, INT64_MAX, MAX_JSON_DEPTH, validate_command
+from assessment_store.core import (
     Cancel, Command, CommandEnvelope, Complete, Create, Fail, Start, UpdateProgress,
 )
 from assessment_store.schemas import CommandCodec

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from assessment_store import AssessmentStore, State
-from assessment_store._model import Event, ProgressUpdated, Started
+from assessment_store.core import Event, ProgressUpdated, Started
 from assessment_store.testing import eventually
 from assessment_store.projections import connect
 from assessment_store.streams.testing import EventProducer

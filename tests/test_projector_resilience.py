@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from assessment_store import AssessmentStore, AssessmentStoreError, Settings, State
-from assessment_store._model import Completed, Created, Event, Failed, Payload, ProgressUpdated, Retried, Started
+from assessment_store.core import Completed, Created, Event, Failed, Payload, ProgressUpdated, Retried, Started
 from assessment_store.testing import eventually, produce_lifecycles, projected_event_count, topic_end_offsets
 from assessment_store.projections import REBUILD_SCHEMA, connect, list_quarantine, refold, replay
 from assessment_store.stack import Stack, settings_env

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from assessment_store import State
-from assessment_store._model import Assessment
+from assessment_store.core import Assessment
 from assessment_store.bridge import COMPARED_FIELDS, Verdict, compare
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from assessment_store import AssessmentStore, Settings
-from assessment_store._model import CommandEnvelope, UpdateProgress
+from assessment_store.core import CommandEnvelope, UpdateProgress
 from assessment_store.testing import eventually, topic_end_offsets
 from assessment_store.projections import connect, state_at
 from assessment_store.schemas import EventCodec

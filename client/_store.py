@@ -26,11 +26,11 @@ from assessment_store.projections import list_ids as _list_ids
 from assessment_store.projections import list_page as _list_page
 from assessment_store.streams import CommandSender, ensure_topics, partition_counts
 
-from ._config import Settings
-from ._domain import check_text, validate_command, validate_command_id, validate_id
-from ._lifecycle import AsyncLifecycle, Backoff
-from ._errors import AssessmentNotFound, AssessmentStoreError, KafkaUnavailable, ValidationError, error_from_rejection
-from ._model import (
+from assessment_store.core import Settings
+from assessment_store.core import check_text, validate_command, validate_command_id, validate_id
+from assessment_store.core import AsyncLifecycle, Backoff
+from assessment_store.core import AssessmentNotFound, AssessmentStoreError, KafkaUnavailable, ValidationError, error_from_rejection
+from assessment_store.core import (
     JSON,
     Assessment,
     Cancel,

@@ -11,8 +11,8 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._config import Settings
-from ._model import JSON, Assessment, Outcome, State
+from assessment_store.core import Settings
+from assessment_store.core import JSON, Assessment, Outcome, State
 from ._store import AssessmentStore
 
 __all__ = ["SyncAssessmentStore"]
