@@ -50,7 +50,7 @@ def rebuild_in_child(settings: Settings) -> tuple[float, int, list[int]]:
     env = {**os.environ, **settings_env(settings)}
     samples: list[tuple[float, int]] = []
     t0 = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-m", "assessment_store", "replay", "--dry-run", "--restart", "--force"],
+    child = subprocess.Popen([sys.executable, "-m", "assessment_store.cli", "replay", "--dry-run", "--restart", "--force"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     while child.poll() is None:
         rss = rss_bytes(child.pid)

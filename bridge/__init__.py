@@ -13,12 +13,10 @@ store's log, through the same single writer as every other write.
   ``start_legacy_http`` runs that service as a child process (demo, benchmark, tests);
 * ``ReverseSync``: every change written through the store, re-emitted in the legacy format;
 * ``ShadowObserver`` / ``MismatchLog``: shadow comparison of routed calls, mismatches kept in PostgreSQL;
-* ``bridge_app``: the ``assessment-store bridge`` commands.
 
 See ``bridge/README.md``; ``bridge/node/`` is the Node tap that writes the legacy topic.
 """
 
-from ._cli import bridge_app
 from ._consumer import BridgeOptions, BridgeStats, LegacyBridge
 from ._flags import FLAGS_TOPIC, FlagChange, FlagStore, FlagStoreStats, MigrationFlags, audit_trail
 from ._import import BadLine, ImportReport, import_legacy
@@ -57,9 +55,10 @@ from ._translate import (
     translate,
     translate_message,
 )
-from ._flags import flags_topic_spec
+from ._flags import default_actor, flags_topic_spec
 
 __all__ = [
+    "default_actor",
     "flags_topic_spec",
     "HttpLegacyBackend",
     "LegacyHttpProcess",
@@ -114,7 +113,6 @@ __all__ = [
     "Rejection",
     "TranslateLimits",
     "Translation",
-    "bridge_app",
     "bridge_rejections",
     "convert_legacy_state",
     "dead_letters",

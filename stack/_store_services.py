@@ -41,7 +41,7 @@ class StoreProcess:
     name = ""
     description = ""
     command: tuple[str, ...] = ()
-    """Arguments after ``python -m assessment_store``; default: the service's name."""
+    """Arguments after ``python -m assessment_store.cli``; default: the service's name."""
     principal: Principal = "admin"
     """Who the service is to Kafka on a kafka_secure stack (its own ACLs, ``stack._kafka_security``)."""
 
@@ -73,7 +73,7 @@ class StoreProcess:
             env.pop("ASSESSMENT_STORE_KAFKA_PASSWORD", None)
         with private_log(self.log_file) as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "assessment_store", *(self.command or (self.name,)),
+                [sys.executable, "-m", "assessment_store.cli", *(self.command or (self.name,)),
                  "--pid-file", str(self.pid_file)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )

@@ -533,7 +533,7 @@ async def test_node_service_through_the_bridge_matches_its_own_export(stack_sett
 
 def _bridge_cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-c", "from assessment_store.bridge import bridge_app; bridge_app()", *args],
+    return subprocess.run([sys.executable, "-m", "assessment_store.cli", "bridge", *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
 
 
@@ -565,7 +565,7 @@ def test_cli_run_until_sigterm(stack_settings: Settings, tmp_path: Path) -> None
     pid_file = tmp_path / "bridge.pid"
     env = {**os.environ, **settings_env(stack_settings)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from assessment_store.bridge import bridge_app; bridge_app()", "run", "--pid-file", str(pid_file),
+        [sys.executable, "-m", "assessment_store.cli", "bridge", "run", "--pid-file", str(pid_file),
          "--group", f"bridge-cli-{uuid.uuid4().hex[:8]}"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

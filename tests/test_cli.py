@@ -19,7 +19,7 @@ pytestmark = pytest.mark.stack
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "assessment_store", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "assessment_store.cli", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
 
@@ -40,9 +40,10 @@ def test_cli_drives_a_lifecycle_with_json_output(stack_settings: Settings) -> No
 
 
 def test_cli_errors_are_clear_and_non_zero(stack_settings: Settings) -> None:
-    """Bad JSON, an unknown id, an illegal transition and a wait timeout each exit non-zero with a message."""
+    """Bad JSON (65), an unknown id and an illegal transition (1), a wait timeout (3) and a usage error (64)
+    each exit with their own code and a message."""
     bad = _cli(stack_settings, "create", "--request", "{nope")
-    assert bad.returncode != 0 and "--request is not valid JSON" in bad.stderr
+    assert bad.returncode == 65 and "--request is not valid JSON" in bad.stderr
     missing = _cli(stack_settings, "get", "no-such-id")
     assert missing.returncode == 1 and "'no-such-id' does not exist" in missing.stderr
     aid = json.loads(_cli(stack_settings, "create", "--json").stdout)["assessmentId"]
@@ -50,6 +51,8 @@ def test_cli_errors_are_clear_and_non_zero(stack_settings: Settings) -> None:
     assert illegal.returncode == 1 and "is PENDING" in illegal.stderr and "'complete'" in illegal.stderr
     timeout = _cli(stack_settings, "wait", aid, "--timeout", "0.2")
     assert timeout.returncode == 3 and "0.2 s" in timeout.stderr
+    usage = _cli(stack_settings, "create", "--no-such-option")
+    assert usage.returncode == 64 and "No such option" in usage.stderr
 
 
 def test_stack_status_reports_pids_and_ports(stack_settings: Settings) -> None:
@@ -167,36 +170,36 @@ def _one_line_error(r: subprocess.CompletedProcess[str], *needles: str, code: in
 
 
 def test_cli_bad_json_files_and_deep_json_are_one_line_errors(stack_settings: Settings, tmp_path: Path) -> None:
-    """--request @binary (not UTF-8), @file with 100,000 levels, NaN, and 500 levels each exit 1 with one line."""
+    """--request @binary (not UTF-8), @file with 100,000 levels, NaN, and 500 levels each exit 65 (bad data) with one line."""
     binary = tmp_path / "binary.json"
     binary.write_bytes(b'{"a": "\xff\xfe\x00"}')
-    _one_line_error(_cli(stack_settings, "create", "--request", f"@{binary}"), "not UTF-8", code=1)
+    _one_line_error(_cli(stack_settings, "create", "--request", f"@{binary}"), "not UTF-8", code=65)
     very_deep = tmp_path / "very-deep.json"
     very_deep.write_text("[" * 100_000 + "]" * 100_000)
-    _one_line_error(_cli(stack_settings, "create", "--request", f"@{very_deep}"), "nested too deeply", code=1)
-    _one_line_error(_cli(stack_settings, "create", "--request", '{"x": NaN}'), "--request", code=1)
+    _one_line_error(_cli(stack_settings, "create", "--request", f"@{very_deep}"), "nested too deeply", code=65)
+    _one_line_error(_cli(stack_settings, "create", "--request", '{"x": NaN}'), "--request", code=65)
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 500 + "]" * 500)
-    _one_line_error(_cli(stack_settings, "create", "--request", f"@{deep}"), "deeper than 64", code=1)
+    _one_line_error(_cli(stack_settings, "create", "--request", f"@{deep}"), "deeper than 64", code=65)
 
 
 def test_cli_refuses_out_of_range_numbers_unencodable_text_and_an_empty_id(stack_settings: Settings) -> None:
     """--duration-ms/--expected-version >= 2^63, a non-UTF-8 byte in --error (a lone surrogate once decoded; argv
-    cannot carry NUL) and `create --id ''` exit 1 naming the field, and change nothing."""
+    cannot carry NUL) and `create --id ''` exit 65 (bad data) naming the field, and change nothing."""
     aid = json.loads(_cli(stack_settings, "create", "--json").stdout)["assessmentId"]
-    _one_line_error(_cli(stack_settings, "start", aid, "--expected-version", str(2**63)), "expected_version", code=1)
+    _one_line_error(_cli(stack_settings, "start", aid, "--expected-version", str(2**63)), "expected_version", code=65)
     assert _cli(stack_settings, "start", aid).returncode == 0
-    _one_line_error(_cli(stack_settings, "complete", aid, "--duration-ms", str(2**63)), "duration_ms", code=1)
-    _one_line_error(_cli(stack_settings, "fail", aid, "--error", "a\x01b\U0001f600\x7f" + "\udc80"), "error", code=1)
-    _one_line_error(_cli(stack_settings, "create", "--id", ""), "assessment_id", code=1)
+    _one_line_error(_cli(stack_settings, "complete", aid, "--duration-ms", str(2**63)), "duration_ms", code=65)
+    _one_line_error(_cli(stack_settings, "fail", aid, "--error", "a\x01b\U0001f600\x7f" + "\udc80"), "error", code=65)
+    _one_line_error(_cli(stack_settings, "create", "--id", ""), "assessment_id", code=65)
     got = json.loads(_cli(stack_settings, "get", aid, "--json").stdout)
     assert (got["state"], got["version"]) == ("PROCESSING", 2)
 
 
 def test_cli_wait_refuses_a_negative_or_non_finite_timeout(stack_settings: Settings) -> None:
-    """`wait --timeout -1`, `0`, `nan` and `inf` exit non-zero with one line instead of waiting."""
+    """`wait --timeout -1`, `0`, `nan` and `inf` exit 64 (usage) with one line instead of waiting."""
     for bad in ("-1", "0", "nan", "inf"):
-        _one_line_error(_cli(stack_settings, "wait", "any-id", "--timeout", bad), "--timeout")
+        _one_line_error(_cli(stack_settings, "wait", "any-id", "--timeout", bad), "--timeout", code=64)
 
 
 def test_cli_import_does_not_clobber_a_rejected_file(stack_settings: Settings, tmp_path: Path) -> None:
@@ -208,7 +211,7 @@ def test_cli_import_does_not_clobber_a_rejected_file(stack_settings: Settings, t
     kept = rejected_path(path)
     kept.write_text('{"line": 7, "reason": "from an earlier import"}\n')
     r = _cli(stack_settings, "import-legacy", str(path), "--no-progress")
-    _one_line_error(r, "--overwrite", code=1)
+    _one_line_error(r, "--overwrite", code=65)
     assert kept.read_text() == '{"line": 7, "reason": "from an earlier import"}\n'
     r = _cli(stack_settings, "import-legacy", str(path), "--no-progress", "--overwrite", "--json")
     assert r.returncode == 0, r.stderr
@@ -221,3 +224,11 @@ def test_cli_prints_its_version(stack_settings: Settings) -> None:
 
     r = _cli(stack_settings, "--version")
     assert r.returncode == 0 and r.stdout.strip() == f"assessment-store {__version__}"
+
+
+def test_cli_exit_codes_are_distinct() -> None:
+    """Every exit code the CLI documents has one meaning: no two names share a number, and none is click's 2."""
+    from assessment_store.cli import _console
+
+    codes = {name: getattr(_console, name) for name in dir(_console) if name.startswith("EXIT_")}
+    assert len(set(codes.values())) == len(codes) and 2 not in codes.values(), codes

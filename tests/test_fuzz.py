@@ -61,7 +61,7 @@ async def test_schemathesis_finds_no_server_error_and_the_services_survive(stack
     env = {**os.environ, **settings_env(stack_settings), "ASSESSMENT_STORE_API_TOKEN": TOKEN,
            "ASSESSMENT_STORE_API_PORT": str(port), "ASSESSMENT_STORE_API_MAX_WAIT_S": "0.5"}
     log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "assessment_store", "serve"], env=env, cwd=ROOT,
+    server = subprocess.Popen([sys.executable, "-m", "assessment_store.cli", "serve"], env=env, cwd=ROOT,
                               stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -49,7 +49,7 @@ async def _quarantined(settings: Settings) -> dict[str, int]:
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "assessment_store", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "assessment_store.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **settings_env(settings)}, timeout=120)
 
 

@@ -109,7 +109,7 @@ async def test_store_written_events_are_emitted_in_legacy_format_idempotently(st
 
 def _stack(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings)}
-    return subprocess.run([sys.executable, "-m", "assessment_store", "stack", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "assessment_store.cli", "stack", *args], capture_output=True, text=True,
                           env=env, timeout=120)
 
 

@@ -49,14 +49,14 @@ async def test_stack_env_lets_the_cli_and_the_client_reach_the_stack_from_anothe
 ) -> None:
     """`stack env` exports (and nothing else of the environment) let the CLI and a Python service in another cwd read and write."""
     aid = await store.create_assessment({"from": "elsewhere"})
-    env_cmd = subprocess.run([sys.executable, "-m", "assessment_store", "stack", "env"], capture_output=True, text=True,
+    env_cmd = subprocess.run([sys.executable, "-m", "assessment_store.cli", "stack", "env"], capture_output=True, text=True,
                              env={**os.environ, **settings_env(stack_settings)}, timeout=60, check=True)
     exports = _exports(env_cmd.stdout)
     assert exports["ASSESSMENT_STORE_DATA_DIR"] == str(stack_settings.data_dir.resolve())
     assert not any("TOKEN" in k or "PASSWORD" in k for k in exports), "stack env must not print secrets"
 
     clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "COLUMNS": "200", **exports}
-    got = subprocess.run([sys.executable, "-m", "assessment_store", "get", aid, "--json"], capture_output=True,
+    got = subprocess.run([sys.executable, "-m", "assessment_store.cli", "get", aid, "--json"], capture_output=True,
                          text=True, env=clean, cwd=tmp_path, timeout=120)
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["assessmentId"] == aid
@@ -87,7 +87,7 @@ def test_stack_up_with_a_data_dir_the_cluster_account_cannot_enter(tmp_path: Pat
         assert log.exists() and log.stat().st_size > 0
         assert not log.is_relative_to(data_dir)  # the postgres account could not have written it there
         env = {**os.environ, **settings_env(settings), "COLUMNS": "200"}
-        shown = subprocess.run([sys.executable, "-m", "assessment_store", "stack", "logs", "postgres"],
+        shown = subprocess.run([sys.executable, "-m", "assessment_store.cli", "stack", "logs", "postgres"],
                                capture_output=True, text=True, env=env, timeout=60)
         assert shown.returncode == 0 and shown.stdout.strip(), shown.stderr
 

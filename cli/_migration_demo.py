@@ -24,12 +24,12 @@ from assessment_store.core import Settings
 from assessment_store.core import Assessment, State
 from assessment_store.client import AssessmentStore
 
-from ._flags import FLAGS_TOPIC, FlagStore
-from ._legacy_http import HttpLegacyBackend
-from ._legacy_process import start_legacy_http
-from ._reverse import ReverseSync
-from ._router import MigrationRouter, Side
-from ._shadow import MismatchLog, ShadowObserver
+from assessment_store.bridge import FLAGS_TOPIC, FlagStore
+from assessment_store.bridge import HttpLegacyBackend
+from assessment_store.bridge import start_legacy_http
+from assessment_store.bridge import ReverseSync
+from assessment_store.bridge import MigrationRouter, Side
+from assessment_store.bridge import MismatchLog, ShadowObserver
 
 __all__ = ["run_migration_demo"]
 

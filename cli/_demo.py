@@ -6,12 +6,20 @@ import asyncio
 import json
 import time
 
+from typing import Annotated
+
+import typer
 from rich.console import Console
 from rich.table import Table
 
 from assessment_store.core import Settings
 from assessment_store.core import State
 from assessment_store.client import AssessmentStore
+
+from ._console import EXIT_REFUSED, err, out
+from ._console import run_cli as _run
+from ._migration_demo import run_migration_demo
+from ._root import app
 
 __all__ = ["run_demo"]
 
@@ -48,3 +56,21 @@ async def run_demo(settings: Settings, count: int, out: Console) -> None:
                   str(a.progress), str(a.duration if a.duration is not None else "-"), str(detail))
     out.print(t)
     out.print("store totals: " + ", ".join(f"{k.value}={v}" for k, v in counts.items()))
+
+
+@app.command("demo")
+def demo(
+    count: Annotated[int, typer.Option(min=1, max=1000, help="How many assessments.")] = 6,
+    migration: Annotated[bool, typer.Option(
+        help="Then the migration: the Node legacy service and the store in dual mode at 30 %, with shadows.")] = True,
+    migration_count: Annotated[int, typer.Option(min=1, max=1000, help="Assessments through the router.")] = 20,
+) -> None:
+    """Drive a few assessments through their lifecycle, then a dual-mode migration run; print both results."""
+    settings = Settings()
+    _run(run_demo(settings, count, out))
+    if migration:
+        if not _run(run_migration_demo(settings, migration_count, out)):
+            err.print("[red]the migration demo's checks did not all hold (see above)[/]")
+            raise typer.Exit(EXIT_REFUSED)
+
+

@@ -8,18 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from assessment_store.core import Settings
-from assessment_store._console import err, fail, out, run_cli
+from ._console import EXIT_USAGE, err, fail, out, run_cli
+from ._options import Actor, JsonFlag
 from assessment_store.core import BackendError
 
-from ._flags import FlagStore, MigrationFlags, audit_trail, default_actor
-from ._reverse import ReverseSyncStatus, reverse_sync_status
+from assessment_store.bridge import FlagStore, MigrationFlags, audit_trail, default_actor
+from assessment_store.bridge import ReverseSyncStatus, reverse_sync_status
 
 __all__ = ["flags_app"]
 
 flags_app = typer.Typer(help="Migration flags (a compacted topic; every change is audited).", no_args_is_help=True)
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-Actor = Annotated[str | None, typer.Option(help="Who makes the change (default: user@host).")]
 
 
 def _value(text: str) -> Any:
@@ -100,7 +99,7 @@ def set_(
     for a in assignments:
         key, sep, raw = a.partition("=")
         if not sep or not key:
-            fail(f"{a!r} is not KEY=VALUE")
+            fail(f"{a!r} is not KEY=VALUE", EXIT_USAGE)
         changes[key] = _value(raw)
 
     flags, status = run_cli(_update(changes, actor))

@@ -16,10 +16,39 @@ import typer
 from rich.console import Console
 
 from assessment_store.core import Settings
-from assessment_store.core import AssessmentStoreError, StoreUsageError, WaitTimeout
+from assessment_store.core import AssessmentStoreError, CodecError, StoreUsageError, ValidationError, WaitTimeout
 from assessment_store.core import Service, supervise
 
-__all__ = ["err", "fail", "out", "run_cli", "serve_forever"]
+__all__ = [
+    "EXIT_DATAERR",
+    "EXIT_REFUSED",
+    "EXIT_TEMPFAIL",
+    "EXIT_TIMEOUT",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "err",
+    "fail",
+    "out",
+    "run_cli",
+    "serve_forever",
+]
+
+# The exit codes, one meaning each (docs/cli.md). 2 is never used: click's usage errors exit 2 and
+# the entry point turns that into EXIT_USAGE, so a script can tell a typo from a refusal or an outage.
+EXIT_REFUSED = 1
+"""The store refused the request (no such assessment, illegal transition, version conflict), or a
+check the command makes did not hold (a service down, a re-fold refused again)."""
+EXIT_TIMEOUT = 3
+"""A wait ended before its condition (``wait --timeout``)."""
+EXIT_USAGE = 64
+"""EX_USAGE: the command line is wrong (unknown option, a value out of its range)."""
+EXIT_DATAERR = 65
+"""EX_DATAERR: the input data is invalid (a field the store's validation refuses, JSON that does not parse)."""
+EXIT_UNAVAILABLE = 69
+"""EX_UNAVAILABLE: Kafka, PostgreSQL or the legacy service failed in a way retrying will not mend
+(access denied, a value PostgreSQL refuses), or the local stack could not start."""
+EXIT_TEMPFAIL = 75
+"""EX_TEMPFAIL: Kafka or PostgreSQL is unreachable right now; the same command may succeed later."""
 
 T = TypeVar("T")
 
@@ -29,22 +58,23 @@ out = Console(width=_WIDTH)
 err = Console(stderr=True, width=_WIDTH)
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
 def run_cli(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``; a store error becomes a message and an exit code: 1 refused request,
-    2 backend error, 3 wait timeout, 4 retriable backend error."""
+    """Run ``coro``; a store error becomes a one-line message and its exit code (``EXIT_*`` above)."""
     try:
         return asyncio.run(coro)
     except WaitTimeout as e:
-        fail(str(e), 3)
+        fail(str(e), EXIT_TIMEOUT)
+    except (ValidationError, CodecError) as e:
+        fail(str(e), EXIT_DATAERR)
     except StoreUsageError as e:
-        fail(str(e), 1)
+        fail(str(e), EXIT_REFUSED)
     except AssessmentStoreError as e:
-        fail(str(e), 2 if not e.retriable else 4)
+        fail(str(e), EXIT_TEMPFAIL if e.retriable else EXIT_UNAVAILABLE)
 
 
 def serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], Any]) -> None:

@@ -15,9 +15,10 @@ import typer
 from rich.table import Table
 
 from assessment_store.core import Settings
-from assessment_store._console import out, run_cli, serve_forever
+from ._console import out, run_cli, serve_forever
+from ._options import AssessmentFilter, JsonFlag, PidFile
 
-from ._consumer import BridgeOptions, LegacyBridge
+from assessment_store.bridge import BridgeOptions, LegacyBridge
 
 __all__ = ["bridge_app"]
 
@@ -27,12 +28,11 @@ bridge_app = typer.Typer(
 )
 
 _DEFAULTS = BridgeOptions()
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 @bridge_app.command("run")
 def run(
-    pid_file: Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-file>.ready' once consuming.")] = None,
+    pid_file: PidFile = None,
     group: Annotated[str, typer.Option(help="Consumer group of the legacy topic.")] = _DEFAULTS.group_id,
     max_message_bytes: Annotated[
         int, typer.Option(min=1024, help="Larger legacy records are dead-lettered unread.")
@@ -58,7 +58,7 @@ def import_(
 ) -> None:
     """Import a legacy export (one assessment per line); resumable, idempotent, bad lines kept aside."""
 
-    from ._import import import_legacy
+    from assessment_store.bridge import import_legacy
 
     r = run_cli(import_legacy(Settings(), file, batch_size=batch_size, progress=progress, restart=restart,
                            overwrite=overwrite, outcome_timeout_s=outcome_timeout))
@@ -102,7 +102,7 @@ def dlq(
 ) -> None:
     """Legacy messages the bridge could not translate, with their reasons (legacy.assessment-events.dlq)."""
 
-    from ._inspect import dead_letters
+    from assessment_store.bridge import dead_letters
 
     letters = run_cli(dead_letters(Settings(), limit=limit))
     if as_json:
@@ -121,12 +121,12 @@ def dlq(
 @bridge_app.command("rejections")
 def rejections(
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 100,
-    assessment_id: Annotated[str | None, typer.Option("--assessment", help="Only this assessment.")] = None,
+    assessment_id: AssessmentFilter = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Bridge and import commands the command processor refused (e.g. progress after completion)."""
 
-    from ._inspect import bridge_rejections
+    from assessment_store.bridge import bridge_rejections
 
     rows = run_cli(bridge_rejections(Settings(), limit=limit, assessment_id=assessment_id))
     if as_json:
@@ -147,13 +147,13 @@ def rejections(
 
 @bridge_app.command("reverse-sync")
 def reverse_sync(
-    pid_file: Annotated[Path | None, typer.Option(help="Write the pid here; '<pid-file>.ready' once consuming.")] = None,
+    pid_file: PidFile = None,
     group: Annotated[str | None, typer.Option(help="Consumer group of the events topic "
                                                    "(default: settings reverse_sync_group).")] = None,
 ) -> None:
     """Re-emit every change written through the store in the legacy format (<legacy topic>.reverse) until SIGTERM."""
 
-    from ._reverse import ReverseSync
+    from assessment_store.bridge import ReverseSync
 
     serve_forever(pid_file, "reverse-sync", lambda settings: ReverseSync(settings, group_id=group))
 
@@ -161,12 +161,12 @@ def reverse_sync(
 @bridge_app.command("shadow")
 def shadow(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many, newest first.")] = 20,
-    assessment_id: Annotated[str | None, typer.Option("--assessment", help="Only this assessment.")] = None,
+    assessment_id: AssessmentFilter = None,
     as_json: JsonFlag = False,
 ) -> None:
     """What shadow comparison found: calls whose outcome differed on the other side, with both values."""
 
-    from ._shadow import MismatchLog
+    from assessment_store.bridge import MismatchLog
 
     async def read() -> tuple[dict[str, int], list[dict[str, Any]]]:
         async with MismatchLog(Settings()) as log:
