@@ -31,7 +31,14 @@ from rich.table import Table
 
 from assessment_store import AssessmentStore, Settings
 from assessment_store.testing import isolated_settings, running_stack
-from assessment_store.bridge import FlagStore, HttpLegacyBackend, MigrationRouter, MismatchLog, ShadowObserver, start_legacy_http
+from assessment_store.migration import (
+    FlagStore,
+    HttpLegacyBackend,
+    MigrationRouter,
+    MismatchLog,
+    ShadowObserver,
+    start_legacy_http,
+)
 from assessment_store.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent

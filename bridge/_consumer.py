@@ -44,12 +44,12 @@ from aiokafka.structs import ConsumerRecord
 from assessment_store.core import Settings
 from assessment_store.core import AsyncLifecycle
 from assessment_store.core import DatabaseUnavailable
-from assessment_store.core import CommandEnvelope, Create, EventSource, State
-from assessment_store.projections import create_pool, translate_db_errors
+from assessment_store.core import CommandEnvelope, Create, EventSource
+from assessment_store.projections import create_pool, fetch_states, translate_db_errors
 from assessment_store.streams import ensure_topics, kafka_client_options, translate_kafka_errors
 
 from ._legacy import LegacyEvent, RejectKind, Rejection
-from ._producer import Appender
+from assessment_store.streams import Appender
 from ._translate import LegacyMessage, LegacyView, TranslateLimits, Translation, parse_message, translate_message
 
 __all__ = ["BridgeOptions", "BridgeStats", "LegacyBridge", "dead_letter_record", "DLQ_HEADER_KIND", "DLQ_HEADER_REASON",
@@ -174,7 +174,7 @@ class LegacyBridge(AsyncLifecycle):
     """The legacy topic's consumer; see the module docstring. Start/stop are idempotent."""
 
     def __init__(self, settings: Settings, options: BridgeOptions = BridgeOptions()) -> None:
-        self.s = settings
+        self.settings = settings
         self.options = options
         self.stats = BridgeStats()
         self.view = LegacyView(options.view_capacity)
@@ -189,7 +189,7 @@ class LegacyBridge(AsyncLifecycle):
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        s = self.s
+        s = self.settings
         await ensure_topics(s, principal="bridge")  # the legacy topic and its DLQ among them
         pool = await create_pool(s, min_size=1, max_size=2)
         try:
@@ -228,7 +228,7 @@ class LegacyBridge(AsyncLifecycle):
         assert self._consumer is not None
         stop = stop or asyncio.Event()
         while not stop.is_set():
-            with translate_kafka_errors(f"fetching from {self.s.legacy_topic}"):
+            with translate_kafka_errors(f"fetching from {self.settings.legacy_topic}"):
                 batches = await self._consumer.getmany(timeout_ms=100)
             if batches:
                 await self.handle(batches)
@@ -283,10 +283,7 @@ class LegacyBridge(AsyncLifecycle):
         self.stats.view_lookups += len(wanted)
         try:
             with translate_db_errors("looking up assessments for the bridge's view"):
-                rows = await self._pool.fetch(
-                    "SELECT assessment_id, state FROM projection.assessments WHERE assessment_id = ANY($1::text[])",
-                    list(wanted),
-                )
+                states = await fetch_states(self._pool, list(wanted))
         except DatabaseUnavailable as e:
             # The view is only a hint: without it the bridge may synthesise a Create or Start the store
             # then refuses (listed by bridge_rejections), never a wrong event. Ingest goes on without
@@ -294,8 +291,8 @@ class LegacyBridge(AsyncLifecycle):
             self.stats.view_lookup_failures += 1
             log.warning("view lookup failed, translating %d assessments as unknown: %s", len(wanted), e)
             return
-        for r in rows:
-            self.view.seed(r["assessment_id"], State(r["state"]))
+        for assessment_id, state in states.items():
+            self.view.seed(assessment_id, state)
 
     async def _send(self, rec: ConsumerRecord[bytes, bytes], t: Translation, now: datetime) -> Rejection | None:
         """Queue the translation's commands; a Rejection (to dead-letter) if any of them cannot be encoded."""

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import getpass
 import hashlib
 import json
 import logging
 import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -58,14 +56,15 @@ from rich.text import Text
 from assessment_store.core import Settings
 from assessment_store.core import CommandTimeout, ValidationError
 from assessment_store.core import Command, CommandEnvelope, EventSource
-from assessment_store.projections import create_pool, record_audit, translate_db_errors
-from assessment_store.projections import fetch_assessments
+from assessment_store.projections import create_pool, translate_db_errors
+from assessment_store.projections import fetch_assessments, fetch_outcome_acceptance
 
+from ._checkpoints import Checkpoint, CheckpointStore, ImportCounts
 from ._legacy import RejectKind, Rejection
-from ._producer import Appender
+from assessment_store.streams import Appender
 from ._snapshot import ExportRecord, ImportPlan, parse_export_line, plan_import
 
-__all__ = ["BadLine", "ImportReport", "import_legacy", "rejected_path"]
+__all__ = ["BadLine", "ImportReport", "LegacyImport", "import_legacy", "rejected_path"]
 
 log = logging.getLogger("assessment_store.bridge.import")
 
@@ -126,39 +125,6 @@ class ImportReport:
         return self.lines_this_run / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-@dataclass
-class _Counts:
-    imported: int = 0
-    up_to_date: int = 0
-    store_ahead: int = 0
-    blank: int = 0
-    rejected: int = 0
-    commands_sent: int = 0
-    accepted: int = 0
-    refused: int = 0
-    batches: int = 0
-    by_kind: Counter[str] = field(default_factory=Counter)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"imported": self.imported, "up_to_date": self.up_to_date, "store_ahead": self.store_ahead,
-                "blank": self.blank, "rejected": self.rejected, "commands_sent": self.commands_sent,
-                "accepted": self.accepted, "refused": self.refused, "batches": self.batches,
-                "by_kind": dict(self.by_kind)}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> _Counts:
-        return cls(**{k: int(v) for k, v in d.items() if k != "by_kind"}, by_kind=Counter(d.get("by_kind", {})))
-
-
-@dataclass(frozen=True, slots=True)
-class _Checkpoint:
-    next_line: int
-    next_offset: int
-    rejected_bytes: int
-    counts: dict[str, Any]
-    finished: bool
-
-
 @dataclass(frozen=True, slots=True)
 class _Line:
     number: int
@@ -214,48 +180,6 @@ def _rejected_entry(line: _Line, r: Rejection) -> bytes:
     return json.dumps(entry, ensure_ascii=True).encode("ascii") + b"\n"
 
 
-# --- checkpoints ------------------------------------------------------------------------------------
-
-async def _load_checkpoint(pool: asyncpg.Pool, sha: str) -> _Checkpoint | None:
-    with translate_db_errors("reading the import checkpoint"):
-        r = await pool.fetchrow(
-            "SELECT next_line, next_offset, rejected_bytes, counters, finished_at"
-            " FROM public.legacy_import_checkpoints WHERE file_sha256 = $1", sha,
-        )
-    if r is None:
-        return None
-    return _Checkpoint(r["next_line"], r["next_offset"], r["rejected_bytes"], r["counters"], r["finished_at"] is not None)
-
-
-async def _save_checkpoint(
-    pool: asyncpg.Pool, sha: str, path: Path, total: int, next_line: int, next_offset: int, rejected_bytes: int,
-    counts: _Counts, *, fresh: bool = False,
-) -> None:
-    with translate_db_errors("writing the import checkpoint"):
-        await pool.execute(
-            "INSERT INTO public.legacy_import_checkpoints (file_sha256, path, total_lines, next_line, next_offset,"
-            " rejected_bytes, counters) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            " ON CONFLICT (file_sha256) DO UPDATE SET path = EXCLUDED.path, total_lines = EXCLUDED.total_lines,"
-            " next_line = EXCLUDED.next_line, next_offset = EXCLUDED.next_offset,"
-            " rejected_bytes = EXCLUDED.rejected_bytes, counters = EXCLUDED.counters, updated_at = now(),"
-            " finished_at = NULL,"
-            " started_at = CASE WHEN $8 THEN now() ELSE public.legacy_import_checkpoints.started_at END",
-            sha, str(path), total, next_line, next_offset, rejected_bytes, counts.to_json(), fresh,
-        )
-
-
-async def _finish(pool: asyncpg.Pool, sha: str, path: Path, counts: _Counts, total: int) -> None:
-    """Mark the file done and leave the audit row, in one transaction."""
-    with translate_db_errors("finishing the import"):
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE public.legacy_import_checkpoints SET finished_at = now(), updated_at = now()"
-                " WHERE file_sha256 = $1", sha,
-            )
-            await record_audit(conn, "legacy-import", f"{getpass.getuser()}@{socket.gethostname()}",
-                               {"file": str(path), "sha256": sha, "lines": total, **counts.to_json()})
-
-
 # --- outcomes ---------------------------------------------------------------------------------------
 
 async def _await_outcomes(
@@ -273,20 +197,17 @@ async def _await_outcomes(
     delay = 0.005
     while waiting:
         with translate_db_errors("reading the outcomes of imported commands"):
-            rows = await pool.fetch(
-                "SELECT command_id, accepted FROM projection.command_outcomes WHERE command_id = ANY($1::text[])",
-                list(waiting),
-            )
-        for r in rows:
-            del waiting[r["command_id"]]
-            if r["accepted"]:
+            outcomes = await fetch_outcome_acceptance(pool, list(waiting))
+        for command_id, was_accepted in outcomes.items():
+            del waiting[command_id]
+            if was_accepted:
                 accepted += 1
             else:
                 refused += 1
         if not waiting:
             break
         now = loop.time()
-        if rows:
+        if outcomes:
             last_progress, delay = now, 0.005
         elif now - last_progress > timeout_s:
             first = next(iter(waiting.values()))
@@ -340,59 +261,96 @@ async def import_legacy(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    path = Path(path)
-    started = time.perf_counter()
-    limit = max_line_bytes or 2 * settings.max_request_bytes + 64 * 1024
-    sha, total = await asyncio.to_thread(_scan, path)
-    rejected_file = rejected_path(path)
-    pool = await create_pool(settings, min_size=1, max_size=2)
-    appender = Appender(settings)
-    try:
-        ckpt = None if restart else await _load_checkpoint(pool, sha)
-        counts = _Counts.from_json(ckpt.counts) if ckpt is not None else _Counts()
-        first_line = ckpt.next_line if ckpt is not None else 1
-        bad: list[BadLine] = []
+    job = LegacyImport(settings, Path(path), batch_size=batch_size, progress=progress, overwrite=overwrite,
+                       max_line_bytes=max_line_bytes, outcome_timeout_s=outcome_timeout_s, on_batch=on_batch)
+    return await job.run(restart=restart)
 
-        def report(lines_done: int, already_done: bool = False) -> ImportReport:
-            return ImportReport(
-                path=path, sha256=sha, total_lines=total, first_line=first_line, lines_done=lines_done,
-                lines_this_run=lines_done - (first_line - 1), already_done=already_done,
-                imported=counts.imported, up_to_date=counts.up_to_date, store_ahead=counts.store_ahead,
-                blank=counts.blank, rejected=counts.rejected, rejected_by_kind=dict(counts.by_kind),
-                bad_lines=tuple(bad), rejected_file=rejected_file, commands_sent=counts.commands_sent,
-                accepted=counts.accepted, refused=counts.refused, batches=counts.batches,
-                elapsed_s=time.perf_counter() - started,
-            )
 
-        if ckpt is not None and ckpt.finished:
-            log.info("%s (sha256 %s) was imported already; nothing to do (restart=True imports it again)", path, sha)
-            return report(total, already_done=True)
-        if ckpt is None and not overwrite and rejected_file.exists() and rejected_file.stat().st_size > 0:
-            raise ValidationError(
-                "rejected_file", f"{rejected_file} already exists and is not empty; pass --overwrite (overwrite=True) "
-                "to replace it, or move it away first")
-        await appender.start()
-        if ckpt is None:
-            await _save_checkpoint(pool, sha, path, total, 1, 0, 0, counts, fresh=True)
-        offset = ckpt.next_offset if ckpt is not None else 0
-        line_no = first_line
-        with path.open("rb") as f, open(rejected_file, "ab") as rej, _progress_bar(progress) as bar:
+class LegacyImport:
+    """One run of the import of one export file: resume from its checkpoint, then batch by batch."""
+
+    def __init__(
+        self, settings: Settings, path: Path, *, batch_size: int, progress: bool, overwrite: bool,
+        max_line_bytes: int | None, outcome_timeout_s: float | None,
+        on_batch: Callable[[ImportReport], None] | None,
+    ) -> None:
+        self.settings = settings
+        self.path = path
+        self.batch_size = batch_size
+        self.progress = progress
+        self.overwrite = overwrite
+        self.line_limit = max_line_bytes or 2 * settings.max_request_bytes + 64 * 1024
+        self.outcome_timeout_s = outcome_timeout_s or settings.command_timeout_s
+        self.on_batch = on_batch
+        self.rejected_file = rejected_path(path)
+        self.started = time.perf_counter()
+        self.sha256 = ""
+        self.total_lines = 0
+        self.first_line = 1
+        self.counts = ImportCounts()
+        self.bad: list[BadLine] = []
+
+    async def run(self, *, restart: bool) -> ImportReport:
+        self.sha256, self.total_lines = await asyncio.to_thread(_scan, self.path)
+        pool = await create_pool(self.settings, min_size=1, max_size=2)
+        appender = Appender(self.settings)
+        try:
+            checkpoints = CheckpointStore(pool, self.sha256, self.path, self.total_lines)
+            ckpt = None if restart else await checkpoints.load()
+            if ckpt is not None:
+                self.counts, self.first_line = ckpt.counts, ckpt.next_line
+                if ckpt.finished:
+                    log.info("%s (sha256 %s) was imported already; nothing to do (restart=True imports it again)",
+                             self.path, self.sha256)
+                    return self.report(self.total_lines, already_done=True)
+            elif not self.overwrite and self.rejected_file.exists() and self.rejected_file.stat().st_size > 0:
+                raise ValidationError(
+                    "rejected_file", f"{self.rejected_file} already exists and is not empty; pass --overwrite "
+                    "(overwrite=True) to replace it, or move it away first")
+            await appender.start()
+            if ckpt is None:
+                await checkpoints.save(next_line=1, next_offset=0, rejected_bytes=0, counts=self.counts, fresh=True)
+            lines_done = await self._import_lines(pool, appender, checkpoints, ckpt)
+            await checkpoints.finish(self.counts)
+            return self.report(lines_done)
+        finally:
+            await appender.stop()
+            await pool.close()
+
+    def report(self, lines_done: int, already_done: bool = False) -> ImportReport:
+        c = self.counts
+        return ImportReport(
+            path=self.path, sha256=self.sha256, total_lines=self.total_lines, first_line=self.first_line,
+            lines_done=lines_done, lines_this_run=lines_done - (self.first_line - 1), already_done=already_done,
+            imported=c.imported, up_to_date=c.up_to_date, store_ahead=c.store_ahead, blank=c.blank,
+            rejected=c.rejected, rejected_by_kind=dict(c.by_kind), bad_lines=tuple(self.bad),
+            rejected_file=self.rejected_file, commands_sent=c.commands_sent, accepted=c.accepted,
+            refused=c.refused, batches=c.batches, elapsed_s=time.perf_counter() - self.started,
+        )
+
+    async def _import_lines(
+        self, pool: asyncpg.Pool, appender: Appender, checkpoints: CheckpointStore, ckpt: Checkpoint | None,
+    ) -> int:
+        """Every batch from the checkpoint (or line 1) to the end; returns the number of lines done."""
+        line_no = self.first_line
+        with self.path.open("rb") as f, open(self.rejected_file, "ab") as rej, _progress_bar(self.progress) as bar:
             # Cut the rejected file back to what the checkpoint covers: lines after it are redone.
             keep = min(ckpt.rejected_bytes, rej.seek(0, os.SEEK_END)) if ckpt is not None else 0
             if ckpt is not None and keep < ckpt.rejected_bytes:
                 log.warning("%s is shorter than the checkpoint says (%d < %d bytes): was it edited?",
-                            rejected_file, keep, ckpt.rejected_bytes)
+                            self.rejected_file, keep, ckpt.rejected_bytes)
             rej.truncate(keep)
             rej.seek(0, os.SEEK_END)
-            task = bar.add_task(f"importing {path.name}", total=total, completed=line_no - 1)
-            f.seek(offset)
+            task = bar.add_task(f"importing {self.path.name}", total=self.total_lines, completed=line_no - 1)
+            f.seek(ckpt.next_offset if ckpt is not None else 0)
             while True:
-                lines, next_offset = await asyncio.to_thread(_read_lines, f, line_no, batch_size, limit)
+                lines, next_offset = await asyncio.to_thread(_read_lines, f, line_no, self.batch_size, self.line_limit)
                 if not lines:
                     break
-                batch_counts = replace(counts, by_kind=Counter(counts.by_kind))
-                entries = await _import_batch(settings, pool, appender, sha, lines, limit, batch_counts, bad,
-                                              outcome_timeout_s or settings.command_timeout_s)
+                # The batch counts on a copy: the running counts change only once the batch is checkpointed.
+                batch_counts = replace(self.counts, by_kind=Counter(self.counts.by_kind))
+                entries = await _import_batch(self.settings, pool, appender, self.sha256, lines, self.line_limit,
+                                              batch_counts, self.bad, self.outcome_timeout_s)
                 rej.write(b"".join(entries))
                 rej.flush()
                 os.fsync(rej.fileno())
@@ -400,21 +358,18 @@ async def import_legacy(
                 line_no += len(lines)
                 # The checkpoint is written only after the batch's outcomes and its rejected lines
                 # are durable: everything before next_line is done.
-                await _save_checkpoint(pool, sha, path, total, line_no, next_offset, rej.tell(), batch_counts)
-                counts = batch_counts
+                await checkpoints.save(next_line=line_no, next_offset=next_offset, rejected_bytes=rej.tell(),
+                                       counts=batch_counts)
+                self.counts = batch_counts
                 bar.update(task, completed=line_no - 1)
-                if on_batch is not None:
-                    on_batch(report(line_no - 1))
-        await _finish(pool, sha, path, counts, total)
-        return report(line_no - 1)
-    finally:
-        await appender.stop()
-        await pool.close()
+                if self.on_batch is not None:
+                    self.on_batch(self.report(line_no - 1))
+        return line_no - 1
 
 
 async def _import_batch(
     settings: Settings, pool: asyncpg.Pool, appender: Appender, sha: str, lines: list[_Line], limit: int,
-    counts: _Counts, bad: list[BadLine], outcome_timeout_s: float,
+    counts: ImportCounts, bad: list[BadLine], outcome_timeout_s: float,
 ) -> list[bytes]:
     """Steps 1-4 of the module docstring for one batch; returns its rejected-file entries."""
     entries: list[bytes] = []
@@ -464,7 +419,7 @@ async def _import_batch(
     return entries
 
 
-def _count_plan(plan: ImportPlan, counts: _Counts) -> None:
+def _count_plan(plan: ImportPlan, counts: ImportCounts) -> None:
     if plan.commands:
         counts.imported += 1
     elif plan.store_ahead:

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from assessment_store.core import Settings
 from assessment_store.core import JSON
 from assessment_store.projections import translate_db_errors
-from assessment_store.projections import connection
+from assessment_store.projections import connection, fetch_rejections
 from assessment_store.streams import kafka_client_options, translate_kafka_errors
 
 from ._snapshot import IMPORT_ID_PREFIX
@@ -47,22 +47,16 @@ async def bridge_rejections(
     """Commands of the bridge and of the import that the processor refused, oldest first."""
     async with connection(settings) as conn:
         with translate_db_errors("reading the bridge's rejected commands"):
-            rows = await conn.fetch(
-                "SELECT command_id, assessment_id, error_type, error_message, error_details, processed_at,"
-                " command_offset FROM projection.command_outcomes"
-                " WHERE NOT accepted AND (starts_with(command_id, $1) OR starts_with(command_id, $2))"
-                " AND ($3::text IS NULL OR assessment_id = $3)"
-                " ORDER BY processed_at, command_id LIMIT $4",
-                COMMAND_ID_PREFIX, IMPORT_ID_PREFIX, assessment_id, limit,
-            )
+            refused = await fetch_rejections(conn, command_id_prefixes=(COMMAND_ID_PREFIX, IMPORT_ID_PREFIX),
+                                             assessment_id=assessment_id, limit=limit)
     return [
         BridgeRejection(
-            command_id=r["command_id"], assessment_id=r["assessment_id"],
-            origin="import" if r["command_id"].startswith(IMPORT_ID_PREFIX) else "bridge",
-            error_type=r["error_type"], error_message=r["error_message"], error_details=r["error_details"],
-            processed_at=r["processed_at"], command_offset=r["command_offset"],
+            command_id=o.command_id, assessment_id=o.assessment_id,
+            origin="import" if o.command_id.startswith(IMPORT_ID_PREFIX) else "bridge",
+            error_type=o.error_type, error_message=o.error_message, error_details=o.error_details,
+            processed_at=o.processed_at, command_offset=o.command_offset,
         )
-        for r in rows
+        for o in refused
     ]
 
 

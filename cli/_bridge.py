@@ -153,7 +153,7 @@ def reverse_sync(
 ) -> None:
     """Re-emit every change written through the store in the legacy format (<legacy topic>.reverse) until SIGTERM."""
 
-    from assessment_store.bridge import ReverseSync
+    from assessment_store.migration import ReverseSync
 
     serve_forever(pid_file, "reverse-sync", lambda settings: ReverseSync(settings, group_id=group))
 
@@ -166,7 +166,7 @@ def shadow(
 ) -> None:
     """What shadow comparison found: calls whose outcome differed on the other side, with both values."""
 
-    from assessment_store.bridge import MismatchLog
+    from assessment_store.migration import MismatchLog
 
     async def read() -> tuple[dict[str, int], list[dict[str, Any]]]:
         async with MismatchLog(Settings()) as log:

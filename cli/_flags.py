@@ -12,8 +12,8 @@ from ._console import EXIT_USAGE, err, fail, out, run_cli
 from ._options import Actor, JsonFlag
 from assessment_store.core import BackendError
 
-from assessment_store.bridge import FlagStore, MigrationFlags, audit_trail, default_actor
-from assessment_store.bridge import ReverseSyncStatus, reverse_sync_status
+from assessment_store.migration import FlagStore, MigrationFlags, audit_trail, default_actor
+from assessment_store.migration import ReverseSyncStatus, reverse_sync_status
 
 __all__ = ["flags_app"]
 

@@ -24,12 +24,12 @@ from assessment_store.core import Settings
 from assessment_store.core import Assessment, State
 from assessment_store.client import AssessmentStore
 
-from assessment_store.bridge import FLAGS_TOPIC, FlagStore
-from assessment_store.bridge import HttpLegacyBackend
-from assessment_store.bridge import start_legacy_http
-from assessment_store.bridge import ReverseSync
-from assessment_store.bridge import MigrationRouter, Side
-from assessment_store.bridge import MismatchLog, ShadowObserver
+from assessment_store.migration import FLAGS_TOPIC, FlagStore
+from assessment_store.migration import HttpLegacyBackend
+from assessment_store.migration import start_legacy_http
+from assessment_store.migration import ReverseSync
+from assessment_store.migration import MigrationRouter, Side
+from assessment_store.migration import MismatchLog, ShadowObserver
 
 __all__ = ["run_migration_demo"]
 

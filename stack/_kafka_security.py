@@ -227,8 +227,8 @@ def secure_topics(settings: Settings) -> list[Any]:
     """Every topic a store component uses, as ``TopicSpec``s: on the secure stack only ``admin``
     creates topics, so ``stack up`` creates them all, also those the other components would create
     on first use in the plain mode (the reverse sync's and the migration flags' topics)."""
-    from assessment_store.bridge import FLAGS_TOPIC, flags_topic_spec
-    from assessment_store.bridge import reverse_topic_spec
+    from assessment_store.migration import FLAGS_TOPIC, flags_topic_spec
+    from assessment_store.migration import reverse_topic_spec
     from assessment_store.streams import store_topics
 
     return [*store_topics(settings), reverse_topic_spec(settings, settings.legacy_reverse_topic),
@@ -252,7 +252,7 @@ def acl_bindings(settings: Settings) -> list[Acl]:
       groups named ``dashboard*``: reading another group would let it commit that group's offsets.
     """
     from assessment_store.bridge import BridgeOptions
-    from assessment_store.bridge import FLAGS_TOPIC
+    from assessment_store.migration import FLAGS_TOPIC
 
     s = settings
     ev, cmd, out, rev = s.events_topic, s.commands_topic, s.outcomes_topic, s.legacy_reverse_topic

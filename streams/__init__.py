@@ -1,5 +1,6 @@
 """Topics, producers and the command processor: everything that writes the log."""
 
+from ._appender import Appender
 from ._commands import CommandSender
 from ._kafka import (
     PRINCIPALS, Principal, TopicSpec, ensure_topics, kafka_client_options, partition_counts, store_topics,
@@ -10,6 +11,7 @@ from ._fence import LogFence, Verdict, fence_metadata, metadata_epoch
 from ._kafka import admin_client, committed_with_metadata, kafka_principal, node_client_env, read_credentials, start_kafka_client
 
 __all__ = [
+    "Appender",
     "admin_client",
     "committed_with_metadata",
     "kafka_principal",

@@ -29,7 +29,7 @@ from assessment_store import (
     WaitTimeout,
 )
 from assessment_store.testing import eventually, start_group_at_end
-from assessment_store.bridge import (
+from assessment_store.migration import (
     FlagStore,
     HttpLegacyBackend,
     LegacyHttpProcess,

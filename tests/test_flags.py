@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from assessment_store import Settings, ValidationError
-from assessment_store.bridge import FlagChange, FlagStore, MigrationFlags, audit_trail
+from assessment_store.migration import FlagChange, FlagStore, MigrationFlags, audit_trail
 from assessment_store.projections import connect
 from assessment_store.streams import partition_counts
 

@@ -32,7 +32,7 @@ from assessment_store.stack._kafka import KafkaService
 from assessment_store.stack._kafka_security import ensure_tls
 from assessment_store.streams import CommandSender, Principal, kafka_client_options, translate_kafka_errors
 from assessment_store.streams.testing import EventProducer
-from assessment_store.bridge._legacy_process import NODE_DIR
+from assessment_store.migration._legacy_process import NODE_DIR
 from assessment_store.streams._kafka import node_client_env, read_credentials
 
 from .conftest import PORT_BASE, ROOT

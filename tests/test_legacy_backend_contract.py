@@ -1,5 +1,5 @@
 """The legacy-backend contract, run against each backend the router can be given: the in-memory test
-double (``assessment_store.bridge.testing``) and the HTTP adapter of the Node sample legacy service.
+double (``assessment_store.migration.testing``) and the HTTP adapter of the Node sample legacy service.
 What the double promises, the real thing does: a routing test passing on the double means something."""
 
 from __future__ import annotations
@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 
 from assessment_store import AssessmentNotFound, InvalidTransition, Settings, State, WaitTimeout
-from assessment_store.bridge import HttpLegacyBackend, LegacyBackend, reverse_topic_spec, start_legacy_http
-from assessment_store.bridge.testing import InMemoryLegacyBackend
+from assessment_store.migration import (
+    HttpLegacyBackend,
+    LegacyBackend,
+    reverse_topic_spec,
+    start_legacy_http,
+)
+from assessment_store.migration.testing import InMemoryLegacyBackend
 from assessment_store.streams import ensure_topics
 
 pytestmark = pytest.mark.stack

@@ -13,7 +13,7 @@ import assessment_store
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST_INFO = f"assessment_store-{assessment_store.__version__}.dist-info"
-ROLES = ("api", "bridge", "projections", "schemas", "stack", "streams")
+ROLES = ("api", "bridge", "cli", "client", "core", "migration", "projections", "schemas", "stack", "streams")
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,81 @@ def test_installed_wheel_imports_and_finds_its_files(wheel: Path, tmp_path: Path
     r = subprocess.run([sys.executable, "-c", probe, str(target)], capture_output=True, text=True, cwd=tmp_path,
                        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+_BASE_IMPORTS = {"aiokafka", "fastavro", "asyncpg", "pydantic", "pydantic_settings"}
+"""What the base install (`pip install assessment-store`, no extras) provides, by import name."""
+
+
+def _module_file(module: str) -> Path | None:
+    parts = module.split(".")
+    if parts[0] != "assessment_store":
+        return None
+    folder = ROOT / "assessment_store" if len(parts) == 1 else (
+        ROOT / parts[1] if (ROOT / parts[1] / "__init__.py").exists() else ROOT / "assessment_store" / parts[1])
+    rest = parts[2:]
+    base = folder.joinpath(*rest) if rest else folder
+    if (base / "__init__.py").exists():
+        return base / "__init__.py"
+    return base.with_suffix(".py") if base.with_suffix(".py").exists() else None
+
+
+def _module_level_imports(path: Path, module: str) -> list[str]:
+    """Modules imported when ``module`` is imported: top-level statements, not inside functions or
+    ``if TYPE_CHECKING``; a ``from package import name`` counts ``package.name`` too (a submodule or not)."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: list[str] = []
+
+    def visit(stmts: list[ast.stmt]) -> None:
+        for node in stmts:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            if isinstance(node, (ast.If, ast.Try)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+            elif isinstance(node, ast.Import):
+                found.extend(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                found.append(target)
+                found.extend(f"{target}.{a.name}" for a in node.names)
+
+    visit(ast.parse(path.read_text()).body)
+    return found
+
+
+def test_the_client_needs_nothing_beyond_the_base_install() -> None:
+    """`import assessment_store` (the client and its model) imports only the base dependencies, and those
+    are exactly pyproject's `dependencies`: the server, the HTTP API and the CLI stay in extras."""
+    seen: set[str] = set()
+    third_party: dict[str, str] = {}
+    todo = ["assessment_store", "assessment_store.cli"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = _module_file(module)
+        if path is None:
+            continue
+        for imported in _module_level_imports(path, module):
+            top = imported.split(".")[0]
+            if top == "assessment_store":
+                todo.append(imported)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                third_party.setdefault(top, module)
+    assert set(third_party) <= _BASE_IMPORTS, third_party
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split(">")[0].split("<")[0].split("=")[0].strip().replace("-", "_") for d in declared}
+    assert names == _BASE_IMPORTS

@@ -23,7 +23,7 @@ from assessment_store import (
     State,
 )
 from assessment_store.testing import eventually
-from assessment_store.bridge import (
+from assessment_store.migration import (
     FlagStore,
     LegacyNotSynced,
     MigrationRouter,
@@ -31,7 +31,7 @@ from assessment_store.bridge import (
     ShadowObserver,
     Side,
 )
-from assessment_store.bridge.testing import InMemoryLegacyBackend
+from assessment_store.migration.testing import InMemoryLegacyBackend
 from assessment_store.projections import connect
 
 pytestmark = pytest.mark.stack

@@ -1,4 +1,4 @@
-"""Sticky routing (``bridge._routing``): the shared vectors, stickiness and distribution. Pure, no stack."""
+"""Sticky routing (``migration._buckets``): the shared vectors, stickiness and distribution. Pure, no stack."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from assessment_store import ValidationError
-from assessment_store.bridge import bucket, route_to_store
-from assessment_store.bridge._routing import threshold
+from assessment_store.migration import bucket, route_to_store
+from assessment_store.migration._buckets import threshold
 
 VECTORS_FILE = Path(__file__).resolve().parent.parent / "bridge" / "routing_vectors.json"
 

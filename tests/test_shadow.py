@@ -9,7 +9,7 @@ import pytest
 
 from assessment_store import State
 from assessment_store.core import Assessment
-from assessment_store.bridge import COMPARED_FIELDS, Verdict, compare
+from assessment_store.migration import COMPARED_FIELDS, Verdict, compare
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -58,7 +58,7 @@ def test_mismatch_names_every_differing_field() -> None:
 
 def test_sampling_zero_schedules_nothing_and_counts_it() -> None:
     """With sample_percentage=0 no observation is scheduled, and every skipped call is counted."""
-    from assessment_store.bridge import ShadowObserver
+    from assessment_store.migration import ShadowObserver
 
     class Sink:
         async def record(self, mismatch: object) -> None:

@@ -1,5 +1,5 @@
 -- scope: public
--- Schema version 5: what shadow comparison found (bridge/_shadow.py). One row per observation whose
+-- Schema version 5: what shadow comparison found (migration/_shadow.py). One row per observation whose
 -- outcome differed between the side that served a call and the side that shadowed it, with both
 -- values, so a mismatch can be inspected (and argued about) long after the call. In "public": a
 -- projection rebuild must not forget them, they are not derived from the log.

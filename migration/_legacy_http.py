@@ -11,7 +11,7 @@ Errors are the store's own, so the router treats both sides alike:
 * 404 -> ``AssessmentNotFound(id)``; 409 -> ``InvalidTransition(id, STATE, transition)``;
   400 -> ``ValidationError(field, reason)``; a long-poll that ends unfinished (408) -> ``WaitTimeout``.
 
-httpx is imported when the backend is created, so ``import assessment_store.bridge`` works without it.
+httpx is imported when the backend is created, so ``import assessment_store.migration`` works without it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from assessment_store.core import (
 )
 from assessment_store.core import JSON, Assessment
 
-from ._legacy import convert_legacy_state
+from assessment_store.bridge import convert_legacy_state
 
 if TYPE_CHECKING:
     import httpx

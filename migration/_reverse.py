@@ -46,7 +46,7 @@ from assessment_store.streams import TopicSpec, admin_client, committed_with_met
 __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus", "reverse_sync_status",
            "reverse_topic_spec", "to_legacy_message"]
 
-log = logging.getLogger("assessment_store.bridge.reverse")
+log = logging.getLogger("assessment_store.migration.reverse")
 
 REVERSE_EMITTER = "assessment-store-reverse"
 

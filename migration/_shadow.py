@@ -58,7 +58,7 @@ __all__ = [
     "compare", "observed_value",
 ]
 
-log = logging.getLogger("assessment_store.bridge.shadow")
+log = logging.getLogger("assessment_store.migration.shadow")
 
 COMPARED_FIELDS = ("state", "progress", "result", "duration", "error")
 _RANK = {State.PENDING: 0, State.PROCESSING: 1}

@@ -30,7 +30,7 @@ reason for a rollback) the call is served by legacy anyway, and counted (``sync_
 blocking legacy while the store is down would turn a rollback into an outage.
 
 Shadow comparison (flag ``enable_shadow_comparison``, read per call): every call served by one side
-is observed on the other by a ``ShadowObserver`` in the background (``bridge/_shadow.py``); the
+is observed on the other by a ``ShadowObserver`` in the background (``migration/_shadow.py``); the
 caller's latency does not include it.
 """
 
@@ -50,7 +50,7 @@ from assessment_store.core import BackendError, StoreUsageError
 from assessment_store.core import JSON, Assessment, State, new_id
 
 from ._flags import MigrationFlags
-from ._routing import route_to_store
+from ._buckets import route_to_store
 from ._shadow import ShadowObserver
 
 __all__ = [
@@ -58,7 +58,7 @@ __all__ = [
     "StoreBackend",
 ]
 
-log = logging.getLogger("assessment_store.bridge.router")
+log = logging.getLogger("assessment_store.migration.router")
 
 T = TypeVar("T")
 

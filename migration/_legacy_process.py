@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from assessment_store.bridge import NODE_DIR
 from assessment_store.core import Settings
 from assessment_store.core import ServiceFailed
 from assessment_store.streams import node_client_env
 
-__all__ = ["NODE_DIR", "LegacyHttpProcess", "start_legacy_http"]
+__all__ = ["LegacyHttpProcess", "start_legacy_http"]
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 
 
 @dataclass

@@ -50,7 +50,7 @@ __all__ = [
     "audit_trail", "default_actor", "flags_topic_spec",
 ]
 
-log = logging.getLogger("assessment_store.bridge.flags")
+log = logging.getLogger("assessment_store.migration.flags")
 
 FLAGS_TOPIC = "assessments.migration-flags"
 FLAGS_KEY = b"migration-flags"
@@ -100,7 +100,7 @@ class MigrationFlags:
     enable_audit_logging: bool = True
     enable_dual_mode: bool = False
     enable_shadow_comparison: bool = False
-    """Observe each routed call on the other side and compare (``bridge/_shadow.py``)."""
+    """Observe each routed call on the other side and compare (``migration/_shadow.py``)."""
     routing_salt: str = "assessment-store-rollout"
 
     def __post_init__(self) -> None:

@@ -27,8 +27,8 @@ from assessment_store.core import Settings
 from assessment_store.core import KafkaUnavailable
 from assessment_store.core import CommandEnvelope
 from assessment_store.schemas import CommandCodec
-from assessment_store.streams import kafka_client_options, translate_kafka_errors
-from assessment_store.streams import start_kafka_client
+from ._kafka import kafka_client_options, translate_kafka_errors
+from ._kafka import start_kafka_client
 
 __all__ = ["Appender"]
 
