@@ -6,12 +6,14 @@
 * ``_services``: processor, projector, serve, replay, quarantine, at;
 * ``_stack``: ``stack up|down|status|logs|env|credentials|purge``;
 * ``_bridge``: ``bridge …`` and ``import-legacy``; ``_flags``: ``flags …``;
-* ``_demo``, ``_migration_demo``: ``demo``.
+* ``_demo``, ``_migration_demo``: ``demo``;
+* ``_main``: assembles them; ``_entry``: the console script, which loads ``_main`` only when run, so
+  that importing this package needs nothing beyond the base install.
 
 It stands on top of the house: it imports the façade's client and the role packages' public faces;
 nothing imports it. ``python -m assessment_store.cli`` is the same as the ``assessment-store`` script.
 """
 
-from ._main import app, main
+from ._entry import main
 
-__all__ = ["app", "main"]
+__all__ = ["main"]

@@ -13,7 +13,7 @@ from rich.table import Table
 from assessment_store.core import Settings
 
 from ._assessments import show_assessment
-from ._console import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, err, out
+from ._console import EXIT_REFUSED, EXIT_USAGE, err, out
 from ._console import fail as _fail
 from ._console import run_cli as _run
 from ._console import serve_forever as _serve_forever

@@ -235,9 +235,11 @@ class CommandEnvelope:
     it becomes the event's ``occurred_at``. None: when the processor decides (the store's own writes)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
-    """What became of one command: accepted (with the event it produced) or rejected (with why)."""
+    """What became of one command: accepted (with the event it produced) or rejected (with why).
+
+    Built with keywords only: eleven fields, several of the same type, where a position carries no meaning."""
 
     command_id: str
     assessment_id: str

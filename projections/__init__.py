@@ -9,10 +9,13 @@ from ._replay import REBUILD_SCHEMA, ReplayReport, Verification, replay, verify_
 from ._timetravel import counts_at, state_at
 from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids, list_page
 from ._db import connection
-from ._queries import fetch_assessments
+from ._queries import fetch_assessments, fetch_outcome_acceptance, fetch_rejections, fetch_states
 
 __all__ = [
     "fetch_assessments",
+    "fetch_outcome_acceptance",
+    "fetch_rejections",
+    "fetch_states",
     "connection",
     "record_audit",
     "QuarantineEntry",

@@ -44,7 +44,7 @@ class ChangeListener:
     """One LISTEN connection; wakes waiters whose predicate a notification satisfies."""
 
     def __init__(self, settings: Settings) -> None:
-        self.s = settings
+        self.settings = settings
         self._conn: asyncpg.Connection | None = None
         self._waiters: dict[str, set[_Waiter]] = {}
         self._outcome_waiters: dict[str, set[asyncio.Future[tuple[bool, int | None]]]] = {}
@@ -58,7 +58,7 @@ class ChangeListener:
         async with self._lock:
             if self._conn is not None:
                 return
-            conn = await connect(self.s)
+            conn = await connect(self.settings)
             with translate_db_errors("subscribing to projection changes"):
                 await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
                 await conn.add_listener(OUTCOMES_CHANNEL, self._on_outcome)

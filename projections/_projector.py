@@ -78,6 +78,7 @@ from assessment_store.streams import (COMMAND_OFFSET_HEADER, ensure_topics, kafk
 from assessment_store.streams import LogFence, Verdict
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
+from ._fold_rows import AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns
 from ._queries import assessment_to_row, fetch_assessments
 
 __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector"]
@@ -118,7 +119,7 @@ class FoldStats:
 class _Batch:
     events: list[tuple[ConsumerRecord[bytes, bytes], Event]] = field(default_factory=list)
     outcomes: list[tuple[ConsumerRecord[bytes, bytes], Outcome]] = field(default_factory=list)
-    anomalies: list[tuple[Any, ...]] = field(default_factory=list)
+    anomalies: list[AnomalyRow] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     fences: list[tuple[str, int, int, int]] = field(default_factory=list)
     """fence records of the batch: (topic, partition, offset, epoch), stored with its offsets"""
@@ -147,8 +148,8 @@ def storable(text: str) -> str:
 
 
 def _anomaly(kind: str, rec: ConsumerRecord[bytes, bytes], detail: str, ev: Event | None = None,
-             expected: int | None = None, raw: bytes | None = None) -> tuple[Any, ...]:
-    return (
+             expected: int | None = None, raw: bytes | None = None) -> AnomalyRow:
+    return AnomalyRow(
         kind, storable(ev.assessment_id if ev else (rec.key or b"").decode(errors="replace")),
         ev.version if ev else None, expected, ev.event_id if ev else None, rec.topic, rec.partition, rec.offset,
         storable(detail), raw,
@@ -179,7 +180,7 @@ class Projector(AsyncLifecycle):
     def __init__(
         self, settings: Settings, *, group: str | None = None, schema: str = LIVE_SCHEMA, assign_all: bool = False
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.group = group or settings.projector_group
         self.schema = check_schema_name(schema)
         self.assign_all = assign_all
@@ -205,33 +206,33 @@ class Projector(AsyncLifecycle):
 
     @property
     def topics(self) -> list[str]:
-        return [self.s.events_topic, self.s.outcomes_topic]
+        return [self.settings.events_topic, self.settings.outcomes_topic]
 
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        await ensure_topics(self.s, principal="projector")
+        await ensure_topics(self.settings, principal="projector")
         await self._open_pool()
         consumer = AIOKafkaConsumer(
-            **kafka_client_options(self.s, "projector"),
+            **kafka_client_options(self.settings, "projector"),
             group_id=None if self.assign_all else self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            max_poll_records=self.s.projector_batch_size,
-            fetch_max_wait_ms=self.s.fetch_max_wait_ms,
-            session_timeout_ms=self.s.consumer_session_timeout_ms,
-            heartbeat_interval_ms=max(300, self.s.consumer_session_timeout_ms // 3),
+            max_poll_records=self.settings.projector_batch_size,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            session_timeout_ms=self.settings.consumer_session_timeout_ms,
+            heartbeat_interval_ms=max(300, self.settings.consumer_session_timeout_ms // 3),
         )
         if not self.assign_all:
             consumer.subscribe(self.topics, listener=_SeekToStoredOffsets(self))
         # Set before start(): the first assignment callback may run as soon as the group is joined.
         self._consumer = consumer
-        with translate_kafka_errors(f"starting projector consumer on {self.s.events_topic}"):
+        with translate_kafka_errors(f"starting projector consumer on {self.settings.events_topic}"):
             try:
                 await consumer.start()
                 if self.assign_all:
-                    counts = await partition_counts(self.s, self.topics, principal="projector")
+                    counts = await partition_counts(self.settings, self.topics, principal="projector")
                     partitions = [TopicPartition(t, p) for t in self.topics for p in range(counts.get(t, 0))]
                     if not partitions:
                         raise KafkaUnavailable(f"no partitions found for {self.topics}")
@@ -247,7 +248,7 @@ class Projector(AsyncLifecycle):
         # synchronous_commit stays on (the server default): a batch's COMMIT returns only once its
         # WAL is flushed, and clients are told "visible" only after reading the row it wrote. With
         # it off, a PostgreSQL crash lost acknowledged writes that the projector never re-read.
-        pool = await create_pool(self.s, min_size=1, max_size=2)
+        pool = await create_pool(self.settings, min_size=1, max_size=2)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -383,7 +384,7 @@ class Projector(AsyncLifecycle):
             try:
                 await self._ensure_positioned()
                 with translate_kafka_errors("fetching events"):
-                    records = await self._consumer.getmany(timeout_ms=200, max_records=self.s.projector_batch_size)
+                    records = await self._consumer.getmany(timeout_ms=200, max_records=self.settings.projector_batch_size)
                 records = self._accept(records)
                 if records:
                     await self.fold(records)
@@ -425,7 +426,7 @@ class Projector(AsyncLifecycle):
                 return
             consumer.resume(*behind)
             with translate_kafka_errors("fetching events to rebuild"):
-                records = await consumer.getmany(*behind, timeout_ms=500, max_records=self.s.projector_batch_size)
+                records = await consumer.getmany(*behind, timeout_ms=500, max_records=self.settings.projector_batch_size)
             trimmed = {tp: [r for r in recs if r.offset < targets[tp]] for tp, recs in records.items()}
             trimmed = {tp: recs for tp, recs in trimmed.items() if recs}
             for tp, recs in records.items():
@@ -452,7 +453,7 @@ class Projector(AsyncLifecycle):
                     batch.anomalies.append(self._fenced_anomaly(rec, epoch, self._fence.current(tp)))
                     continue
                 try:
-                    if rec.topic == self.s.outcomes_topic:
+                    if rec.topic == self.settings.outcomes_topic:
                         batch.outcomes.append((rec, self.outcome_codec.decode(rec.value, rec.headers)))
                     else:
                         batch.events.append((rec, self.codec.decode(rec.value, rec.headers)))
@@ -463,10 +464,10 @@ class Projector(AsyncLifecycle):
                 batch.next_offsets[tp] = recs[-1].offset + 1
         return batch, stats
 
-    def _fenced_anomaly(self, rec: ConsumerRecord[bytes, bytes], epoch: int | None, fence: int) -> tuple[Any, ...]:
+    def _fenced_anomaly(self, rec: ConsumerRecord[bytes, bytes], epoch: int | None, fence: int) -> AnomalyRow:
         detail = f"written at epoch {epoch} after the fence of epoch {fence}: a processor that had lost the partition"
         try:
-            if rec.topic == self.s.outcomes_topic:
+            if rec.topic == self.settings.outcomes_topic:
                 o = self.outcome_codec.decode(rec.value, rec.headers)
                 return _anomaly("fenced", rec, f"outcome of command {o.command_id}: {detail}", raw=rec.value)
             return _anomaly("fenced", rec, detail, self.codec.decode(rec.value, rec.headers), raw=rec.value)
@@ -671,14 +672,14 @@ class Projector(AsyncLifecycle):
             log.warning("could not mirror offsets to Kafka (the projection is unaffected): %s", e)
 
     def _fold(self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats) -> tuple[
-        dict[str, tuple[int, Assessment]], list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]
+        dict[str, tuple[int, Assessment]], list[HistoryRow], list[AnomalyRow], list[OutcomeRow]
     ]:
         """Fold ``batch`` onto ``states`` in memory: (changed id -> (folded-from version, state)),
         history rows, anomaly rows, and the accepted-outcome rows the events stand for (the
         processor writes outcome records only for rejections). Pure: same inputs, same rows."""
         changed: dict[str, tuple[int, Assessment]] = {}
-        history: list[tuple[Any, ...]] = []
-        accepted: list[tuple[Any, ...]] = []
+        history: list[HistoryRow] = []
+        accepted: list[OutcomeRow] = []
         anomalies = list(batch.anomalies)
         for rec, ev in batch.events:
             cur = states.get(ev.assessment_id)
@@ -700,14 +701,14 @@ class Projector(AsyncLifecycle):
             states[ev.assessment_id] = new
             changed[ev.assessment_id] = (prev, new)
             stats.applied += 1
-            history.append((
+            history.append(HistoryRow(
                 ev.assessment_id, ev.version, ev.event_id, ev.type.value, ev.occurred_at, ev.recorded_at,
                 ev.source.value, ev.correlation_id, ev.causation_id, _json(_payload_fields(ev.payload)),
                 rec.topic, rec.partition, rec.offset,
             ))
             if ev.causation_id is not None:
                 raw = next((v for k, v in rec.headers if k == COMMAND_OFFSET_HEADER), None)
-                accepted.append((
+                accepted.append(OutcomeRow(
                     ev.causation_id, ev.assessment_id, True, ev.version, ev.event_id, None, None, None,
                     ev.recorded_at, rec.partition, rec.offset, int(raw) if raw is not None else -1,
                 ))
@@ -733,32 +734,28 @@ class Projector(AsyncLifecycle):
     ) -> tuple[list[Any], dict[str, Assessment]]:
         """Fold in memory and build fold_batch's arguments; also returns the new states."""
         changed, history, anomalies, accepted = self._fold(batch, states, stats)
-        rows = [(prev, *assessment_to_row(a)) for prev, a in changed.values()]
-        a_cols = _columns(rows, 20)
+        rows = [AssessmentRow(prev, *assessment_to_row(a)) for prev, a in changed.values()]
+        a_cols = columns(rows, AssessmentRow)
         # request_data / result_data travel as JSON text (cast to jsonb in SQL).
-        a_cols[6] = [_json(v) for v in a_cols[6]]
-        a_cols[7] = [_json(v) for v in a_cols[7]]
+        for name in ("request", "result"):
+            i = AssessmentRow._fields.index(name)
+            a_cols[i] = [_json(v) for v in a_cols[i]]
         outcome_rows = [
-            (o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
+            OutcomeRow(o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
              _json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
              rec.offset, o.command_offset)
             for rec, o in batch.outcomes
         ] + accepted
-        offsets = [(tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
+        offsets = [OffsetRow(tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
         notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
         # Duplicates too: the client that re-sent a command waits for this wake-up.
-        notify_outcomes = list({f"{r[0]}|{r[1]}|{int(r[2])}|{r[3] or ''}" for r in outcome_rows})
+        notify_outcomes = list({f"{r.cmd}|{r.id}|{int(r.accepted)}|{r.version or ''}" for r in outcome_rows})
         args = [
-            self.schema, not self.assign_all, self._generation, self.group, *a_cols, *_columns(history, 13),
-            *_columns(outcome_rows, 12), *_columns(anomalies, 10), *_columns(offsets, 3), notify_changes,
-            notify_outcomes,
+            self.schema, not self.assign_all, self._generation, self.group, *a_cols, *columns(history, HistoryRow),
+            *columns(outcome_rows, OutcomeRow), *columns(anomalies, AnomalyRow), *columns(offsets, OffsetRow),
+            notify_changes, notify_outcomes,
         ]
         return args, {aid: a for aid, (_prev, a) in changed.items()}
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows -> one list per column (the parallel arrays fold_batch takes)."""
-    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def _payload_fields(p: Payload) -> dict[str, Any]:
@@ -771,7 +768,10 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-_FOLD_BATCH = "SELECT public.fold_batch(" + ", ".join(f"${i}" for i in range(1, 65)) + ")"
+# Four scalars (schema, notify, generation, group), one array per field of each row type, two
+# notification arrays: 64 parameters, in the order of fold_batch's signature.
+_FOLD_BATCH_ARITY = 4 + sum(len(t._fields) for t in (AssessmentRow, HistoryRow, OutcomeRow, AnomalyRow, OffsetRow)) + 2
+_FOLD_BATCH = "SELECT public.fold_batch(" + ", ".join(f"${i}" for i in range(1, _FOLD_BATCH_ARITY + 1)) + ")"
 
 # SQLSTATEs that mean "the projection schema changed under this session": our own AS001 from
 # fold_batch (generation mismatch), and a table/function that vanished with a dropped schema.

@@ -17,6 +17,9 @@ __all__ = [
     "fetch_assessments",
     "fetch_history",
     "fetch_outcome",
+    "fetch_outcome_acceptance",
+    "fetch_rejections",
+    "fetch_states",
     "list_ids",
     "list_page",
 ]
@@ -93,20 +96,55 @@ async def list_ids(conn: asyncpg.Connection | asyncpg.Pool, *, state: State | No
     return [r["assessment_id"] for r in rows]
 
 
-async def fetch_outcome(conn: asyncpg.Connection | asyncpg.Pool, command_id: str) -> Outcome | None:
-    r = await conn.fetchrow(
-        "SELECT command_id, assessment_id, accepted, version, event_id, error_type, error_message, error_details,"
-        " processed_at, command_offset FROM projection.command_outcomes WHERE command_id = $1",
-        command_id,
-    )
-    if r is None:
-        return None
+_OUTCOME_COLUMNS = ("command_id, assessment_id, accepted, version, event_id, error_type, error_message, error_details,"
+                    " processed_at, command_offset")
+
+
+def _outcome_from_row(r: asyncpg.Record) -> Outcome:
     return Outcome(
         command_id=r["command_id"], assessment_id=r["assessment_id"], accepted=r["accepted"],
         processed_at=r["processed_at"], command_offset=r["command_offset"], version=r["version"],
         event_id=str(r["event_id"]) if r["event_id"] is not None else None, error_type=r["error_type"],
         error_message=r["error_message"], error_details=r["error_details"],
     )
+
+
+async def fetch_outcome(conn: asyncpg.Connection | asyncpg.Pool, command_id: str) -> Outcome | None:
+    r = await conn.fetchrow(
+        f"SELECT {_OUTCOME_COLUMNS} FROM projection.command_outcomes WHERE command_id = $1", command_id,
+    )
+    return None if r is None else _outcome_from_row(r)
+
+
+async def fetch_outcome_acceptance(conn: asyncpg.Connection | asyncpg.Pool, command_ids: list[str]) -> dict[str, bool]:
+    """Whether each command that has an outcome yet was accepted; commands without one are absent."""
+    rows = await conn.fetch(
+        "SELECT command_id, accepted FROM projection.command_outcomes WHERE command_id = ANY($1::text[])", command_ids,
+    )
+    return {r["command_id"]: r["accepted"] for r in rows}
+
+
+async def fetch_rejections(
+    conn: asyncpg.Connection | asyncpg.Pool, *, command_id_prefixes: tuple[str, ...], assessment_id: str | None = None,
+    limit: int = 1000,
+) -> list[Outcome]:
+    """Refused commands whose id starts with one of the prefixes (oldest first), optionally of one assessment."""
+    rows = await conn.fetch(
+        f"SELECT {_OUTCOME_COLUMNS} FROM projection.command_outcomes"
+        " WHERE NOT accepted AND EXISTS (SELECT 1 FROM unnest($1::text[]) AS p(prefix) WHERE starts_with(command_id, p.prefix))"
+        " AND ($2::text IS NULL OR assessment_id = $2)"
+        " ORDER BY processed_at, command_id LIMIT $3",
+        list(command_id_prefixes), assessment_id, limit,
+    )
+    return [_outcome_from_row(r) for r in rows]
+
+
+async def fetch_states(conn: asyncpg.Connection | asyncpg.Pool, assessment_ids: list[str]) -> dict[str, State]:
+    """The projected state of each assessment that exists; unknown ids are absent."""
+    rows = await conn.fetch(
+        "SELECT assessment_id, state FROM projection.assessments WHERE assessment_id = ANY($1::text[])", assessment_ids,
+    )
+    return {r["assessment_id"]: State(r["state"]) for r in rows}
 
 
 async def list_page(

@@ -121,84 +121,119 @@ async def replay(
     folded by an interrupted earlier run; ``on_batch(n)`` after each folded batch.
     """
     t0 = time.monotonic()
+    folded = 0
+
+    def count(n: int) -> None:
+        nonlocal folded
+        folded += n
+        if on_batch is not None:
+            on_batch(n)
+
     conn = await connect(settings)
     try:
-        with translate_db_errors("preparing the rebuild schema"):
-            await migrate(conn)
-            if restart:
-                await conn.execute(f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE")
-            resumed = await _schema_exists(conn, REBUILD_SCHEMA)
-            if not resumed:
-                async with conn.transaction():
-                    await create_projection_schema(conn, REBUILD_SCHEMA)
-        folded = 0
-
-        def count(n: int) -> None:
-            nonlocal folded
-            folded += n
-            if on_batch is not None:
-                on_batch(n)
-
+        resumed = await _prepare_rebuild_schema(conn, restart=restart)
         async with Projector(settings, schema=REBUILD_SCHEMA, assign_all=True) as rebuild:
-            consumer = rebuild._consumer
-            assert consumer is not None
-            partitions = sorted(consumer.assignment())
-            ends = await consumer.end_offsets(partitions)
-            starts = {tp: await consumer.position(tp) for tp in partitions}
-            if on_total is not None:
-                on_total(sum(ends.values()), sum(starts.values()))
-            # Phase 1: the bulk, while the live projection serves and advances.
-            await rebuild.fold_until(ends, count)
-
+            partitions = await _fold_bulk(rebuild, on_total, count)
             with translate_db_errors("verifying and swapping the rebuilt projection"):
+                # Phases 2 to 4 are one transaction: the live projectors stay frozen from the catch-up
+                # until the swap commits (or the transaction rolls back and they resume unchanged).
                 async with conn.transaction():
-                    # Phase 2: freeze the live projectors between two batches.
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('fold_batch:' || $1))", LIVE_SCHEMA)
-                    live = await _live_offsets(conn, settings.projector_group)
-                    targets = {tp: max(live.get(tp, 0), await consumer.position(tp)) for tp in partitions}
-                    behind = {tp: (live.get(tp, 0), targets[tp]) for tp in partitions if live.get(tp, 0) < targets[tp]}
-                    if behind and not force:
-                        raise StoreUsageError(
-                            "the live projection is behind the rebuild, so they cannot be compared at the same "
-                            f"offsets ({_describe(behind)}); start the live projector and run replay again "
-                            "(the rebuild resumes where it is), or pass --force to swap anyway"
-                        )
-                    await rebuild.fold_until(targets, count)
-                    # Phase 3.
-                    verification = await verify_schemas(conn, LIVE_SCHEMA, REBUILD_SCHEMA)
-                    if not verification.ok and not force:
-                        raise StoreUsageError(
-                            f"the rebuilt projection differs from the live one at the same offsets: {verification}; "
-                            f"nothing was swapped, both schemas are kept for inspection ({REBUILD_SCHEMA}); "
-                            "--force swaps anyway"
-                        )
-                    quarantined = int(await conn.fetchval(f"SELECT count(*) FROM {REBUILD_SCHEMA}.quarantine"))
+                    await _catch_up_frozen(conn, rebuild, partitions, settings.projector_group, force, count)
+                    verification, quarantined = await _verify(conn, force)
                     if dry_run:
-                        return ReplayReport(folded, time.monotonic() - t0, resumed, verification, False, None, None,
-                                            quarantined)
-                    # Phase 4.
-                    old = f"projection_old_{datetime.now(UTC):%Y%m%d%H%M%S}"
-                    await conn.execute(
-                        f"UPDATE {REBUILD_SCHEMA}.meta SET generation = (SELECT generation + 1 FROM {LIVE_SCHEMA}.meta)"
-                    )
-                    await conn.execute(f"ALTER SCHEMA {LIVE_SCHEMA} RENAME TO {old}")
-                    await conn.execute(f"ALTER SCHEMA {REBUILD_SCHEMA} RENAME TO {LIVE_SCHEMA}")
-                    if not keep_old:
-                        await conn.execute(f"DROP SCHEMA {old} CASCADE")
-                    else:
-                        # A rename leaves other sessions' cached plans on the old tables; touching
-                        # each table's options invalidates them, so every reader re-resolves
-                        # "projection.<table>" to the new schema.
-                        for table in ("assessments", "assessment_events", "command_outcomes", "anomalies",
-                                      "projector_offsets", "meta", "quarantine", "quarantine_held", "log_fences"):
-                            await conn.execute(f"ALTER TABLE {old}.{table} SET (autovacuum_enabled = true)")
+                        return ReplayReport(events_folded=folded, seconds=time.monotonic() - t0, resumed=resumed,
+                                            verification=verification, swapped=False, dropped_old=None,
+                                            kept_old=None, quarantined=quarantined)
+                    old = await _swap(conn, keep_old)
                     await record_audit(conn, "projection_rebuild_swap", "assessment-store replay",
                                        {"events_folded": folded, "kept_old": old if keep_old else None,
                                         "forced": force, "verification_ok": verification.ok})
-        return ReplayReport(folded, time.monotonic() - t0, resumed, verification, True,
-                            None if keep_old else old, old if keep_old else None, quarantined)
+        return ReplayReport(events_folded=folded, seconds=time.monotonic() - t0, resumed=resumed,
+                            verification=verification, swapped=True, dropped_old=None if keep_old else old,
+                            kept_old=old if keep_old else None, quarantined=quarantined)
     finally:
         await conn.close()
+
+
+async def _prepare_rebuild_schema(conn: asyncpg.Connection, *, restart: bool) -> bool:
+    """The rebuild schema, fresh or (unless ``restart``) as an interrupted run left it; True if resumed."""
+    with translate_db_errors("preparing the rebuild schema"):
+        await migrate(conn)
+        if restart:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE")
+        resumed = await _schema_exists(conn, REBUILD_SCHEMA)
+        if not resumed:
+            async with conn.transaction():
+                await create_projection_schema(conn, REBUILD_SCHEMA)
+    return resumed
+
+
+async def _fold_bulk(
+    rebuild: Projector, on_total: Callable[[int, int], None] | None, count: Callable[[int], None]
+) -> list[TopicPartition]:
+    """Phase 1: fold up to today's end offsets while the live projection serves and advances."""
+    consumer = rebuild._consumer
+    assert consumer is not None
+    partitions = sorted(consumer.assignment())
+    ends = await consumer.end_offsets(partitions)
+    starts = {tp: await consumer.position(tp) for tp in partitions}
+    if on_total is not None:
+        on_total(sum(ends.values()), sum(starts.values()))
+    await rebuild.fold_until(ends, count)
+    return partitions
+
+
+async def _catch_up_frozen(
+    conn: asyncpg.Connection, rebuild: Projector, partitions: list[TopicPartition], group: str, force: bool,
+    count: Callable[[int], None],
+) -> None:
+    """Phase 2: freeze the live projectors between two batches, then fold the rebuild up to exactly
+    their offsets, so that both schemas reflect the same prefix of the log."""
+    consumer = rebuild._consumer
+    assert consumer is not None
+    # Exclusive against fold_batch's shared lock on the live schema, until the transaction ends.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('fold_batch:' || $1))", LIVE_SCHEMA)
+    live = await _live_offsets(conn, group)
+    targets = {tp: max(live.get(tp, 0), await consumer.position(tp)) for tp in partitions}
+    behind = {tp: (live.get(tp, 0), targets[tp]) for tp in partitions if live.get(tp, 0) < targets[tp]}
+    if behind and not force:
+        raise StoreUsageError(
+            "the live projection is behind the rebuild, so they cannot be compared at the same "
+            f"offsets ({_describe(behind)}); start the live projector and run replay again "
+            "(the rebuild resumes where it is), or pass --force to swap anyway"
+        )
+    await rebuild.fold_until(targets, count)
+
+
+async def _verify(conn: asyncpg.Connection, force: bool) -> tuple[Verification, int]:
+    """Phase 3: the two schemas at the same offsets must be equal; and how many the rebuild quarantined."""
+    verification = await verify_schemas(conn, LIVE_SCHEMA, REBUILD_SCHEMA)
+    if not verification.ok and not force:
+        raise StoreUsageError(
+            f"the rebuilt projection differs from the live one at the same offsets: {verification}; "
+            f"nothing was swapped, both schemas are kept for inspection ({REBUILD_SCHEMA}); "
+            "--force swaps anyway"
+        )
+    return verification, int(await conn.fetchval(f"SELECT count(*) FROM {REBUILD_SCHEMA}.quarantine"))
+
+
+async def _swap(conn: asyncpg.Connection, keep_old: bool) -> str:
+    """Phase 4: the rebuild becomes ``projection``; returns the name the old schema had (dropped unless kept)."""
+    old = f"projection_old_{datetime.now(UTC):%Y%m%d%H%M%S}"
+    await conn.execute(
+        f"UPDATE {REBUILD_SCHEMA}.meta SET generation = (SELECT generation + 1 FROM {LIVE_SCHEMA}.meta)"
+    )
+    await conn.execute(f"ALTER SCHEMA {LIVE_SCHEMA} RENAME TO {old}")
+    await conn.execute(f"ALTER SCHEMA {REBUILD_SCHEMA} RENAME TO {LIVE_SCHEMA}")
+    if not keep_old:
+        await conn.execute(f"DROP SCHEMA {old} CASCADE")
+    else:
+        # A rename leaves other sessions' cached plans on the old tables; touching each table's
+        # options invalidates them, so every reader re-resolves "projection.<table>" to the new schema.
+        for table in ("assessments", "assessment_events", "command_outcomes", "anomalies",
+                      "projector_offsets", "meta", "quarantine", "quarantine_held", "log_fences"):
+            await conn.execute(f"ALTER TABLE {old}.{table} SET (autovacuum_enabled = true)")
+    return old
 
 
 async def _live_offsets(conn: asyncpg.Connection, group: str) -> dict[TopicPartition, int]:

@@ -44,7 +44,7 @@ class KafkaNode:
     cluster is what earlier releases ran as the only broker: same ports, same directories."""
 
     def __init__(self, settings: Settings, node: int = 1, size: int = 1) -> None:
-        self.s = settings
+        self.settings = settings
         self.node = node
         self.size = size
         self.name = "kafka" if node == 1 else f"kafka-{node}"
@@ -68,7 +68,7 @@ class KafkaNode:
         mvn = shutil.which("mvn")
         if mvn is None:
             raise MissingTool("mvn", _MVN_HINT)
-        log(f"fetching Apache Kafka {self.s.kafka_version} jars with mvn into {self.libs} (first run only)")
+        log(f"fetching Apache Kafka {self.settings.kafka_version} jars with mvn into {self.libs} (first run only)")
         staging = self.libs.with_name("libs.partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -76,8 +76,8 @@ class KafkaNode:
         with resources.as_file(pom) as pom_path:
             cmd = [
                 mvn, "-B", "-q", "-f", str(pom_path),
-                f"-Dmaven.repo.local={self.s.cache_dir.resolve() / 'm2'}",
-                f"-Dkafka.version={self.s.kafka_version}",
+                f"-Dmaven.repo.local={self.settings.cache_dir.resolve() / 'm2'}",
+                f"-Dkafka.version={self.settings.kafka_version}",
                 "dependency:copy-dependencies",
                 f"-DoutputDirectory={staging}",
                 "-DincludeScope=runtime",
@@ -85,8 +85,8 @@ class KafkaNode:
             proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not any(staging.glob("kafka_2.13-*.jar")):
             out = (proc.stdout + proc.stderr).strip().splitlines()
-            raise DownloadFailed(f"Apache Kafka {self.s.kafka_version}", "\n".join(out[-25:]))
-        (staging / ".complete").write_text(self.s.kafka_version + "\n")
+            raise DownloadFailed(f"Apache Kafka {self.settings.kafka_version}", "\n".join(out[-25:]))
+        (staging / ".complete").write_text(self.settings.kafka_version + "\n")
         # Rename last so an interrupted download is never mistaken for a complete one.
         shutil.rmtree(self.libs, ignore_errors=True)
         staging.rename(self.libs)
@@ -96,7 +96,7 @@ class KafkaNode:
 
     def _write_config(self, creds: dict[str, str] | None = None) -> Path:
         """server.properties; with ``creds`` (the secure mode) the SASL_SSL listener, TLS and ACLs too."""
-        s = self.s
+        s = self.settings
         voters = ",".join(f"{n}@{s.kafka_host}:{s.kafka_node_ports(n)[1]}" for n in range(1, self.size + 1))
         # Internal topics get a replica per broker up to 3, and (from 3 on) need 2 in sync: like the
         # store's own topics (Settings.min_insync_replicas), nothing acknowledged lives on one broker.
@@ -145,11 +145,11 @@ class KafkaNode:
         if not (self.log_dir / "meta.properties").exists():
             return  # not formatted yet: kafka_secure decides
         formatted = marker.read_text().strip() if marker.exists() else "PLAINTEXT"
-        wanted = "SASL_SSL" if self.s.kafka_secure else "PLAINTEXT"
-        if self.s.kafka_secure is not None and formatted != wanted:
+        wanted = "SASL_SSL" if self.settings.kafka_secure else "PLAINTEXT"
+        if self.settings.kafka_secure is not None and formatted != wanted:
             raise ServiceFailed(
                 self.name, f"{self.log_dir} was formatted for {formatted} clients, and kafka_secure="
-                f"{str(self.s.kafka_secure).lower()} asks for {wanted}: set ASSESSMENT_STORE_KAFKA_SECURE="
+                f"{str(self.settings.kafka_secure).lower()} asks for {wanted}: set ASSESSMENT_STORE_KAFKA_SECURE="
                 f"{str(formatted == 'SASL_SSL').lower()}, or use another data directory (or `stack purge --yes`)")
 
     # --- lifecycle --------------------------------------------------------------
@@ -167,8 +167,8 @@ class KafkaNode:
         if java is None:
             raise MissingTool("java", _JAVA_HINT)
         libs = self.ensure_jars(log)
-        check_port_free(self.s.kafka_host, self.port, f"{self.name} (broker listener)")
-        check_port_free(self.s.kafka_host, self.controller_port, f"{self.name} (controller listener)")
+        check_port_free(self.settings.kafka_host, self.port, f"{self.name} (broker listener)")
+        check_port_free(self.settings.kafka_host, self.controller_port, f"{self.name} (controller listener)")
         # The log segments hold every request and result: readable by this account only, like
         # PostgreSQL's data directory. The directory mode keeps other accounts out of what exists
         # already; the broker's umask (below) makes every file it creates 0600.
@@ -178,7 +178,7 @@ class KafkaNode:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._check_mode()
         self._check_size()
-        creds = ensure_credentials(self.s) if self.s.kafka_secure_mode else None
+        creds = ensure_credentials(self.settings) if self.settings.kafka_secure_mode else None
         config = self._write_config(creds)
         log4j = resources.files("assessment_store.stack") / "kafka" / "log4j2.properties"
         base = [
@@ -193,7 +193,7 @@ class KafkaNode:
             proc = subprocess.Popen(
                 [
                     java,
-                    f"-Xms{min_heap(self.s.kafka_heap)}", f"-Xmx{self.s.kafka_heap}",
+                    f"-Xms{min_heap(self.settings.kafka_heap)}", f"-Xmx{self.settings.kafka_heap}",
                     "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
                     *base[1:],
                     "kafka.Kafka", str(config),
@@ -232,7 +232,7 @@ class KafkaNode:
             formatted = 1
         if formatted != self.size:
             raise ServiceFailed(
-                self.name, f"{self.s.data_dir.resolve()} holds a Kafka cluster of {formatted} broker(s), not "
+                self.name, f"{self.settings.data_dir.resolve()} holds a Kafka cluster of {formatted} broker(s), not "
                 f"{self.size}: set ASSESSMENT_STORE_KAFKA_BROKERS={formatted} (or leave it unset), or use another "
                 "data directory (or `stack purge --yes`)")
 
@@ -272,7 +272,7 @@ class KafkaNode:
 
         from assessment_store.streams import kafka_client_options
 
-        options = {**kafka_client_options(self.s, "admin"), "bootstrap_servers": f"{self.s.kafka_host}:{self.port}"}
+        options = {**kafka_client_options(self.settings, "admin"), "bootstrap_servers": f"{self.settings.kafka_host}:{self.port}"}
         client = AIOKafkaClient(**options, request_timeout_ms=2000)
         # Refused connections are the expected answer while the broker boots; do not log each one.
         quiet = logging.getLogger("aiokafka")
@@ -302,7 +302,7 @@ class KafkaNode:
             name=self.name,
             running=pid is not None,
             pid=pid,
-            address=f"{self.s.kafka_host}:{self.port}{' SASL_SSL' if self.s.kafka_secure_mode else ''}"
+            address=f"{self.settings.kafka_host}:{self.port}{' SASL_SSL' if self.settings.kafka_secure_mode else ''}"
                     f" (controller :{self.controller_port})",
             data=str(self.log_dir),
             log=str(self.logs / "kafka.log"),
@@ -322,7 +322,7 @@ class KafkaService:
     name = "kafka"
 
     def __init__(self, settings: Settings) -> None:
-        self.s = settings
+        self.settings = settings
         size = settings.kafka_cluster_size
         self.nodes = [KafkaNode(settings, n, size) for n in range(1, size + 1)]
         first = self.nodes[0]
@@ -349,7 +349,7 @@ class KafkaService:
             for node, _proc in launched:
                 node.stop()
             raise
-        if launched and self.s.kafka_secure_mode:
+        if launched and self.settings.kafka_secure_mode:
             asyncio.run(self._secure_setup(log))
         return bool(launched)
 
@@ -357,10 +357,10 @@ class KafkaService:
         """Topics and ACLs of the secure mode, as ``admin``; both idempotent, so on every start."""
         from assessment_store.streams import ensure_topics
 
-        created = await ensure_topics(self.s, secure_topics(self.s), principal="admin")
+        created = await ensure_topics(self.settings, secure_topics(self.settings), principal="admin")
         if created:
             log(f"created topics: {', '.join(created)}")
-        await apply_acls(self.s)
+        await apply_acls(self.settings)
 
     def stop(self) -> bool:
         # All nodes at once: stopped one after the other, the last ones wait for a controller

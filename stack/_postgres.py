@@ -33,7 +33,7 @@ class PostgresService:
     name = "postgres"
 
     def __init__(self, settings: Settings) -> None:
-        self.s = settings
+        self.settings = settings
         self.data_root = settings.data_dir.resolve()
         self.logs = self.data_root / "logs"
         self._pgdata: Path | None = None
@@ -41,8 +41,8 @@ class PostgresService:
     # --- where and as whom ------------------------------------------------------------
 
     def bin_dir(self) -> Path:
-        if self.s.postgres_bin_dir is not None:
-            candidates = [str(self.s.postgres_bin_dir)]
+        if self.settings.postgres_bin_dir is not None:
+            candidates = [str(self.settings.postgres_bin_dir)]
         else:
             candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))[::-1]
             pg_config = shutil.which("pg_config")
@@ -59,16 +59,16 @@ class PostgresService:
         return os.geteuid() == 0
 
     def _run_as(self) -> list[str]:
-        return ["runuser", "-u", self.s.postgres_os_user, "--"] if self._as_root() else []
+        return ["runuser", "-u", self.settings.postgres_os_user, "--"] if self._as_root() else []
 
     def _owner(self) -> tuple[int, int]:
         if not self._as_root():
             return os.getuid(), os.getgid()
         try:
-            pw = pwd.getpwnam(self.s.postgres_os_user)
+            pw = pwd.getpwnam(self.settings.postgres_os_user)
         except KeyError as e:
             raise MissingTool(
-                f"the account {self.s.postgres_os_user!r}",
+                f"the account {self.settings.postgres_os_user!r}",
                 "apt-get install -y postgresql  (creates it), or set ASSESSMENT_STORE_POSTGRES_OS_USER",
             ) from e
         return pw.pw_uid, pw.pw_gid
@@ -138,10 +138,10 @@ class PostgresService:
             pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
             raise ServiceFailed("postgres", "initdb failed", (r.stdout + r.stderr)[-3000:])
-        host = self.s.postgres_host
-        passfile = self.s.postgres_passfile
+        host = self.settings.postgres_host
+        passfile = self.settings.postgres_passfile
         passfile.write_text(
-            f"{host}:*:*:{_SUPERUSER}:{super_pw}\n{host}:*:*:{self.s.postgres_user}:{app_pw}\n"
+            f"{host}:*:*:{_SUPERUSER}:{super_pw}\n{host}:*:*:{self.settings.postgres_user}:{app_pw}\n"
         )
         os.chmod(passfile, 0o600)
 
@@ -152,21 +152,21 @@ class PostgresService:
             self.bin_dir()
             if not (self.pgdata() / "PG_VERSION").exists():
                 self._initdb(log)
-            elif not self.s.postgres_passfile.exists() and self.s.postgres_dsn is None:
+            elif not self.settings.postgres_passfile.exists() and self.settings.postgres_dsn is None:
                 # A relocated cluster outlives a data directory deleted by hand (rather than by
                 # `stack purge`): its passwords went with the directory, so nothing could log in.
                 raise ServiceFailed(
-                    "postgres", f"the cluster in {self.pgdata()} has no passwords in {self.s.postgres_passfile} "
+                    "postgres", f"the cluster in {self.pgdata()} has no passwords in {self.settings.postgres_passfile} "
                     "(was the data directory deleted by hand?); remove the cluster with "
                     f"`rm -rf {self.pgdata().parent}` to start afresh, or restore the data directory")
-            check_port_free(self.s.postgres_host, self.s.postgres_port, "postgres")
+            check_port_free(self.settings.postgres_host, self.settings.postgres_port, "postgres")
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self.log_file.touch(mode=0o600)
             self.log_file.chmod(0o600)
             os.chown(self.log_file, *self._owner())
             pgdata = str(self.pgdata())
             opts = (
-                f"-p {self.s.postgres_port} -c listen_addresses={self.s.postgres_host} -k {pgdata}"
+                f"-p {self.settings.postgres_port} -c listen_addresses={self.settings.postgres_host} -k {pgdata}"
                 " -c max_connections=200 -c shared_buffers=128MB"
             )
             r = self._pg("pg_ctl", "start", "-D", pgdata, "-l", str(self.log_file), "-w",
@@ -182,7 +182,7 @@ class PostgresService:
 
         from assessment_store.projections import connect, migrate, translate_db_errors
 
-        s = self.s
+        s = self.settings
         with translate_db_errors("preparing the role and database"):
             admin = await asyncpg.connect(
                 host=s.postgres_host, port=s.postgres_port, user=_SUPERUSER, database="postgres",
@@ -228,7 +228,7 @@ class PostgresService:
             name=self.name,
             running=pid is not None,
             pid=pid,
-            address=f"{self.s.postgres_host}:{self.s.postgres_port} db={self.s.postgres_db}",
+            address=f"{self.settings.postgres_host}:{self.settings.postgres_port} db={self.settings.postgres_db}",
             data=str(self.pgdata()),
             log=str(self.log_file),
             rss_bytes=_cluster_rss(pid),

@@ -48,7 +48,7 @@ class StoreProcess:
     def __init__(self, settings: Settings, instance: int = 1) -> None:
         """``instance`` > 1 runs another process of the same kind beside the first (scale-out:
         the consumer group shares the partitions among them)."""
-        self.s = settings
+        self.settings = settings
         stem = self.name if instance == 1 else f"{self.name}-{instance}"
         self.run_dir = settings.data_dir.resolve() / "run"
         self.pid_file = self.run_dir / f"{stem}.pid"
@@ -65,8 +65,8 @@ class StoreProcess:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
-        env = {**os.environ, **settings_env(self.s)}
-        if self.s.kafka_secure_mode:
+        env = {**os.environ, **settings_env(self.settings)}
+        if self.settings.kafka_secure_mode:
             # Each service authenticates as its own principal, with the password it reads from the
             # 0600 credentials file: no password in the environment of a child.
             env["ASSESSMENT_STORE_KAFKA_USERNAME"] = self.principal
@@ -115,7 +115,7 @@ class ProcessorService(StoreProcess):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return f"group {self.s.processor_group}: {self.s.commands_topic} -> {self.s.events_topic}"
+        return f"group {self.settings.processor_group}: {self.settings.commands_topic} -> {self.settings.events_topic}"
 
 
 class ProjectorService(StoreProcess):
@@ -124,7 +124,7 @@ class ProjectorService(StoreProcess):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return f"group {self.s.projector_group}: {self.s.events_topic} -> postgres schema 'projection'"
+        return f"group {self.settings.projector_group}: {self.settings.events_topic} -> postgres schema 'projection'"
 
 
 class BridgeService(StoreProcess):
@@ -134,7 +134,7 @@ class BridgeService(StoreProcess):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return f"{self.s.legacy_topic} -> {self.s.commands_topic}"
+        return f"{self.settings.legacy_topic} -> {self.settings.commands_topic}"
 
 
 class ReverseSyncService(StoreProcess):
@@ -144,4 +144,4 @@ class ReverseSyncService(StoreProcess):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return f"{self.s.events_topic} (source store) -> {self.s.legacy_reverse_topic}"
+        return f"{self.settings.events_topic} (source store) -> {self.settings.legacy_reverse_topic}"

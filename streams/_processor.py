@@ -73,6 +73,7 @@ together); records written to the log by other means (tests' ``produce_lifecycle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import os
@@ -155,7 +156,7 @@ class CommandProcessor(AsyncLifecycle):
     """Owns the partitions the consumer group gives it; see the module docstring."""
 
     def __init__(self, settings: Settings) -> None:
-        self.s = settings
+        self.settings = settings
         self.stats = ProcessorStats()
         self._commands = CommandCodec()
         self._events = EventCodec()
@@ -184,7 +185,7 @@ class CommandProcessor(AsyncLifecycle):
     async def start(self) -> None:
         if self._consumer is not None:
             return
-        s = self.s
+        s = self.settings
         await ensure_topics(s)
         counts = await partition_counts(s, [s.commands_topic, s.events_topic, s.outcomes_topic])
         if len(set(counts.values())) != 1:
@@ -263,7 +264,7 @@ class CommandProcessor(AsyncLifecycle):
                 if self._pending.get(partition) == generation:
                     del self._pending[partition]
                     self._parts[partition] = part
-                    tp = TopicPartition(self.s.commands_topic, partition)
+                    tp = TopicPartition(self.settings.commands_topic, partition)
                     # Resume right after the last committed command, whatever was fetched before
                     # (after a refused commit, the position is past commands whose output was fenced).
                     self._consumer.seek(tp, part.resume_at)
@@ -273,7 +274,7 @@ class CommandProcessor(AsyncLifecycle):
         """Take partition *p* over (module docstring, point 3 and "Fencing"): fold the log, reserve
         an epoch above every earlier owner's, fence the events and outcomes partitions, fold what
         landed before the fences. Raises ``FencedOut`` when the group refuses the reservation."""
-        s = self.s
+        s = self.settings
         assert self._consumer is not None and self._producer is not None
         cmd_tp = TopicPartition(s.commands_topic, partition)
         committed, metadata = await committed_with_metadata(self._consumer, cmd_tp)
@@ -328,7 +329,7 @@ class CommandProcessor(AsyncLifecycle):
                         targets: dict[TopicPartition, int], committed: int) -> None:
         """Fold the events and outcomes of one partition from the reader's position up to
         ``targets`` (exclusive, never beyond), skipping fence records and fenced writes."""
-        ev_topic = self.s.events_topic
+        ev_topic = self.settings.events_topic
         done = {tp for tp, end in targets.items() if await reader.position(tp) >= end}
         while len(done) < len(targets):
             fetched = await reader.getmany(*[tp for tp in targets if tp not in done], timeout_ms=500)
@@ -364,8 +365,8 @@ class CommandProcessor(AsyncLifecycle):
         cmd_offset = int(raw) if raw is not None else None
         if ev.causation_id is not None:
             part.outcomes.setdefault(ev.causation_id, Outcome(
-                ev.causation_id, ev.assessment_id, True, ev.recorded_at, cmd_offset if cmd_offset is not None else -1,
-                version=ev.version, event_id=ev.event_id,
+                command_id=ev.causation_id, assessment_id=ev.assessment_id, accepted=True, processed_at=ev.recorded_at,
+                command_offset=cmd_offset if cmd_offset is not None else -1, version=ev.version, event_id=ev.event_id,
             ))
         if cmd_offset is not None and cmd_offset >= committed:
             part.held[cmd_offset] = ev
@@ -392,7 +393,7 @@ class CommandProcessor(AsyncLifecycle):
         return True
 
     def _arm_deadline(self, part: _Partition, a: Assessment) -> None:
-        timeout = a.processing_timeout_ms or self.s.default_processing_timeout_ms
+        timeout = a.processing_timeout_ms or self.settings.default_processing_timeout_ms
         if a.state is State.PROCESSING and timeout and a.started_at is not None:
             fires = a.started_at + timedelta(milliseconds=timeout)
             heapq.heappush(part.deadlines, (fires, a.assessment_id, a.started_at, timeout))
@@ -429,14 +430,14 @@ class CommandProcessor(AsyncLifecycle):
                     headers = [*rec.headers, ("dlq-reason", reason.encode()[:1000]),
                                ("dlq-source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
                     sent.append(await self._producer.send(
-                        self.s.commands_topic + ".dlq", rec.value, key=rec.key, headers=headers))
+                        self.settings.commands_topic + ".dlq", rec.value, key=rec.key, headers=headers))
                 for ev, partition, cmd_offset in events:
                     value, headers = self._events.encode(ev)
                     headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
                     # Our epoch: readers ignore this record if a later owner's fence precedes it.
                     headers.append((EPOCH_HEADER, str(self._parts[partition].epoch).encode()))
                     sent.append(await self._producer.send(
-                        self.s.events_topic, value, key=ev.assessment_id.encode(), partition=partition,
+                        self.settings.events_topic, value, key=ev.assessment_id.encode(), partition=partition,
                         headers=headers, timestamp_ms=int(ev.recorded_at.timestamp() * 1000),
                     ))
                 await asyncio.gather(*sent)
@@ -445,7 +446,7 @@ class CommandProcessor(AsyncLifecycle):
                     value, headers = self._outcomes.encode(o)
                     headers.append((EPOCH_HEADER, str(self._parts[partition].epoch).encode()))
                     sent.append(await self._producer.send(
-                        self.s.outcomes_topic, value, key=o.assessment_id.encode(), partition=partition,
+                        self.settings.outcomes_topic, value, key=o.assessment_id.encode(), partition=partition,
                         headers=headers,
                     ))
                 await asyncio.gather(*sent)
@@ -468,25 +469,26 @@ class CommandProcessor(AsyncLifecycle):
             self.stats.replayed += 1
             self._apply(part, held)
             part.outcomes.setdefault(cmd.command_id, Outcome(
-                cmd.command_id, cmd.assessment_id, True, now, rec.offset, version=held.version,
-                event_id=held.event_id))
+                command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
+                command_offset=rec.offset, version=held.version, event_id=held.event_id))
             return
         prior = part.outcomes.get(cmd.command_id)
         if prior is not None:
             if prior.command_offset != rec.offset:  # a re-sent command, not our own replay
                 self.stats.duplicates += 1
-                outcomes.append((Outcome(
-                    prior.command_id, prior.assessment_id, prior.accepted, now, rec.offset, prior.version,
-                    prior.event_id, prior.error_type, prior.error_message, prior.error_details, duplicate=True,
-                ), rec.partition))
+                outcomes.append((
+                    dataclasses.replace(prior, processed_at=now, command_offset=rec.offset, duplicate=True),
+                    rec.partition,
+                ))
             return
         try:
             ev = decide(part.states.get(cmd.assessment_id), cmd, now, source=env.source, occurred_at=env.occurred_at,
-                        max_json_bytes=self.s.max_request_bytes, default_max_retries=self.s.default_max_retries)
+                        max_json_bytes=self.settings.max_request_bytes, default_max_retries=self.settings.default_max_retries)
         except StoreUsageError as e:
             self.stats.rejected += 1
-            o = Outcome(cmd.command_id, cmd.assessment_id, False, now, rec.offset,
-                        error_type=type(e).__name__, error_message=str(e), error_details=e.details())
+            o = Outcome(command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=False, processed_at=now,
+                        command_offset=rec.offset, error_type=type(e).__name__, error_message=str(e),
+                        error_details=e.details())
             part.outcomes[cmd.command_id] = o
             outcomes.append((o, rec.partition))
         else:
@@ -497,8 +499,9 @@ class CommandProcessor(AsyncLifecycle):
                 self.stats.deadlines_fired += 1
             self._apply(part, ev)
             events.append((ev, rec.partition, rec.offset))
-            part.outcomes[cmd.command_id] = Outcome(cmd.command_id, cmd.assessment_id, True, now, rec.offset,
-                                                    version=ev.version, event_id=ev.event_id)
+            part.outcomes[cmd.command_id] = Outcome(
+                command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
+                command_offset=rec.offset, version=ev.version, event_id=ev.event_id)
 
 
     async def _commit(self, offsets: dict[TopicPartition, int], token: int) -> None:
@@ -543,7 +546,7 @@ class CommandProcessor(AsyncLifecycle):
             self._generation += 1
             assigned = consumer.assignment()
             for partition in list(self._parts) + list(self._pending):
-                tp = TopicPartition(self.s.commands_topic, partition)
+                tp = TopicPartition(self.settings.commands_topic, partition)
                 self._parts.pop(partition, None)
                 self._pending[partition] = self._generation
                 if tp in assigned:
@@ -571,34 +574,34 @@ class CommandProcessor(AsyncLifecycle):
         with translate_kafka_errors("issuing deadline commands"):
             for cmd in due:
                 value, headers = self._commands.encode(CommandEnvelope(cmd, now, EventSource.STORE))
-                await self._producer.send_and_wait(self.s.commands_topic, value, key=cmd.assessment_id.encode(),
+                await self._producer.send_and_wait(self.settings.commands_topic, value, key=cmd.assessment_id.encode(),
                                                    headers=headers)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, processor: CommandProcessor) -> None:
-        self.p = processor
+        self.processor = processor
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self.p._lock:  # waits for the batch in flight: it completes before handover
-            self.p._revocations += 1  # no batch handled before this point is committed after it
-            committing = self.p._committing
+        async with self.processor._lock:  # waits for the batch in flight: it completes before handover
+            self.processor._revocations += 1  # no batch handled before this point is committed after it
+            committing = self.processor._committing
             for tp in revoked:
-                self.p._parts.pop(tp.partition, None)
-                self.p._pending.pop(tp.partition, None)
+                self.processor._parts.pop(tp.partition, None)
+                self.processor._pending.pop(tp.partition, None)
         if committing is not None:
             # Ordering: the group's next generation starts only after this listener returns, so
             # waiting here keeps a commit that passed _commit's check in this generation (where the
             # coordinator judges it). Its outcome is _commit's to handle.
-            await asyncio.wait([committing], timeout=self.p.s.consumer_session_timeout_ms / 1000)
+            await asyncio.wait([committing], timeout=self.processor.settings.consumer_session_timeout_ms / 1000)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        consumer = self.p._consumer
+        consumer = self.processor._consumer
         assert consumer is not None
-        async with self.p._lock:
-            self.p._generation += 1
+        async with self.processor._lock:
+            self.processor._generation += 1
             for tp in assigned:
-                self.p._parts.pop(tp.partition, None)
-                self.p._pending[tp.partition] = self.p._generation
+                self.processor._parts.pop(tp.partition, None)
+                self.processor._pending[tp.partition] = self.processor._generation
             consumer.pause(*assigned)
 

@@ -140,7 +140,7 @@ def test_bridge_shadow_lists_kept_mismatches_as_json(stack_settings: Settings) -
 async def test_demo_runs_the_store_and_the_migration_and_its_checks_hold(stack_settings: Settings) -> None:
     """`demo` prints the store's lifecycles, then a dual-mode run where both sides hold every assessment and no shadow disagrees."""
     from assessment_store.testing import start_group_at_end
-    from assessment_store.bridge import reverse_topic_spec
+    from assessment_store.migration import reverse_topic_spec
     from assessment_store.streams import ensure_topics
 
     s = stack_settings

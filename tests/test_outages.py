@@ -67,7 +67,7 @@ async def test_a_running_client_is_not_held_past_its_timeout_when_the_broker_die
     stack_settings: Settings, private_broker: KafkaService
 ) -> None:
     """After kill -9 of the broker under a connected client, each write ends in CommandTimeout within its timeout."""
-    settings = _without_kafka(stack_settings, private_broker.s.kafka_port, 3.0)
+    settings = _without_kafka(stack_settings, private_broker.settings.kafka_port, 3.0)
     async with AssessmentStore(settings) as client:
         # No processor serves this broker: the write reaches Kafka, then waits in vain for an outcome.
         with pytest.raises(CommandTimeout, match="command processor"):

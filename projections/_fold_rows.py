@@ -1,0 +1,110 @@
+"""The rows ``public.fold_batch`` takes, as named tuples: one type per group of parallel arrays.
+
+fold_batch (``sql/003_fold_batch.sql``) takes each group as one array per column, in the order of
+these fields; ``columns`` turns a list of rows into those arrays. The field names are the SQL
+parameters' without their prefix (``a_``, ``e_``, ``o_``, ``x_``, ``f_``), so a column added on one
+side is found on the other by name, and a row built with too few values fails where it is built.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple, TypeVar
+
+__all__ = ["AnomalyRow", "AssessmentRow", "HistoryRow", "OffsetRow", "OutcomeRow", "columns"]
+
+
+class AssessmentRow(NamedTuple):
+    """A folded state (``a_*``), with the version it was folded from (0 for a new assessment)."""
+
+    prev: int
+    id: str
+    state: str
+    version: int
+    progress: int
+    message: str | None
+    request: str | None
+    """JSON text (cast to jsonb in SQL)."""
+    result: str | None
+    """JSON text (cast to jsonb in SQL)."""
+    error: str | None
+    retryable: bool | None
+    retry_count: int
+    max_retries: int
+    cancel: str | None
+    duration: int | None
+    timeout: int | None
+    created: datetime
+    updated: datetime
+    started: datetime | None
+    finished: datetime | None
+    last_event: str
+
+
+class HistoryRow(NamedTuple):
+    """One applied event (``e_*``) and where it sits in the log."""
+
+    id: str
+    version: int
+    event_id: str
+    type: str
+    occurred: datetime
+    recorded: datetime
+    source: str
+    corr: str | None
+    caus: str | None
+    payload: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class OutcomeRow(NamedTuple):
+    """A command's outcome (``o_*``): a rejection or duplicate from the outcomes topic, or an accepted
+    command read off its event."""
+
+    cmd: str
+    id: str
+    accepted: bool
+    version: int | None
+    event_id: str | None
+    error_type: str | None
+    error_message: str | None
+    details: str | None
+    processed: datetime
+    partition: int
+    offset: int
+    cmd_offset: int
+
+
+class AnomalyRow(NamedTuple):
+    """A record the projector did not apply (``x_*``): duplicate, version gap, unfoldable, undecodable, fenced."""
+
+    kind: str
+    id: str
+    version: int | None
+    expected: int | None
+    event_id: str | None
+    topic: str
+    partition: int
+    offset: int
+    detail: str
+    raw: bytes | None
+
+
+class OffsetRow(NamedTuple):
+    """The next offset to read of one partition (``f_*``), committed with the rows."""
+
+    topic: str
+    partition: int
+    next: int
+
+
+Row = TypeVar("Row", AssessmentRow, HistoryRow, OutcomeRow, AnomalyRow, OffsetRow)
+
+
+def columns(rows: list[Row], row_type: type[Row]) -> list[list[Any]]:
+    """Rows -> one list per field, in field order (the parallel arrays fold_batch takes)."""
+    if not rows:
+        return [[] for _ in row_type._fields]
+    return [list(col) for col in zip(*rows, strict=True)]
