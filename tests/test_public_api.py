@@ -1,7 +1,7 @@
 """Pins the public names: removing or renaming one is a breaking change and must be deliberate."""
 
 import assessment_store
-from assessment_store import projections, schemas, streams
+from assessment_store import monitoring, projections, schemas, streams
 
 
 def test_assessment_store_public_names() -> None:
@@ -28,8 +28,8 @@ def test_every_error_derives_from_one_root() -> None:
 
 
 def test_role_packages_export_what_they_declare() -> None:
-    """schemas, streams and projections re-export every name of their __all__."""
-    for mod in (schemas, streams, projections):
+    """schemas, streams, projections and monitoring re-export every name of their __all__."""
+    for mod in (schemas, streams, projections, monitoring):
         for name in mod.__all__:
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
 
@@ -39,7 +39,7 @@ def test_each_package_imports_first_without_a_cycle() -> None:
     import subprocess
     import sys
 
-    for name in ("projections", "streams", "schemas", "stack", "bridge", "api"):
+    for name in ("projections", "streams", "schemas", "stack", "bridge", "api", "monitoring"):
         r = subprocess.run([sys.executable, "-c", f"import assessment_store.{name}; assessment_store.AssessmentStore"],
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{name}: {r.stderr}"
