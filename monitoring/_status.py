@@ -89,8 +89,9 @@ class Verdict:
     reason: str
 
 
-def evaluate(window: Sequence[Observation], thresholds: Thresholds) -> Verdict:
+def evaluate(observations: Iterable[Observation], thresholds: Thresholds) -> Verdict:
     """The status of one partition from its window (oldest first); the rules are the module's."""
+    window: Sequence[Observation] = list(observations)
     if not window:
         return Verdict(Status.OK, "no observation yet")
     first, last = window[0], window[-1]
