@@ -189,7 +189,7 @@ def _type(value: object) -> str:
 _MISSING: Any = object()
 
 
-def get(obj: dict[str, Any], key: str) -> Any:
+def field_value(obj: dict[str, Any], key: str) -> Any:
     """The value, or ``_MISSING`` when the key is absent (null is a value here)."""
     return obj.get(key, _MISSING)
 
@@ -258,7 +258,7 @@ def assessment_id(obj: dict[str, Any], key: str, field: str) -> str:
         raise _Reject(RejectKind.INVALID_VALUE, field, e.reason) from e
 
 
-def status(obj: dict[str, Any], key: str, field: str) -> State | None:
+def store_state(obj: dict[str, Any], key: str, field: str) -> State | None:
     """The store state of a present status; None when absent or null (any field may
     be missing); ``_Reject`` when it is not one of the five legacy statuses."""
     value = optional_str(obj, key, field)

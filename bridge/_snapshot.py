@@ -46,7 +46,7 @@ from ._legacy import (
     optional_timestamp,
     parse_timestamp,
     stable_id,
-    status,
+    store_state,
 )
 from ._translate import FAILED_WITHOUT_ERROR, check_commands
 
@@ -94,7 +94,7 @@ def parse_export_line(raw: bytes, *, max_bytes: int) -> ExportRecord | Rejection
         aid = assessment_id(obj, "assessmentId", "assessmentId")
         if obj.get("status") is None:
             raise _Reject(RejectKind.MISSING_FIELD, "status", "is required" if "status" not in obj else "is null")
-        state = status(obj, "status", "status")
+        state = store_state(obj, "status", "status")
         assert state is not None
         created = optional_timestamp(obj, "timestamp", "timestamp")
         updated = optional_timestamp(obj, "updatedAt", "updatedAt")

@@ -89,7 +89,7 @@ from ._legacy import (
     _Reject,
     assessment_id,
     decode_json_object,
-    get,
+    field_value,
     is_missing,
     json_value,
     optional_number,
@@ -98,7 +98,7 @@ from ._legacy import (
     parse_timestamp,
     required,
     stable_id,
-    status,
+    store_state,
 )
 
 __all__ = [
@@ -197,7 +197,7 @@ class LegacyView:
     def __contains__(self, assessment_id: object) -> bool:
         return assessment_id in self._states
 
-    def get(self, assessment_id: str) -> State | None:
+    def state_of(self, assessment_id: str) -> State | None:
         state = self._states.get(assessment_id)
         if state is not None:
             self._states.move_to_end(assessment_id)
@@ -271,7 +271,7 @@ def _parse(raw: bytes | None, limits: TranslateLimits) -> LegacyMessage:
     occurred_at = parse_timestamp(emitted_at, "emittedAt")
 
     aid = assessment_id(data, "assessmentId", "data.assessmentId")
-    state = status(data, "status", "data.status")
+    state = store_state(data, "status", "data.status")
     if state is not None and state not in _EVENT_STATUSES[event]:
         raise _Reject(
             RejectKind.STATUS_MISMATCH, "data.status",
@@ -280,7 +280,7 @@ def _parse(raw: bytes | None, limits: TranslateLimits) -> LegacyMessage:
         )
     progress = optional_number(data, "progress", "data.progress", low=0, high=100)
     if event is LegacyEvent.PROGRESS and progress is None:
-        value = get(data, "progress")
+        value = field_value(data, "progress")
         raise _Reject(RejectKind.MISSING_FIELD, "data.progress",
                       f"is {'required' if is_missing(value) else 'null'} for {event.value}")
     duration = optional_number(data, "duration", "data.duration", low=0, high=None)
@@ -379,7 +379,7 @@ def translate_message(
     msg: LegacyMessage, view: LegacyView, limits: TranslateLimits = TranslateLimits()
 ) -> Translation | Rejection:
     """``translate`` for an already parsed message."""
-    commands = plan_commands(msg, view.get(msg.assessment_id))
+    commands = plan_commands(msg, view.state_of(msg.assessment_id))
     try:
         check_commands(commands, limits.max_json_bytes)
     except _Reject as e:

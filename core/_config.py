@@ -172,6 +172,33 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Larger request bodies get 413.")
     api_max_wait_s: float = Field(default=60.0, gt=0, description="Upper bound of the long-poll wait timeout.")
 
+    # --- consumer-lag monitor (monitoring/, docs/monitoring.md) ------------
+    lag_poll_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the lag monitor observes every group's offsets (`lag --watch`, "
+        "`lag-monitor`).",
+    )
+    lag_window: int = Field(
+        default=10, ge=2, le=1000,
+        description="Observations per partition the status rules look at (the sliding window; oldest dropped first).",
+    )
+    lag_err_seconds: float = Field(
+        default=300.0, gt=0,
+        description="Status ERR when a partition's oldest unconsumed record is older than this and its lag is not "
+        "shrinking across the window.",
+    )
+    lag_stopped_after_s: float = Field(
+        default=60.0, gt=0,
+        description="Status STALL (a live member owns the partition) or STOP (none does) when the committed offset "
+        "has not moved for this long while the partition lags in every observation of the window.",
+    )
+    lag_fetch_timeout_s: float = Field(
+        default=2.0, gt=0,
+        description="How long one observation may spend reading the records at the committed offsets (their "
+        "timestamps give the lag in seconds); a partition not read in time has no lag in seconds that round.",
+    )
+    lag_monitor_host: str = Field(default="127.0.0.1", description="Address `lag-monitor` serves /metrics on.")
+    lag_monitor_port: int = Field(default=9309, ge=1, le=65535, description="Port of `lag-monitor`'s /metrics.")
+
     # --- tests -------------------------------------------------------------
     test_backend: str = Field(
         default="local",

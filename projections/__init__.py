@@ -10,8 +10,11 @@ from ._timetravel import counts_at, state_at
 from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_outcome, list_ids, list_page
 from ._db import connection
 from ._queries import fetch_assessments, fetch_outcome_acceptance, fetch_rejections, fetch_states
+from ._queries import ProjectorOffset, projector_offsets
 
 __all__ = [
+    "ProjectorOffset",
+    "projector_offsets",
     "fetch_assessments",
     "fetch_outcome_acceptance",
     "fetch_rejections",

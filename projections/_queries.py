@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from assessment_store.core import Assessment, Outcome, State
+
+from ._db import check_schema_name, translate_db_errors
 
 __all__ = [
     "ASSESSMENT_COLUMNS",
@@ -22,6 +26,8 @@ __all__ = [
     "fetch_states",
     "list_ids",
     "list_page",
+    "ProjectorOffset",
+    "projector_offsets",
 ]
 
 ASSESSMENT_COLUMNS = (
@@ -168,3 +174,28 @@ async def fetch_history(conn: asyncpg.Connection | asyncpg.Pool, assessment_id: 
         assessment_id,
     )
     return [dict(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class ProjectorOffset:
+    """One row of ``projector_offsets``: the next offset the projector folds in a partition, and
+    when a batch last wrote it (the time of the projector's last commit there)."""
+
+    topic: str
+    partition: int
+    next_offset: int
+    updated_at: datetime
+
+
+async def projector_offsets(
+    conn: asyncpg.Connection | asyncpg.Pool, group: str, *, schema: str = "projection"
+) -> list[ProjectorOffset]:
+    """The projector's stored offsets of ``group`` in ``schema`` (a validated identifier), ordered
+    by topic and partition. These, not the group's offsets in Kafka (an advisory mirror written up
+    to a second later), are where the projector resumes: its lag is measured from here."""
+    check_schema_name(schema)
+    with translate_db_errors("reading the projector's stored offsets"):
+        rows = await conn.fetch(
+            f"SELECT topic, partition, next_offset, updated_at FROM {schema}.projector_offsets"
+            " WHERE consumer_group = $1 ORDER BY topic, partition", group)
+    return [ProjectorOffset(r["topic"], r["partition"], r["next_offset"], r["updated_at"]) for r in rows]

@@ -111,7 +111,7 @@ def test_each_event_becomes_its_command_once_the_assessment_is_known() -> None:
     assert len(c) == 1 and isinstance(c[0], UpdateProgress) and (c[0].progress, c[0].message) == (55, "scoring")
     c = ok(msg("completed", seq=4, result={"score": 7}, duration=1234), view).commands
     assert len(c) == 1 and isinstance(c[0], Complete) and (c[0].result, c[0].duration_ms) == ({"score": 7}, 1234)
-    assert view.get(AID) is State.COMPLETED
+    assert view.state_of(AID) is State.COMPLETED
 
     view2 = LegacyView()
     ok(msg("created", seq=1), view2)
@@ -264,7 +264,7 @@ def test_redelivered_create_after_start_does_not_move_the_view_back() -> None:
     ok(msg("started", seq=2), view)
     again = ok(msg("created", seq=1), view).commands
     assert [c.command_id for c in again] == [first]
-    assert view.get(AID) is State.PROCESSING
+    assert view.state_of(AID) is State.PROCESSING
 
 
 def test_view_is_bounded_and_evicts_least_recently_used() -> None:
@@ -272,9 +272,9 @@ def test_view_is_bounded_and_evicts_least_recently_used() -> None:
     view = LegacyView(capacity=2)
     for aid in ("a", "b"):
         view.apply((Create(assessment_id=aid, request=None),))
-    assert view.get("a") is State.PENDING  # a is now the most recent
+    assert view.state_of("a") is State.PENDING  # a is now the most recent
     view.apply((Create(assessment_id="c", request=None),))
-    assert len(view) == 2 and view.get("b") is None and view.get("a") is State.PENDING
+    assert len(view) == 2 and view.state_of("b") is None and view.state_of("a") is State.PENDING
 
 
 def test_view_seed_never_overrides_what_the_bridge_sent() -> None:
@@ -283,7 +283,7 @@ def test_view_seed_never_overrides_what_the_bridge_sent() -> None:
     view.apply((Create(assessment_id="a", request=None), Start(assessment_id="a")))
     view.seed("a", State.PENDING)
     view.seed("b", State.COMPLETED)
-    assert (view.get("a"), view.get("b")) == (State.PROCESSING, State.COMPLETED)
+    assert (view.state_of("a"), view.state_of("b")) == (State.PROCESSING, State.COMPLETED)
 
 
 def test_illegal_step_leaves_the_view_unchanged() -> None:
@@ -291,7 +291,7 @@ def test_illegal_step_leaves_the_view_unchanged() -> None:
     view = LegacyView()
     view.seed(AID, State.COMPLETED)
     t = ok(msg("progress", seq=7), view)
-    assert [type(c) for c in t.commands] == [UpdateProgress] and view.get(AID) is State.COMPLETED
+    assert [type(c) for c in t.commands] == [UpdateProgress] and view.state_of(AID) is State.COMPLETED
 
 
 # --- rejections, one per kind of bad input ---------------------------------------------------------

@@ -3,8 +3,8 @@ below it, never another package's private modules, and the wheel's top level sta
 
 The layers, bottom first (docs/architecture.md draws them):
 
-    core  <  schemas  <  streams  <  projections  <  client  <  bridge  <  migration  <  stack  <  api
-          <  assessment_store (the façade: re-exports and ``testing``)  <  cli
+    core < schemas < streams < projections < client < bridge < migration < monitoring < stack < api
+        < assessment_store (the façade: re-exports and ``testing``) < cli
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-LAYERS = ["core", "schemas", "streams", "projections", "client", "bridge", "migration", "stack", "api",
+LAYERS = ["core", "schemas", "streams", "projections", "client", "bridge", "migration", "monitoring", "stack", "api",
           "assessment_store", "cli"]
 """Package folders, bottom first; each may import the ones before it and none after it."""
 

@@ -13,7 +13,8 @@ import assessment_store
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST_INFO = f"assessment_store-{assessment_store.__version__}.dist-info"
-ROLES = ("api", "bridge", "cli", "client", "core", "migration", "projections", "schemas", "stack", "streams")
+ROLES = ("api", "bridge", "cli", "client", "core", "migration", "monitoring", "projections", "schemas", "stack",
+         "streams")
 
 
 @pytest.fixture(scope="module")

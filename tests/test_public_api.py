@@ -1,7 +1,7 @@
 """Pins the public names: removing or renaming one is a breaking change and must be deliberate."""
 
 import assessment_store
-from assessment_store import bridge, client, core, migration, projections, schemas, streams
+from assessment_store import bridge, client, core, migration, monitoring, projections, schemas, streams
 
 
 def test_assessment_store_public_names() -> None:
@@ -29,7 +29,7 @@ def test_every_error_derives_from_one_root() -> None:
 
 def test_role_packages_export_what_they_declare() -> None:
     """Every package re-exports each name of its __all__."""
-    for mod in (core, schemas, streams, projections, client, bridge, migration):
+    for mod in (core, schemas, streams, projections, client, bridge, migration, monitoring):
         for name in mod.__all__:
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
 
@@ -39,7 +39,7 @@ def test_each_package_imports_first_without_a_cycle() -> None:
     import subprocess
     import sys
 
-    for name in ("core", "schemas", "streams", "projections", "client", "bridge", "migration", "stack", "api", "cli"):
+    for name in ("core", "schemas", "streams", "projections", "client", "bridge", "migration", "monitoring", "stack", "api", "cli"):
         r = subprocess.run([sys.executable, "-c", f"import assessment_store.{name}; assessment_store.AssessmentStore"],
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{name}: {r.stderr}"
