@@ -1,6 +1,7 @@
 """Folding the log into PostgreSQL, and reading it back: the projector, queries, waiting."""
 
 from ._audit import record_audit
+from ._checksums import bucket_assessments, bucket_checksums, canonical_texts, fetch_histories
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector
@@ -12,6 +13,10 @@ from ._db import connection
 from ._queries import fetch_assessments
 
 __all__ = [
+    "bucket_assessments",
+    "bucket_checksums",
+    "canonical_texts",
+    "fetch_histories",
     "fetch_assessments",
     "connection",
     "record_audit",
