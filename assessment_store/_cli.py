@@ -631,6 +631,30 @@ def demo(
 
 _mount_bridge()
 
+migrate_app = typer.Typer(help="Validate the migration off legacy (docs/migration.md).", no_args_is_help=True)
+app.add_typer(migrate_app, name="migrate")
+
+
+@migrate_app.command("validate")
+def migrate_validate(
+    legacy_url: Annotated[str, typer.Option("--legacy-url", help="The legacy service's HTTP face (bin/legacy-http.js).")],
+    as_json: JsonFlag = False,
+    buckets: Annotated[int, typer.Option("--buckets", help="Buckets of ids compared by checksum.")] = 4096,
+    max_findings: Annotated[int, typer.Option("--max-findings", help="Findings shown per kind (all are counted).")] = 20,
+    id_prefix: Annotated[str, typer.Option("--id-prefix", help="Only the ids starting with this.")] = "",
+    deep: Annotated[bool, typer.Option("--deep", help="Check every history and fold, not a sample.")] = False,
+) -> None:
+    """Legacy vs store: lost, extra, corrupted, duplicates, illegal histories, projection vs fold. Exit 0 pass, 1 findings."""
+    from assessment_store.migration import exit_code, render, report_json, validate_after
+
+    report = _run(validate_after(Settings(), legacy_url, buckets=buckets, max_findings=max_findings,
+                                 id_prefix=id_prefix, deep=deep))
+    if as_json:
+        sys.stdout.write(report_json(report) + "\n")
+    else:
+        render(report, out)
+    raise typer.Exit(exit_code(report))
+
 
 def main() -> None:
     app()
