@@ -8,11 +8,13 @@ Python and the Node tests both check every vector, and a stack test checks Postg
 The comparison is made in the legacy representation (the legacy side cannot compute the store's),
 as the jsonb text of::
 
-    [assessmentId, status, progress, message, request, result, error, timestampMs, updatedAtMs, duration]
+    [assessmentId, status, progress, message, request, result, error, timestampS, updatedAtS, duration]
 
 * ``status`` lower case (the store's PENDING is legacy's ``pending``);
-* the two times as epoch milliseconds, rounded down (legacy keeps milliseconds; a store time written
-  by the store itself may hold microseconds, which legacy never sees);
+* the two times as whole epoch seconds, rounded down: the bridge stamps the store's events with the
+  tap's emission time (``emittedAt``), a millisecond or a few after legacy's own ``timestamp`` and
+  ``updatedAt``, so the sides agree to the second, not to the millisecond (``_compare`` reports a
+  time that differs by a second or more);
 * ``duration`` only for ``completed`` and ``failed``, else null: the store records no duration for a
   cancellation (``Cancelled`` carries none), while legacy measures one;
 * jsonb's text rules: object keys ordered by UTF-8 length then bytes, ``", "`` and ``": "``
@@ -36,14 +38,14 @@ from datetime import UTC, datetime, timedelta
 from assessment_store._model import JSON, Assessment
 
 __all__ = [
-    "CANONICAL_FIELDS", "TWO_64", "bucket_of", "canonical_legacy", "canonical_store", "epoch_ms", "id_hash",
+    "CANONICAL_FIELDS", "TWO_64", "bucket_of", "canonical_legacy", "canonical_store", "epoch_ms", "epoch_s", "id_hash",
     "jsonb_text", "plain_number", "row_hash",
 ]
 
 TWO_64 = 1 << 64
 CANONICAL_FIELDS = ("assessmentId", "status", "progress", "message", "request", "result", "error",
                     "timestamp", "updatedAt", "duration")
-"""The legacy record's fields, in canonical order (the times become epoch milliseconds)."""
+"""The legacy record's fields, in canonical order (the times become epoch seconds)."""
 _WITH_DURATION = frozenset({"completed", "failed"})
 _EXPONENT = re.compile(r"^(-?)(\d+)(?:\.(\d+))?e([+-]\d+)$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -123,13 +125,19 @@ def epoch_ms(value: object) -> int | None:
     return (value - _EPOCH) // _MS
 
 
+def epoch_s(value: object) -> int | None:
+    """Whole epoch seconds, rounded down (the canonical form's resolution of times)."""
+    ms = epoch_ms(value)
+    return None if ms is None else ms // 1000
+
+
 def _legacy_values(record: Mapping[str, JSON]) -> list[JSON]:
     status = record.get("status")
     status = status.lower() if isinstance(status, str) else None
     return [
         record.get("assessmentId"), status, record.get("progress"), record.get("message"), record.get("request"),
-        record.get("result"), record.get("error"), epoch_ms(record.get("timestamp")),
-        epoch_ms(record.get("updatedAt")), record.get("duration") if status in _WITH_DURATION else None,
+        record.get("result"), record.get("error"), epoch_s(record.get("timestamp")),
+        epoch_s(record.get("updatedAt")), record.get("duration") if status in _WITH_DURATION else None,
     ]
 
 
@@ -143,7 +151,7 @@ def canonical_store(a: Assessment) -> str:
     status = a.state.value.lower()
     return jsonb_text([
         a.assessment_id, status, a.progress, a.message, a.request_data, a.result_data, a.error_message,
-        epoch_ms(a.created_at), epoch_ms(a.updated_at), a.duration if status in _WITH_DURATION else None,
+        epoch_s(a.created_at), epoch_s(a.updated_at), a.duration if status in _WITH_DURATION else None,
     ])
 
 

@@ -12,10 +12,12 @@ from assessment_store._model import JSON, Assessment
 from ._canonical import epoch_ms
 from ._model import Finding, FindingKind
 
-__all__ = ["COMPARED_FIELDS", "compare_rows", "same_json", "store_view"]
+__all__ = ["COMPARED_FIELDS", "TIME_RESOLUTION_MS", "compare_rows", "same_json", "store_view"]
 
 COMPARED_FIELDS = ("status", "progress", "message", "request", "result", "error", "timestamp", "updatedAt",
                    "duration")
+TIME_RESOLUTION_MS = 1000
+"""Times closer than this are the same time (see migration/_canonical.py)."""
 _TIMES = frozenset({"timestamp", "updatedAt"})
 _WITH_DURATION = frozenset({"completed", "failed"})
 
@@ -56,7 +58,9 @@ def _masked(view: Mapping[str, JSON], name: str) -> JSON:
 
 def _same_field(name: str, legacy: Mapping[str, JSON], store: Mapping[str, JSON]) -> bool:
     if name in _TIMES:
-        return epoch_ms(legacy.get(name)) == epoch_ms(store.get(name))
+        # To the second, as the canonical form: the bridge's events carry the tap's emission time.
+        a, b = epoch_ms(legacy.get(name)), epoch_ms(store.get(name))
+        return a == b if a is None or b is None else abs(a - b) < TIME_RESOLUTION_MS
     return same_json(_masked(legacy, name), _masked(store, name))
 
 

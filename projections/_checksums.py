@@ -23,8 +23,8 @@ __all__ = ["CANONICAL_SQL", "bucket_assessments", "bucket_checksums", "canonical
 
 CANONICAL_SQL = (
     "jsonb_build_array(a.assessment_id, lower(a.state), a.progress, a.message, a.request_data, a.result_data,"
-    " a.error_message, floor(extract(epoch FROM a.created_at) * 1000)::bigint,"
-    " floor(extract(epoch FROM a.updated_at) * 1000)::bigint,"
+    " a.error_message, floor(extract(epoch FROM a.created_at))::bigint,"
+    " floor(extract(epoch FROM a.updated_at))::bigint,"
     " CASE WHEN a.state IN ('COMPLETED', 'FAILED') THEN a.duration_ms END)::text"
 )
 """The canonical text of the row ``a`` (legacy representation; see migration/_canonical.py)."""

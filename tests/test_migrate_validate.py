@@ -197,7 +197,7 @@ async def test_planted_defects_are_found_exactly(stack_settings: Settings, legac
     changed_store = [
         {**changed_legacy[0], "result": {"score": 8}, "message": "done!"},
         {**changed_legacy[1], "progress": 40},
-        {**changed_legacy[2], "timestamp": _at(2)},
+        {**changed_legacy[2], "timestamp": _at(4)},
     ]
     lost = [_record(f"{p}lost-1", "pending"), _record(f"{p}lost-2", "completed", progress=100, result=1, duration=5)]
     extra = [_record(f"{p}extra-1", "failed", error="store only", duration=3)]

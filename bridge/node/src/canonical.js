@@ -9,7 +9,9 @@
  * Python and the Node tests both read.
  *
  *   canonical(record) = jsonb text of [assessmentId, status, progress, message, request, result, error,
- *                                      timestampMs, updatedAtMs, duration]
+ *                                      timestampS, updatedAtS, duration]
+ * (times as whole epoch seconds, rounded down: the bridge stamps the store's events with the tap's
+ * emission time, a few ms after legacy's own, so the two sides agree to the second, not to the ms)
  *   rowHash           = the first 16 hex digits of md5(canonical), as an unsigned 64-bit integer
  *   bucketOf(id, n)   = the first 8 hex digits of md5(id), as an unsigned 32-bit integer, mod n
  *   bucket checksum   = the sum of its rows' hashes mod 2^64 (order-free; a duplicate row adds, never cancels)
@@ -76,12 +78,12 @@ function jsonbText(value) {
 
 /**
  * @param {unknown} iso
- * @returns {number|null} epoch milliseconds (floor), null when missing or unreadable
+ * @returns {number|null} epoch seconds (floor), null when missing or unreadable
  */
-function epochMs(iso) {
+function epochSeconds(iso) {
   if (typeof iso !== 'string') return null;
   const ms = Date.parse(iso);
-  return Number.isFinite(ms) ? ms : null;
+  return Number.isFinite(ms) ? Math.floor(ms / 1000) : null;
 }
 
 /**
@@ -94,7 +96,7 @@ function canonicalText(r) {
   const duration = status !== null && STATUSES_WITH_DURATION.has(status) ? r.duration : null;
   return jsonbText([
     r.assessmentId, status, r.progress, r.message, r.request, r.result, r.error,
-    epochMs(r.timestamp), epochMs(r.updatedAt), duration,
+    epochSeconds(r.timestamp), epochSeconds(r.updatedAt), duration,
   ]);
 }
 
