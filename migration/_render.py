@@ -15,7 +15,8 @@ __all__ = ["EXIT_FINDINGS", "EXIT_PASS", "exit_code", "recommendations", "render
 
 EXIT_PASS = 0
 EXIT_FINDINGS = 1
-"""Findings: the migration is not validated. Store and transport errors keep the CLI's codes (2 backend, 4 retriable)."""
+"""Findings: the migration is not validated. Store and transport errors keep the CLI's codes
+(2 backend, 4 retriable)."""
 
 _ADVICE: dict[FindingKind, str] = {
     FindingKind.COUNT_MISMATCH: "The sides hold different numbers of assessments: see lost and extra below.",
