@@ -8,6 +8,7 @@ from . import _assessments, _demo, _lag, _services  # noqa: F401  (imported for 
 from ._bridge import bridge_app, import_
 from ._console import EXIT_USAGE
 from ._flags import flags_app
+from ._migrate import migrate_app
 from ._root import app
 from ._stack import stack_app
 
@@ -16,6 +17,7 @@ __all__ = ["app", "main"]
 app.add_typer(stack_app, name="stack")
 app.add_typer(bridge_app, name="bridge")
 app.add_typer(flags_app, name="flags")
+app.add_typer(migrate_app, name="migrate")
 # The same command as `bridge import`, under the name a migration runbook uses.
 app.command("import-legacy", help="Import a legacy JSON Lines export (same as `bridge import`).")(import_)
 

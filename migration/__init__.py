@@ -9,13 +9,22 @@
   ``start_legacy_http`` runs the sample Node service as a child process (demo, benchmark, tests);
 * ``ShadowObserver`` / ``MismatchLog``: shadow comparison of routed calls, mismatches kept in PostgreSQL;
 * ``ReverseSync``: every change written through the store, re-emitted in the legacy format, so that
-  legacy stays a place to roll back to.
+  legacy stays a place to roll back to;
+* ``validate_after``: ``assessment-store migrate validate``, the legacy service against the store by
+  bucketed checksums (descending only into differing buckets), plus the store's histories against the
+  state machine and its projection against the fold of its events; ``latest_validation`` /
+  ``require_recent_pass``: the runs recorded in PostgreSQL, for later steps (docs/migration.md).
 """
 
 from ._buckets import BUCKETS, bucket, route_to_store
+from ._canonical import bucket_of, canonical_legacy, canonical_store, id_hash, jsonb_text, row_hash
+from ._compare import VALIDATED_FIELDS, compare_rows, same_json
 from ._flags import FLAGS_TOPIC, FlagChange, FlagStore, FlagStoreStats, MigrationFlags, audit_trail, default_actor, flags_topic_spec
+from ._history import check_history
 from ._legacy_http import HttpLegacyBackend, LegacyUnavailable, assessment_from_legacy_record
 from ._legacy_process import LegacyHttpProcess, start_legacy_http
+from ._model import Finding, FindingKind, ValidationReport, ValidationRun, ValidationVerdict
+from ._render import EXIT_FINDINGS, EXIT_PASS, exit_code, recommendations, render, report_json
 from ._reverse import (
     ReverseStats,
     ReverseSync,
@@ -25,17 +34,43 @@ from ._reverse import (
     to_legacy_message,
 )
 from ._router import FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend
+from ._runs import NoRecentPass, latest_validation, record_validation, require_recent_pass
 from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserver, ShadowStats, Verdict, compare
+from ._validate import DEFAULT_BUCKETS, DEFAULT_MAX_FINDINGS, DEFAULT_SAMPLE_BUCKETS, validate_after
 
 __all__ = [
+    "ValidationVerdict",
+    "VALIDATED_FIELDS",
     "BUCKETS",
     "COMPARED_FIELDS",
+    "DEFAULT_BUCKETS",
+    "DEFAULT_MAX_FINDINGS",
+    "DEFAULT_SAMPLE_BUCKETS",
+    "EXIT_FINDINGS",
+    "EXIT_PASS",
     "FLAGS_TOPIC",
+    "assessment_from_legacy_record",
+    "audit_trail",
+    "bucket",
+    "bucket_of",
+    "canonical_legacy",
+    "canonical_store",
+    "check_history",
+    "compare",
+    "compare_rows",
+    "default_actor",
+    "exit_code",
+    "Finding",
+    "FindingKind",
     "FlagChange",
+    "flags_topic_spec",
     "FlagSource",
     "FlagStore",
     "FlagStoreStats",
     "HttpLegacyBackend",
+    "id_hash",
+    "jsonb_text",
+    "latest_validation",
     "LegacyBackend",
     "LegacyHttpProcess",
     "LegacyNotSynced",
@@ -43,25 +78,30 @@ __all__ = [
     "MigrationFlags",
     "MigrationRouter",
     "MismatchLog",
+    "NoRecentPass",
+    "recommendations",
+    "record_validation",
+    "render",
+    "report_json",
+    "require_recent_pass",
+    "reverse_sync_status",
+    "reverse_topic_spec",
     "ReverseStats",
     "ReverseSync",
     "ReverseSyncStatus",
+    "route_to_store",
     "RouterStats",
+    "row_hash",
+    "same_json",
     "ShadowMismatch",
     "ShadowObserver",
     "ShadowStats",
     "Side",
-    "StoreBackend",
-    "Verdict",
-    "assessment_from_legacy_record",
-    "audit_trail",
-    "bucket",
-    "compare",
-    "default_actor",
-    "flags_topic_spec",
-    "reverse_sync_status",
-    "reverse_topic_spec",
-    "route_to_store",
     "start_legacy_http",
+    "StoreBackend",
     "to_legacy_message",
+    "validate_after",
+    "ValidationReport",
+    "ValidationRun",
+    "Verdict",
 ]

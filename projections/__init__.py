@@ -1,6 +1,7 @@
 """Folding the log into PostgreSQL, and reading it back: the projector, queries, waiting."""
 
 from ._audit import record_audit
+from ._checksums import bucket_assessments, bucket_checksums, canonical_texts, fetch_histories
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector
@@ -15,6 +16,10 @@ from ._queries import ProjectorOffset, projector_offsets
 __all__ = [
     "ProjectorOffset",
     "projector_offsets",
+    "bucket_assessments",
+    "bucket_checksums",
+    "canonical_texts",
+    "fetch_histories",
     "fetch_assessments",
     "fetch_outcome_acceptance",
     "fetch_rejections",

@@ -17,6 +17,7 @@
  *   GET  /assessments/:id                                                -> 200 record
  *   GET  /assessments/:id/wait?timeout=ms  long-poll until completed/failed/cancelled -> 200 record
  *   GET  /health                                                         -> 200 {ok, tap, reverse}
+ *   GET  /export, GET /export/checksums, POST /snapshot: see src/export-routes.js
  * A record is the legacy record (the export fields) plus `version`: the number of changes this service
  * made to it, or for a reverse-synced assessment the store version of the last message applied; and
  * `storeVersion`: the store version of the last reverse-synced message applied (0: none), which the
@@ -31,6 +32,7 @@ const os = require('node:os');
 const { EventEmitter } = require('node:events');
 const { Kafka } = require('kafkajs');
 const { LegacyAssessmentService } = require('./legacy-service');
+const { handleExport } = require('./export-routes');
 const { tap } = require('./tap');
 const { DEFAULTS, DEFAULT_BROKERS, parseBrokers, parseLogLevel, securityFromEnv } = require('./options');
 const { ensureTopic } = require('./topics');
@@ -234,6 +236,7 @@ function createHandler(service) {
    * @param {http.ServerResponse} res
    */
   return function handle(req, res) {
+    if (handleExport(service, req, res)) return;
     route(req).then(
       ([status, payload]) => send(res, status, payload),
       (err) => {

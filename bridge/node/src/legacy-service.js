@@ -2,6 +2,7 @@
 
 const { EventEmitter } = require('node:events');
 const { randomUUID } = require('node:crypto');
+const { checksumHex, idHash, rowHash, TWO_64 } = require('./canonical');
 
 /**
  * @typedef {'pending'|'processing'|'completed'|'failed'|'cancelled'} LegacyStatus
@@ -36,6 +37,12 @@ class LegacyAssessmentService extends EventEmitter {
   #now;
   /** @type {Map<string, number>} reverse-synced assessments -> seq of the last message applied */
   #imported = new Map();
+  /**
+   * id -> its hash (bucket) and its canonical row hash (null: changed since computed). Cached so that a
+   * checksum request over a million records costs a sum, not a million md5s; every change drops the row hash.
+   * @type {Map<string, {idHash: number, rowHash: bigint|null}>}
+   */
+  #digests = new Map();
 
   /**
    * @param {{newId?: () => string, now?: () => Date}} [options] id generator (default
@@ -71,6 +78,7 @@ class LegacyAssessmentService extends EventEmitter {
       createdMs: now.getTime(),
       startedMs: null,
     });
+    this.#changed(assessmentId);
     this.emit('assessment.created', { assessmentId, status: 'pending', progress: 0, timestamp, request });
     return assessmentId;
   }
@@ -260,6 +268,7 @@ class LegacyAssessmentService extends EventEmitter {
     if (name === 'failed') a.error = data.error ?? null;
     if ('duration' in data && data.duration !== undefined) a.duration = data.duration;
     a.updatedAt = at;
+    this.#changed(id);
     this.#imported.set(id, seq);
     this.emit('reverse.imported', { assessmentId: id, reverseId: `${id}:${seq}`, seq, status: a.status });
     return 'applied';
@@ -316,7 +325,108 @@ class LegacyAssessmentService extends EventEmitter {
   #touch(a) {
     const now = this.#now();
     a.updatedAt = now.toISOString();
+    this.#changed(a.assessmentId);
     return now;
+  }
+
+  /** @param {string} assessmentId */
+  #changed(assessmentId) {
+    const d = this.#digests.get(assessmentId);
+    if (d) d.rowHash = null;
+  }
+
+  /** @param {string} assessmentId */
+  #entry(assessmentId) {
+    let d = this.#digests.get(assessmentId);
+    if (!d) {
+      d = { idHash: idHash(assessmentId), rowHash: null };
+      this.#digests.set(assessmentId, d);
+    }
+    return d;
+  }
+
+  /** @param {string} assessmentId */
+  #digest(assessmentId) {
+    const d = this.#entry(assessmentId);
+    if (d.rowHash === null) {
+      const a = this.#assessments.get(assessmentId);
+      d.rowHash = a ? rowHash(a) : 0n;
+    }
+    return d;
+  }
+
+  /**
+   * Restores records of a JSON Lines export (the inverse of exportSnapshot), as they are: no event is
+   * emitted, so a tap does not send them to the store. A record whose id exists replaces it.
+   * @param {Record<string, any>} record
+   * @returns {'loaded'|'replaced'|'invalid'}
+   */
+  restoreRecord(record) {
+    if (record === null || typeof record !== 'object' || typeof record.assessmentId !== 'string' || record.assessmentId === '') {
+      return 'invalid';
+    }
+    const id = record.assessmentId;
+    const existed = this.#assessments.has(id);
+    /** @param {unknown} v */
+    const orNull = (v) => (v === undefined ? null : v);
+    const created = typeof record.timestamp === 'string' ? Date.parse(record.timestamp) : NaN;
+    this.#assessments.set(id, {
+      assessmentId: id,
+      status: record.status,
+      progress: record.progress,
+      message: orNull(record.message),
+      request: orNull(record.request),
+      result: orNull(record.result),
+      error: orNull(record.error),
+      timestamp: record.timestamp,
+      updatedAt: record.updatedAt,
+      duration: orNull(record.duration),
+      createdMs: Number.isFinite(created) ? created : this.#now().getTime(),
+      startedMs: null,
+    });
+    this.#changed(id);
+    return existed ? 'replaced' : 'loaded';
+  }
+
+  /**
+   * Per-bucket count and checksum of the canonical records (src/canonical.js), over the ids starting with
+   * idPrefix; only non-empty buckets are listed.
+   * @param {number} buckets
+   * @param {string} [idPrefix]
+   * @returns {{total: number, checksums: Array<[number, number, string]>}}
+   */
+  checksums(buckets, idPrefix = '') {
+    const counts = new Map();
+    const sums = new Map();
+    let total = 0;
+    const scoped = idPrefix !== '';
+    for (const id of this.#assessments.keys()) {
+      if (scoped && !id.startsWith(idPrefix)) continue;
+      const d = this.#digest(id);
+      const b = d.idHash % buckets;
+      counts.set(b, (counts.get(b) ?? 0) + 1);
+      sums.set(b, ((sums.get(b) ?? 0n) + /** @type {bigint} */ (d.rowHash)) % TWO_64);
+      total += 1;
+    }
+    const checksums = [...counts.keys()].sort((x, y) => x - y).map(
+      (b) => /** @type {[number, number, string]} */ ([b, counts.get(b), checksumHex(sums.get(b))]),
+    );
+    return { total, checksums };
+  }
+
+  /**
+   * The export records of the given buckets (all when bucketIds is null), ids starting with idPrefix.
+   * A generator, so a caller can stream a million records without building them all at once.
+   * @param {{buckets?: number, bucketIds?: Set<number>|null, idPrefix?: string}} [selection]
+   * @returns {Generator<LegacyAssessment>}
+   */
+  *exportRecords({ buckets = 1, bucketIds = null, idPrefix = '' } = {}) {
+    const scoped = idPrefix !== '';
+    for (const [id, a] of this.#assessments) {
+      if (scoped && !id.startsWith(idPrefix)) continue;
+      if (bucketIds !== null && !bucketIds.has(this.#entry(id).idHash % buckets)) continue;
+      yield exportRecord(a);
+    }
   }
 }
 
