@@ -276,7 +276,7 @@ def test_lag_command_prints_json(stack_settings: Settings, topic: str) -> None:
     asyncio.run(_commit(stack_settings, group, {TopicPartition(topic, 0): 7}))
     env = {**os.environ, **settings_env(stack_settings), "COLUMNS": "200"}
     before = time.time()
-    r = subprocess.run([sys.executable, "-m", "assessment_store", "lag", "--group", group, "--topic", topic, "--json"],
+    r = subprocess.run([sys.executable, "-m", "assessment_store.cli", "lag", "--group", group, "--topic", topic, "--json"],
                        capture_output=True, text=True, env=env, timeout=120)
     after = time.time()
     assert r.returncode == 0, r.stderr
@@ -287,7 +287,7 @@ def test_lag_command_prints_json(stack_settings: Settings, topic: str) -> None:
     assert (p0["committed"], p0["end"], p0["lag"]) == (7, N, N - 7)
     assert _expected_seconds(topic, 7, before, after, p0["lagSeconds"]), p0["lagSeconds"]
     assert doc["reachable"] is True and doc["stale"] is False
-    table = subprocess.run([sys.executable, "-m", "assessment_store", "lag", "--group", group], capture_output=True,
+    table = subprocess.run([sys.executable, "-m", "assessment_store.cli", "lag", "--group", group], capture_output=True,
                            text=True, env=env, timeout=120)
     assert table.returncode == 0 and group in table.stdout and "ERR" in table.stdout, table.stdout + table.stderr
 
@@ -303,7 +303,7 @@ async def test_lag_monitor_serves_prometheus_metrics(stack_settings: Settings, t
     group, port = _name("metrics"), PORT_BASE + 57
     await _commit(stack_settings, group, {TopicPartition(topic, 0): 3})
     env = {**os.environ, **settings_env(stack_settings), "ASSESSMENT_STORE_LAG_POLL_INTERVAL_S": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "assessment_store", "lag-monitor", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "assessment_store.cli", "lag-monitor", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         async def scrape() -> str:

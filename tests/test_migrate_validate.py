@@ -289,7 +289,7 @@ async def test_a_clean_migration_through_the_bridge_passes(stack_settings: Setti
     assert report.histories_checked > 0
 
     env = {**os.environ, **settings_env(stack_settings)}
-    r = subprocess.run([sys.executable, "-m", "assessment_store", "migrate", "validate", "--legacy-url",
+    r = subprocess.run([sys.executable, "-m", "assessment_store.cli", "migrate", "validate", "--legacy-url",
                         legacy_http.url, "--json", "--id-prefix", p, "--deep"], capture_output=True, text=True,
                        env=env, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
