@@ -15,21 +15,21 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from assessment_store.core import VERSION
-from assessment_store.core import Settings
-from assessment_store.core import validate_id
-from assessment_store.core import ValidationError
 from assessment_store.core import (
+    VERSION,
     Cancel,
     Command,
     Complete,
     Create,
     Fail,
     Retry,
+    Settings,
     Start,
     State,
     UpdateProgress,
+    ValidationError,
     new_id,
+    validate_id,
 )
 from assessment_store.client import AssessmentStore
 

@@ -14,9 +14,16 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from pydantic.alias_generators import to_camel
 
-from assessment_store.core import INT32_MAX, INT64_MAX, MAX_ID_LENGTH, MAX_TEXT_LENGTH, check_text
-from assessment_store.core import ValidationError
-from assessment_store.core import Assessment, Outcome
+from assessment_store.core import (
+    INT32_MAX,
+    INT64_MAX,
+    MAX_ID_LENGTH,
+    MAX_TEXT_LENGTH,
+    Assessment,
+    Outcome,
+    ValidationError,
+    check_text,
+)
 
 __all__ = [
     "AssessmentOut",

@@ -8,31 +8,36 @@ kernel, ``assessment_store.core``. Imports run downward only (``docs/architectur
 layers; ``tests/test_house.py`` holds them).
 """
 
-from assessment_store.core import Settings
 from assessment_store.core import (
+    VERSION as __version__,
+    Assessment,
     AssessmentNotFound,
     AssessmentStoreError,
     BackendError,
     CodecError,
     CommandTimeout,
-    DataRejected,
-    NotQuarantined,
     DatabaseUnavailable,
+    DataRejected,
     DownloadFailed,
+    Event,
+    EventSource,
+    EventType,
     InvalidTransition,
     KafkaUnavailable,
     MissingTool,
+    NotQuarantined,
+    Outcome,
     PortInUse,
     ServiceFailed,
+    Settings,
     StackError,
+    State,
     StoreUsageError,
     ValidationError,
     VersionConflict,
     WaitTimeout,
 )
-from assessment_store.core import Assessment, Event, EventSource, EventType, Outcome, State
 
-from assessment_store.core import VERSION as __version__
 
 from assessment_store.client import AssessmentStore, SyncAssessmentStore
 

@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from assessment_store.core import Settings
-from assessment_store.core import Backoff
+from assessment_store.core import Backoff, Settings
 
 __all__ = [
     "eventually", "isolated_settings", "kafka_container_spec", "produce_lifecycles", "projected_event_count", "running_stack",

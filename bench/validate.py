@@ -32,8 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assessment_store import Settings
-from assessment_store.migration import start_legacy_http
-from assessment_store.migration import validate_after
+from assessment_store.migration import start_legacy_http, validate_after
 from assessment_store.projections import connect, migrate
 from assessment_store.stack import Stack
 from assessment_store.testing import isolated_settings, running_stack

@@ -41,15 +41,18 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store.core import Settings
-from assessment_store.core import AsyncLifecycle
-from assessment_store.core import DatabaseUnavailable
-from assessment_store.core import CommandEnvelope, Create, EventSource
+from assessment_store.core import (
+    AsyncLifecycle,
+    CommandEnvelope,
+    Create,
+    DatabaseUnavailable,
+    EventSource,
+    Settings,
+)
 from assessment_store.projections import create_pool, fetch_states, translate_db_errors
-from assessment_store.streams import ensure_topics, kafka_client_options, translate_kafka_errors
+from assessment_store.streams import Appender, ensure_topics, kafka_client_options, translate_kafka_errors
 
 from ._legacy import LegacyEvent, RejectKind, Rejection
-from assessment_store.streams import Appender
 from ._translate import LegacyMessage, LegacyView, TranslateLimits, Translation, parse_message, translate_message
 
 __all__ = ["BridgeOptions", "BridgeStats", "LegacyBridge", "dead_letter_record", "DLQ_HEADER_KIND", "DLQ_HEADER_REASON",

@@ -53,11 +53,20 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from assessment_store.core import Settings
-from assessment_store.core import CommandTimeout, ValidationError
-from assessment_store.core import Command, CommandEnvelope, EventSource
-from assessment_store.projections import create_pool, translate_db_errors
-from assessment_store.projections import fetch_assessments, fetch_outcome_acceptance
+from assessment_store.core import (
+    Command,
+    CommandEnvelope,
+    CommandTimeout,
+    EventSource,
+    Settings,
+    ValidationError,
+)
+from assessment_store.projections import (
+    create_pool,
+    fetch_assessments,
+    fetch_outcome_acceptance,
+    translate_db_errors,
+)
 
 from ._checkpoints import Checkpoint, CheckpointStore, ImportCounts
 from ._legacy import RejectKind, Rejection

@@ -16,10 +16,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from assessment_store.core import Settings
-from assessment_store.core import JSON
-from assessment_store.projections import translate_db_errors
-from assessment_store.projections import connection, fetch_rejections
+from assessment_store.core import JSON, Settings
+from assessment_store.projections import connection, fetch_rejections, translate_db_errors
 from assessment_store.streams import kafka_client_options, translate_kafka_errors
 
 from ._snapshot import IMPORT_ID_PREFIX

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from assessment_store.core import validate_id
-from assessment_store.core import ValidationError
-from assessment_store.core import JSON, State
+from assessment_store.core import JSON, State, ValidationError, validate_id
 
 __all__ = [
     "LEGACY_STATES",

@@ -67,8 +67,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from assessment_store.core import validate_command
-from assessment_store.core import ValidationError
 from assessment_store.core import (
     JSON,
     Cancel,
@@ -79,6 +77,8 @@ from assessment_store.core import (
     Start,
     State,
     UpdateProgress,
+    ValidationError,
+    validate_command,
 )
 
 from ._legacy import (

@@ -15,9 +15,16 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from assessment_store.core import Settings
-from assessment_store.core import AssessmentStoreError, CodecError, StoreUsageError, ValidationError, WaitTimeout
-from assessment_store.core import Service, supervise
+from assessment_store.core import (
+    AssessmentStoreError,
+    CodecError,
+    Service,
+    Settings,
+    StoreUsageError,
+    ValidationError,
+    WaitTimeout,
+    supervise,
+)
 
 __all__ = [
     "EXIT_DATAERR",

@@ -12,8 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from assessment_store.core import Settings
-from assessment_store.core import State
+from assessment_store.core import Settings, State
 from assessment_store.client import AssessmentStore
 
 from ._console import EXIT_REFUSED, err, out

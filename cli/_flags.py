@@ -7,13 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from assessment_store.core import Settings
+from assessment_store.core import BackendError, Settings
 from ._console import EXIT_USAGE, err, fail, out, run_cli
 from ._options import Actor, JsonFlag
-from assessment_store.core import BackendError
 
-from assessment_store.migration import FlagStore, MigrationFlags, audit_trail, default_actor
-from assessment_store.migration import ReverseSyncStatus, reverse_sync_status
+from assessment_store.migration import (
+    FlagStore,
+    MigrationFlags,
+    ReverseSyncStatus,
+    audit_trail,
+    default_actor,
+    reverse_sync_status,
+)
 
 __all__ = ["flags_app"]
 

@@ -20,16 +20,20 @@ import uuid
 from rich.console import Console
 from rich.table import Table
 
-from assessment_store.core import Settings
-from assessment_store.core import Assessment, State
+from assessment_store.core import Assessment, Settings, State
 from assessment_store.client import AssessmentStore
 
-from assessment_store.migration import FLAGS_TOPIC, FlagStore
-from assessment_store.migration import HttpLegacyBackend
-from assessment_store.migration import start_legacy_http
-from assessment_store.migration import ReverseSync
-from assessment_store.migration import MigrationRouter, Side
-from assessment_store.migration import MismatchLog, ShadowObserver
+from assessment_store.migration import (
+    FLAGS_TOPIC,
+    FlagStore,
+    HttpLegacyBackend,
+    MigrationRouter,
+    MismatchLog,
+    ReverseSync,
+    ShadowObserver,
+    Side,
+    start_legacy_http,
+)
 
 __all__ = ["run_migration_demo"]
 

@@ -18,34 +18,47 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from assessment_store.projections import ChangeListener, create_pool, fetch_assessment, translate_db_errors
-from assessment_store.projections import count_by_state as _count_by_state
-from assessment_store.projections import fetch_history as _fetch_history
-from assessment_store.projections import fetch_outcome as _fetch_outcome
-from assessment_store.projections import list_ids as _list_ids
-from assessment_store.projections import list_page as _list_page
+from assessment_store.projections import (
+    ChangeListener,
+    count_by_state as _count_by_state,
+    create_pool,
+    fetch_assessment,
+    fetch_history as _fetch_history,
+    fetch_outcome as _fetch_outcome,
+    list_ids as _list_ids,
+    list_page as _list_page,
+    translate_db_errors,
+)
 from assessment_store.streams import CommandSender, ensure_topics, partition_counts
 
-from assessment_store.core import Settings
-from assessment_store.core import check_text, validate_command, validate_command_id, validate_id
-from assessment_store.core import AsyncLifecycle, Backoff
-from assessment_store.core import AssessmentNotFound, AssessmentStoreError, KafkaUnavailable, ValidationError, error_from_rejection
 from assessment_store.core import (
     JSON,
     Assessment,
+    AssessmentNotFound,
+    AssessmentStoreError,
+    AsyncLifecycle,
+    Backoff,
     Cancel,
     Command,
     CommandEnvelope,
-    EventSource,
-    Outcome,
     Complete,
     Create,
+    EventSource,
     Fail,
+    KafkaUnavailable,
+    Outcome,
     Retry,
+    Settings,
     Start,
     State,
     UpdateProgress,
+    ValidationError,
+    check_text,
+    error_from_rejection,
     new_id,
+    validate_command,
+    validate_command_id,
+    validate_id,
 )
 
 __all__ = ["AssessmentStore"]

@@ -11,8 +11,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from assessment_store.core import Settings
-from assessment_store.core import JSON, Assessment, Outcome, State
+from assessment_store.core import JSON, Assessment, Outcome, Settings, State
 from ._store import AssessmentStore
 
 __all__ = ["SyncAssessmentStore"]

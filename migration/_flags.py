@@ -38,10 +38,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from assessment_store.core import Settings
-from assessment_store.core import AsyncLifecycle
-from assessment_store.core import KafkaUnavailable, ValidationError
-from assessment_store.core import JSON, new_id
+from assessment_store.core import JSON, AsyncLifecycle, KafkaUnavailable, Settings, ValidationError, new_id
 from assessment_store.projections import connect, record_audit, translate_db_errors
 from assessment_store.streams import Principal, TopicSpec, ensure_topics, kafka_client_options, kafka_principal, translate_kafka_errors
 

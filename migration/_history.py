@@ -13,11 +13,10 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from assessment_store.core import evolve
-from assessment_store.core import AssessmentStoreError
 from assessment_store.core import (
     JSON,
     Assessment,
+    AssessmentStoreError,
     Cancelled,
     Completed,
     Created,
@@ -30,6 +29,7 @@ from assessment_store.core import (
     Retried,
     Started,
     State,
+    evolve,
 )
 
 from ._model import Finding, FindingKind

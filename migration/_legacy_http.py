@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from assessment_store.core import (
+    JSON,
+    Assessment,
     AssessmentNotFound,
     BackendError,
     InvalidTransition,
     ValidationError,
     WaitTimeout,
 )
-from assessment_store.core import JSON, Assessment
 
 from assessment_store.bridge import convert_legacy_state
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from assessment_store.bridge import NODE_DIR
-from assessment_store.core import Settings
-from assessment_store.core import ServiceFailed
+from assessment_store.core import ServiceFailed, Settings
 from assessment_store.streams import node_client_env
 
 __all__ = ["LegacyHttpProcess", "start_legacy_http"]

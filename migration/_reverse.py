@@ -25,23 +25,35 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from assessment_store.core import Settings
-from assessment_store.core import CodecError
-from assessment_store.core import AsyncLifecycle
 from assessment_store.core import (
     JSON,
+    AsyncLifecycle,
     Cancelled,
+    CodecError,
     Completed,
     Created,
     Event,
     EventSource,
     Failed,
     ProgressUpdated,
+    Settings,
     Started,
 )
 from assessment_store.schemas import EventCodec
-from assessment_store.streams import LogFence, Verdict, fence_metadata, metadata_epoch
-from assessment_store.streams import TopicSpec, admin_client, committed_with_metadata, ensure_topics, kafka_client_options, kafka_principal, topic_end_offsets, translate_kafka_errors
+from assessment_store.streams import (
+    LogFence,
+    TopicSpec,
+    Verdict,
+    admin_client,
+    committed_with_metadata,
+    ensure_topics,
+    fence_metadata,
+    kafka_client_options,
+    kafka_principal,
+    metadata_epoch,
+    topic_end_offsets,
+    translate_kafka_errors,
+)
 
 __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus", "reverse_sync_status",
            "reverse_topic_spec", "to_legacy_message"]

@@ -46,8 +46,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from assessment_store.core import BackendError, StoreUsageError
-from assessment_store.core import JSON, Assessment, State, new_id
+from assessment_store.core import JSON, Assessment, BackendError, State, StoreUsageError, new_id
 
 from ._flags import MigrationFlags
 from ._buckets import route_to_store

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from assessment_store.core import Settings
-from assessment_store.core import StoreUsageError
+from assessment_store.core import Settings, StoreUsageError
 from assessment_store.projections import connection, migrate, translate_db_errors
 
 from ._model import ValidationReport, ValidationRun, ValidationVerdict

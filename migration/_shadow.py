@@ -47,10 +47,7 @@ from typing import Protocol
 
 import asyncpg
 
-from assessment_store.core import Settings
-from assessment_store.core import AssessmentStoreError
-from assessment_store.core import AsyncLifecycle
-from assessment_store.core import JSON, Assessment, State
+from assessment_store.core import JSON, Assessment, AssessmentStoreError, AsyncLifecycle, Settings, State
 from assessment_store.projections import create_pool, translate_db_errors
 
 __all__ = [

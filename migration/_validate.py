@@ -23,9 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from assessment_store.core import Settings
-from assessment_store.core import ValidationError
-from assessment_store.core import Assessment
+from assessment_store.core import Assessment, Settings, ValidationError
 from assessment_store.projections import (
     bucket_assessments,
     bucket_checksums,

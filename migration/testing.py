@@ -13,8 +13,7 @@ import dataclasses
 from collections import Counter
 from datetime import UTC, datetime
 
-from assessment_store.core import AssessmentNotFound, InvalidTransition, WaitTimeout
-from assessment_store.core import JSON, Assessment, State
+from assessment_store.core import JSON, Assessment, AssessmentNotFound, InvalidTransition, State, WaitTimeout
 
 __all__ = ["InMemoryLegacyBackend"]
 

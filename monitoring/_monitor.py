@@ -33,9 +33,13 @@ from dataclasses import dataclass, replace
 
 from aiokafka import TopicPartition
 
-from assessment_store.core import Settings
-from assessment_store.core import BackendError, DatabaseUnavailable, KafkaUnavailable
-from assessment_store.core import AsyncLifecycle
+from assessment_store.core import (
+    AsyncLifecycle,
+    BackendError,
+    DatabaseUnavailable,
+    KafkaUnavailable,
+    Settings,
+)
 from assessment_store.projections import connect, projector_offsets
 
 from ._kafka import ClusterRead, Override, read_cluster

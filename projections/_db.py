@@ -12,8 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from assessment_store.core import Settings
-from assessment_store.core import DataRejected, DatabaseUnavailable
+from assessment_store.core import DatabaseUnavailable, DataRejected, Settings
 
 __all__ = [
     "LIVE_SCHEMA", "SCHEMA_VERSION", "check_schema_name", "connect", "create_pool", "create_projection_schema",

@@ -17,9 +17,15 @@ from typing import Any
 
 import asyncpg
 
-from assessment_store.core import Settings
-from assessment_store.core import CommandTimeout, DatabaseUnavailable, WaitTimeout
-from assessment_store.core import Assessment, Outcome, State
+from assessment_store.core import (
+    Assessment,
+    CommandTimeout,
+    DatabaseUnavailable,
+    Outcome,
+    Settings,
+    State,
+    WaitTimeout,
+)
 
 from ._db import connect, translate_db_errors
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL

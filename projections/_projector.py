@@ -59,23 +59,32 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from assessment_store.core import Settings
-from assessment_store.core import AsyncLifecycle
-from assessment_store.core import evolve
 from assessment_store.core import (
+    Assessment,
     AssessmentStoreError,
+    AsyncLifecycle,
     BackendError,
+    Backoff,
     CodecError,
     DatabaseUnavailable,
     DataRejected,
+    Event,
     KafkaUnavailable,
+    Outcome,
+    Payload,
+    Settings,
+    evolve,
 )
-from assessment_store.core import Backoff
-from assessment_store.core import Assessment, Event, Outcome, Payload
 from assessment_store.schemas import EventCodec, OutcomeCodec
-from assessment_store.streams import (COMMAND_OFFSET_HEADER, ensure_topics, kafka_client_options, partition_counts,
-                                      translate_kafka_errors)
-from assessment_store.streams import LogFence, Verdict
+from assessment_store.streams import (
+    COMMAND_OFFSET_HEADER,
+    LogFence,
+    Verdict,
+    ensure_topics,
+    kafka_client_options,
+    partition_counts,
+    translate_kafka_errors,
+)
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
 from ._fold_rows import AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns

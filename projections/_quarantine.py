@@ -22,8 +22,7 @@ from datetime import datetime
 
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store.core import Settings
-from assessment_store.core import DataRejected, NotQuarantined
+from assessment_store.core import DataRejected, NotQuarantined, Settings
 
 from ._audit import record_audit
 from ._db import LIVE_SCHEMA, check_schema_name, connect, migrate, translate_db_errors

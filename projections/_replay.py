@@ -30,8 +30,7 @@ from datetime import UTC, datetime
 import asyncpg
 from aiokafka import TopicPartition
 
-from assessment_store.core import Settings
-from assessment_store.core import StoreUsageError
+from assessment_store.core import Settings, StoreUsageError
 
 from ._audit import record_audit
 from ._db import LIVE_SCHEMA, connect, create_projection_schema, migrate, translate_db_errors

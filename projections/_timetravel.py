@@ -17,23 +17,29 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store.core import Settings
-from assessment_store.core import evolve
-from assessment_store.core import CodecError, ValidationError
 from assessment_store.core import (
     Assessment,
     Cancelled,
+    CodecError,
     Completed,
     Created,
     Failed,
     Payload,
     Retried,
+    Settings,
     Started,
     State,
+    ValidationError,
+    evolve,
 )
 from assessment_store.schemas import EventCodec
-from assessment_store.streams import kafka_client_options, partition_counts, translate_kafka_errors
-from assessment_store.streams import LogFence, Verdict
+from assessment_store.streams import (
+    LogFence,
+    Verdict,
+    kafka_client_options,
+    partition_counts,
+    translate_kafka_errors,
+)
 
 __all__ = ["counts_at", "state_at"]
 

@@ -18,8 +18,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from assessment_store.core import CodecError
-from assessment_store.core import JSON
+from assessment_store.core import JSON, CodecError
 
 __all__ = ["SCHEMA_DIR", "AvroRecordCodec", "Headers", "json_text"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from assessment_store.core import CodecError
 from assessment_store.core import (
     Cancelled,
+    CodecError,
     Completed,
     Created,
     Event,

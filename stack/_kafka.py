@@ -14,8 +14,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from assessment_store.core import Settings
-from assessment_store.core import DownloadFailed, MissingTool, ServiceFailed
+from assessment_store.core import DownloadFailed, MissingTool, ServiceFailed, Settings
 
 from ._kafka_security import apply_acls, ensure_credentials, ensure_tls, format_scram_args, secure_broker_props, secure_topics
 from ._procs import (

@@ -26,8 +26,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from assessment_store.core import Settings
-from assessment_store.core import ServiceFailed
+from assessment_store.core import ServiceFailed, Settings
 
 __all__ = [
     "Acl", "AclOp", "acl_bindings", "apply_acls", "ensure_credentials", "ensure_tls", "format_scram_args",

@@ -18,8 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from assessment_store.core import Settings
-from assessment_store.core import MissingTool, ServiceFailed
+from assessment_store.core import MissingTool, ServiceFailed, Settings
 
 from ._procs import LogFn, ServiceStatus, check_port_free, is_alive, pss_bytes, read_pid, rss_bytes, tail
 

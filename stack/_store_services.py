@@ -11,8 +11,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from assessment_store.core import Settings
-from assessment_store.core import ServiceFailed
+from assessment_store.core import ServiceFailed, Settings
 from assessment_store.streams import Principal
 
 from ._procs import LogFn, ServiceStatus, is_alive, private_log, read_pid, rss_bytes, stop_pid, tail

@@ -23,9 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from assessment_store.core import Settings
-from assessment_store.core import KafkaUnavailable
-from assessment_store.core import CommandEnvelope
+from assessment_store.core import CommandEnvelope, KafkaUnavailable, Settings
 from assessment_store.schemas import CommandCodec
 from ._kafka import kafka_client_options, translate_kafka_errors
 from ._kafka import start_kafka_client

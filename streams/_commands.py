@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from aiokafka.structs import RecordMetadata
 
-from assessment_store.core import Settings
-from assessment_store.core import ValidationError
-from assessment_store.core import CommandEnvelope
+from assessment_store.core import CommandEnvelope, Settings, ValidationError
 from assessment_store.schemas import CommandCodec
 
 from ._kafka import KeyedProducer

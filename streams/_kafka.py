@@ -23,9 +23,14 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from assessment_store.core import Settings
-from assessment_store.core import FencedOut, KafkaAccessDenied, KafkaUnavailable, ValidationError
-from assessment_store.core import AsyncLifecycle
+from assessment_store.core import (
+    AsyncLifecycle,
+    FencedOut,
+    KafkaAccessDenied,
+    KafkaUnavailable,
+    Settings,
+    ValidationError,
+)
 
 __all__ = [
     "PRINCIPALS", "KeyedProducer", "Principal", "close_producer", "committed_with_metadata", "kafka_client_options",

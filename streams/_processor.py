@@ -84,18 +84,23 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from assessment_store.core import Settings
-from assessment_store.core import AsyncLifecycle
-from assessment_store.core import decide, evolve
-from assessment_store.core import CodecError, FencedOut, KafkaUnavailable, StackError, StoreUsageError
 from assessment_store.core import (
     Assessment,
+    AsyncLifecycle,
+    CodecError,
     CommandEnvelope,
     Event,
     EventSource,
     ExpireDeadline,
+    FencedOut,
+    KafkaUnavailable,
     Outcome,
+    Settings,
+    StackError,
     State,
+    StoreUsageError,
+    decide,
+    evolve,
 )
 from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from aiokafka.structs import RecordMetadata
 
-from assessment_store.core import Settings
-from assessment_store.core import Event
+from assessment_store.core import Event, Settings
 from assessment_store.schemas import EventCodec
 
 from ._kafka import KeyedProducer, Principal

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from assessment_store.core import decide, evolve
 from assessment_store.core import (
     Assessment,
     Cancel,
@@ -22,6 +21,8 @@ from assessment_store.core import (
     Start,
     State,
     UpdateProgress,
+    decide,
+    evolve,
 )
 from assessment_store.bridge import (
     LEGACY_STATES,

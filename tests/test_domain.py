@@ -7,9 +7,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from assessment_store import AssessmentNotFound, InvalidTransition, State, ValidationError, VersionConflict
-from assessment_store.core import decide, evolve
 from assessment_store.core import (
-    Assessment, Cancel, Command, Complete, Create, Fail, Retry, Start, UpdateProgress,
+    Assessment,
+    Cancel,
+    Command,
+    Complete,
+    Create,
+    Fail,
+    Retry,
+    Start,
+    UpdateProgress,
+    decide,
+    evolve,
 )
 
 from .state_table import LEGAL, TRANSITION_NAMES

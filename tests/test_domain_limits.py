@@ -11,9 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from assessment_store import ValidationError
-from assessment_store.core import INT32_MAX, INT64_MAX, MAX_JSON_DEPTH, validate_command
 from assessment_store.core import (
-    Cancel, Command, CommandEnvelope, Complete, Create, Fail, Start, UpdateProgress,
+    INT32_MAX,
+    INT64_MAX,
+    MAX_JSON_DEPTH,
+    Cancel,
+    Command,
+    CommandEnvelope,
+    Complete,
+    Create,
+    Fail,
+    Start,
+    UpdateProgress,
+    validate_command,
 )
 from assessment_store.schemas import CommandCodec
 

@@ -23,8 +23,17 @@ from aiokafka.structs import OffsetAndMetadata
 from pydantic import SecretStr
 
 from assessment_store import AssessmentStore, Settings, State
-from assessment_store.core import KafkaAccessDenied, KafkaUnavailable, ServiceFailed, ValidationError
-from assessment_store.core import CommandEnvelope, Created, Event, UpdateProgress, new_id
+from assessment_store.core import (
+    CommandEnvelope,
+    Created,
+    Event,
+    KafkaAccessDenied,
+    KafkaUnavailable,
+    ServiceFailed,
+    UpdateProgress,
+    ValidationError,
+    new_id,
+)
 from assessment_store.testing import eventually, isolated_settings
 from assessment_store.schemas import CommandCodec
 from assessment_store.stack import Stack

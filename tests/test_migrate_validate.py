@@ -19,21 +19,19 @@ import pytest
 from assessment_store import Settings, State
 from assessment_store.bridge import import_legacy
 from assessment_store.migration import (
+    FindingKind,
     HttpLegacyBackend,
     LegacyHttpProcess,
-    assessment_from_legacy_record,
-    reverse_topic_spec,
-    start_legacy_http,
-)
-from assessment_store.migration import (
-    FindingKind,
     ValidationVerdict,
+    assessment_from_legacy_record,
     bucket_of,
     canonical_legacy,
     compare_rows,
     id_hash,
     latest_validation,
+    reverse_topic_spec,
     row_hash,
+    start_legacy_http,
     validate_after,
 )
 from assessment_store.projections import canonical_texts, connect

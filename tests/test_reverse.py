@@ -17,8 +17,17 @@ from aiokafka import AIOKafkaConsumer
 from datetime import UTC, datetime, timedelta
 
 from assessment_store import Settings
-from assessment_store.core import decide, evolve
-from assessment_store.core import Assessment, Command, Complete, Create, EventSource, Start, UpdateProgress
+from assessment_store.core import (
+    Assessment,
+    Command,
+    Complete,
+    Create,
+    EventSource,
+    Start,
+    UpdateProgress,
+    decide,
+    evolve,
+)
 from assessment_store.testing import eventually, produce_lifecycles, topic_end_offsets
 from assessment_store.migration import ReverseSync, reverse_topic_spec
 from assessment_store.stack import Stack, settings_env
