@@ -25,7 +25,7 @@ from assessment_store.core import (
     WaitTimeout,
 )
 
-__all__ = ["BodySizeLimit", "install_problem_handlers", "problem"]
+__all__ = ["PROBLEM", "BodySizeLimit", "install_problem_handlers", "problem"]
 
 PROBLEM = "application/problem+json"
 
