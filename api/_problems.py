@@ -25,7 +25,7 @@ from assessment_store.core import (
     WaitTimeout,
 )
 
-__all__ = ["BodySizeLimit", "install_problem_handlers", "problem"]
+__all__ = ["PROBLEM", "BodySizeLimit", "install_problem_handlers", "problem"]
 
 PROBLEM = "application/problem+json"
 
@@ -63,6 +63,16 @@ def _camel_path(path: str) -> str:
     return _camel(path[:cut]) + path[cut:]
 
 
+_PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail"})
+
+
+def _member_name(attribute: str) -> str:
+    """An error attribute's name in the problem body; one that would overwrite a member of the problem
+    itself (KafkaAccessDenied's ``detail``) keeps its value under ``error<Name>`` instead."""
+    name = _camel(attribute)
+    return f"error{name[0].upper()}{name[1:]}" if name in _PROBLEM_MEMBERS else name
+
+
 def _status(e: AssessmentStoreError) -> tuple[int, str]:
     match e:
         case AssessmentNotFound():
@@ -88,7 +98,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(AssessmentStoreError)
     async def _store_error(_req: Request, e: AssessmentStoreError) -> JSONResponse:
         status, title = _status(e)
-        extra = {_camel(k): v for k, v in vars(e).items() if not k.startswith("_") and k != "log_tail"}
+        extra = {_member_name(k): v for k, v in vars(e).items() if not k.startswith("_") and k != "log_tail"}
         if isinstance(e, ValidationError):
             # The shape of the body-validation 422s below, with the API's camelCase field names.
             field = _camel_path(e.field)

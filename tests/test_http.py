@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -110,6 +114,19 @@ async def test_auth_missing_token_is_401_wrong_token_is_403(api: httpx.AsyncClie
     assert r.status_code == 403
     r = await api.post("/assessments", json={"request": 1}, headers=READ)
     assert r.status_code == 403
+
+
+async def test_the_bearer_scheme_is_case_insensitive(api: httpx.AsyncClient) -> None:
+    """"bearer" and "BEARER" are the Bearer scheme (RFC 9110: schemes are case-insensitive); another scheme is a 401."""
+    async with httpx.AsyncClient(base_url=api.base_url) as client:
+        for scheme in ("bearer", "BEARER", "bEaReR"):
+            r = await client.post("/assessments", json={"request": scheme}, headers={"Authorization": f"{scheme} {TOKEN}"})
+            assert r.status_code == 201, (scheme, r.text)
+            aid = r.json()["assessmentId"]
+            r = await client.get(f"/assessments/{aid}", headers={"Authorization": f"{scheme} {READ_TOKEN}"})
+            assert r.status_code == 200, (scheme, r.text)
+        r = await client.get("/assessments", headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
 
 
 async def test_reads_need_the_read_or_the_write_token(api: httpx.AsyncClient) -> None:
@@ -317,3 +334,30 @@ async def test_liveness_and_readiness_are_open_and_readiness_checks_both_backend
     assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
     body = not_ready.json()
     assert body["checks"]["postgres"] == "ok" and body["checks"]["kafka"] != "ok" and "kafka" in body["detail"]
+
+
+async def test_the_document_declares_every_status_and_shape_the_api_answers_with(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    """Schemathesis, driven by /openapi.json, finds no status, content type, header or body that the document
+    does not declare for its operation (and no 5xx)."""
+    # A short long-poll cap keeps the 408s cheap; the fuzzing phase alone, because it reaches unknown ids (404s)
+    # and unreadable bodies (400s) within the budget, where the coverage phase spends it on generation.
+    settings = stack_settings.model_copy(update={"api_token": SecretStr(TOKEN), "api_max_wait_s": 0.5})
+    async for base in _serve(settings):
+        st = Path(sys.executable).with_name("schemathesis")
+        run = await asyncio.to_thread(
+            subprocess.run,
+            [str(st), "run", f"{base}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
+             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                         "response_headers_conformance,response_schema_conformance",
+             "--generation-with-security-parameters", "false", "--max-time", "30", "--max-examples", "10",
+             "--workers", "1", "--request-timeout", "20", "--generation-deterministic", "--no-color",
+             "--report", "junit", "--report-junit-path", str(tmp_path / "junit.xml"),
+             "--phases", "fuzzing"],
+            capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        )
+    report = run.stdout[-8000:] + run.stderr[-2000:]
+    assert run.returncode == 0, report
+    operations = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
+    assert sum(1 for _ in operations) == 15, report
