@@ -202,46 +202,79 @@ async def test_planted_defects_are_found_exactly(stack_settings: Settings, legac
     await _restore(legacy_http.url, same + changed_legacy + lost)
     await _import(stack_settings, tmp_path / "export.jsonl", same + changed_store + extra)
 
-    # Defects inside the store: a progress event after completion (illegal), a command applied twice
-    # (duplicate), and a projected row edited behind the projector's back (unlike its fold).
-    await _plant_event(stack_settings, f"{p}completed", "ProgressUpdated", {"progress": 100, "message": None},
-                       causation=f"planted-{uuid.uuid4()}")
-    await _plant_event(stack_settings, f"{p}processing", "ProgressUpdated", {"progress": 30, "message": "thirty"})
-    conn = await connect(stack_settings)
+    # The defects below are written behind the projector's back into the session's shared projection;
+    # the finally block puts the rows back as the log folds them, so that later tests (a replay
+    # compares the projection with a rebuild from the log) see a projection equal to its log.
+    planted_rows = await _projected_rows(stack_settings, [f"{p}completed", f"{p}processing", f"{p}pending"])
     try:
-        await conn.execute("UPDATE projection.assessments SET retry_count = 3 WHERE assessment_id = $1", f"{p}pending")
+        # Defects inside the store: a progress event after completion (illegal), a command applied twice
+        # (duplicate), and a projected row edited behind the projector's back (unlike its fold).
+        await _plant_event(stack_settings, f"{p}completed", "ProgressUpdated", {"progress": 100, "message": None},
+                           causation=f"planted-{uuid.uuid4()}")
+        await _plant_event(stack_settings, f"{p}processing", "ProgressUpdated", {"progress": 30, "message": "thirty"})
+        conn = await connect(stack_settings)
+        try:
+            await conn.execute("UPDATE projection.assessments SET retry_count = 3 WHERE assessment_id = $1", f"{p}pending")
+        finally:
+            await conn.close()
+
+
+        report = await validate_after(stack_settings, legacy_http.url, id_prefix=p, buckets=64, deep=True)
+        found = {(f.kind, f.assessment_id, f.field) for f in report.findings}
+        assert found == {
+            (FindingKind.COUNT_MISMATCH, None, "count"),
+            (FindingKind.LOST, f"{p}lost-1", None),
+            (FindingKind.LOST, f"{p}lost-2", None),
+            (FindingKind.EXTRA, f"{p}extra-1", None),
+            (FindingKind.CORRUPTED, f"{p}changed-1", "result"),
+            (FindingKind.CORRUPTED, f"{p}changed-1", "message"),
+            (FindingKind.CORRUPTED, f"{p}changed-2", "progress"),
+            (FindingKind.CORRUPTED, f"{p}changed-3", "timestamp"),
+            (FindingKind.DUPLICATE, f"{p}processing", "command"),
+            (FindingKind.ILLEGAL_HISTORY, f"{p}completed", "transition"),
+            (FindingKind.PROJECTION_MISMATCH, f"{p}pending", "retry_count"),
+        }, [f for f in report.findings]
+        values = {(f.assessment_id, f.field): dict(f.values) for f in report.findings}
+        assert values[(f"{p}changed-1", "result")] == {"legacy": {"score": 7}, "store": {"score": 8}}
+        assert values[(f"{p}changed-2", "progress")] == {"legacy": 50, "store": 40}
+        assert values[(None, "count")] == {"legacy": 10, "store": 9}
+        assert values[(f"{p}pending", "retry_count")] == {"projection": 3, "fold": 0}
+        assert report.verdict is ValidationVerdict.FAIL and report.total_findings == 11
+        assert (report.legacy_count, report.store_count) == (10, 9)
+        latest = await latest_validation(stack_settings, id_prefix=p)
+        assert latest is not None and (latest.run_id, latest.verdict) == (report.run_id, ValidationVerdict.FAIL)
+        assert latest.totals["corrupted"] == 4
+
+        capped = await validate_after(stack_settings, legacy_http.url, id_prefix=p, max_findings=1, deep=True, record=False)
+        assert capped.totals == report.totals
+        assert len([f for f in capped.findings if f.kind is FindingKind.CORRUPTED]) == 1
+    finally:
+        await _unplant(stack_settings, planted_rows)
+
+
+async def _projected_rows(settings: Settings, ids: list[str]) -> list[dict[str, Any]]:
+    conn = await connect(settings)
+    try:
+        rows = await conn.fetch("SELECT assessment_id, version, last_event_id, retry_count FROM projection.assessments"
+                                " WHERE assessment_id = ANY($1::text[])", ids)
+        return [dict(r) for r in rows]
     finally:
         await conn.close()
 
-    report = await validate_after(stack_settings, legacy_http.url, id_prefix=p, buckets=64, deep=True)
-    found = {(f.kind, f.assessment_id, f.field) for f in report.findings}
-    assert found == {
-        (FindingKind.COUNT_MISMATCH, None, "count"),
-        (FindingKind.LOST, f"{p}lost-1", None),
-        (FindingKind.LOST, f"{p}lost-2", None),
-        (FindingKind.EXTRA, f"{p}extra-1", None),
-        (FindingKind.CORRUPTED, f"{p}changed-1", "result"),
-        (FindingKind.CORRUPTED, f"{p}changed-1", "message"),
-        (FindingKind.CORRUPTED, f"{p}changed-2", "progress"),
-        (FindingKind.CORRUPTED, f"{p}changed-3", "timestamp"),
-        (FindingKind.DUPLICATE, f"{p}processing", "command"),
-        (FindingKind.ILLEGAL_HISTORY, f"{p}completed", "transition"),
-        (FindingKind.PROJECTION_MISMATCH, f"{p}pending", "retry_count"),
-    }, [f for f in report.findings]
-    values = {(f.assessment_id, f.field): dict(f.values) for f in report.findings}
-    assert values[(f"{p}changed-1", "result")] == {"legacy": {"score": 7}, "store": {"score": 8}}
-    assert values[(f"{p}changed-2", "progress")] == {"legacy": 50, "store": 40}
-    assert values[(None, "count")] == {"legacy": 10, "store": 9}
-    assert values[(f"{p}pending", "retry_count")] == {"projection": 3, "fold": 0}
-    assert report.verdict is ValidationVerdict.FAIL and report.total_findings == 11
-    assert (report.legacy_count, report.store_count) == (10, 9)
-    latest = await latest_validation(stack_settings, id_prefix=p)
-    assert latest is not None and (latest.run_id, latest.verdict) == (report.run_id, ValidationVerdict.FAIL)
-    assert latest.totals["corrupted"] == 4
 
-    capped = await validate_after(stack_settings, legacy_http.url, id_prefix=p, max_findings=1, deep=True, record=False)
-    assert capped.totals == report.totals
-    assert len([f for f in capped.findings if f.kind is FindingKind.CORRUPTED]) == 1
+async def _unplant(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    """Remove the planted events and restore the planted rows' columns (what the projector had folded)."""
+    conn = await connect(settings)
+    try:
+        async with conn.transaction():
+            for r in rows:
+                await conn.execute("DELETE FROM projection.assessment_events WHERE assessment_id = $1"
+                                   " AND kafka_topic = 'planted'", r["assessment_id"])
+                await conn.execute("UPDATE projection.assessments SET version = $2, last_event_id = $3, retry_count = $4"
+                                   " WHERE assessment_id = $1", r["assessment_id"], r["version"], r["last_event_id"],
+                                   r["retry_count"])
+    finally:
+        await conn.close()
 
 
 @pytest.mark.stack
