@@ -15,7 +15,16 @@ field). The path to each exported state::
     failed      Create, Start [, UpdateProgress], Fail(error, duration)
     cancelled   Create [, UpdateProgress], Cancel
 
-(UpdateProgress when the exported progress is above 0 or a message was exported.) Against the
+(UpdateProgress when the exported progress is above 0 or a message was exported.)
+
+A pending or processing line whose ``updatedAt`` is later than the last step planned for it (a pending
+assessment at progress 0 without a message: only its Create, at ``timestamp``; or one the store
+already holds at an earlier ``updated_at``) gets an UpdateProgress with its own progress and message
+at ``updatedAt``: legacy reported that progress then. Without it the store's ``updated_at`` would stay
+at the creation time and lose legacy's ``updatedAt`` (docs/legacy-format.md, "Exports"). Its command id
+includes ``updatedAt``, so a later export of the same assessment touched again is not taken for it.
+
+Against the
 assessment's current state in the store only the missing steps are planned: nothing when the
 store already holds that state (or is further along the lifecycle - the live bridge got there
 first), and a ``conflict`` rejection when the store holds a *different* final state.
@@ -148,6 +157,12 @@ def plan_import(
     ):
         steps.append(UpdateProgress(command_id=cid("progress", record.progress, record.message),
                                     progress=record.progress, message=record.message, **common))
+    if (target is State.PENDING or target is State.PROCESSING) and not any(
+            not isinstance(step, Create) for step in steps) and _needs_touch(record, current):
+        assert record.updated_at is not None
+        steps.append(UpdateProgress(
+            command_id=cid("progress-at", record.progress, record.message, record.updated_at.isoformat()),
+            progress=record.progress, message=record.message, **common))
     match target:
         case State.COMPLETED:
             steps.append(Complete(command_id=cid("complete"), result=record.result,
@@ -165,3 +180,14 @@ def plan_import(
     except _Reject as e:
         return e.rejection()
     return ImportPlan(commands)
+
+
+def _needs_touch(record: ExportRecord, current: Assessment | None) -> bool:
+    """Whether only a progress step at ``updatedAt`` is missing: the store's ``updated_at`` would be earlier
+    than the export's, while progress and message already agree (never moving progress backwards)."""
+    if record.updated_at is None:
+        return False
+    if current is None:
+        return record.created_at is not None and record.updated_at > record.created_at
+    return (current.progress, current.message) == (record.progress, record.message) and \
+        record.updated_at > current.updated_at

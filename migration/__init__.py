@@ -13,9 +13,18 @@
 * ``validate_after``: ``assessment-store migrate validate``, the legacy service against the store by
   bucketed checksums (descending only into differing buckets), plus the store's histories against the
   state machine and its projection against the fold of its events; ``latest_validation`` /
-  ``require_recent_pass``: the runs recorded in PostgreSQL, for later steps (docs/migration.md).
+  ``require_recent_pass``: the runs recorded in PostgreSQL, for later steps (docs/migration.md);
+* ``export_legacy``: ``migrate export``, the legacy service's records and audit log into a directory with a
+  manifest; ``validate_before``: ``migrate validate --before``, an export against its manifest and legacy;
+  ``import_audit``: the export's audit log into ``public.migration_audit``; ``import_export``: ``migrate
+  import``, the whole export into the store, then the after-validation.
 """
 
+from ._audit_import import AuditImportReport, import_audit
+from ._before import validate_before
+from ._complete import MigrationImport, import_export
+from ._export import ASSESSMENTS_FILE, AUDIT_FILE, MANIFEST_FILE, ExportedFile, ExportManifest, export_legacy, read_manifest
+from ._transitions import legacy_transitions
 from ._buckets import BUCKETS, bucket, route_to_store
 from ._canonical import bucket_of, canonical_legacy, canonical_store, id_hash, jsonb_text, row_hash
 from ._compare import VALIDATED_FIELDS, compare_rows, same_json
@@ -23,7 +32,7 @@ from ._flags import FLAGS_TOPIC, FlagChange, FlagStore, FlagStoreStats, Migratio
 from ._history import check_history
 from ._legacy_http import HttpLegacyBackend, LegacyUnavailable, assessment_from_legacy_record
 from ._legacy_process import LegacyHttpProcess, start_legacy_http
-from ._model import Finding, FindingKind, ValidationReport, ValidationRun, ValidationVerdict
+from ._model import AFTER_KINDS, BEFORE_KINDS, Finding, FindingKind, ValidationReport, ValidationRun, ValidationVerdict
 from ._render import EXIT_FINDINGS, EXIT_PASS, exit_code, recommendations, render, report_json
 from ._reverse import (
     ReverseStats,
@@ -39,6 +48,21 @@ from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserve
 from ._validate import DEFAULT_BUCKETS, DEFAULT_MAX_FINDINGS, DEFAULT_SAMPLE_BUCKETS, validate_after
 
 __all__ = [
+    "AFTER_KINDS",
+    "ASSESSMENTS_FILE",
+    "AUDIT_FILE",
+    "AuditImportReport",
+    "BEFORE_KINDS",
+    "ExportedFile",
+    "ExportManifest",
+    "MANIFEST_FILE",
+    "MigrationImport",
+    "export_legacy",
+    "import_audit",
+    "import_export",
+    "legacy_transitions",
+    "read_manifest",
+    "validate_before",
     "ValidationVerdict",
     "VALIDATED_FIELDS",
     "BUCKETS",

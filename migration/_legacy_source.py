@@ -48,6 +48,20 @@ class LegacyExport:
                                     url=url, status=response.status_code) from e
         return total, sums
 
+    async def status_counts(self, id_prefix: str = "") -> tuple[int, dict[str, int]]:
+        """(records, status -> records) over the ids starting with ``id_prefix`` (``GET /export/counts``)."""
+        url = f"{self.base_url}/export/counts"
+        try:
+            response = await self._client.get("/export/counts", params={"idPrefix": id_prefix})
+        except httpx.HTTPError as e:
+            raise LegacyUnavailable(f"legacy GET {url} failed: {type(e).__name__}: {e}", url=url) from e
+        body = self._json(response, url)
+        try:
+            return int(body["total"]), {str(k): int(v) for k, v in body["byStatus"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise LegacyUnavailable(f"legacy GET {url} answered unreadable counts: {e!r}",
+                                    url=url, status=response.status_code) from e
+
     async def records(self, buckets: int, bucket_ids: Sequence[int] | None,
                       id_prefix: str = "") -> AsyncIterator[dict[str, Any]]:
         """The export records of ``bucket_ids`` (every record when None), streamed."""

@@ -9,7 +9,8 @@ from datetime import datetime
 
 from assessment_store.core import JSON
 
-__all__ = ["Finding", "FindingKind", "ValidationReport", "ValidationRun", "ValidationVerdict"]
+__all__ = ["AFTER_KINDS", "BEFORE_KINDS", "Finding", "FindingKind", "ValidationReport", "ValidationRun",
+           "ValidationVerdict"]
 
 
 class FindingKind(str, enum.Enum):
@@ -27,6 +28,23 @@ class FindingKind(str, enum.Enum):
     """A store history the state machine refuses: a transition from a state that does not allow it, a version gap."""
     PROJECTION_MISMATCH = "projection_mismatch"
     """The projection's row differs from the fold of the assessment's events (one finding per field)."""
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    """(before) An export file differs from its manifest: SHA-256, record count, counts per status."""
+    INVALID_RECORD = "invalid_record"
+    """(before) A line of an export file that is not a record (not JSON, no id)."""
+    ILLEGAL_AUDIT = "illegal_audit"
+    """(before) An audit entry the legacy state machine refuses, or one that does not continue the previous."""
+    UNKNOWN_ASSESSMENT = "unknown_assessment"
+    """(before) An audit entry about an assessment the export does not hold."""
+
+
+AFTER_KINDS = (FindingKind.COUNT_MISMATCH, FindingKind.LOST, FindingKind.EXTRA, FindingKind.CORRUPTED,
+               FindingKind.DUPLICATE, FindingKind.ILLEGAL_HISTORY, FindingKind.PROJECTION_MISMATCH)
+"""What ``validate_after`` (legacy vs the store) looks for."""
+BEFORE_KINDS = (FindingKind.CHECKSUM_MISMATCH, FindingKind.COUNT_MISMATCH, FindingKind.LOST, FindingKind.EXTRA,
+                FindingKind.CORRUPTED, FindingKind.DUPLICATE, FindingKind.INVALID_RECORD, FindingKind.ILLEGAL_AUDIT,
+                FindingKind.UNKNOWN_ASSESSMENT)
+"""What ``validate_before`` (legacy vs an export) looks for; lost, extra and corrupted read legacy vs the export."""
 
 
 class ValidationVerdict(str, enum.Enum):
@@ -70,6 +88,9 @@ class ValidationReport:
     seconds: dict[str, float] = field(default_factory=dict)
     run_id: int | None = None
     """Its row in public.migration_validations, once recorded."""
+    export_dir: str | None = None
+    """(before) The export directory checked against legacy; ``store_count`` is then the export's count and
+    ``histories_checked`` the audit entries checked."""
 
     @property
     def verdict(self) -> ValidationVerdict:

@@ -37,9 +37,35 @@ _ADVICE: dict[FindingKind, str] = {
 }
 
 
+_BEFORE_ADVICE: dict[FindingKind, str] = {
+    FindingKind.CHECKSUM_MISMATCH: "An export file differs from its manifest (edited, truncated, or copied badly): "
+                                   "export again (`assessment-store migrate export --overwrite`).",
+    FindingKind.COUNT_MISMATCH: "Legacy and the export hold different numbers of assessments (per status too): legacy "
+                                "changed since the export - export again on a quiet system, or import and let the "
+                                "after-validation and the live bridge settle the difference.",
+    FindingKind.LOST: "Assessments legacy holds that the export lacks (created since the export): export again, or "
+                      "rely on the live bridge for them.",
+    FindingKind.EXTRA: "Assessments in the export that legacy no longer holds: find out why before importing them.",
+    FindingKind.CORRUPTED: "Fields differ between legacy and the export: legacy changed them since (in-flight "
+                           "assessments), or the file was edited - export again before importing.",
+    FindingKind.DUPLICATE: "An id listed twice in the export: legacy needs de-duplication before the import (the "
+                           "import keeps whichever line brings the store further).",
+    FindingKind.INVALID_RECORD: "Lines that are not records: the import would refuse them (see `<file>.rejected.jsonl` "
+                                "after `migrate import`).",
+    FindingKind.ILLEGAL_AUDIT: "The legacy audit log shows transitions its state machine forbids: legacy's records "
+                               "of those assessments may be wrong - check them before trusting the import.",
+    FindingKind.UNKNOWN_ASSESSMENT: "Audit entries about assessments the export does not hold: deleted on legacy, or "
+                                    "the export is incomplete.",
+}
+
+
 def recommendations(report: ValidationReport) -> list[str]:
-    advice = [_ADVICE[k] for k in FindingKind if report.totals.get(k)]
-    if report.verdict is ValidationVerdict.PASS:
+    advice_of = _BEFORE_ADVICE if report.kind == "before" else _ADVICE
+    advice = [advice_of[k] for k in FindingKind if report.totals.get(k) and k in advice_of]
+    if report.verdict is ValidationVerdict.PASS and report.kind == "before":
+        advice.append(f"Pass: the export matches legacy. Import it (`assessment-store migrate import "
+                      f"{report.export_dir}`); run {report.run_id}.")
+    elif report.verdict is ValidationVerdict.PASS:
         advice.append("Pass: legacy and the store agree. Later steps may require this run "
                       f"(run {report.run_id}, `latest_validation`).")
     elif not report.findings and report.total_findings:
@@ -67,16 +93,25 @@ def _short(value: object, limit: int = 80) -> str:
 def render(report: ValidationReport, console: Console) -> None:
     colour = "green" if report.verdict is ValidationVerdict.PASS else "red"
     scope = f" (ids starting with {report.id_prefix!r})" if report.id_prefix else ""
-    console.print(f"[bold {colour}]{report.verdict.value.upper()}[/] legacy {report.legacy_source} vs store{scope}: "
+    if report.kind == "before":
+        console.print(f"[bold {colour}]{report.verdict.value.upper()}[/] export {report.export_dir} vs legacy "
+                      f"{report.legacy_source}{scope}: {report.store_count} exported, {report.legacy_count} legacy "
+                      f"assessments; {report.buckets_differing} of {report.buckets} buckets differ, "
+                      f"{report.histories_checked} audit entries checked in {sum(report.seconds.values()):.1f} s",
+                      highlight=False)
+    else:
+        console.print(f"[bold {colour}]{report.verdict.value.upper()}[/] legacy {report.legacy_source} vs store{scope}: "
                   f"{report.legacy_count} legacy, {report.store_count} store assessments; "
-                  f"{report.buckets_differing} of {report.buckets} buckets differ, {report.rows_fetched} rows "
-                  f"fetched, {report.histories_checked} histories checked in "
-                  f"{sum(report.seconds.values()):.1f} s", highlight=False)
+                      f"{report.buckets_differing} of {report.buckets} buckets differ, {report.rows_fetched} rows "
+                      f"fetched, {report.histories_checked} histories checked in "
+                      f"{sum(report.seconds.values()):.1f} s", highlight=False)
     totals = Table(title="Findings")
     totals.add_column("kind")
     totals.add_column("total", justify="right")
     totals.add_column("shown", justify="right")
     for kind in FindingKind:
+        if kind not in report.totals:
+            continue
         n = report.totals.get(kind, 0)
         totals.add_row(kind.value, str(n), str(min(n, report.max_findings)), style="red" if n else "dim")
     console.print(totals)

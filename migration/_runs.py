@@ -34,9 +34,11 @@ async def record_validation(conn: asyncpg.Connection, report: ValidationReport) 
     """Insert the run; its id."""
     with translate_db_errors("recording a validation run"):
         await migrate(conn)
-        summary = {"buckets_differing": report.buckets_differing, "rows_fetched": report.rows_fetched,
+        summary: dict[str, object] = {"buckets_differing": report.buckets_differing, "rows_fetched": report.rows_fetched,
                    "histories_checked": report.histories_checked, "false_alarm_buckets": report.false_alarm_buckets,
                    "seconds": report.seconds}
+        if report.export_dir is not None:
+            summary["export_dir"] = report.export_dir
         return int(await conn.fetchval(
             "INSERT INTO public.migration_validations (kind, verdict, started_at, finished_at, legacy_source,"
             " id_prefix, buckets, legacy_count, store_count, totals, summary)"

@@ -36,7 +36,7 @@ from ._canonical import bucket_of
 from ._compare import compare_rows
 from ._history import check_history
 from ._legacy_source import BUCKETS_PER_REQUEST, LegacyExport
-from ._model import Finding, FindingKind, ValidationReport
+from ._model import AFTER_KINDS, Finding, FindingKind, ValidationReport
 from ._runs import record_validation
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_MAX_FINDINGS", "DEFAULT_SAMPLE_BUCKETS", "validate_after"]
@@ -88,7 +88,7 @@ async def validate_after(
         raise ValidationError("max_findings", f"must be at least 0, got {max_findings}")
     started = datetime.now(UTC)
     seconds: dict[str, float] = {}
-    found = _Findings(max_findings)
+    found = _Findings(max_findings, {k: 0 for k in AFTER_KINDS})
     t = time.perf_counter()
     async with LegacyExport(legacy_url) as legacy, connection(settings) as conn:
         with translate_db_errors("computing the store's bucket checksums"):

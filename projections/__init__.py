@@ -1,6 +1,6 @@
 """Folding the log into PostgreSQL, and reading it back: the projector, queries, waiting."""
 
-from ._audit import record_audit
+from ._audit import LEGACY_AUDIT_OPERATION_PREFIX, LegacyAuditRow, import_legacy_audit, record_audit
 from ._checksums import bucket_assessments, bucket_checksums, canonical_texts, fetch_histories
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
@@ -26,6 +26,9 @@ __all__ = [
     "fetch_states",
     "connection",
     "record_audit",
+    "LEGACY_AUDIT_OPERATION_PREFIX",
+    "LegacyAuditRow",
+    "import_legacy_audit",
     "QuarantineEntry",
     "RefoldResult",
     "list_quarantine",

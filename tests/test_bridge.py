@@ -391,11 +391,12 @@ def _export(path: Path, prefix: str, n: int) -> tuple[dict[str, dict[str, Any]],
         }
         lines.append(json.dumps(rec).encode())
         # The export's times become the events' occurred_at: created at `timestamp`, every later step
-        # at `updatedAt`; a legacy duration is carried for completions and failures.
+        # at `updatedAt` (a pending one gets a progress step at `updatedAt`, so it keeps legacy's
+        # updatedAt too); a legacy duration is carried for completions and failures.
         expected[aid] = {"state": status.upper(), "progress": rec["progress"], "message": rec["message"],
                          "request_data": rec["request"], "result_data": rec["result"], "error_message": rec["error"],
                          "created_at": datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
-                         "updated_at": datetime(2024, 5, 1, 12, 0 if status == "pending" else 5, tzinfo=UTC)}
+                         "updated_at": datetime(2024, 5, 1, 12, 5, tzinfo=UTC)}
         if status in ("completed", "failed"):
             expected[aid]["duration_ms"] = 1000 + i
     path.write_bytes(b"\n".join(lines) + b"\n")

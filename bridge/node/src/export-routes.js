@@ -8,6 +8,9 @@
  *        streamed; with bucket=..., only the records of those buckets (src/canonical.js bucketOf(id, N))
  *   GET  /export/checksums?buckets=N[&idPrefix=P]         -> 200 {buckets, total, checksums: [[bucket, count, hex]]}
  *        per non-empty bucket, the count and the sum mod 2^64 of the canonical row hashes (16 hex digits)
+ *   GET  /export/counts[?idPrefix=P]                     -> 200 {total, byStatus: {status: count}}
+ *   GET  /export/audit[?idPrefix=P]                       JSON Lines of the audit log, oldest first, streamed:
+ *        {auditId, seq, at, actor, operation, assessmentId, statusBefore, statusAfter} (src/legacy-service.js)
  *   POST /snapshot                                        JSON Lines body of export records, restored as they
  *        are, without emissions (a seed: tests, benchmarks, a restore) -> 200 {loaded, replaced, invalid}
  *
@@ -109,9 +112,19 @@ async function streamExport(service, req, res, url) {
   const buckets = bucketsParam(url.searchParams, false);
   const bucketIds = bucketIdsParam(url.searchParams, buckets);
   const idPrefix = url.searchParams.get('idPrefix') ?? '';
+  await streamLines(res, service.exportRecords({ buckets, bucketIds, idPrefix }));
+}
+
+/**
+ * Writes each item as one JSON line, LINES_PER_WRITE at a time, waiting for the socket to drain
+ * (bounded memory however large the export).
+ * @param {import('node:http').ServerResponse} res
+ * @param {Iterable<unknown>} items
+ */
+async function streamLines(res, items) {
   res.writeHead(200, { 'content-type': 'application/x-ndjson' });
   let lines = [];
-  for (const record of service.exportRecords({ buckets, bucketIds, idPrefix })) {
+  for (const record of items) {
     lines.push(JSON.stringify(record));
     if (lines.length >= LINES_PER_WRITE) {
       const more = res.write(`${lines.join('\n')}\n`);
@@ -129,6 +142,8 @@ async function streamExport(service, req, res, url) {
  * @param {import('node:http').IncomingMessage} req
  */
 async function restore(service, req) {
+  const raw = req.headers['x-actor'];
+  const actor = (Array.isArray(raw) ? raw[0] : raw)?.slice(0, 200);
   const counts = { loaded: 0, replaced: 0, invalid: 0 };
   const lines = readline.createInterface({ input: req, crlfDelay: Infinity });
   for await (const line of lines) {
@@ -140,7 +155,7 @@ async function restore(service, req) {
       counts.invalid += 1;
       continue;
     }
-    counts[service.restoreRecord(record)] += 1;
+    counts[service.asActor(actor, () => service.restoreRecord(record))] += 1;
   }
   return counts;
 }
@@ -164,6 +179,10 @@ function handleExport(service, req, res) {
       const { total, checksums } = service.checksums(buckets, url.searchParams.get('idPrefix') ?? '');
       sendJson(res, 200, { buckets, total, checksums });
     })();
+  } else if (url.pathname === '/export/audit' && method === 'GET') {
+    work = streamLines(res, service.auditEntries({ idPrefix: url.searchParams.get('idPrefix') ?? '' }));
+  } else if (url.pathname === '/export/counts' && method === 'GET') {
+    work = (async () => sendJson(res, 200, service.statusCounts(url.searchParams.get('idPrefix') ?? '')))();
   } else if (url.pathname === '/snapshot' && method === 'POST') {
     work = restore(service, req).then((counts) => sendJson(res, 200, counts));
   } else {

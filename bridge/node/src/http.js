@@ -17,7 +17,10 @@
  *   GET  /assessments/:id                                                -> 200 record
  *   GET  /assessments/:id/wait?timeout=ms  long-poll until completed/failed/cancelled -> 200 record
  *   GET  /health                                                         -> 200 {ok, tap, reverse}
- *   GET  /export, GET /export/checksums, POST /snapshot: see src/export-routes.js
+ *   GET  /export, GET /export/checksums, GET /export/counts, GET /export/audit, POST /snapshot:
+ *        see src/export-routes.js
+ * Every change is written to the service's audit log (GET /export/audit) with its actor: the request's
+ * `x-actor` header (at most 200 characters), else the service's default actor.
  * A record is the legacy record (the export fields) plus `version`: the number of changes this service
  * made to it, or for a reverse-synced assessment the store version of the last message applied; and
  * `storeVersion`: the store version of the last reverse-synced message applied (0: none), which the
@@ -41,6 +44,7 @@ const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 const LIFECYCLE = ['created', 'started', 'progress', 'completed', 'failed', 'cancelled'].map((e) => `assessment.${e}`);
 const MAX_BODY_BYTES = 1_000_000;
 const MAX_WAIT_MS = 300_000;
+const MAX_ACTOR_LENGTH = 200;
 
 class HttpError extends Error {
   /**
@@ -175,6 +179,14 @@ function createHandler(service) {
    * @returns {Promise<[number, unknown]>}
    */
   const route = async (req) => {
+    const raw = req.headers['x-actor'];
+    const actor = Array.isArray(raw) ? raw[0] : raw;
+    if (actor !== undefined && (actor.length === 0 || actor.length > MAX_ACTOR_LENGTH)) {
+      throw new HttpError(400, { error: 'ValidationError', field: 'x-actor', reason: `must be 1 to ${MAX_ACTOR_LENGTH} characters` });
+    }
+    // The service's methods are synchronous: the actor is set around each call, never across an await.
+    /** @type {<T>(call: () => T) => T} */
+    const as = (call) => service.asActor(actor, call);
     const url = new URL(req.url || '/', 'http://localhost');
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
     const method = req.method || 'GET';
@@ -191,9 +203,9 @@ function createHandler(service) {
         if (existing) {
           throw new HttpError(409, { error: 'InvalidTransition', assessmentId: b.assessmentId, status: existing.status, action: 'create' });
         }
-        return [201, { assessmentId: service.createAssessmentWithId(b.assessmentId, b.request) }];
+        return [201, { assessmentId: as(() => service.createAssessmentWithId(b.assessmentId, b.request)) }];
       }
-      return [201, { assessmentId: service.createAssessment(b.request) }];
+      return [201, { assessmentId: as(() => service.createAssessment(b.request)) }];
     }
     const id = parts[1];
     const action = parts[2];
@@ -213,19 +225,19 @@ function createHandler(service) {
     const b = await body(req);
     switch (action) {
       case 'start':
-        return [200, transition(id, 'start', () => service.startAssessment(id))];
+        return [200, transition(id, 'start', () => as(() => service.startAssessment(id)))];
       case 'progress':
         if (typeof b.progress !== 'number') {
           throw new HttpError(400, { error: 'ValidationError', field: 'progress', reason: 'must be a number' });
         }
-        return [200, transition(id, 'update_progress', () => service.updateProgress(id, b.progress, b.message ?? undefined))];
+        return [200, transition(id, 'update_progress', () => as(() => service.updateProgress(id, b.progress, b.message ?? undefined)))];
       case 'complete':
         // durationMs is accepted and ignored: the legacy service measures its own duration.
-        return [200, transition(id, 'complete', () => service.completeAssessment(id, b.result))];
+        return [200, transition(id, 'complete', () => as(() => service.completeAssessment(id, b.result)))];
       case 'fail':
-        return [200, transition(id, 'fail', () => service.failAssessment(id, b.error === undefined ? 'failed' : String(b.error)))];
+        return [200, transition(id, 'fail', () => as(() => service.failAssessment(id, b.error === undefined ? 'failed' : String(b.error))))];
       case 'cancel':
-        return [200, transition(id, 'cancel', () => service.cancelAssessment(id))];
+        return [200, transition(id, 'cancel', () => as(() => service.cancelAssessment(id)))];
       default:
         throw new HttpError(404, { error: 'NoSuchRoute', path: url.pathname });
     }

@@ -24,6 +24,21 @@ const { checksumHex, idHash, rowHash, TWO_64 } = require('./canonical');
  */
 
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+const DEFAULT_ACTOR = 'legacy-service';
+
+/**
+ * One entry of the audit log: who changed which assessment, how, and when (GET /export/audit).
+ * @typedef {object} AuditEntry
+ * @property {string} auditId `<service instance id>:<seq>`: stable for as long as the service runs, so an
+ *   entry exported twice is recognised as the same entry
+ * @property {number} seq 1, 2, ... in the order the changes were made
+ * @property {string} at ISO-8601 time of the change
+ * @property {string} actor who made it (the request's actor header, else the service's default actor)
+ * @property {'create'|'start'|'progress'|'complete'|'fail'|'cancel'|'reverse-sync'|'restore'} operation
+ * @property {string} assessmentId
+ * @property {LegacyStatus|null} statusBefore null for a creation (or a restore of an unknown id)
+ * @property {LegacyStatus|null} statusAfter
+ */
 
 /**
  * A sample of the legacy Node.js service the AssessmentStore replaces: assessments kept in a Map,
@@ -43,15 +58,78 @@ class LegacyAssessmentService extends EventEmitter {
    * @type {Map<string, {idHash: number, rowHash: bigint|null}>}
    */
   #digests = new Map();
+  /** @type {AuditEntry[]} every change, oldest first (kept in memory, as the records are) */
+  #audit = [];
+  #auditPrefix;
+  #defaultActor;
+  /** @type {string|null} the actor of the change being made (set by asActor), null: the default */
+  #actor = null;
 
   /**
-   * @param {{newId?: () => string, now?: () => Date}} [options] id generator (default
-   *   crypto.randomUUID) and clock (default new Date())
+   * @param {{newId?: () => string, now?: () => Date, actor?: string, instanceId?: string}} [options] id
+   *   generator (default crypto.randomUUID), clock (default new Date()), the actor of changes made without
+   *   one (default 'legacy-service'), and the prefix of audit ids (default a random UUID per instance)
    */
   constructor(options = {}) {
     super();
     this.#newId = options.newId || randomUUID;
     this.#now = options.now || (() => new Date());
+    this.#defaultActor = options.actor || DEFAULT_ACTOR;
+    this.#auditPrefix = options.instanceId || randomUUID();
+  }
+
+  /**
+   * Runs `call` with `actor` as the actor of the changes it makes (the HTTP face passes its caller's).
+   * The methods are synchronous, so no other change can interleave and take this actor.
+   * @template T
+   * @param {string|null|undefined} actor
+   * @param {() => T} call
+   * @returns {T}
+   */
+  asActor(actor, call) {
+    const previous = this.#actor;
+    this.#actor = actor || null;
+    try {
+      return call();
+    } finally {
+      this.#actor = previous;
+    }
+  }
+
+  /**
+   * The audit log, oldest first, of the ids starting with idPrefix. A generator: streamed, not copied whole.
+   * @param {{idPrefix?: string}} [selection]
+   * @returns {Generator<AuditEntry>}
+   */
+  *auditEntries({ idPrefix = '' } = {}) {
+    // Bounded by the length at the start: entries appended while a slow reader streams are left for the next read.
+    const end = this.#audit.length;
+    for (let i = 0; i < end; i += 1) {
+      const e = this.#audit[i];
+      if (idPrefix === '' || e.assessmentId.startsWith(idPrefix)) yield { ...e };
+    }
+  }
+
+  /**
+   * @param {AuditEntry['operation']} operation
+   * @param {string} assessmentId
+   * @param {LegacyStatus|null} statusBefore
+   * @param {LegacyStatus|null} statusAfter
+   * @param {string} at
+   * @param {string} [actor]
+   */
+  #record(operation, assessmentId, statusBefore, statusAfter, at, actor) {
+    const seq = this.#audit.length + 1;
+    this.#audit.push({
+      auditId: `${this.#auditPrefix}:${seq}`,
+      seq,
+      at,
+      actor: actor || this.#actor || this.#defaultActor,
+      operation,
+      assessmentId,
+      statusBefore,
+      statusAfter,
+    });
   }
 
   /**
@@ -79,6 +157,7 @@ class LegacyAssessmentService extends EventEmitter {
       startedMs: null,
     });
     this.#changed(assessmentId);
+    this.#record('create', assessmentId, null, 'pending', timestamp);
     this.emit('assessment.created', { assessmentId, status: 'pending', progress: 0, timestamp, request });
     return assessmentId;
   }
@@ -92,6 +171,7 @@ class LegacyAssessmentService extends EventEmitter {
     const now = this.#touch(a);
     a.status = 'processing';
     a.startedMs = now.getTime();
+    this.#record('start', assessmentId, 'pending', 'processing', a.updatedAt);
     this.emit('assessment.started', {
       assessmentId,
       status: a.status,
@@ -114,6 +194,7 @@ class LegacyAssessmentService extends EventEmitter {
     this.#touch(a);
     a.progress = progress;
     a.message = message === undefined ? null : message;
+    this.#record('progress', assessmentId, a.status, a.status, a.updatedAt);
     this.emit('assessment.progress', {
       assessmentId,
       status: a.status,
@@ -135,6 +216,7 @@ class LegacyAssessmentService extends EventEmitter {
     a.progress = 100;
     a.result = result === undefined ? null : result;
     a.duration = now.getTime() - (a.startedMs ?? a.createdMs);
+    this.#record('complete', assessmentId, 'processing', 'completed', a.updatedAt);
     this.emit('assessment.completed', {
       assessmentId,
       status: a.status,
@@ -152,10 +234,12 @@ class LegacyAssessmentService extends EventEmitter {
    */
   failAssessment(assessmentId, error) {
     const a = this.#get(assessmentId, 'fail', ['pending', 'processing']);
+    const before = a.status;
     const now = this.#touch(a);
     a.status = 'failed';
     a.error = error instanceof Error ? error.message : String(error);
     a.duration = now.getTime() - (a.startedMs ?? a.createdMs);
+    this.#record('fail', assessmentId, before, 'failed', a.updatedAt);
     this.emit('assessment.failed', {
       assessmentId,
       status: a.status,
@@ -172,9 +256,11 @@ class LegacyAssessmentService extends EventEmitter {
    */
   cancelAssessment(assessmentId) {
     const a = this.#get(assessmentId, 'cancel', ['pending', 'processing']);
+    const before = a.status;
     const now = this.#touch(a);
     a.status = 'cancelled';
     a.duration = now.getTime() - (a.startedMs ?? a.createdMs);
+    this.#record('cancel', assessmentId, before, 'cancelled', a.updatedAt);
     this.emit('assessment.cancelled', {
       assessmentId,
       status: a.status,
@@ -239,6 +325,7 @@ class LegacyAssessmentService extends EventEmitter {
     let a = this.#assessments.get(id);
     const last = this.#imported.get(id) ?? 0;
     if (seq <= last) return 'duplicate';
+    const before = a ? a.status : null;
     const status = STATUS[name];
     if (a && TERMINAL.has(a.status) && (status === null || status !== a.status)) return 'conflict';
     if (!a) {
@@ -270,6 +357,8 @@ class LegacyAssessmentService extends EventEmitter {
     a.updatedAt = at;
     this.#changed(id);
     this.#imported.set(id, seq);
+    // Written by the store, carried here by the reverse sync: the actor is the sync, whoever asked the store.
+    this.#record('reverse-sync', id, before, a.status, at, 'reverse-sync');
     this.emit('reverse.imported', { assessmentId: id, reverseId: `${id}:${seq}`, seq, status: a.status });
     return 'applied';
   }
@@ -366,7 +455,8 @@ class LegacyAssessmentService extends EventEmitter {
       return 'invalid';
     }
     const id = record.assessmentId;
-    const existed = this.#assessments.has(id);
+    const previous = this.#assessments.get(id);
+    const existed = previous !== undefined;
     /** @param {unknown} v */
     const orNull = (v) => (v === undefined ? null : v);
     const created = typeof record.timestamp === 'string' ? Date.parse(record.timestamp) : NaN;
@@ -385,6 +475,10 @@ class LegacyAssessmentService extends EventEmitter {
       startedMs: null,
     });
     this.#changed(id);
+    // A restore sets a state, it makes no transition: the audit says so, and a check of the log's
+    // transitions starts again from it.
+    this.#record('restore', id, previous ? previous.status : null, typeof record.status === 'string' ? record.status : null,
+      this.#now().toISOString());
     return existed ? 'replaced' : 'loaded';
   }
 
@@ -412,6 +506,23 @@ class LegacyAssessmentService extends EventEmitter {
       (b) => /** @type {[number, number, string]} */ ([b, counts.get(b), checksumHex(sums.get(b))]),
     );
     return { total, checksums };
+  }
+
+  /**
+   * How many records there are per status, over the ids starting with idPrefix (no copies made).
+   * @param {string} [idPrefix]
+   * @returns {{total: number, byStatus: Record<string, number>}}
+   */
+  statusCounts(idPrefix = '') {
+    /** @type {Record<string, number>} */
+    const byStatus = {};
+    let total = 0;
+    for (const [id, a] of this.#assessments) {
+      if (idPrefix !== '' && !id.startsWith(idPrefix)) continue;
+      byStatus[String(a.status)] = (byStatus[String(a.status)] ?? 0) + 1;
+      total += 1;
+    }
+    return { total, byStatus };
   }
 
   /**
@@ -449,4 +560,4 @@ function exportRecord(a) {
   });
 }
 
-module.exports = { LegacyAssessmentService };
+module.exports = { LegacyAssessmentService, DEFAULT_ACTOR };
