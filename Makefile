@@ -1,5 +1,5 @@
 # The two entry points of the README, plus conveniences. Every target bootstraps first.
-.PHONY: demo test check lint stack-up stack-down stack-status bootstrap
+.PHONY: demo test check lint stack-up stack-down stack-status bootstrap bootstrap-test
 
 VENV := .venv/bin
 
@@ -11,8 +11,11 @@ demo: bootstrap
 	$(VENV)/assessment-store stack up
 	$(VENV)/assessment-store demo
 
+bootstrap-test:
+	@bash scripts/bootstrap.sh --for-tests
+
 ## test: type-check, then run the whole test suite against a private real stack
-test: bootstrap
+test: bootstrap-test
 	$(VENV)/mypy
 	$(VENV)/pytest --junitxml=.data/junit.xml
 

@@ -41,6 +41,10 @@ def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) ->
         "kafka_port": port_base,
         "kafka_controller_port": port_base + 1,
         "postgres_port": port_base + 2,
+        # Clear of the cluster's nodes (port_base + 10*(i-1) and + 1 for i <= 9).
+        "lag_monitor_port": port_base + 45,
+        "prometheus_port": port_base + 46,
+        "alertmanager_port": port_base + 47,
         "cache_dir": Settings().cache_dir.resolve(),
     }
     values.update(overrides)

@@ -10,7 +10,7 @@ from assessment_store.core import Settings
 
 from ._console import out
 from ._console import run_cli as _run
-from ._options import JsonFlag
+from ._options import JsonFlag, PidFile
 from ._root import app
 
 
@@ -37,8 +37,13 @@ def lag(
 def lag_monitor(
     host: Annotated[str | None, typer.Option(help="Default: ASSESSMENT_STORE_LAG_MONITOR_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Default: ASSESSMENT_STORE_LAG_MONITOR_PORT (9309).")] = None,
+    pid_file: PidFile = None,
 ) -> None:
     """Poll every group's lag and serve it at /metrics (Prometheus) until SIGTERM."""
     from assessment_store.monitoring import serve_lag_metrics
 
-    _run(serve_lag_metrics(Settings(), host=host, port=port))
+    def ready() -> None:
+        if pid_file is not None:
+            pid_file.with_suffix(".ready").write_text("ready\n")
+
+    _run(serve_lag_metrics(Settings(), host=host, port=port, on_ready=ready))

@@ -199,6 +199,20 @@ class Settings(BaseSettings):
     lag_monitor_host: str = Field(default="127.0.0.1", description="Address `lag-monitor` serves /metrics on.")
     lag_monitor_port: int = Field(default=9309, ge=1, le=65535, description="Port of `lag-monitor`'s /metrics.")
 
+    # --- Prometheus (opt-in stack services: `stack up prometheus alertmanager`) --------------------
+    prometheus_port: int = Field(
+        default=19090, ge=1, le=65535,
+        description="Port of the stack's Prometheus (Debian's `prometheus` package), bound to 127.0.0.1.",
+    )
+    alertmanager_port: int = Field(
+        default=19095, ge=1, le=65535,
+        description="Port of the stack's Alertmanager (Debian's `prometheus-alertmanager`), bound to 127.0.0.1; "
+        "its cluster listener is disabled (one instance).",
+    )
+    prometheus_scrape_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="How often the stack's Prometheus scrapes every target.",
+    )
+
     # --- tests -------------------------------------------------------------
     test_backend: str = Field(
         default="local",

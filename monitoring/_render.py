@@ -8,6 +8,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import Callable
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -87,8 +88,10 @@ async def run_lag_command(
                 live.update(render_snapshot(monitor.latest), refresh=True)
 
 
-async def serve_lag_metrics(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """``assessment-store lag-monitor``: poll in the background and serve /metrics until SIGTERM/SIGINT."""
+async def serve_lag_metrics(settings: Settings, *, host: str | None = None, port: int | None = None,
+                            on_ready: Callable[[], None] | None = None) -> None:
+    """``assessment-store lag-monitor``: poll in the background and serve /metrics until SIGTERM/SIGINT;
+    ``on_ready`` is called once /metrics answers (the stack's readiness file)."""
     from prometheus_client import start_http_server
 
     stop = asyncio.Event()
@@ -98,6 +101,8 @@ async def serve_lag_metrics(settings: Settings, *, host: str | None = None, port
     async with LagMonitor(settings) as monitor:
         server, thread = start_http_server(port or settings.lag_monitor_port, addr=host or settings.lag_monitor_host,
                                            registry=lag_registry(lambda: monitor.latest))
+        if on_ready is not None:
+            on_ready()
         try:
             await stop.wait()
         finally:

@@ -2,9 +2,20 @@
 # Installs what the project needs on a fresh Debian machine, idempotently:
 #   - system packages: PostgreSQL server binaries, Java 17+ and Maven (only when missing)
 #   - a virtualenv in .venv with the project and its test dependencies
+#   - with --with-prometheus (or --for-tests): Prometheus, promtool and Alertmanager (Debian packages),
+#     for `stack up prometheus alertmanager` and the alert rules' tests
 # The Kafka broker's jars are fetched by `assessment-store stack up` on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+with_prometheus=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-prometheus) with_prometheus=true ;;
+    --for-tests) with_prometheus=true ;;
+    *) echo "bootstrap.sh: unknown option $arg (known: --with-prometheus, --for-tests)" >&2; exit 64 ;;
+  esac
+done
 
 say() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
 
@@ -25,6 +36,11 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v runuser >/dev/null || missing+=(util-linux)
 command -v npm >/dev/null || missing+=(nodejs npm)
+if $with_prometheus; then
+  command -v prometheus >/dev/null || missing+=(prometheus)
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+fi
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 py=${PYTHON:-python3}

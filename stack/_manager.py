@@ -13,13 +13,17 @@ from assessment_store.streams import ensure_topics
 from ._kafka import KafkaService
 from ._postgres import PostgresService
 from ._procs import LogFn, ServiceStatus
-from ._store_services import BridgeService, ProcessorService, ProjectorService, ReverseSyncService
+from ._prometheus import AlertmanagerService, PrometheusService
+from ._store_services import BridgeService, LagMonitorService, ProcessorService, ProjectorService, ReverseSyncService
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("kafka", "postgres", "processor", "projector", "bridge", "reverse-sync")
-_OPT_IN = {"reverse-sync": "reverse_sync"}
-"""Services started without naming them only when their setting is on (``ASSESSMENT_STORE_REVERSE_SYNC``)."""
+SERVICES = ("kafka", "postgres", "processor", "projector", "bridge", "reverse-sync", "lag-monitor", "alertmanager",
+            "prometheus")
+_OPT_IN: dict[str, str | None] = {"reverse-sync": "reverse_sync", "lag-monitor": None, "alertmanager": None,
+                                  "prometheus": None}
+"""Services that ``up`` starts without being named only when their setting is on (``ASSESSMENT_STORE_REVERSE_SYNC``;
+None: never); ``down`` and ``status`` include them whenever they run."""
 
 
 class _Service(Protocol):
@@ -41,15 +45,25 @@ class Stack:
         self.projector = ProjectorService(self.settings)
         self.bridge = BridgeService(self.settings)
         self.reverse_sync = ReverseSyncService(self.settings)
+        self.lag_monitor = LagMonitorService(self.settings)
+        self.alertmanager = AlertmanagerService(self.settings)
+        self.prometheus = PrometheusService(self.settings)
         self._by_name: dict[str, _Service] = {
             "kafka": self.kafka, "postgres": self.postgres, "processor": self.processor, "projector": self.projector,
-            "bridge": self.bridge, "reverse-sync": self.reverse_sync,
+            "bridge": self.bridge, "reverse-sync": self.reverse_sync, "lag-monitor": self.lag_monitor,
+            "alertmanager": self.alertmanager, "prometheus": self.prometheus,
         }
 
     def default_services(self) -> list[str]:
         """What ``up``/``down``/``status`` act on when no service is named."""
-        return [n for n in SERVICES if n not in _OPT_IN or getattr(self.settings, _OPT_IN[n])
-                or (n == "reverse-sync" and self.reverse_sync.pid() is not None)]
+        return [n for n in SERVICES if n not in _OPT_IN or self._opted_in(n)]
+
+    def _opted_in(self, name: str) -> bool:
+        setting = _OPT_IN[name]
+        if setting is not None and getattr(self.settings, setting):
+            return True
+        pid = getattr(self._by_name[name], "pid", None)
+        return pid is not None and pid() is not None
 
     def _select(self, names: Sequence[str] | None) -> list[_Service]:
         chosen = list(names) if names else self.default_services()

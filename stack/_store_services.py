@@ -16,7 +16,7 @@ from assessment_store.streams import Principal
 
 from ._procs import LogFn, ServiceStatus, is_alive, private_log, read_pid, rss_bytes, stop_pid, tail
 
-__all__ = ["BridgeService", "ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
+__all__ = ["BridgeService", "LagMonitorService", "ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -144,3 +144,14 @@ class ReverseSyncService(StoreProcess):
     @property
     def description(self) -> str:  # type: ignore[override]
         return f"{self.settings.events_topic} (source store) -> {self.settings.legacy_reverse_topic}"
+
+
+class LagMonitorService(StoreProcess):
+    """Every consumer group's lag, served at /metrics for Prometheus (opt-in: ``stack up lag-monitor``)."""
+
+    name = "lag-monitor"
+    principal = "dashboard"
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"http://{self.settings.lag_monitor_host}:{self.settings.lag_monitor_port}/metrics"
