@@ -32,7 +32,8 @@ T = TypeVar("T")
 
 
 def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) -> Settings:
-    """Settings for a stack of its own: its own data directory and ports port_base..+2.
+    """Settings for a stack of its own: its own data directory, ports port_base..+2 and /metrics
+    ports port_base+20..+23.
 
     The jar cache stays shared (the default ``cache_dir``, or ``ASSESSMENT_STORE_CACHE_DIR``) so
     tests never download Kafka twice.
@@ -42,6 +43,9 @@ def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) ->
         "kafka_port": port_base,
         "kafka_controller_port": port_base + 1,
         "postgres_port": port_base + 2,
+        # The store's processes serve /metrics on port_base+20..+23 (+24.. for second instances):
+        # away from the stack's own ports and from the +100 steps private test stacks use.
+        "metrics_port_base": port_base + 20,
         "cache_dir": Settings().cache_dir.resolve(),
     }
     values.update(overrides)
