@@ -21,7 +21,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -100,7 +100,7 @@ def gauge(name: str, help: str, value: float) -> MetricFamily:
     return MetricFamily(name, help, "gauge", (), (((), float(value)),))
 
 
-def counter_by(name: str, help: str, labels: Sequence[str], values: Mapping[str, int] | Mapping[tuple[str, ...], int],
+def counter_by(name: str, help: str, labels: Sequence[str], values: Mapping[Any, int],
                ) -> MetricFamily:
     """A labelled counter from a mapping; keys are one label value or a tuple of them."""
     samples = tuple(((k,) if isinstance(k, str) else tuple(k), float(v)) for k, v in sorted(values.items()))

@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from assessment_store.core import Settings
 from assessment_store.core import AsyncLifecycle
+from assessment_store.core import MetricFamily, counter
 from assessment_store.core import KafkaUnavailable, ValidationError
 from assessment_store.core import JSON, new_id
 from assessment_store.projections import connect, record_audit, translate_db_errors
@@ -175,12 +176,34 @@ class FlagChange:
         )
 
 
+def store_share(flags: MigrationFlags) -> float:
+    """Percent of routing keys the flags send to the store (0 with the store off, 100 without dual mode)."""
+    if not flags.enable_assessment_store:
+        return 0.0
+    return float(flags.migration_percentage) if flags.enable_dual_mode else 100.0
+
+
 @dataclass(slots=True)
 class FlagStoreStats:
     changes_seen: int = 0
     invalid_records: int = 0
     subscriber_errors: int = 0
     updates_written: int = 0
+    rollbacks_seen: int = 0
+    """changes that sent a smaller share of routing keys to the store (``store_share`` went down)"""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_flag_"
+        return [
+            counter(p + "changes_total", "Flag changes this instance has applied (its own and others')",
+                    self.changes_seen),
+            counter(p + "rollbacks_total", "Flag changes that sent fewer routing keys to the store", self.rollbacks_seen),
+            counter(p + "updates_written_total", "Flag changes this instance wrote", self.updates_written),
+            counter(p + "invalid_records_total", "Records of the flags topic that were not flag changes",
+                    self.invalid_records),
+            counter(p + "subscriber_errors_total", "Flag subscribers that raised", self.subscriber_errors),
+        ]
 
 
 Subscriber = Callable[[FlagChange], None]
@@ -409,6 +432,8 @@ class FlagStore(AsyncLifecycle):
             self.stats.invalid_records += 1
             log.warning("flag store: record %s of %s is not a flag change; skipped", offset, self.topic)
             return
+        if store_share(change.flags) < store_share(self._flags):
+            self.stats.rollbacks_seen += 1
         self._flags, self._last = change.flags, change
         self.stats.changes_seen += 1
         for callback in list(self._subscribers):
