@@ -11,12 +11,14 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from assessment_store.core import VERSION
 from assessment_store.core import Settings
+from assessment_store.core import metrics_registry
 from assessment_store.core import validate_id
 from assessment_store.core import ValidationError
 from assessment_store.core import (
@@ -45,6 +47,7 @@ from ._models import (
     ProgressIn,
     StartIn,
 )
+from ._metrics import HttpStats, RequestMetrics
 from ._problems import BodySizeLimit, install_problem_handlers, problem
 
 __all__ = ["create_app"]
@@ -108,6 +111,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.api_max_body_bytes)
+    # Outermost (added last): counts every request, a 413 from the size limit included.
+    http_stats = HttpStats()
+    app.add_middleware(RequestMetrics, stats=http_stats)
+    registry = metrics_registry(http_stats, store.stats)
+    app.state.http_stats = http_stats
     install_problem_handlers(app)
 
     @app.exception_handler(_AuthError)
@@ -254,6 +262,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resp.headers["Retry-After"] = "1"
             return resp
         return {"status": "ready", "checks": checks}
+
+    @app.get("/metrics", tags=["health"], dependencies=reader, response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Prometheus exposition of this API's requests and its client's commands. A read endpoint: the
+        scraper presents ASSESSMENT_STORE_API_READ_TOKEN (or the write token) as its bearer token."""
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
