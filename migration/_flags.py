@@ -98,6 +98,7 @@ class MigrationFlags:
     enable_legacy_fallback: bool = True
     migration_percentage: float = 0.0
     enable_metrics: bool = True
+    """whether routers record per-call latency histograms (their counters are always kept)"""
     enable_audit_logging: bool = True
     enable_dual_mode: bool = False
     enable_shadow_comparison: bool = False
