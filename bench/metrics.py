@@ -61,9 +61,10 @@ class Scraper:
         self._thread.join()
 
 
-async def run_variant(settings: Settings, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-                      scrape_interval: float | None) -> tuple[float, int]:
+async def run_variant(settings: Settings, n: int, ids: list[str], scrape_interval: float | None) -> tuple[float, int]:
     """(commands/s, scrapes) with processor and projector (re)started under ``settings``."""
+    # Fresh commands (new command ids) every run: re-sent ones would be duplicates, with no event.
+    records = await _encoded_commands(n, ids)
     stack = Stack(settings)
     await asyncio.to_thread(stack.down, ["processor", "projector"], lambda _m: None)
     await asyncio.to_thread(stack.up, ["projector"], lambda _m: None)
@@ -82,16 +83,15 @@ async def measure(on: Settings, args: argparse.Namespace) -> None:
         ids = [await store.create_assessment({"bench": i}, assessment_id=f"bench-{i}") for i in range(200)]
         for aid in ids:
             await store.start_assessment(aid)
-    records = await _encoded_commands(args.preload, ids)
-    await run_variant(off, records[: max(1000, len(records) // 10)], None)  # warm-up (broker JIT, caches)
+    await run_variant(off, max(1000, args.preload // 10), ids, None)  # warm-up (broker JIT, caches)
     rates: dict[str, list[float]] = {"off": [], "on": []}
-    t = Table(title=f"sustained commands/s, {len(records)} pre-loaded commands per run (processor + projector)")
+    t = Table(title=f"sustained commands/s, {args.preload} pre-loaded commands per run (processor + projector)")
     for col in ("round", "metrics", "commands/s", "scrapes"):
         t.add_column(col)
     for r in range(1, args.rounds + 1):
         # Alternating, off first in odd rounds and on first in even ones: drift of the machine cancels out.
         for variant in (("off", "on") if r % 2 else ("on", "off")):
-            rate, scrapes = await run_variant(on if variant == "on" else off, records,
+            rate, scrapes = await run_variant(on if variant == "on" else off, args.preload, ids,
                                               args.scrape_interval if variant == "on" else None)
             rates[variant].append(rate)
             t.add_row(str(r), variant, f"{rate:,.0f}", str(scrapes) if variant == "on" else "-")
