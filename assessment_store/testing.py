@@ -31,7 +31,8 @@ T = TypeVar("T")
 
 
 def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) -> Settings:
-    """Settings for a stack of its own: its own data directory and ports port_base..+2.
+    """Settings for a stack of its own: its own data directory, ports port_base..+2 and /metrics
+    ports port_base+20..+23.
 
     The jar cache stays shared (the default ``cache_dir``, or ``ASSESSMENT_STORE_CACHE_DIR``) so
     tests never download Kafka twice.
@@ -45,6 +46,8 @@ def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) ->
         "lag_monitor_port": port_base + 45,
         "prometheus_port": port_base + 46,
         "alertmanager_port": port_base + 47,
+        # The store's processes serve /metrics on port_base+22..+25 (+26..+29 for second instances).
+        "metrics_port_base": port_base + 22,
         "cache_dir": Settings().cache_dir.resolve(),
     }
     values.update(overrides)

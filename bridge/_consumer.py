@@ -47,7 +47,10 @@ from assessment_store.core import (
     Create,
     DatabaseUnavailable,
     EventSource,
+    MetricFamily,
     Settings,
+    counter,
+    counter_by,
 )
 from assessment_store.projections import create_pool, fetch_states, translate_db_errors
 from assessment_store.streams import Appender, ensure_topics, kafka_client_options, translate_kafka_errors
@@ -102,6 +105,23 @@ class BridgeStats:
     """Lookups that failed (PostgreSQL unavailable); those assessments were translated as unknown."""
     batches: int = 0
     commit_failures: int = 0
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_bridge_"
+        return [
+            counter(p + "messages_total", "Legacy messages consumed", self.messages),
+            counter(p + "messages_translated_total", "Legacy messages translated into commands", self.translated),
+            counter_by(p + "messages_dead_lettered_total", "Legacy messages sent to the dead-letter topic, by reason",
+                       ["reason"], self.dead_lettered_by_kind),
+            counter(p + "commands_sent_total", "Commands the bridge sent", self.commands_sent),
+            counter(p + "commands_synthesised_total", "Commands added for out-of-order input", self.synthesised),
+            counter(p + "orphans_total", "Messages for an assessment nobody knew, other than a create", self.orphans),
+            counter(p + "view_lookups_total", "Assessments looked up in the projection", self.view_lookups),
+            counter(p + "view_lookup_failures_total", "Projection lookups that failed", self.view_lookup_failures),
+            counter(p + "batches_total", "Batches handled", self.batches),
+            counter(p + "commit_failures_total", "Offset commits that failed", self.commit_failures),
+        ]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -176,10 +196,12 @@ def dead_letter_record(
 class LegacyBridge(AsyncLifecycle):
     """The legacy topic's consumer; see the module docstring. Start/stop are idempotent."""
 
-    def __init__(self, settings: Settings, options: BridgeOptions = BridgeOptions()) -> None:
+    def __init__(self, settings: Settings, options: BridgeOptions = BridgeOptions(), *,
+                 stats: BridgeStats | None = None) -> None:
+        """``stats``: counters to continue (a process keeps one across supervised restarts)."""
         self.settings = settings
         self.options = options
-        self.stats = BridgeStats()
+        self.stats = stats if stats is not None else BridgeStats()
         self.view = LegacyView(options.view_capacity)
         self.limits = TranslateLimits(options.max_message_bytes, settings.max_request_bytes)
         self.dlq_topic = settings.legacy_topic + ".dlq"

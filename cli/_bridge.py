@@ -18,7 +18,7 @@ from assessment_store.core import Settings
 from ._console import out, run_cli, serve_forever
 from ._options import AssessmentFilter, JsonFlag, PidFile
 
-from assessment_store.bridge import BridgeOptions, LegacyBridge
+from assessment_store.bridge import BridgeOptions, BridgeStats, LegacyBridge
 
 __all__ = ["bridge_app"]
 
@@ -41,7 +41,8 @@ def run(
     """Consume legacy.assessment-events into store commands in the foreground until SIGTERM."""
 
     options = BridgeOptions(group_id=group, max_message_bytes=max_message_bytes)
-    serve_forever(pid_file, "bridge", lambda settings: LegacyBridge(settings, options))
+    stats = BridgeStats()
+    serve_forever(pid_file, "bridge", lambda settings: LegacyBridge(settings, options, stats=stats), stats)
 
 
 @bridge_app.command("import")
@@ -153,9 +154,11 @@ def reverse_sync(
 ) -> None:
     """Re-emit every change written through the store in the legacy format (<legacy topic>.reverse) until SIGTERM."""
 
-    from assessment_store.migration import ReverseSync
+    from assessment_store.migration import ReverseStats, ReverseSync
 
-    serve_forever(pid_file, "reverse-sync", lambda settings: ReverseSync(settings, group_id=group))
+    stats = ReverseStats()
+    serve_forever(pid_file, "reverse-sync", lambda settings: ReverseSync(settings, group_id=group, stats=stats),
+                  stats)
 
 
 @bridge_app.command("shadow")

@@ -18,11 +18,16 @@ from rich.console import Console
 from assessment_store.core import (
     AssessmentStoreError,
     CodecError,
+    Histogram,
+    MetricsServer,
+    MetricsSource,
     Service,
     Settings,
     StoreUsageError,
     ValidationError,
     WaitTimeout,
+    metrics_registry,
+    start_metrics_server,
     supervise,
 )
 
@@ -84,10 +89,44 @@ def run_cli(coro: Coroutine[Any, Any, T]) -> T:
         fail(str(e), EXIT_TEMPFAIL if e.retriable else EXIT_UNAVAILABLE)
 
 
-def serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], Any]) -> None:
-    """Run a store process until SIGTERM/SIGINT; write '<pid-file>.ready' once it consumes."""
+def serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], Any],
+                  stats: MetricsSource | None = None) -> None:
+    """Run a store process until SIGTERM/SIGINT; write '<pid-file>.ready' once it consumes.
+
+    ``stats``: the counters ``make`` hands every service it builds (one object for the process, so
+    they survive supervised restarts), served on ``/metrics`` at ``settings.own_metrics_port(name)``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logger = logging.getLogger(f"assessment_store.{name}")
+    metrics = _serve_metrics(name, stats, logger)
+    try:
+        _serve_forever(pid_file, name, make, logger)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _serve_metrics(name: str, stats: MetricsSource | None, logger: logging.Logger) -> MetricsServer | None:
+    settings = Settings()
+    port = settings.own_metrics_port(name)
+    if stats is None:
+        return None
+    if port is None:
+        # Metrics off: the histograms are not fed either (the benchmark's baseline).
+        for value in vars(stats).values() if hasattr(stats, "__dict__") else ():
+            if isinstance(value, Histogram):
+                value.enabled = False
+        return None
+    try:
+        server = start_metrics_server(metrics_registry(stats), port, settings.metrics_host)
+    except OSError as e:
+        # Serving commands matters more than being scraped: run on, loudly.
+        logger.error("%s: cannot serve /metrics on %s:%d (%s); running without", name, settings.metrics_host, port, e)
+        return None
+    logger.info("%s: metrics on %s", name, server.url)
+    return server
+
+
+def _serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], Any], logger: logging.Logger) -> None:
 
     async def go() -> None:
         stop = asyncio.Event()

@@ -23,17 +23,19 @@ from ._root import app
 @app.command("processor")
 def processor(pid_file: PidFile = None) -> None:
     """Run the command processor (the single writer of the events topic) in the foreground until SIGTERM."""
-    from assessment_store.streams import CommandProcessor
+    from assessment_store.streams import CommandProcessor, ProcessorStats
 
-    _serve_forever(pid_file, "processor", CommandProcessor)
+    stats = ProcessorStats()
+    _serve_forever(pid_file, "processor", lambda settings: CommandProcessor(settings, stats=stats), stats)
 
 
 @app.command("projector")
 def projector(pid_file: PidFile = None) -> None:
     """Run the projector (fold the events and outcomes topics into PostgreSQL) in the foreground until SIGTERM."""
-    from assessment_store.projections import Projector
+    from assessment_store.projections import Projector, ProjectorStats
 
-    _serve_forever(pid_file, "projector", Projector)
+    stats = ProjectorStats()
+    _serve_forever(pid_file, "projector", lambda settings: Projector(settings, stats=stats), stats)
 
 
 

@@ -162,12 +162,12 @@ def stack_status(as_json: JsonFlag = False) -> None:
         out.print_json(data=[r.__dict__ for r in rows])
     else:
         t = Table(title="assessment-store stack")
-        for col in ("service", "state", "pid", "address", "rss", "data", "log"):
+        for col in ("service", "state", "pid", "address", "metrics", "rss", "data", "log"):
             t.add_column(col)
         for r in rows:
             rss = f"{r.rss_bytes / 2**20:.0f} MiB" if r.rss_bytes else "-"
             state = "[green]running[/]" if r.running else "[red]stopped[/]"
-            t.add_row(r.name, state, str(r.pid or "-"), r.address, rss, r.data, r.log)
+            t.add_row(r.name, state, str(r.pid or "-"), r.address, r.metrics or "-", rss, r.data, r.log)
         out.print(t)
     if not all(r.running for r in rows):
         raise typer.Exit(EXIT_REFUSED)

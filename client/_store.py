@@ -13,8 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -45,7 +49,9 @@ from assessment_store.core import (
     Create,
     EventSource,
     Fail,
+    Histogram,
     KafkaUnavailable,
+    MetricFamily,
     Outcome,
     Retry,
     Settings,
@@ -54,16 +60,50 @@ from assessment_store.core import (
     UpdateProgress,
     ValidationError,
     check_text,
+    counter,
+    counter_by,
     error_from_rejection,
+    histogram,
+    metrics_registry,
     new_id,
     validate_command,
     validate_command_id,
     validate_id,
 )
 
-__all__ = ["AssessmentStore"]
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
+__all__ = ["AssessmentStore", "ClientStats"]
 
 log = logging.getLogger("assessment_store.client")
+
+
+@dataclass
+class ClientStats:
+    """A client's commands since it was built, and how long they took (docs/monitoring.md, "Metrics")."""
+
+    commands: int = 0
+    """commands executed (sent, or found already answered)"""
+    accepted: int = 0
+    rejected_by_type: Counter[str] = field(default_factory=Counter)
+    send_to_outcome: Histogram = field(default_factory=Histogram)
+    """seconds from sending a command to its outcome in the projection"""
+    send_to_visible: Histogram = field(default_factory=Histogram)
+    """seconds from sending an accepted command to its event visible in the projection"""
+
+    def metric_families(self) -> list[MetricFamily]:
+        p = "assessment_store_client_"
+        return [
+            counter(p + "commands_total", "Commands executed by this client", self.commands),
+            counter(p + "commands_accepted_total", "Commands the processor accepted", self.accepted),
+            counter_by(p + "commands_rejected_total", "Commands the processor rejected, by error type",
+                       ["error_type"], self.rejected_by_type),
+            histogram(p + "command_outcome_seconds", "Command sent to its outcome in the projection",
+                      self.send_to_outcome),
+            histogram(p + "command_visible_seconds", "Command sent to its event visible in the projection",
+                      self.send_to_visible),
+        ]
 
 
 def _ids(command_id: str | None) -> dict[str, str]:
@@ -75,10 +115,17 @@ class AssessmentStore(AsyncLifecycle):
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
+        self.stats = ClientStats()
         self._sender = CommandSender(self.settings)
         self._listener = ChangeListener(self.settings)
         self._pool: asyncpg.Pool | None = None
         self._topics_checked = False
+
+    def metrics_registry(self) -> CollectorRegistry:
+        """A Prometheus registry of this client's own (never the default one): serve it with
+        ``start_metrics_server(store.metrics_registry(), port)``, or push it to a Pushgateway
+        (docs/monitoring.md, "Metrics"). Needs ``prometheus-client`` (the ``server`` extra)."""
+        return metrics_registry(self.stats)
 
     # --- lifecycle (idempotent) ----------------------------------------------------
 
@@ -298,10 +345,18 @@ class AssessmentStore(AsyncLifecycle):
         async def send() -> None:
             await self._send(envelope)
 
+        stats = self.stats
+        sent = time.perf_counter()
         accepted, version, row = await self._listener.wait_for_outcome(
             command.command_id, command.assessment_id, self.get_outcome, self.settings.command_timeout_s, send,
             may_exist=not fresh_id,
         )
+        stats.commands += 1
+        stats.send_to_outcome.observe(time.perf_counter() - sent)
+        if not accepted:
+            stats.rejected_by_type[(row.error_type if row is not None else None) or "unknown"] += 1
+        else:
+            stats.accepted += 1
         if row is not None and row.assessment_id != command.assessment_id:
             raise ValidationError(
                 "command_id", f"{command.command_id!r} was already used for assessment {row.assessment_id!r}"
@@ -310,10 +365,12 @@ class AssessmentStore(AsyncLifecycle):
             assert row is not None
             raise error_from_rejection(row.error_type or "", row.error_message or "rejected", row.error_details or {})
         assert version is not None
-        return await self._listener.wait_for(
+        state = await self._listener.wait_for(
             command.assessment_id,
             lambda v, _s: v >= version,
             self.find_state,
             self.settings.visibility_timeout_s,
             f"projection of version {version} (is the projector running?)",
         )
+        stats.send_to_visible.observe(time.perf_counter() - sent)
+        return state

@@ -5,7 +5,9 @@ helpers. Every other package imports it; it imports none of them (the bottom of 
 * ``_domain``: ``decide`` and ``evolve`` (pure), and ``validate_command``, the one validation path;
 * ``_errors``: ``AssessmentStoreError`` and its tree (drawn in that module's docstring);
 * ``_config``: ``Settings``, the one pydantic-settings class (prefix ``ASSESSMENT_STORE_``);
-* ``_lifecycle``: ``AsyncLifecycle``, ``Backoff``, ``supervise``.
+* ``_lifecycle``: ``AsyncLifecycle``, ``Backoff``, ``supervise``;
+* ``_metrics``: ``Histogram``, ``MetricFamily``, ``metrics_registry``, ``start_metrics_server`` (the
+  Prometheus side, ``_exposition``, is imported only when a registry is built).
 """
 
 from ._model import (
@@ -81,6 +83,20 @@ from ._config import (
     Settings,
 )
 from ._version import VERSION
+from ._metrics import (
+    LATENCY_BUCKETS,
+    SIZE_BUCKETS,
+    Histogram,
+    MetricFamily,
+    MetricsServer,
+    MetricsSource,
+    counter,
+    counter_by,
+    gauge,
+    histogram,
+    metrics_registry,
+    start_metrics_server,
+)
 from ._lifecycle import (
     AsyncLifecycle,
     Backoff,
@@ -90,6 +106,19 @@ from ._lifecycle import (
 )
 
 __all__ = [
+    "LATENCY_BUCKETS",
+    "SIZE_BUCKETS",
+    "Histogram",
+    "MetricFamily",
+    "MetricsServer",
+    "MetricsSource",
+    "counter",
+    "counter_by",
+    "gauge",
+    "histogram",
+    "metrics_registry",
+    "start_metrics_server",
+
     "VERSION",
     "Assessment",
     "AssessmentNotFound",

@@ -15,6 +15,9 @@ __all__ = ["Settings"]
 _NODE_PORT_STEP = 10
 """Port distance between two nodes of a local Kafka cluster."""
 
+_METRICS_SLOTS = {"processor": 0, "projector": 1, "bridge": 2, "reverse-sync": 3}
+"""Offset of each long-running process's /metrics port from ``metrics_port_base``."""
+
 
 def _user_dir(xdg_variable: str, fallback: str) -> Path:
     """``$<xdg_variable>/assessment-store``, else ``~/<fallback>/assessment-store`` (the XDG base
@@ -213,6 +216,19 @@ class Settings(BaseSettings):
         default=5.0, gt=0, le=300, description="How often the stack's Prometheus scrapes every target.",
     )
 
+    # --- Prometheus metrics of the store's processes (docs/monitoring.md, "Metrics") ------
+    metrics_host: str = Field(default="127.0.0.1", description="Address the processes serve /metrics on.")
+    metrics_port_base: int = Field(
+        default=9310, ge=0, le=65535,
+        description="First /metrics port of the long-running processes: processor +0, projector +1, bridge +2, "
+        "reverse-sync +3; a second instance of a kind adds 4, a third 8, ... 0: no process serves /metrics.",
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="This process's own /metrics port, overriding the one derived from metrics_port_base (`stack up` "
+        "sets it for each process it starts); 0: this process serves none.",
+    )
+
     # --- tests -------------------------------------------------------------
     test_backend: str = Field(
         default="local",
@@ -225,6 +241,21 @@ class Settings(BaseSettings):
         if v not in ("local", "testcontainers"):
             raise ValueError("must be 'local' or 'testcontainers'")
         return v
+
+    def service_metrics_port(self, service: str, instance: int = 1) -> int | None:
+        """The /metrics port of a long-running process (``processor``, ``projector``, ``bridge``,
+        ``reverse-sync``), or None when metrics are off (``metrics_port_base`` 0) or the kind has none."""
+        slot = _METRICS_SLOTS.get(service)
+        if slot is None or self.metrics_port_base == 0:
+            return None
+        return self.metrics_port_base + slot + len(_METRICS_SLOTS) * (instance - 1)
+
+    def own_metrics_port(self, service: str) -> int | None:
+        """The port this process serves /metrics on: ``metrics_port`` if set (0: none), else the
+        first instance's derived port."""
+        if self.metrics_port is not None:
+            return self.metrics_port or None
+        return self.service_metrics_port(service)
 
     @property
     def legacy_reverse_topic(self) -> str:

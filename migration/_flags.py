@@ -38,7 +38,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from assessment_store.core import JSON, AsyncLifecycle, KafkaUnavailable, Settings, ValidationError, new_id
+from assessment_store.core import (
+    JSON,
+    AsyncLifecycle,
+    KafkaUnavailable,
+    MetricFamily,
+    Settings,
+    ValidationError,
+    counter,
+    new_id,
+)
 from assessment_store.projections import connect, record_audit, translate_db_errors
 from assessment_store.streams import Principal, TopicSpec, ensure_topics, kafka_client_options, kafka_principal, translate_kafka_errors
 
@@ -94,6 +103,7 @@ class MigrationFlags:
     enable_legacy_fallback: bool = True
     migration_percentage: float = 0.0
     enable_metrics: bool = True
+    """whether routers record per-call latency histograms (their counters are always kept)"""
     enable_audit_logging: bool = True
     enable_dual_mode: bool = False
     enable_shadow_comparison: bool = False
@@ -172,12 +182,34 @@ class FlagChange:
         )
 
 
+def store_share(flags: MigrationFlags) -> float:
+    """Percent of routing keys the flags send to the store (0 with the store off, 100 without dual mode)."""
+    if not flags.enable_assessment_store:
+        return 0.0
+    return float(flags.migration_percentage) if flags.enable_dual_mode else 100.0
+
+
 @dataclass(slots=True)
 class FlagStoreStats:
     changes_seen: int = 0
     invalid_records: int = 0
     subscriber_errors: int = 0
     updates_written: int = 0
+    rollbacks_seen: int = 0
+    """changes that sent a smaller share of routing keys to the store (``store_share`` went down)"""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_flag_"
+        return [
+            counter(p + "changes_total", "Flag changes this instance has applied (its own and others')",
+                    self.changes_seen),
+            counter(p + "rollbacks_total", "Flag changes that sent fewer routing keys to the store", self.rollbacks_seen),
+            counter(p + "updates_written_total", "Flag changes this instance wrote", self.updates_written),
+            counter(p + "invalid_records_total", "Records of the flags topic that were not flag changes",
+                    self.invalid_records),
+            counter(p + "subscriber_errors_total", "Flag subscribers that raised", self.subscriber_errors),
+        ]
 
 
 Subscriber = Callable[[FlagChange], None]
@@ -406,6 +438,8 @@ class FlagStore(AsyncLifecycle):
             self.stats.invalid_records += 1
             log.warning("flag store: record %s of %s is not a flag change; skipped", offset, self.topic)
             return
+        if store_share(change.flags) < store_share(self._flags):
+            self.stats.rollbacks_seen += 1
         self._flags, self._last = change.flags, change
         self.stats.changes_seen += 1
         for callback in list(self._subscribers):

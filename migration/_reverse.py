@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -35,9 +36,13 @@ from assessment_store.core import (
     Event,
     EventSource,
     Failed,
+    MetricFamily,
     ProgressUpdated,
     Settings,
     Started,
+    counter,
+    counter_by,
+    gauge,
 )
 from assessment_store.schemas import EventCodec
 from assessment_store.streams import (
@@ -108,6 +113,21 @@ class ReverseStats:
     fenced: int = 0
     """events a processor wrote after a later owner's fence (streams/_fence.py): never synced"""
     batches: int = 0
+    lag_seconds: float = 0.0
+    """at the last non-empty batch: how long ago its oldest record was written to the events topic"""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_reverse_sync_"
+        return [
+            counter(p + "events_total", "Events read from the events topic (fenced ones excluded)", self.events),
+            counter(p + "records_emitted_total", "Legacy-format records written", self.emitted),
+            counter_by(p + "events_skipped_total", "Events not synced, by reason", ["reason"],
+                       {"not_store": self.skipped_not_store, "no_legacy_event": self.skipped_no_legacy_event,
+                        "undecodable": self.undecodable, "fenced": self.fenced}),
+            counter(p + "batches_total", "Batches handled", self.batches),
+            gauge(p + "lag_seconds", "At the last batch, age of its oldest event when it was emitted", self.lag_seconds),
+        ]
 
     def to_json(self) -> dict[str, JSON]:
         return {"events": self.events, "emitted": self.emitted, "skippedNotStore": self.skipped_not_store,
@@ -122,11 +142,13 @@ class ReverseSync(AsyncLifecycle):
     ``async with ReverseSync(settings) as sync: await sync.run(stop_event)``; start/stop idempotent.
     """
 
-    def __init__(self, settings: Settings, *, group_id: str | None = None, topic: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, group_id: str | None = None, topic: str | None = None,
+                 stats: ReverseStats | None = None) -> None:
+        """``stats``: counters to continue (a process keeps one across supervised restarts)."""
         self.settings = settings
         self.group_id = group_id or settings.reverse_sync_group
         self.topic = topic or settings.legacy_reverse_topic
-        self.stats = ReverseStats()
+        self.stats = stats if stats is not None else ReverseStats()
         self._codec = EventCodec()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -205,7 +227,10 @@ class ReverseSync(AsyncLifecycle):
                         tp: OffsetAndMetadata(recs[-1].offset + 1, fence_metadata(self._fence.current(tp)))
                         for tp, recs in batch.items() if recs})
             self.stats.emitted += len(futures)
-            self.stats.batches += 1 if batch else 0
+            if batch:
+                self.stats.batches += 1
+                oldest = min(recs[0].timestamp for recs in batch.values() if recs)
+                self.stats.lag_seconds = max(0.0, time.time() - oldest / 1000)
 
     def _translate(self, value: bytes | None, headers: object, where: str) -> dict[str, JSON] | None:
         self.stats.events += 1

@@ -46,9 +46,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from assessment_store.core import JSON, Assessment, BackendError, State, StoreUsageError, new_id
+from assessment_store.core import (
+    JSON,
+    Assessment,
+    BackendError,
+    Histogram,
+    MetricFamily,
+    MetricsSource,
+    State,
+    StoreUsageError,
+    counter,
+    counter_by,
+    metrics_registry,
+    new_id,
+)
 
-from ._flags import MigrationFlags
+from ._flags import MigrationFlags, store_share
 from ._buckets import route_to_store
 from ._shadow import ShadowObserver
 
@@ -127,6 +140,8 @@ class StoreBackend(Protocol):
 
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
+
     from assessment_store.client import AssessmentStore
 
     def _store_is_a_backend(store: AssessmentStore) -> StoreBackend:
@@ -185,6 +200,29 @@ class RouterStats:
     sync_waits: int = 0
     sync_timeouts: int = 0
     sync_check_failures: int = 0
+    by_outcome: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """(backend, operation, outcome) -> calls; outcome ``ok``, ``refused`` (a ``StoreUsageError``) or ``error``"""
+    latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)
+    """(backend, operation) -> seconds per call; fed only while the flag ``enable_metrics`` is on"""
+    rollbacks: int = 0
+    """calls that found the flags sending fewer routing keys to the store than at the previous call"""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_router_"
+        return [
+            counter_by(p + "calls_total", "Calls routed, by backend, operation and outcome",
+                       ["backend", "operation", "outcome"], self.by_outcome),
+            MetricFamily(p + "call_seconds", "Time of a routed call (while the flag enableMetrics is on)",
+                         "histogram", ("backend", "operation"), histograms=tuple(sorted(self.latency.items()))),
+            counter(p + "fallbacks_total", "Store calls retried on legacy", self.fallbacks),
+            counter(p + "rollbacks_total", "Flag-driven switches of routing keys back to legacy, as seen by calls",
+                    self.rollbacks),
+            counter_by(p + "sync_checks_total", "Sync-before-serve checks, by result", ["result"],
+                       {"in_sync": self.sync_checks - self.sync_waits - self.sync_check_failures,
+                        "waited": self.sync_waits, "check_failed": self.sync_check_failures}),
+            counter(p + "sync_timeouts_total", "LegacyNotSynced raised", self.sync_timeouts),
+        ]
 
     def to_json(self) -> dict[str, JSON]:
         return {"calls": dict(self.calls), "errors": dict(self.errors), "refused": dict(self.refused),
@@ -229,6 +267,8 @@ class MigrationRouter:
         # instances learn them through the legacy tap and the bridge, which write them into the store.
         self._pinned: OrderedDict[str, Side] = OrderedDict()
         self._pinned_capacity = pinned_capacity
+        # The flags of the previous call, to count rollbacks (a smaller store share) as calls see them.
+        self._flags_seen: MigrationFlags | None = None
 
     # --- the decision ---------------------------------------------------------------------------
 
@@ -328,17 +368,48 @@ class MigrationRouter:
         self._shadow(op, assessment_id, served, state, started)
         return state
 
+    def metrics_registry(self) -> CollectorRegistry:
+        """A Prometheus registry of its own with this router's counters, its shadow observer's and
+        (when they are a ``FlagStore``'s) its flags' (docs/monitoring.md, "Metrics")."""
+        sources: list[MetricsSource] = [self.stats]
+        if self.shadow is not None:
+            sources.append(self.shadow.stats)
+        flag_stats = getattr(self.flags, "stats", None)
+        if hasattr(flag_stats, "metric_families"):
+            sources.append(flag_stats)  # type: ignore[arg-type]
+        return metrics_registry(*sources)
+
     async def _counted(self, op: str, side: Side, call: Callable[[], Awaitable[T]]) -> T:
-        self.stats.calls[side.value] += 1
-        self.stats.by_operation[(op, side.value)] += 1
+        stats = self.stats
+        stats.calls[side.value] += 1
+        stats.by_operation[(op, side.value)] += 1
+        flags = self.flags.current()
+        if flags is not self._flags_seen:
+            if self._flags_seen is not None and store_share(flags) < store_share(self._flags_seen):
+                stats.rollbacks += 1
+            self._flags_seen = flags
+        started = time.perf_counter()
+        outcome = "error"
         try:
-            return await call()
+            result = await call()
+            outcome = "ok"
+            return result
         except StoreUsageError:
-            self.stats.refused[side.value] += 1
+            outcome = "refused"
+            stats.refused[side.value] += 1
             raise
         except BackendError:
-            self.stats.errors[side.value] += 1
+            stats.errors[side.value] += 1
             raise
+        finally:
+            stats.by_outcome[(side.value, op, outcome)] += 1
+            # The flag enableMetrics governs the latency histograms (the counters are always kept).
+            if flags.enable_metrics:
+                key = (side.value, op)
+                h = stats.latency.get(key)
+                if h is None:
+                    h = stats.latency[key] = Histogram()
+                h.observe(time.perf_counter() - started)
 
     # --- the operations ---------------------------------------------------------------------------
 

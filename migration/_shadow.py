@@ -47,7 +47,18 @@ from typing import Protocol
 
 import asyncpg
 
-from assessment_store.core import JSON, Assessment, AssessmentStoreError, AsyncLifecycle, Settings, State
+from assessment_store.core import (
+    JSON,
+    Assessment,
+    AssessmentStoreError,
+    AsyncLifecycle,
+    MetricFamily,
+    Settings,
+    State,
+    counter,
+    counter_by,
+    gauge,
+)
 from assessment_store.projections import create_pool, translate_db_errors
 
 __all__ = [
@@ -142,6 +153,21 @@ class ShadowStats:
     def count(self, operation: str, verdict: str) -> None:
         per = self.by_operation.setdefault(operation, {})
         per[verdict] = per.get(verdict, 0) + 1
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_shadow_"
+        verdicts = {(op, v): n for op, per in self.by_operation.items() for v, n in per.items()}
+        return [
+            counter(p + "scheduled_total", "Shadow observations scheduled", self.scheduled),
+            counter_by(p + "verdicts_total", "Shadow observations by operation and verdict",
+                       ["operation", "verdict"], verdicts),
+            counter_by(p + "skipped_total", "Shadow observations not made, by reason", ["reason"],
+                       {"capacity": self.skipped_capacity, "sampling": self.skipped_sampling}),
+            counter_by(p + "mismatched_fields_total", "Fields found different, by field", ["field"], self.by_field),
+            counter(p + "sink_failures_total", "Mismatches the sink failed to record", self.sink_failures),
+            gauge(p + "in_flight", "Shadow observations under way", self.in_flight),
+        ]
 
     def to_json(self) -> dict[str, JSON]:
         return {"scheduled": self.scheduled, "matched": self.matched, "mismatched": self.mismatched,

@@ -51,6 +51,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from assessment_store.core import (
+    SIZE_BUCKETS,
     Assessment,
     AssessmentStoreError,
     AsyncLifecycle,
@@ -69,11 +71,16 @@ from assessment_store.core import (
     DatabaseUnavailable,
     DataRejected,
     Event,
+    Histogram,
     KafkaUnavailable,
+    MetricFamily,
     Outcome,
     Payload,
     Settings,
+    counter,
+    counter_by,
     evolve,
+    histogram,
 )
 from assessment_store.schemas import EventCodec, OutcomeCodec
 from assessment_store.streams import (
@@ -90,7 +97,7 @@ from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate
 from ._fold_rows import AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns
 from ._queries import assessment_to_row, fetch_assessments
 
-__all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector"]
+__all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
 
 log = logging.getLogger("assessment_store.projector")
 
@@ -119,9 +126,41 @@ class FoldStats:
     fenced: int = 0
     """records of a processor that had lost its partition (after a later owner's fence): not folded"""
 
+    unfoldable: int = 0
+    """events the state machine refused to apply (kept as ``unfoldable`` anomalies)"""
+
     def add(self, other: FoldStats) -> None:
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(FoldStats):  # the counts only (ProjectorStats adds histograms)
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class ProjectorStats(FoldStats):
+    """A projector's counts since its process started, and its batch histograms."""
+
+    batch_records: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
+    """records (events and outcomes) per folded batch"""
+    batch_seconds: Histogram = field(default_factory=Histogram)
+    """seconds to fold one batch (decode, fold, write to PostgreSQL, commit)"""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counts (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_projector_"
+        return [
+            counter(p + "events_folded_total", "Events applied to the projection", self.applied),
+            counter(p + "batches_total", "Batches folded", self.batches),
+            counter_by(p + "anomalies_total", "Records not applied, by anomaly kind (as in the anomalies table)",
+                       ["kind"], {"duplicate": self.duplicates, "version_gap": self.gaps,
+                                  "unfoldable": self.unfoldable, "undecodable": self.undecodable,
+                                  "fenced": self.fenced, "unstorable_outcome": self.unstorable_outcomes}),
+            counter(p + "quarantined_total", "Assessments put in quarantine (PostgreSQL refused a value)",
+                    self.quarantined),
+            counter(p + "held_events_total", "Events of quarantined assessments kept aside", self.held),
+            counter(p + "unpositioned_dropped_total", "Records fetched before the seek to the stored offsets",
+                    self.unpositioned_dropped),
+            histogram(p + "batch_records", "Records per folded batch", self.batch_records),
+            histogram(p + "batch_seconds", "Time to fold one batch", self.batch_seconds),
+        ]
 
 
 @dataclass
@@ -187,15 +226,17 @@ class Projector(AsyncLifecycle):
     """
 
     def __init__(
-        self, settings: Settings, *, group: str | None = None, schema: str = LIVE_SCHEMA, assign_all: bool = False
+        self, settings: Settings, *, group: str | None = None, schema: str = LIVE_SCHEMA, assign_all: bool = False,
+        stats: ProjectorStats | None = None,
     ) -> None:
+        """``stats``: counts to continue (a process keeps one across supervised restarts)."""
         self.settings = settings
         self.group = group or settings.projector_group
         self.schema = check_schema_name(schema)
         self.assign_all = assign_all
         self.codec = EventCodec()
         self.outcome_codec = OutcomeCodec()
-        self.stats = FoldStats()
+        self.stats = stats if stats is not None else ProjectorStats()
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._generation = 0
@@ -484,6 +525,7 @@ class Projector(AsyncLifecycle):
             return _anomaly("fenced", rec, detail, raw=rec.value)  # a stale fence record, or undecodable
 
     async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> FoldStats:
+        started = time.perf_counter()
         batch, stats = self._decode(records)
         assert self._pool is not None
         for attempt in range(1, _FOLD_ATTEMPTS + 1):
@@ -505,6 +547,8 @@ class Projector(AsyncLifecycle):
                     raise
                 log.info("batch raced another projector (attempt %d): re-reading and re-folding", attempt)
         self.stats.add(tried)
+        self.stats.batch_records.observe(sum(len(recs) for recs in records.values()))
+        self.stats.batch_seconds.observe(time.perf_counter() - started)
         for tp, nxt in batch.next_offsets.items():
             if tp in self._positioned:  # unless re-sought meanwhile: then the seek's offset stands
                 self._positioned[tp] = max(self._positioned[tp], nxt)
@@ -704,6 +748,7 @@ class Projector(AsyncLifecycle):
             try:
                 new = evolve(cur, ev)
             except AssessmentStoreError as e:
+                stats.unfoldable += 1
                 anomalies.append(_anomaly("unfoldable", rec, str(e), ev, expected))
                 continue
             prev = changed[ev.assessment_id][0] if ev.assessment_id in changed else expected - 1

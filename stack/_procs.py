@@ -43,6 +43,8 @@ class ServiceStatus:
     data: str
     log: str
     rss_bytes: int | None = None
+    metrics: str | None = None
+    """where the process serves Prometheus /metrics, if it does"""
 
 
 def private_log(path: Path) -> BinaryIO:

@@ -48,6 +48,7 @@ class StoreProcess:
         """``instance`` > 1 runs another process of the same kind beside the first (scale-out:
         the consumer group shares the partitions among them)."""
         self.settings = settings
+        self.instance = instance
         stem = self.name if instance == 1 else f"{self.name}-{instance}"
         self.run_dir = settings.data_dir.resolve() / "run"
         self.pid_file = self.run_dir / f"{stem}.pid"
@@ -65,6 +66,8 @@ class StoreProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         env = {**os.environ, **settings_env(self.settings)}
+        # Each process its own /metrics port (0: none), so instances of one kind never collide.
+        env["ASSESSMENT_STORE_METRICS_PORT"] = str(self.metrics_port or 0)
         if self.settings.kafka_secure_mode:
             # Each service authenticates as its own principal, with the password it reads from the
             # 0600 credentials file: no password in the environment of a child.
@@ -97,11 +100,21 @@ class StoreProcess:
         self.ready_file.unlink(missing_ok=True)
         return True
 
+    @property
+    def metrics_port(self) -> int | None:
+        """This process's /metrics port (``Settings.service_metrics_port``), None when metrics are off."""
+        return self.settings.service_metrics_port(self.name, self.instance)
+
+    @property
+    def metrics_url(self) -> str | None:
+        port = self.metrics_port
+        return None if port is None else f"http://{self.settings.metrics_host}:{port}/metrics"
+
     def status(self) -> ServiceStatus:
         pid = self.pid()
         return ServiceStatus(
             name=self.name, running=pid is not None, pid=pid, address=self.description,
-            data="-", log=str(self.log_file), rss_bytes=rss_bytes(pid),
+            data="-", log=str(self.log_file), rss_bytes=rss_bytes(pid), metrics=self.metrics_url,
         )
 
     def log_path(self) -> Path:

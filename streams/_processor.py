@@ -78,6 +78,8 @@ import heapq
 import logging
 import os
 import socket
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -93,14 +95,19 @@ from assessment_store.core import (
     EventSource,
     ExpireDeadline,
     FencedOut,
+    Histogram,
     KafkaUnavailable,
+    MetricFamily,
     Outcome,
     Settings,
     StackError,
     State,
     StoreUsageError,
+    counter,
+    counter_by,
     decide,
     evolve,
+    histogram,
 )
 from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 
@@ -135,6 +142,33 @@ class ProcessorStats:
     """records of a fenced writer (a zombie's) met while rebuilding: never applied"""
     commits_refused: int = 0
     """batch commits the group refused (this member had been rebalanced away): its state is rebuilt"""
+    rejected_by_type: Counter[str] = field(default_factory=Counter)
+    """rejections per error type (``InvalidTransition``, ...); their sum is ``rejected``"""
+    command_to_event: Histogram = field(default_factory=Histogram)
+    """seconds from a command record's timestamp to its event's acknowledgement (accepted commands)"""
+
+    def metric_families(self) -> list[MetricFamily]:
+        """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
+        p = "assessment_store_processor_"
+        return [
+            counter(p + "commands_accepted_total", "Commands accepted (an event appended)", self.accepted),
+            counter_by(p + "commands_rejected_total", "Commands rejected, by error type", ["error_type"],
+                       self.rejected_by_type),
+            counter(p + "commands_duplicate_total", "Re-sent commands answered with their original outcome",
+                    self.duplicates),
+            counter(p + "commands_replayed_total", "Commands re-consumed after a handover whose event was already "
+                    "appended", self.replayed),
+            counter(p + "commands_dead_lettered_total", "Undecodable commands sent to the dead-letter topic",
+                    self.dead_lettered),
+            counter(p + "deadlines_fired_total", "Processing deadlines expired", self.deadlines_fired),
+            counter(p + "rebuilt_events_total", "Events folded while taking partitions over", self.rebuilt_events),
+            counter(p + "fences_written_total", "Fence records written", self.fences_written),
+            counter(p + "fenced_records_ignored_total", "Records of a fenced writer met while rebuilding",
+                    self.fenced_ignored),
+            counter(p + "commits_refused_total", "Batch commits the group refused", self.commits_refused),
+            histogram(p + "command_to_event_seconds", "Command record timestamp to its event acknowledged",
+                      self.command_to_event),
+        ]
 
 
 @dataclass
@@ -160,9 +194,11 @@ def _header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], na
 class CommandProcessor(AsyncLifecycle):
     """Owns the partitions the consumer group gives it; see the module docstring."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, stats: ProcessorStats | None = None) -> None:
+        """``stats``: counters to continue (a process keeps one across supervised restarts, so its
+        /metrics counters never go back)."""
         self.settings = settings
-        self.stats = ProcessorStats()
+        self.stats = stats if stats is not None else ProcessorStats()
         self._commands = CommandCodec()
         self._events = EventCodec()
         self._outcomes = OutcomeCodec()
@@ -415,7 +451,7 @@ class CommandProcessor(AsyncLifecycle):
             token = self._revocations
             assert self._producer is not None
             now = datetime.now(UTC)
-            events: list[tuple[Event, int, int]] = []
+            events: list[tuple[Event, int, int, int]] = []
             outcomes: list[tuple[Outcome, int]] = []
             dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
             commit: dict[TopicPartition, int] = {}
@@ -436,7 +472,7 @@ class CommandProcessor(AsyncLifecycle):
                                ("dlq-source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
                     sent.append(await self._producer.send(
                         self.settings.commands_topic + ".dlq", rec.value, key=rec.key, headers=headers))
-                for ev, partition, cmd_offset in events:
+                for ev, partition, cmd_offset, _ in events:
                     value, headers = self._events.encode(ev)
                     headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
                     # Our epoch: readers ignore this record if a later owner's fence precedes it.
@@ -446,6 +482,11 @@ class CommandProcessor(AsyncLifecycle):
                         headers=headers, timestamp_ms=int(ev.recorded_at.timestamp() * 1000),
                     ))
                 await asyncio.gather(*sent)
+                if events:
+                    # Timed per record (the latency is per command) but with one clock read per batch.
+                    acked, observe = time.time(), self.stats.command_to_event.observe
+                    for _, _, _, stamp_ms in events:
+                        observe(max(0.0, acked - stamp_ms / 1000))
                 sent = []  # usually stays empty: most batches cost one produce round trip
                 for o, partition in outcomes:
                     value, headers = self._outcomes.encode(o)
@@ -458,7 +499,7 @@ class CommandProcessor(AsyncLifecycle):
             return commit, token
 
     def _handle_one(self, part: _Partition, rec: ConsumerRecord[bytes, bytes], now: datetime,
-                    events: list[tuple[Event, int, int]], outcomes: list[tuple[Outcome, int]],
+                    events: list[tuple[Event, int, int, int]], outcomes: list[tuple[Outcome, int]],
                     dead: list[tuple[ConsumerRecord[bytes, bytes], str]]) -> None:
         try:
             env = self._commands.decode(rec.value, rec.headers)
@@ -491,6 +532,7 @@ class CommandProcessor(AsyncLifecycle):
                         max_json_bytes=self.settings.max_request_bytes, default_max_retries=self.settings.default_max_retries)
         except StoreUsageError as e:
             self.stats.rejected += 1
+            self.stats.rejected_by_type[type(e).__name__] += 1
             o = Outcome(command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=False, processed_at=now,
                         command_offset=rec.offset, error_type=type(e).__name__, error_message=str(e),
                         error_details=e.details())
@@ -503,7 +545,7 @@ class CommandProcessor(AsyncLifecycle):
             if isinstance(cmd, ExpireDeadline):
                 self.stats.deadlines_fired += 1
             self._apply(part, ev)
-            events.append((ev, rec.partition, rec.offset))
+            events.append((ev, rec.partition, rec.offset, rec.timestamp))
             part.outcomes[cmd.command_id] = Outcome(
                 command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
                 command_offset=rec.offset, version=ev.version, event_id=ev.event_id)
