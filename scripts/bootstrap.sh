@@ -25,6 +25,10 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v runuser >/dev/null || missing+=(util-linux)
 command -v npm >/dev/null || missing+=(nodejs npm)
+# The dashboard's browser tests (tests/test_dashboard.py) and bench/dashboard.py drive a headless
+# Chromium through the system chromedriver.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 py=${PYTHON:-python3}
@@ -46,5 +50,15 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   say "installing the Node legacy tap's dependencies (npm ci)"
   (cd bridge/node && npm ci --no-audit --no-fund --loglevel=error)
   echo "$node_want" > "$node_stamp"
+fi
+# The dashboard's charting library: npm installs it into monitoring/dashboard/node_modules, and its
+# dist file is copied beside the page (monitoring/dashboard/static/vendor/, package data of the wheel),
+# so the page loads nothing from outside the product.
+dash_stamp=monitoring/dashboard/node_modules/.installed
+dash_want=$(sha256sum monitoring/dashboard/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$dash_stamp" 2>/dev/null)" != "$dash_want" ] || [ ! -f monitoring/dashboard/static/vendor/uPlot.iife.min.js ]; then
+  say "installing the dashboard's charting library (npm ci)"
+  (cd monitoring/dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run --silent vendor)
+  echo "$dash_want" > "$dash_stamp"
 fi
 say "ready: .venv/bin/assessment-store"
