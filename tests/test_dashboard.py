@@ -20,6 +20,7 @@ import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.structs import OffsetAndMetadata
+from pydantic import SecretStr
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from starlette.testclient import TestClient
 
@@ -188,7 +189,7 @@ class _Served:
 def served(stack_settings: Settings) -> Iterator[_Served]:
     """A dashboard over the session's stack, sampling twice a second."""
     settings = stack_settings.model_copy(update={
-        "api_read_token": TOKEN, "dashboard_resolution_s": 0.5, "lag_poll_interval_s": 0.5,
+        "api_read_token": SecretStr(TOKEN), "dashboard_resolution_s": 0.5, "lag_poll_interval_s": 0.5,
         "dashboard_max_clients": 4})
     s = _Served(settings, PORT_BASE + 60).start()
     try:
@@ -293,9 +294,15 @@ async def test_page_in_chromium_shows_a_groups_lag_change_while_records_flow(
     await _produce(stack_settings, topic, 5)
     await _commit(stack_settings, group, tp, 0)
 
+    def cell(cls: str) -> str | None:
+        # Read in one script: the table is re-rendered every tick, so a held element goes stale.
+        text: str | None = browser.execute_script(
+            "const td = document.querySelector(arguments[0]); return td ? td.textContent : null;",
+            f'#groups tr[data-group="{group}"] td.{cls}')
+        return text
+
     def lag_text() -> str | None:
-        rows = browser.find_elements(By.CSS_SELECTOR, f'#groups tr[data-group="{group}"] td.lag')
-        return rows[0].text if rows else None
+        return cell("lag")
 
     async def shown() -> str | None:
         return await asyncio.to_thread(lag_text)
@@ -311,7 +318,7 @@ async def test_page_in_chromium_shows_a_groups_lag_change_while_records_flow(
     # Live, not reloaded: the same navigation, and samples arrived through the stream.
     assert browser.execute_script("return performance.getEntriesByType('navigation').length") == loads
     assert int(browser.execute_script("return document.body.dataset.samples || '0'")) > 0
-    status = browser.find_element(By.CSS_SELECTOR, f'#groups tr[data-group="{group}"] td.status').text
+    status = cell("status")
     assert status in {"OK", "WARN"}
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-lag canvas"), "the lag chart was not drawn"
     assert "no data" in browser.find_element(By.ID, "cmd-now").text  # no scrape target configured
