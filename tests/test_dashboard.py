@@ -313,6 +313,10 @@ async def test_page_in_chromium_shows_a_groups_lag_change_while_records_flow(
     loads = browser.execute_script("return performance.getEntriesByType('navigation').length")
     await _produce(stack_settings, topic, 7)
     await eventually(shown, lambda t: t == "12", timeout_s=20, what="lag 12 on the page")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "dashboard.png"  # taken while the group lags (CI keeps .data)
+    await asyncio.to_thread(browser.save_screenshot, str(shot))
+    assert shot.stat().st_size > 10_000
     await _commit(stack_settings, group, tp, 12)
     await eventually(shown, lambda t: t == "0", timeout_s=20, what="lag 0 on the page")
     # Live, not reloaded: the same navigation, and samples arrived through the stream.
@@ -322,10 +326,6 @@ async def test_page_in_chromium_shows_a_groups_lag_change_while_records_flow(
     assert status in {"OK", "WARN"}
     assert browser.find_elements(By.CSS_SELECTOR, "#chart-lag canvas"), "the lag chart was not drawn"
     assert "no data" in browser.find_element(By.ID, "cmd-now").text  # no scrape target configured
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "dashboard.png"
-    await asyncio.to_thread(browser.save_screenshot, str(shot))
-    assert shot.stat().st_size > 10_000
 
 
 @pytest.mark.stack
