@@ -71,5 +71,8 @@ def demo(
         if not _run(run_migration_demo(settings, migration_count, out)):
             err.print("[red]the migration demo's checks did not all hold (see above)[/]")
             raise typer.Exit(EXIT_REFUSED)
+    from assessment_store.monitoring import demo_summary
+
+    _run(demo_summary(settings, out))  # the demo's own groups' lag, and where the dashboard is
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 # The modules below register their commands on the root application when imported.
-from . import _assessments, _demo, _lag, _services  # noqa: F401  (imported for their commands)
+from . import _assessments, _dashboard, _demo, _lag, _services  # noqa: F401  (imported for their commands)
 from ._bridge import bridge_app, import_
 from ._console import EXIT_USAGE
 from ._flags import flags_app

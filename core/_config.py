@@ -229,6 +229,20 @@ class Settings(BaseSettings):
         "sets it for each process it starts); 0: this process serves none.",
     )
 
+    # --- dashboard (`assessment-store dashboard`, docs/monitoring.md) --------
+    dashboard_host: str = Field(default="127.0.0.1", description="Address the dashboard listens on (loopback: "
+                                "not open to the world unless asked).")
+    dashboard_port: int = Field(default=9300, ge=1, le=65535, description="Port of the dashboard.")
+    dashboard_resolution_s: float = Field(default=10.0, gt=0, le=3600,
+                                          description="Seconds between two points of the dashboard's history.")
+    dashboard_history_s: float = Field(default=86_400.0, gt=0, le=7 * 86_400,
+                                       description="How far back the dashboard's in-memory history reaches.")
+    dashboard_scrape_urls: str = Field(
+        default="", description="Comma-separated Prometheus /metrics URLs the dashboard scrapes for command latency "
+        "and router calls; empty: those panels say 'no data'.")
+    dashboard_max_clients: int = Field(default=32, ge=1, le=1000,
+                                       description="Live (SSE) connections the dashboard serves at once.")
+
     # --- tests -------------------------------------------------------------
     test_backend: str = Field(
         default="local",

@@ -15,14 +15,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from assessment_store.core import Settings
+from assessment_store.core import BackendError, Settings
 
 from ._metrics import lag_registry
 from ._model import LagSnapshot
 from ._monitor import LagMonitor, observe_once
 from ._status import Status
 
-__all__ = ["render_snapshot", "run_lag_command", "serve_lag_metrics"]
+__all__ = ["dashboard_url", "demo_summary", "render_snapshot", "run_lag_command", "serve_lag_metrics"]
 
 _STYLE = {Status.OK: "green", Status.REWIND: "cyan", Status.WARN: "yellow", Status.ERR: "red",
           Status.STALL: "bold red", Status.STOP: "bold red"}
@@ -109,3 +109,22 @@ async def serve_lag_metrics(settings: Settings, *, host: str | None = None, port
             server.shutdown()
             with contextlib.suppress(RuntimeError):
                 thread.join(timeout=5)
+
+
+def dashboard_url(settings: Settings) -> str:
+    host = settings.dashboard_host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{shown}:{settings.dashboard_port}/"
+
+
+async def demo_summary(settings: Settings, console: Console, *, group_glob: str = "assessment-store-*") -> None:
+    """The end of ``make demo``: one lag reading of the store's own groups, as a table, and where
+    the dashboard is served. Never fails the demo: an unreachable broker is said, not raised."""
+    try:
+        snap = await observe_once(settings, group_glob=group_glob)
+    except BackendError as e:
+        console.print(f"[yellow]consumer-group lag unavailable: {e}[/]")
+    else:
+        console.print(render_snapshot(snap))
+    console.print(f"dashboard: [bold]{dashboard_url(settings)}[/] (run `assessment-store dashboard`, then open "
+                  "it once with ?token=<ASSESSMENT_STORE_API_READ_TOKEN>)")

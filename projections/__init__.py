@@ -5,6 +5,7 @@ from ._checksums import bucket_assessments, bucket_checksums, canonical_texts, f
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
 from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector, ProjectorStats
+from ._health import ProjectionHealth, projection_health
 from ._quarantine import QuarantineEntry, RefoldResult, list_quarantine, refold
 from ._replay import REBUILD_SCHEMA, ReplayReport, Verification, replay, verify_schemas
 from ._timetravel import counts_at, state_at
@@ -14,6 +15,8 @@ from ._queries import fetch_assessments, fetch_outcome_acceptance, fetch_rejecti
 from ._queries import ProjectorOffset, projector_offsets
 
 __all__ = [
+    "ProjectionHealth",
+    "projection_health",
     "ProjectorOffset",
     "projector_offsets",
     "bucket_assessments",

@@ -4,15 +4,17 @@
 #   - a virtualenv in .venv with the project and its test dependencies
 #   - with --with-prometheus (or --for-tests): Prometheus, promtool and Alertmanager (Debian packages),
 #     for `stack up prometheus alertmanager` and the alert rules' tests
+#   - with --for-tests: Chromium and chromedriver, for the dashboard's browser tests
 # The Kafka broker's jars are fetched by `assessment-store stack up` on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_prometheus=false
+with_browser=false
 for arg in "$@"; do
   case "$arg" in
     --with-prometheus) with_prometheus=true ;;
-    --for-tests) with_prometheus=true ;;
+    --for-tests) with_prometheus=true; with_browser=true ;;
     *) echo "bootstrap.sh: unknown option $arg (known: --with-prometheus, --for-tests)" >&2; exit 64 ;;
   esac
 done
@@ -41,6 +43,12 @@ if $with_prometheus; then
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 fi
+if $with_browser; then
+  # The dashboard's browser tests (tests/test_dashboard.py) and bench/dashboard.py drive a headless
+  # Chromium through the system chromedriver.
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+fi
 if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
 py=${PYTHON:-python3}
@@ -62,5 +70,15 @@ if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
   say "installing the Node legacy tap's dependencies (npm ci)"
   (cd bridge/node && npm ci --no-audit --no-fund --loglevel=error)
   echo "$node_want" > "$node_stamp"
+fi
+# The dashboard's charting library: npm installs it into monitoring/dashboard/node_modules, and its
+# dist file is copied beside the page (monitoring/dashboard/static/vendor/, package data of the wheel),
+# so the page loads nothing from outside the product.
+dash_stamp=monitoring/dashboard/node_modules/.installed
+dash_want=$(sha256sum monitoring/dashboard/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$dash_stamp" 2>/dev/null)" != "$dash_want" ] || [ ! -f monitoring/dashboard/static/vendor/uPlot.iife.min.js ]; then
+  say "installing the dashboard's charting library (npm ci)"
+  (cd monitoring/dashboard && npm ci --no-audit --no-fund --loglevel=error && npm run --silent vendor)
+  echo "$dash_want" > "$dash_stamp"
 fi
 say "ready: .venv/bin/assessment-store"
