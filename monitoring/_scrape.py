@@ -4,7 +4,7 @@ over the interval between two scrapes.
 
 Names read (each process documents and serves its own; docs/monitoring.md lists them):
 
-* ``assessment_store_command_visible_seconds`` (histogram): a command's send until its event is
+* ``assessment_store_client_command_visible_seconds`` (histogram): a command's send until its event is
   visible in the projection; p50/p95/p99 over the interval, from the buckets' increase, summed over
   every target and label set, interpolated inside a bucket as Prometheus' ``histogram_quantile``;
 * ``assessment_store_router_calls_total{backend,outcome}`` (counter): calls/s per backend, and the
@@ -29,10 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 __all__ = ["COMMAND_LATENCY", "ROUTER_CALLS", "ROUTER_SECONDS", "PromReading", "PromSource", "histogram_quantile",
            "parse_scrape_urls"]
 
-COMMAND_LATENCY = "assessment_store_command_visible_seconds"
+COMMAND_LATENCY = "assessment_store_client_command_visible_seconds"
 ROUTER_CALLS = "assessment_store_router_calls_total"
 ROUTER_SECONDS = "assessment_store_router_call_seconds"
-_OK_OUTCOMES = frozenset({"ok", "success"})
+# A refusal (invalid transition, not found) is an answer, not a failure of the backend: not an error.
+_OK_OUTCOMES = frozenset({"ok", "success", "refused"})
 _MAX_BODY = 8 * 1024 * 1024
 """A /metrics page larger than this is refused (a scrape target is trusted, but not unboundedly)."""
 

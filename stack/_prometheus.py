@@ -29,8 +29,12 @@ _INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager (or `bash sc
 def scrape_targets(settings: Settings) -> list[ScrapeTarget]:
     """Every process of the stack that serves /metrics, whether it runs or not: a target that does not
     answer is ``up == 0`` in Prometheus, which is what an operator wants to see (alert TargetDown)."""
-    host = settings.lag_monitor_host
-    return [ScrapeTarget(job="lag-monitor", address=f"{host}:{settings.lag_monitor_port}")]
+    targets = [ScrapeTarget(job="lag-monitor", address=f"{settings.lag_monitor_host}:{settings.lag_monitor_port}")]
+    for service in ("processor", "projector", "bridge", "reverse-sync"):
+        port = settings.service_metrics_port(service)
+        if port is not None:
+            targets.append(ScrapeTarget(job=service, address=f"{settings.metrics_host}:{port}"))
+    return targets
 
 
 def _ready(url: str) -> bool:

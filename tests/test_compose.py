@@ -70,3 +70,33 @@ def test_testcontainers_kafka_uses_the_apache_image_in_kraft_mode(tmp_path: Path
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://127.0.0.1:{settings.kafka_port}"
     assert ports == {9092: settings.kafka_port}
+
+
+def test_compose_scrapes_the_store_and_loads_the_shipped_rules(compose: dict[str, Any]) -> None:
+    """Prometheus mounts the rules file the promtool tests check and scrapes the processor, projector and lag
+    monitor on the ports their settings give; both monitoring UIs are published on loopback only."""
+    prometheus = compose["services"]["prometheus"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in prometheus["volumes"]}
+    assert mounts["./monitoring/prometheus/alerts.yml"] == "/etc/prometheus/alerts.yml"
+    config = yaml.safe_load((ROOT / "stack/compose/prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]}
+    s = Settings()
+    assert targets == {"processor": f"processor:{s.service_metrics_port('processor')}",
+                       "projector": f"projector:{s.service_metrics_port('projector')}",
+                       "lag-monitor": f"lag-monitor:{s.lag_monitor_port}"}
+    for name in ("prometheus", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in compose["services"][name]["ports"]), name
+
+
+def test_compose_grafana_provisions_the_generated_dashboard(compose: dict[str, Any]) -> None:
+    """Grafana gets the Prometheus data source under the uid the dashboard's panels use, and the folder holding
+    the generated dashboard JSON; its admin password comes from the environment, never the file."""
+    grafana = compose["services"]["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    datasources = yaml.safe_load((ROOT / "stack/compose/grafana/datasources.yml").read_text())["datasources"]
+    assert [d["uid"] for d in datasources] == ["prometheus"]
+    provider = yaml.safe_load((ROOT / "stack/compose/grafana/dashboards.yml").read_text())["providers"][0]
+    assert mounts["./monitoring/grafana-dashboards"] == provider["options"]["path"]
+    assert (ROOT / "monitoring/grafana-dashboards/assessment-store.json").exists()
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${ASSESSMENT_STORE_GRAFANA_PASSWORD:?")

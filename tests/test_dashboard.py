@@ -66,7 +66,7 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
 async def test_prometheus_source_reads_histograms_and_counters_and_says_no_data_when_absent() -> None:
     """Latency quantiles and router rates come from the increase between two scrapes; an absent target is 'no data'."""
     registry = CollectorRegistry()
-    latency = Histogram("assessment_store_command_visible_seconds", "t", buckets=(0.01, 0.05, 0.1, 1.0),
+    latency = Histogram("assessment_store_client_command_visible_seconds", "t", buckets=(0.01, 0.05, 0.1, 1.0),
                         registry=registry)
     calls = Counter("assessment_store_router_calls", "t", ["backend", "outcome"], registry=registry)
     router = Histogram("assessment_store_router_call_seconds", "t", ["backend"], buckets=(0.01, 0.1), registry=registry)
