@@ -49,12 +49,16 @@ def test_the_bearer_scheme_is_declared_and_every_data_route_requires_it(spec: di
 
 def test_every_route_documents_the_problems_it_can_answer_with(spec: dict[str, Any]) -> None:
     """401/403 on authenticated routes, 404 on by-id routes, 409 on writes, 413/504 on writes, 408 on writes and
-    the long poll, 422 where there is input, 503 wherever Kafka or PostgreSQL is touched; /livez only 200."""
+    the long poll, 422 where there is input, 503 wherever Kafka or PostgreSQL is touched; /livez only 200;
+    /metrics (counters in memory, behind the read token) 200, 401 and 403."""
     for path, method, operation in _operations(spec):
         statuses = _statuses(operation)
         where = (method, path, sorted(statuses))
         if path == "/livez":
             assert statuses == {200}, where
+            continue
+        if path == "/metrics":
+            assert statuses == {200, 401, 403}, where
             continue
         assert 503 in statuses, where
         if path in OPEN:
