@@ -16,6 +16,9 @@ Prints CPU seconds (``time.process_time``, this process) and wall seconds per cy
 ratio, and then runs ``--cycles`` monitor cycles back to back (720 = an hour at the default 5 s
 interval) and prints the resident memory at each quarter. Targets: one cycle of 200 groups x 50
 partitions <= 1 s of CPU; RSS flat across the quarters.
+
+``--big-group N`` also times a cycle over one group consuming a topic of N partitions (10,000: a group
+far larger than any of the store's own), a few of them lagging.
 """
 
 from __future__ import annotations
@@ -133,6 +136,40 @@ async def _run(settings: Settings, groups: int, partitions: int, rounds: int, cy
     console.print(quarters)
 
 
+async def _big_group(settings: Settings, partitions: int, rounds: int) -> None:
+    topic = f"bench-lag-big-{partitions}"
+    console.print(f"creating {topic} ({partitions:,} partitions) ...")
+    t0 = time.perf_counter()
+    await ensure_topics(settings, [TopicSpec(topic, partitions, {})])
+    console.print(f"created in {time.perf_counter() - t0:.1f} s")
+    producer = AIOKafkaProducer(**kafka_client_options(settings, "admin"), linger_ms=5)
+    await producer.start()
+    try:
+        lagging = range(0, partitions, max(1, partitions // 20))
+        for p in lagging:
+            await producer.send(topic, b"x", partition=p, timestamp_ms=int((time.time() - 600) * 1000))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(**kafka_client_options(settings, "admin"), group_id="bench-lag-big",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.commit({tp: OffsetAndMetadata(0, "") for tp in tps})
+    finally:
+        await consumer.stop()
+    monitor = LagMonitor(settings, group_glob="bench-lag-big", topic=topic)
+    snapshot = await monitor.poll()
+    (group,) = snapshot.groups
+    assert len(group.partitions) == partitions, len(group.partitions)
+    cpu, wall = await _timed(monitor.poll, rounds)
+    console.print(f"one group of {partitions:,} partitions ({len(lagging)} lagging): "
+                  f"{statistics.median(cpu):.3f} s CPU, {statistics.median(wall):.3f} s wall per cycle, "
+                  f"status {group.status.value}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", type=int, default=200)
@@ -140,6 +177,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed cycles per variant")
     parser.add_argument("--cycles", type=int, default=720, help="cycles for the memory check")
     parser.add_argument("--port-base", type=int, default=29592)
+    parser.add_argument("--big-group", type=int, default=0, metavar="N",
+                        help="also time one group over a topic of N partitions (e.g. 10000)")
     args = parser.parse_args()
     settings = isolated_settings(ROOT / ".data" / f"bench-lag-{args.port_base}", port_base=args.port_base)
     stack = Stack(settings)
@@ -147,6 +186,8 @@ def main() -> None:
     stack.up(["kafka"], log=console.print)
     try:
         asyncio.run(_run(settings, args.groups, args.partitions, args.rounds, args.cycles))
+        if args.big_group:
+            asyncio.run(_big_group(settings, args.big_group, args.rounds))
     finally:
         stack.down(log=lambda _m: None)
 

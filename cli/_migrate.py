@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -146,3 +147,67 @@ def migrate_import(
             for line in recommendations(v):
                 out.print(f"• {line}", highlight=False)
     raise typer.Exit(0 if done.ok else EXIT_REFUSED)
+
+
+def _duration(text: str, option: str) -> timedelta:
+    """``90s``, ``15m``, ``24h``, ``7d`` (or plain seconds) as a timedelta; a usage error otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        fail(f"{option} {text!r} is not a duration (e.g. 90s, 15m, 24h, 7d)", EXIT_USAGE)
+    if not seconds >= 0 or seconds == float("inf"):
+        fail(f"{option} must be a non-negative, finite duration, got {text!r}", EXIT_USAGE)
+    return timedelta(seconds=seconds)
+
+
+@migrate_app.command("cleanup")
+def migrate_cleanup(
+    legacy_url: Annotated[str, typer.Option("--legacy-url", help="The legacy service's HTTP face.")],
+    archive_dir: Annotated[Path, typer.Option("--archive-dir", file_okay=False,
+                                              help="Where the verified archive (Avro files + manifest) is written.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and what blocks it; change nothing.")] = False,
+    hold: Annotated[str, typer.Option("--hold", help="How long the flags must have stayed at 100 % unchanged.")] = "24h",
+    validation_max_age: Annotated[str, typer.Option(
+        "--validation-max-age", help="How recent the passing final validation must be.")] = "24h",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=10_000,
+                                            help="Assessments removed from legacy per request.")] = 1000,
+    keep_services: Annotated[bool, typer.Option(
+        "--keep-services", help="Leave the local stack's bridge and reverse sync running.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Archive the legacy data (verified Avro files), then remove the migrated assessments from legacy and stop
+    the bridge and the reverse sync. Refused (exit 1) unless the final validation passed recently and the flags
+    held at 100 % for --hold. Interrupted, run it again: it reuses the verified archive."""
+    from assessment_store.migration import cleanup_legacy
+    from assessment_store.stack import Stack
+
+    settings = Settings()
+    report = _run(cleanup_legacy(settings, legacy_url, archive_dir, hold=_duration(hold, "--hold"),
+                                 validation_max_age=_duration(validation_max_age, "--validation-max-age"),
+                                 dry_run=dry_run, batch_size=batch_size))
+    stopped: dict[str, bool] = {}
+    if not dry_run and not keep_services:
+        stopped = Stack(settings).down(["bridge", "reverse-sync"], log=lambda _m: None)
+    doc = {**report.to_json(), "stopped": [name for name, was in stopped.items() if was]}
+    if as_json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+    else:
+        plan = report.plan
+        out.print(f"legacy {plan.legacy_url}: {plan.legacy_assessments:,} assessments; archive {plan.archive_dir}"
+                  f"{' (reusing the verified archive of an interrupted run)' if plan.reuse_archive else ''}")
+        for reason in plan.reasons_to_wait:
+            out.print(f"[yellow]blocked:[/] {reason}")
+        if dry_run:
+            out.print("dry run: nothing archived or removed" if not plan.reasons_to_wait
+                      else "dry run: the cleanup would be refused until the above holds")
+        else:
+            for kind, f in report.archive.items():
+                out.print(f"archived {f.records:,} {kind} to {f.path} (sha256 {f.sha256[:16]}…), read back and verified")
+            out.print(f"removed {report.purged:,} migrated assessments from legacy in {report.batches} batches "
+                      f"({report.already_gone:,} already gone, {report.kept_not_in_store:,} kept: not in the store)")
+            if doc["stopped"]:
+                out.print(f"stopped: {', '.join(doc['stopped'])}")
+    if dry_run and report.plan.reasons_to_wait:
+        raise typer.Exit(EXIT_REFUSED)

@@ -26,6 +26,7 @@ from ._complete import MigrationImport, import_export
 from ._export import ASSESSMENTS_FILE, AUDIT_FILE, MANIFEST_FILE, ExportedFile, ExportManifest, export_legacy, read_manifest
 from ._transitions import legacy_transitions
 from ._buckets import BUCKETS, bucket, route_to_store
+from ._cleanup import CleanupPlan, CleanupRefused, CleanupReport, cleanup_legacy, plan_cleanup
 from ._canonical import bucket_of, canonical_legacy, canonical_store, id_hash, jsonb_text, row_hash
 from ._compare import VALIDATED_FIELDS, compare_rows, same_json
 from ._flags import FLAGS_TOPIC, FlagChange, FlagStore, FlagStoreStats, MigrationFlags, audit_trail, default_actor, flags_topic_spec
@@ -48,6 +49,11 @@ from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserve
 from ._validate import DEFAULT_BUCKETS, DEFAULT_MAX_FINDINGS, DEFAULT_SAMPLE_BUCKETS, validate_after
 
 __all__ = [
+    "CleanupPlan",
+    "CleanupRefused",
+    "CleanupReport",
+    "cleanup_legacy",
+    "plan_cleanup",
     "AFTER_KINDS",
     "ASSESSMENTS_FILE",
     "AUDIT_FILE",

@@ -11,6 +11,8 @@
  *   GET  /export/counts[?idPrefix=P]                     -> 200 {total, byStatus: {status: count}}
  *   GET  /export/audit[?idPrefix=P]                       JSON Lines of the audit log, oldest first, streamed:
  *        {auditId, seq, at, actor, operation, assessmentId, statusBefore, statusAfter} (src/legacy-service.js)
+ *   POST /admin/purge                                     {"ids": [...]} (at most 10,000): removes migrated
+ *        assessments -> 200 {purged, missing}; idempotent (what `assessment-store migrate cleanup` calls)
  *   POST /snapshot                                        JSON Lines body of export records, restored as they
  *        are, without emissions (a seed: tests, benchmarks, a restore) -> 200 {loaded, replaced, invalid}
  *
@@ -183,6 +185,8 @@ function handleExport(service, req, res) {
     work = streamLines(res, service.auditEntries({ idPrefix: url.searchParams.get('idPrefix') ?? '' }));
   } else if (url.pathname === '/export/counts' && method === 'GET') {
     work = (async () => sendJson(res, 200, service.statusCounts(url.searchParams.get('idPrefix') ?? '')))();
+  } else if (url.pathname === '/admin/purge' && method === 'POST') {
+    work = purge(service, req).then((counts) => sendJson(res, 200, counts));
   } else if (url.pathname === '/snapshot' && method === 'POST') {
     work = restore(service, req).then((counts) => sendJson(res, 200, counts));
   } else {
@@ -198,6 +202,36 @@ function handleExport(service, req, res) {
     }
   });
   return true;
+}
+
+const MAX_PURGE_IDS = 10000;
+const MAX_PURGE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * @param {import('./legacy-service').LegacyAssessmentService} service
+ * @param {import('node:http').IncomingMessage} req
+ * @returns {Promise<{purged: number, missing: number}>}
+ */
+async function purge(service, req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > MAX_PURGE_BYTES) throw new ExportRequestError('body', `is larger than ${MAX_PURGE_BYTES} bytes`);
+    chunks.push(chunk);
+  }
+  let doc;
+  try {
+    doc = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (err) {
+    throw new ExportRequestError('body', 'is not JSON');
+  }
+  const ids = doc && doc.ids;
+  if (!Array.isArray(ids) || ids.some((id) => typeof id !== 'string' || id === '')) {
+    throw new ExportRequestError('ids', 'must be a list of non-empty strings');
+  }
+  if (ids.length > MAX_PURGE_IDS) throw new ExportRequestError('ids', `must hold at most ${MAX_PURGE_IDS} ids`);
+  return service.purge(ids);
 }
 
 module.exports = { handleExport, MAX_BUCKETS };

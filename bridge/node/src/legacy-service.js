@@ -34,7 +34,7 @@ const DEFAULT_ACTOR = 'legacy-service';
  * @property {number} seq 1, 2, ... in the order the changes were made
  * @property {string} at ISO-8601 time of the change
  * @property {string} actor who made it (the request's actor header, else the service's default actor)
- * @property {'create'|'start'|'progress'|'complete'|'fail'|'cancel'|'reverse-sync'|'restore'} operation
+ * @property {'create'|'start'|'progress'|'complete'|'fail'|'cancel'|'reverse-sync'|'restore'|'purge'} operation
  * @property {string} assessmentId
  * @property {LegacyStatus|null} statusBefore null for a creation (or a restore of an unknown id)
  * @property {LegacyStatus|null} statusAfter
@@ -480,6 +480,31 @@ class LegacyAssessmentService extends EventEmitter {
     this.#record('restore', id, previous ? previous.status : null, typeof record.status === 'string' ? record.status : null,
       this.#now().toISOString());
     return existed ? 'replaced' : 'loaded';
+  }
+
+  /**
+   * Removes assessments that were migrated and archived elsewhere (the last step of a migration,
+   * `assessment-store migrate cleanup`); no emission (the store already holds them), an audit entry each.
+   * Idempotent: an id already gone is counted as missing, so a cleanup interrupted mid-batch resumes.
+   * @param {string[]} ids
+   * @returns {{purged: number, missing: number}}
+   */
+  purge(ids) {
+    let purged = 0;
+    let missing = 0;
+    const at = this.#now().toISOString();
+    for (const id of ids) {
+      const a = this.#assessments.get(id);
+      if (a === undefined) {
+        missing += 1;
+        continue;
+      }
+      this.#assessments.delete(id);
+      this.#digests.delete(id);
+      this.#record('purge', id, a.status, null, at);
+      purged += 1;
+    }
+    return { purged, missing };
   }
 
   /**
