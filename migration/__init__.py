@@ -13,7 +13,10 @@
 * ``validate_after``: ``assessment-store migrate validate``, the legacy service against the store by
   bucketed checksums (descending only into differing buckets), plus the store's histories against the
   state machine and its projection against the fold of its events; ``latest_validation`` /
-  ``require_recent_pass``: the runs recorded in PostgreSQL, for later steps (docs/migration.md).
+  ``require_recent_pass``: the runs recorded in PostgreSQL, for later steps (docs/migration.md);
+* ``RolloutController``: ``assessment-store migrate rollout``, the gated gradual rollout whose
+  decisions are events on ``assessments.migration-rollout``, gated by what every router instance
+  publishes per window (``ObservationPublisher``, ``evaluate_window``, ``GateTracker``).
 """
 
 from ._buckets import BUCKETS, bucket, route_to_store
@@ -33,12 +36,68 @@ from ._reverse import (
     reverse_topic_spec,
     to_legacy_message,
 )
-from ._router import FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend
+from ._gates import Decision, FleetWindow, GateReading, GateThresholds, GateTracker, HealthReading, Level, WindowEvaluation, evaluate_window, fleet_window
+from ._observations import LATENCY_BUCKETS_MS, OBSERVATIONS_TOPIC, ObservationPublisher, WindowObservation, observations_topic_spec, p95_ms, window_start
+from ._rollout import (
+    DEFAULT_STEPS,
+    ROLLOUT_TOPIC,
+    HealthProbe,
+    NoRollout,
+    RolloutController,
+    RolloutEvent,
+    RolloutLocked,
+    RolloutPlan,
+    RolloutState,
+    fold,
+    manual_rollback,
+    read_rollout,
+    reverse_sync_probe,
+    rollout_topic_spec,
+    send_command,
+)
+from ._rollout_render import event_line, parse_duration, render_status
+from ._router import CallObserver, FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend
 from ._runs import NoRecentPass, latest_validation, record_validation, require_recent_pass
 from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserver, ShadowStats, Verdict, compare
 from ._validate import DEFAULT_BUCKETS, DEFAULT_MAX_FINDINGS, DEFAULT_SAMPLE_BUCKETS, validate_after
 
 __all__ = [
+    "CallObserver",
+    "DEFAULT_STEPS",
+    "Decision",
+    "FleetWindow",
+    "GateReading",
+    "GateThresholds",
+    "GateTracker",
+    "HealthProbe",
+    "HealthReading",
+    "LATENCY_BUCKETS_MS",
+    "Level",
+    "NoRollout",
+    "OBSERVATIONS_TOPIC",
+    "ObservationPublisher",
+    "ROLLOUT_TOPIC",
+    "RolloutController",
+    "RolloutEvent",
+    "RolloutLocked",
+    "RolloutPlan",
+    "RolloutState",
+    "WindowEvaluation",
+    "WindowObservation",
+    "evaluate_window",
+    "event_line",
+    "fleet_window",
+    "fold",
+    "manual_rollback",
+    "observations_topic_spec",
+    "p95_ms",
+    "parse_duration",
+    "read_rollout",
+    "render_status",
+    "reverse_sync_probe",
+    "rollout_topic_spec",
+    "send_command",
+    "window_start",
     "ValidationVerdict",
     "VALIDATED_FIELDS",
     "BUCKETS",
