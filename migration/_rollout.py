@@ -218,6 +218,8 @@ def fold(state: RolloutState, ev: RolloutEvent) -> RolloutState:
         assert ev.plan is not None
         return RolloutState(rollout_id=ev.rollout_id, plan=ev.plan, status="running", step=0,
                             step_started_s=ev.at_s, epoch=state.epoch, events=(ev,), fenced=state.fenced)
+    if ev.type == "rollback" and state.status == "complete" and ev.rollout_id == state.rollout_id:
+        return replace(state, events=(*state.events, ev), status="rolled_back")  # a completed migration undone
     if ev.rollout_id != state.rollout_id or state.terminal:
         return state  # another (older) rollout's record, or one after the end
     events = (*state.events, ev)
@@ -472,6 +474,7 @@ class RolloutController:
         self._observations.clear()
         self._tracker = GateTracker(self.plan.thresholds, self.plan.soak_for(self.state.step))
         self._next_window = self._first_window()
+        self._step_first = len(self.evaluations)
         # Records of windows after the step's start were produced after it: seek by timestamp.
         since_ms = int((self.state.step_started_s - self.plan.window_s) * 1000)
         with translate_kafka_errors(f"seeking {self.observations_topic}"):
@@ -587,8 +590,10 @@ class RolloutController:
 
     async def _advance(self) -> None:
         s = self.state
-        n = max(1, math.ceil(self.plan.soak_for(s.step) / self.plan.window_s))
-        readings = self._recent(min(n, 5))
+        # The passing windows of this step that made up the soak (the last few of them).
+        n = min(5, max(1, math.ceil(self.plan.soak_for(s.step) / self.plan.window_s)))
+        passed = [e for e in self.evaluations[self._step_first:] if e.level.label == "pass"]
+        readings = tuple(e.to_json() for e in passed[-n:])
         if s.step + 1 >= len(self.plan.steps):
             await self._append(RolloutEvent("complete", s.rollout_id, time.time(), self.actor, epoch=self.epoch,
                                             step=s.step, percentage=s.percentage, readings=readings,
