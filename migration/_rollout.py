@@ -447,6 +447,10 @@ class RolloutController:
         await self._apply_flags()
         await self._seek_observations()
 
+    async def _all_to_legacy(self) -> None:
+        assert self._flags is not None
+        await self._flags.update(self.actor, enable_assessment_store=False, enable_dual_mode=False)
+
     async def _apply_flags(self) -> None:
         assert self._flags is not None
         s = self.state
@@ -575,8 +579,8 @@ class RolloutController:
                 "rollback", s.rollout_id, time.time(), self.actor, epoch=self.epoch, step=s.step,
                 percentage=s.percentage, window=ev.window.start, readings=self._recent(t.rollback_windows),
                 reason=f"{t.rollback_windows} consecutive windows at rollback level: "
-                       + ", ".join(g.gate for g in ev.gates if g.level.label == "rollback")))
-            await self._apply_flags()
+                       + ", ".join(g.gate for g in ev.gates if g.level.label == "rollback")),
+                effect=self._all_to_legacy)
         elif decision is Decision.HOLD:
             await self._append(RolloutEvent(
                 "hold", s.rollout_id, time.time(), self.actor, epoch=self.epoch, step=s.step, percentage=s.percentage,
@@ -620,13 +624,17 @@ class RolloutController:
                                             step=s.step, percentage=s.percentage, command_id=cmd.command_id,
                                             reason=f"{kind} requested by {cmd.actor}"))
 
-    async def _append(self, ev: RolloutEvent) -> None:
+    async def _append(self, ev: RolloutEvent, effect: Callable[[], Awaitable[object]] | None = None) -> None:
+        """Append ``ev``; once it is acknowledged (in the log), run ``effect``, then fold it."""
         assert self._producer is not None and self._lock_conn is not None
         # The lease: a controller whose lock connection died may have been replaced; it must not write.
         with translate_db_errors("checking the rollout controller's lock"):
             await self._lock_conn.fetchval("SELECT 1")
         with translate_kafka_errors(f"appending a {ev.type} to {self.topic}"):
             meta = await self._producer.send_and_wait(self.topic, json.dumps(ev.to_json()).encode(), partition=0)
+        if effect is not None:
+            # The decision is in the log: carry it out before spending time on reading it back.
+            await effect()
         # Read our own write back: the consumer is the one path into the fold, so anything appended
         # before it (an operator's command) is folded first, in log order, exactly once.
         await self._poll_rollout(until=meta.offset + 1)

@@ -171,7 +171,7 @@ def _types(state: RolloutState) -> list[str]:
     return [e.type for e in state.events if e.type not in ("lease", "command")]
 
 
-async def _run(controller: RolloutController, timeout_s: float = 40.0) -> RolloutState:
+async def _run(controller: RolloutController, timeout_s: float = 60.0) -> RolloutState:
     return await asyncio.wait_for(controller.run(), timeout_s)
 
 
@@ -318,7 +318,7 @@ async def test_controller_killed_mid_step_resumes_without_skipping_or_repeating(
     first = _cli(fleet.settings, *args)
     try:
         state = await eventually(lambda: read_rollout(fleet.settings, topic=fleet.rollout_topic),
-                                 lambda s: s.step == 1 and time.time() - s.step_started_s >= 1.0, timeout_s=40,
+                                 lambda s: s.step == 1 and time.time() - s.step_started_s >= 1.0, timeout_s=90,
                                  what="1 s into step 1")
         first.send_signal(signal.SIGKILL)
         await _wait_exit(first, 10)
@@ -330,7 +330,7 @@ async def test_controller_killed_mid_step_resumes_without_skipping_or_repeating(
     assert state.status == "running" and state.step == 1
     step1_started = state.step_started_s
     second = _cli(fleet.settings, *args)
-    code, out, err = await _wait_exit(second, 60)
+    code, out, err = await _wait_exit(second, 120)
     assert code == 0, err
     state = await read_rollout(fleet.settings, topic=fleet.rollout_topic)
     assert state.status == "complete"
