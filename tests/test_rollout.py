@@ -97,6 +97,7 @@ class Fleet:
     routers: list[MigrationRouter] = field(default_factory=list)
     shadows: list[ShadowObserver] = field(default_factory=list)
     to_legacy_at: dict[int, float] = field(default_factory=dict)
+    store_on: set[int] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def add(self, n: int, *, shadow_timeout_s: float | None = None) -> None:
@@ -119,7 +120,11 @@ class Fleet:
             self.tasks.append(asyncio.create_task(self._write(router)))
 
     def _seen(self, idx: int, change: FlagChange) -> None:
-        if not change.flags.enable_assessment_store and idx not in self.to_legacy_at:
+        # The moment this instance goes from routing to the store to legacy-only (a rollback); changes
+        # before the store was ever on (a test setting another flag first) are not one.
+        if change.flags.enable_assessment_store:
+            self.store_on.add(idx)
+        elif idx in self.store_on and idx not in self.to_legacy_at:
             self.to_legacy_at[idx] = time.time()
 
     async def _write(self, router: MigrationRouter) -> None:
@@ -183,7 +188,7 @@ async def _assert_all_on_legacy(fleet: Fleet, state: RolloutState) -> list[float
     assert all(r.side_for(uuid.uuid4().hex).value == "legacy" for r in fleet.routers for _ in range(20))
     delays = [fleet.to_legacy_at[i] - decision.at_s for i in range(len(fleet.routers))]
     PROPAGATION.extend(delays)
-    assert max(delays) <= 1.0, delays
+    assert 0 < min(delays) and max(delays) <= 1.0, delays
     return delays
 
 
