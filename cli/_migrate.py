@@ -97,14 +97,17 @@ def migrate_rollout(
     health: Annotated[str, typer.Option(help="Health gate: none, reverse-sync, or lag (consumer groups ERR/STALL/STOP).")] = "none",
     health_groups: Annotated[str, typer.Option(help="With --health lag: the groups watched (glob).")] = "assessment-store-*",
     max_behind: Annotated[int, typer.Option(min=0, help="With --health reverse-sync: events behind tolerated.")] = 10_000,
+    new: Annotated[bool, typer.Option("--new", help="Start a new rollout although the last one ended "
+                                                    "(rolled back, aborted or complete).")] = False,
     actor: Actor = None,
     as_json: JsonFlag = False,
     rollout_topic: _Topic = None,
     observations_topic: _ObsTopic = None,
     flags_topic: _FlagsTopic = None,
 ) -> None:
-    """Run the gated rollout in the foreground (a new one, or resume the unfinished one) until it is
-    complete (exit 0), rolled back or aborted (exit 1). One line per decision (--json: one object)."""
+    """Run the gated rollout in the foreground (resume the unfinished one, or start one: after an ended
+    rollout only with --new) until it is complete (exit 0), rolled back or aborted (exit 1). One line
+    per decision (--json: one object)."""
     import json as _json
 
     from assessment_store.migration import (
@@ -153,7 +156,7 @@ def migrate_rollout(
         controller = RolloutController(
             settings, plan, actor=actor, topic=rollout_topic or ROLLOUT_TOPIC,
             observations_topic=observations_topic or OBSERVATIONS_TOPIC, flags_topic=flags_topic or FLAGS_TOPIC,
-            health_probe=probe, on_event=progress)
+            health_probe=probe, on_event=progress, new=new)
         try:
             return await controller.run()
         finally:

@@ -51,7 +51,8 @@ from ._observations import OBSERVATIONS_TOPIC, WindowObservation, observations_t
 from ._reverse import reverse_sync_status
 
 __all__ = [
-    "DEFAULT_STEPS", "ROLLOUT_TOPIC", "HealthProbe", "NoRollout", "RolloutController", "RolloutEvent", "RolloutLocked",
+    "DEFAULT_STEPS", "ROLLOUT_TOPIC", "HealthProbe", "NoRollout", "RolloutController", "RolloutEnded", "RolloutEvent",
+    "RolloutLocked",
     "RolloutPlan", "RolloutState", "TERMINAL", "fold", "manual_rollback", "read_rollout", "reverse_sync_probe",
     "rollout_topic_spec", "send_command",
 ]
@@ -79,6 +80,17 @@ class RolloutLocked(StoreUsageError):
     def __init__(self, topic: str) -> None:
         self.topic = topic
         super().__init__(f"another `migrate rollout` controller is running for {topic} (PostgreSQL advisory lock held)")
+
+
+class RolloutEnded(StoreUsageError):
+    """The last rollout ended (``.status``) and a new one was not asked for (``new=True``, ``--new``):
+    a supervisor rerunning the controller after an automatic rollback must not roll forward again."""
+
+    def __init__(self, topic: str, rollout_id: str | None, status: str | None) -> None:
+        self.topic = topic
+        self.rollout_id = rollout_id
+        self.status = status
+        super().__init__(f"the last rollout on {topic} ({rollout_id}) is {status}; start a new one with --new")
 
 
 class NoRollout(StoreUsageError):
@@ -359,7 +371,10 @@ class RolloutController:
     def __init__(self, settings: Settings, plan: RolloutPlan, *, actor: str | None = None,
                  topic: str = ROLLOUT_TOPIC, observations_topic: str = OBSERVATIONS_TOPIC,
                  flags_topic: str = FLAGS_TOPIC, health_probe: HealthProbe | None = None,
-                 on_event: Callable[[RolloutEvent, RolloutState], None] | None = None, tick_s: float | None = None) -> None:
+                 on_event: Callable[[RolloutEvent, RolloutState], None] | None = None, tick_s: float | None = None,
+                 new: bool = False) -> None:
+        """``new``: start a new rollout when the last one ended; without it such a run is refused
+        (``RolloutEnded``) after putting the flags where the ended rollout left them."""
         self.settings = settings
         self.requested_plan = plan
         self.actor = actor or f"rollout-controller:{default_actor()}"
@@ -369,6 +384,7 @@ class RolloutController:
         self.health_probe = health_probe
         self.on_event = on_event
         self.tick_s = tick_s
+        self.new = new
         self.state = RolloutState()
         self.epoch = 0
         self.evaluations: list[WindowEvaluation] = []
@@ -434,6 +450,10 @@ class RolloutController:
     async def _attach(self) -> None:
         """Fold the topic, take the next epoch, start or resume, and put the flags where the state says."""
         await self._poll_rollout(to_end=True)
+        if self.state.terminal and not self.new:
+            # Crash-safe end: a rollback decided but not yet carried out is carried out now.
+            await self._apply_flags()
+            raise RolloutEnded(self.topic, self.state.rollout_id, self.state.status)
         self.epoch = self.state.epoch + 1
         await self._append(RolloutEvent("lease", self.state.rollout_id, time.time(), self.actor, epoch=self.epoch))
         if self.state.status is None or self.state.terminal:
@@ -456,7 +476,7 @@ class RolloutController:
         s = self.state
         if s.status == "rolled_back":
             await self._flags.update(self.actor, enable_assessment_store=False, enable_dual_mode=False)
-        elif not s.terminal or s.status == "complete":
+        elif not s.terminal:
             await self._flags.update(self.actor, enable_assessment_store=True, enable_dual_mode=True,
                                      migration_percentage=s.percentage)
 

@@ -315,7 +315,8 @@ async def _wait_exit(proc: subprocess.Popen[str], timeout_s: float) -> tuple[int
 
 async def test_controller_killed_mid_step_resumes_without_skipping_or_repeating(fleet: Fleet) -> None:
     """kill -9 of `migrate rollout` in the middle of step 1: the rerun resumes step 1 (soak counted from its start
-    event) and completes; each step is advanced from exactly once, in order; status and manual rollback via the CLI."""
+    event) and completes; each step is advanced from exactly once, in order; status and manual rollback via the CLI;
+    a rerun after the rollback is refused without --new."""
     await fleet.add(3)
     args = ["migrate", "rollout", "--steps", "20,40,60,100", "--soak", "2s", "--window", "1s", "--grace", "0.3s",
             "--min-calls", "10", "--rollout-topic", fleet.rollout_topic, "--observations-topic",
@@ -355,6 +356,10 @@ async def test_controller_killed_mid_step_resumes_without_skipping_or_repeating(
     assert code == 0, err
     await eventually(lambda: asyncio.sleep(0, fleet.flag_stores[0].current().enable_assessment_store),
                      lambda on: not on, timeout_s=5, what="flags rolled back")
+    assert (await read_rollout(fleet.settings, topic=fleet.rollout_topic)).status == "rolled_back"
+    # A supervisor rerunning the controller after the rollback must not roll forward again.
+    code, out, err = await _wait_exit(_cli(fleet.settings, *args), 60)
+    assert code == 1 and "--new" in err
     assert (await read_rollout(fleet.settings, topic=fleet.rollout_topic)).status == "rolled_back"
 
 
