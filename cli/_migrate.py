@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,10 +14,10 @@ from assessment_store.core import Settings
 
 from ._console import EXIT_REFUSED, EXIT_USAGE, fail, out
 from ._console import run_cli as _run
-from ._options import JsonFlag
+from ._options import Actor, JsonFlag
 
-migrate_app = typer.Typer(help="Export, import and validate the migration off legacy (docs/migration.md).",
-                          no_args_is_help=True)
+migrate_app = typer.Typer(help="Export, import, validate, roll out, roll back and clean up the migration off legacy "
+                          "(docs/migration.md).", no_args_is_help=True)
 
 
 @migrate_app.command("validate")
@@ -150,16 +150,8 @@ def migrate_import(
 
 
 def _duration(text: str, option: str) -> timedelta:
-    """``90s``, ``15m``, ``24h``, ``7d`` (or plain seconds) as a timedelta; a usage error otherwise."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        fail(f"{option} {text!r} is not a duration (e.g. 90s, 15m, 24h, 7d)", EXIT_USAGE)
-    if not seconds >= 0 or seconds == float("inf"):
-        fail(f"{option} must be a non-negative, finite duration, got {text!r}", EXIT_USAGE)
-    return timedelta(seconds=seconds)
+    """``90s``, ``15m``, ``24h`` (or plain seconds) as a timedelta; a usage error (64) otherwise."""
+    return timedelta(seconds=_seconds(text, option))
 
 
 @migrate_app.command("cleanup")
@@ -211,3 +203,184 @@ def migrate_cleanup(
                 out.print(f"stopped: {', '.join(doc['stopped'])}")
     if dry_run and report.plan.reasons_to_wait:
         raise typer.Exit(EXIT_REFUSED)
+
+# --- the gated rollout (migration/_rollout.py) -------------------------------------------------------
+
+_Topic = Annotated[str | None, typer.Option("--rollout-topic", hidden=True, help="The rollout topic (tests).")]
+_ObsTopic = Annotated[str | None, typer.Option("--observations-topic", hidden=True, help="The observations topic (tests).")]
+_FlagsTopic = Annotated[str | None, typer.Option("--flags-topic", hidden=True, help="The flags topic (tests).")]
+
+
+def _seconds(text: str, name: str) -> float:
+    from assessment_store.migration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint=name) from None
+
+
+def _lag_probe(settings: Settings, group_glob: str) -> Any:
+    """Unhealthy while any consumer group matching ``group_glob`` is ERR, STALL or STOP (a LagMonitor
+    runs beside the controller: the statuses need its sliding window)."""
+    from assessment_store.migration import HealthReading
+    from assessment_store.monitoring import LagMonitor, Status
+
+    monitor = LagMonitor(settings, group_glob=group_glob)
+    bad = {Status.ERR, Status.STALL, Status.STOP}
+
+    async def probe() -> HealthReading:
+        await monitor.start()  # idempotent: the first probe starts it
+        snap = monitor.latest
+        if not snap.reachable:
+            return HealthReading(False, "consumer lag: cluster unreachable")
+        worst = [f"{g.group} {g.status.value}" for g in snap.groups if g.status in bad]
+        return HealthReading(not worst, "consumer lag: " + (", ".join(worst) if worst else "OK"))
+
+    probe.monitor = monitor  # type: ignore[attr-defined]
+    return probe
+
+
+@migrate_app.command("rollout")
+def migrate_rollout(
+    steps: Annotated[str, typer.Option("--steps", help="Percentages, strictly increasing.")] = "1,5,10,25,50,75,90,95,99,100",
+    soak: Annotated[str | None, typer.Option("--soak", help="Soak time of every step (default 12h; the first 24h).")] = None,
+    first_soak: Annotated[str | None, typer.Option("--first-soak", help="Soak time of the first step (default: --soak, or 24h).")] = None,
+    window: Annotated[str, typer.Option("--window", help="Gate window, fleet-wide.")] = "60s",
+    grace: Annotated[str | None, typer.Option("--grace", help="Wait for late observations after a window (default: min(5s, window/4)).")] = None,
+    hold_error_rate: Annotated[float, typer.Option(help="HOLD above this error rate, %.")] = 5.0,
+    hold_p95: Annotated[str, typer.Option(help="HOLD above this p95 response time.")] = "5s",
+    rollback_error_rate: Annotated[float, typer.Option(help="ROLL BACK above this error rate, %.")] = 10.0,
+    rollback_p95: Annotated[str, typer.Option(help="ROLL BACK above this p95 response time.")] = "10s",
+    rollback_failure_rate: Annotated[float, typer.Option(help="ROLL BACK above this failure rate, %.")] = 5.0,
+    rollback_mismatch_rate: Annotated[float, typer.Option(help="ROLL BACK above this shadow mismatch rate, %.")] = 1.0,
+    min_calls: Annotated[int, typer.Option(min=1, help="Store-routed calls below which a window is inconclusive.")] = 100,
+    min_compared: Annotated[int, typer.Option(min=1, help="Shadow comparisons below which the mismatch gate has no reading.")] = 20,
+    hold_windows: Annotated[int, typer.Option(min=1, help="Consecutive windows at HOLD level to hold.")] = 2,
+    rollback_windows: Annotated[int, typer.Option(min=1, help="Consecutive windows at ROLLBACK level to roll back.")] = 3,
+    health: Annotated[str, typer.Option(help="Health gate: none, reverse-sync, or lag (consumer groups ERR/STALL/STOP).")] = "none",
+    health_groups: Annotated[str, typer.Option(help="With --health lag: the groups watched (glob).")] = "assessment-store-*",
+    max_behind: Annotated[int, typer.Option(min=0, help="With --health reverse-sync: events behind tolerated.")] = 10_000,
+    new: Annotated[bool, typer.Option("--new", help="Start a new rollout although the last one ended "
+                                                    "(rolled back, aborted or complete).")] = False,
+    actor: Actor = None,
+    as_json: JsonFlag = False,
+    rollout_topic: _Topic = None,
+    observations_topic: _ObsTopic = None,
+    flags_topic: _FlagsTopic = None,
+) -> None:
+    """Run the gated rollout in the foreground (resume the unfinished one, or start one: after an ended
+    rollout only with --new) until it is complete (exit 0), rolled back or aborted (exit 1). One line
+    per decision (--json: one object)."""
+    import json as _json
+
+    from assessment_store.migration import (
+        FLAGS_TOPIC, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC, GateThresholds, HealthProbe, RolloutController,
+        RolloutEvent, RolloutPlan, RolloutState, event_line, reverse_sync_probe,
+    )
+
+    try:
+        step_list = tuple(float(s) for s in steps.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"not a list of numbers: {steps!r}", param_hint="--steps") from None
+    soak_s = _seconds(soak, "--soak") if soak is not None else 12 * 3600.0
+    first_s = _seconds(first_soak, "--first-soak") if first_soak is not None else (soak_s if soak is not None else 24 * 3600.0)
+    window_s = _seconds(window, "--window")
+    grace_s = _seconds(grace, "--grace") if grace is not None else min(5.0, window_s / 4)
+    if health not in ("none", "reverse-sync", "lag"):
+        raise typer.BadParameter("none, reverse-sync or lag", param_hint="--health")
+    try:
+        plan = RolloutPlan(
+            steps=step_list, first_soak_s=first_s, soak_s=soak_s, window_s=window_s, grace_s=grace_s,
+            thresholds=GateThresholds(
+                hold_error_rate=hold_error_rate / 100, hold_p95_s=_seconds(hold_p95, "--hold-p95"),
+                rollback_error_rate=rollback_error_rate / 100, rollback_p95_s=_seconds(rollback_p95, "--rollback-p95"),
+                rollback_failure_rate=rollback_failure_rate / 100, rollback_mismatch_rate=rollback_mismatch_rate / 100,
+                min_calls=min_calls, min_compared=min_compared, hold_windows=hold_windows,
+                rollback_windows=rollback_windows))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    settings = Settings()
+    probe: HealthProbe | None = None
+    if health == "reverse-sync":
+        probe = reverse_sync_probe(settings, max_behind=max_behind)
+    elif health == "lag":
+        probe = _lag_probe(settings, health_groups)
+
+    def progress(ev: RolloutEvent, _state: RolloutState) -> None:
+        if ev.type == "lease":
+            return
+        if as_json:
+            sys.stdout.write(_json.dumps(ev.to_json()) + "\n")
+        else:
+            out.print(event_line(ev), highlight=False, soft_wrap=True)
+        sys.stdout.flush()
+
+    async def go() -> RolloutState:
+        controller = RolloutController(
+            settings, plan, actor=actor, topic=rollout_topic or ROLLOUT_TOPIC,
+            observations_topic=observations_topic or OBSERVATIONS_TOPIC, flags_topic=flags_topic or FLAGS_TOPIC,
+            health_probe=probe, on_event=progress, new=new)
+        try:
+            return await controller.run()
+        finally:
+            monitor = getattr(probe, "monitor", None)
+            if monitor is not None:
+                await monitor.stop()
+
+    final = _run(go())
+    raise typer.Exit(0 if final.status == "complete" else EXIT_REFUSED)
+
+
+@migrate_app.command("status")
+def migrate_status(as_json: JsonFlag = False, rollout_topic: _Topic = None) -> None:
+    """The rollout: current step, time in step, the last decisions with their gate readings."""
+    import json as _json
+
+    from assessment_store.migration import ROLLOUT_TOPIC, read_rollout, render_status
+
+    state = _run(read_rollout(Settings(), topic=rollout_topic or ROLLOUT_TOPIC))
+    if as_json:
+        sys.stdout.write(_json.dumps(state.to_json()) + "\n")
+    else:
+        render_status(state, out)
+
+
+def _command(command: str, actor: str | None, rollout_topic: str | None) -> None:
+    from assessment_store.migration import ROLLOUT_TOPIC, send_command
+
+    ev = _run(send_command(Settings(), command, actor=actor, topic=rollout_topic or ROLLOUT_TOPIC))
+    out.print(f"{command} requested (command {ev.command_id}); the running controller obeys it", highlight=False)
+
+
+@migrate_app.command("pause")
+def migrate_pause(actor: Actor = None, rollout_topic: _Topic = None) -> None:
+    """Ask the running controller to stop advancing (the rollback gates stay armed)."""
+    _command("pause", actor, rollout_topic)
+
+
+@migrate_app.command("resume")
+def migrate_resume(actor: Actor = None, rollout_topic: _Topic = None) -> None:
+    """Ask the running controller to advance again."""
+    _command("resume", actor, rollout_topic)
+
+
+@migrate_app.command("abort")
+def migrate_abort(actor: Actor = None, rollout_topic: _Topic = None) -> None:
+    """Ask the running controller to stop the rollout, leaving the flags where they are."""
+    _command("abort", actor, rollout_topic)
+
+
+@migrate_app.command("rollback")
+def migrate_rollback(
+    actor: Actor = None,
+    reason: Annotated[str, typer.Option(help="Recorded with the decision.")] = "manual rollback",
+    rollout_topic: _Topic = None,
+    flags_topic: _FlagsTopic = None,
+) -> None:
+    """Everything to legacy now (store and dual mode off), recorded as a rollback decision."""
+    from assessment_store.migration import FLAGS_TOPIC, ROLLOUT_TOPIC, event_line, manual_rollback
+
+    ev = _run(manual_rollback(Settings(), actor=actor, reason=reason, topic=rollout_topic or ROLLOUT_TOPIC,
+                              flags_topic=flags_topic or FLAGS_TOPIC))
+    out.print(event_line(ev), highlight=False, soft_wrap=True)

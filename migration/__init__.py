@@ -18,6 +18,9 @@
   manifest; ``validate_before``: ``migrate validate --before``, an export against its manifest and legacy;
   ``import_audit``: the export's audit log into ``public.migration_audit``; ``import_export``: ``migrate
   import``, the whole export into the store, then the after-validation.
+* ``RolloutController``: ``assessment-store migrate rollout``, the gated gradual rollout whose
+  decisions are events on ``assessments.migration-rollout``, gated by what every router instance
+  publishes per window (``ObservationPublisher``, ``evaluate_window``, ``GateTracker``).
 """
 
 from ._audit_import import AuditImportReport, import_audit
@@ -43,7 +46,28 @@ from ._reverse import (
     reverse_topic_spec,
     to_legacy_message,
 )
-from ._router import FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend
+from ._gates import Decision, FleetWindow, GateReading, GateThresholds, GateTracker, HealthReading, Level, WindowEvaluation, evaluate_window, fleet_window
+from ._observations import LATENCY_BUCKETS_MS, OBSERVATIONS_TOPIC, ObservationPublisher, WindowObservation, observations_topic_spec, p95_ms, window_start
+from ._rollout import (
+    DEFAULT_STEPS,
+    ROLLOUT_TOPIC,
+    HealthProbe,
+    NoRollout,
+    RolloutController,
+    RolloutEnded,
+    RolloutEvent,
+    RolloutLocked,
+    RolloutPlan,
+    RolloutState,
+    fold,
+    manual_rollback,
+    read_rollout,
+    reverse_sync_probe,
+    rollout_topic_spec,
+    send_command,
+)
+from ._rollout_render import event_line, parse_duration, render_status
+from ._router import CallObserver, FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend
 from ._runs import NoRecentPass, latest_validation, record_validation, require_recent_pass
 from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserver, ShadowStats, Verdict, compare
 from ._validate import DEFAULT_BUCKETS, DEFAULT_MAX_FINDINGS, DEFAULT_SAMPLE_BUCKETS, validate_after
@@ -69,6 +93,43 @@ __all__ = [
     "legacy_transitions",
     "read_manifest",
     "validate_before",
+    "CallObserver",
+    "DEFAULT_STEPS",
+    "Decision",
+    "FleetWindow",
+    "GateReading",
+    "GateThresholds",
+    "GateTracker",
+    "HealthProbe",
+    "HealthReading",
+    "LATENCY_BUCKETS_MS",
+    "Level",
+    "NoRollout",
+    "OBSERVATIONS_TOPIC",
+    "ObservationPublisher",
+    "ROLLOUT_TOPIC",
+    "RolloutController",
+    "RolloutEnded",
+    "RolloutEvent",
+    "RolloutLocked",
+    "RolloutPlan",
+    "RolloutState",
+    "WindowEvaluation",
+    "WindowObservation",
+    "evaluate_window",
+    "event_line",
+    "fleet_window",
+    "fold",
+    "manual_rollback",
+    "observations_topic_spec",
+    "p95_ms",
+    "parse_duration",
+    "read_rollout",
+    "render_status",
+    "reverse_sync_probe",
+    "rollout_topic_spec",
+    "send_command",
+    "window_start",
     "ValidationVerdict",
     "VALIDATED_FIELDS",
     "BUCKETS",

@@ -66,7 +66,7 @@ from ._buckets import route_to_store
 from ._shadow import ShadowObserver
 
 __all__ = [
-    "FlagSource", "LegacyBackend", "LegacyNotSynced", "MigrationRouter", "RouterStats", "Side",
+    "CallObserver", "FlagSource", "LegacyBackend", "LegacyNotSynced", "MigrationRouter", "RouterStats", "Side",
     "StoreBackend",
 ]
 
@@ -100,6 +100,15 @@ class LegacyNotSynced(BackendError):
             f"assessment {assessment_id!r} moved to legacy, but legacy has its store changes up to version "
             f"{legacy_version} of {store_version} after {timeout_s:g} s: is the reverse sync running "
             "(`assessment-store bridge reverse-sync`) and the legacy service importing its topic?")
+
+
+class CallObserver(Protocol):
+    """Told of every routed call (opt-in; ``ObservationPublisher`` in ``migration/_observations.py``).
+    Called on the call path: must not block (count in memory, publish elsewhere)."""
+
+    def record_call(self, side: str, seconds: float, outcome: str) -> None: ...
+
+    def record_failure(self) -> None: ...
 
 
 class FlagSource(Protocol):
@@ -249,7 +258,7 @@ class MigrationRouter:
 
     def __init__(self, store: StoreBackend, legacy: LegacyBackend, flags: FlagSource, *,
                  pinned_capacity: int = 100_000, sync_before_serve: bool = True, sync_timeout_s: float = 10.0,
-                 shadow: ShadowObserver | None = None) -> None:
+                 shadow: ShadowObserver | None = None, observer: CallObserver | None = None) -> None:
         self.store = store
         self.legacy = legacy
         self.flags = flags
@@ -258,6 +267,8 @@ class MigrationRouter:
         self.sync_timeout_s = sync_timeout_s
         # Observations of the other side; only used while the flag enable_shadow_comparison is on.
         self.shadow = shadow
+        # Per-call counts for the gated rollout (``migrate rollout``); None: not observed.
+        self.observer = observer
         # Ids whose legacy copy was found in sync, valid for the flags object they were checked under:
         # a flag change (a new MigrationFlags) may move more assessments, so the set starts over.
         self._synced: OrderedDict[str, None] = OrderedDict()
@@ -306,10 +317,19 @@ class MigrationRouter:
         except BackendError as e:
             # Read the flag at failure time: an operator switching fallback off takes effect at once.
             if not self.flags.current().enable_legacy_fallback:
+                self._observe_failure()
                 raise
             self.stats.fallbacks += 1
             log.warning("router: %s on the store failed (%s); falling back to legacy", op, e)
-            return await self._counted(op, Side.LEGACY, on_legacy), Side.LEGACY
+            try:
+                return await self._counted(op, Side.LEGACY, on_legacy), Side.LEGACY
+            except BackendError:
+                self._observe_failure()
+                raise
+
+    def _observe_failure(self) -> None:
+        if self.observer is not None:
+            self.observer.record_failure()
 
     async def _ensure_synced(self, assessment_id: str) -> None:
         """Sync before serve: return once legacy holds every store-written change of the assessment."""
@@ -389,7 +409,7 @@ class MigrationRouter:
                 stats.rollbacks += 1
             self._flags_seen = flags
         started = time.perf_counter()
-        outcome = "error"
+        outcome = "other"  # a timeout or a cancellation: neither an answer nor a backend error
         try:
             result = await call()
             outcome = "ok"
@@ -399,9 +419,11 @@ class MigrationRouter:
             stats.refused[side.value] += 1
             raise
         except BackendError:
+            outcome = "error"
             stats.errors[side.value] += 1
             raise
         finally:
+            elapsed = time.perf_counter() - started
             stats.by_outcome[(side.value, op, outcome)] += 1
             # The flag enableMetrics governs the latency histograms (the counters are always kept).
             if flags.enable_metrics:
@@ -409,7 +431,9 @@ class MigrationRouter:
                 h = stats.latency.get(key)
                 if h is None:
                     h = stats.latency[key] = Histogram()
-                h.observe(time.perf_counter() - started)
+                h.observe(elapsed)
+            if self.observer is not None:
+                self.observer.record_call(side.value, elapsed, outcome)
 
     # --- the operations ---------------------------------------------------------------------------
 

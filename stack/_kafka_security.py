@@ -226,12 +226,13 @@ def secure_topics(settings: Settings) -> list[Any]:
     """Every topic a store component uses, as ``TopicSpec``s: on the secure stack only ``admin``
     creates topics, so ``stack up`` creates them all, also those the other components would create
     on first use in the plain mode (the reverse sync's and the migration flags' topics)."""
-    from assessment_store.migration import FLAGS_TOPIC, flags_topic_spec
-    from assessment_store.migration import reverse_topic_spec
+    from assessment_store.migration import (
+        FLAGS_TOPIC, flags_topic_spec, observations_topic_spec, reverse_topic_spec, rollout_topic_spec,
+    )
     from assessment_store.streams import store_topics
 
     return [*store_topics(settings), reverse_topic_spec(settings, settings.legacy_reverse_topic),
-            flags_topic_spec(FLAGS_TOPIC)]
+            flags_topic_spec(FLAGS_TOPIC), observations_topic_spec(), rollout_topic_spec()]
 
 
 def acl_bindings(settings: Settings) -> list[Acl]:
@@ -241,7 +242,8 @@ def acl_bindings(settings: Settings) -> list[Acl]:
       of ``ensure_topics`` that nothing is missing);
     * ``processor``: read commands, events and outcomes (it rebuilds its state from the log), write
       events, outcomes and the commands' DLQ; its group; transactional ids under its group's name;
-    * ``client``: write commands, read the migration flags;
+    * ``client``: write commands, read the migration flags, publish the router's observations (a
+      service embedding ``MigrationRouter`` is a client) and read the rollout's decisions;
     * ``projector``: read events and outcomes, its group;
     * ``bridge``: read the legacy topic, write commands and the legacy DLQ, its group;
     * ``reverse-sync``: read events, write the legacy reverse topic, its group;
@@ -249,9 +251,11 @@ def acl_bindings(settings: Settings) -> list[Acl]:
       ``assessment-legacy*`` / ``legacy*``;
     * ``dashboard``: read every store topic, describe every group (lag), and consume only in
       groups named ``dashboard*``: reading another group would let it commit that group's offsets.
+
+    The rollout controller (``migrate rollout``) is an operator's tool and runs as ``admin``.
     """
     from assessment_store.bridge import BridgeOptions
-    from assessment_store.migration import FLAGS_TOPIC
+    from assessment_store.migration import FLAGS_TOPIC, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC
 
     s = settings
     ev, cmd, out, rev = s.events_topic, s.commands_topic, s.outcomes_topic, s.legacy_reverse_topic
@@ -266,7 +270,7 @@ def acl_bindings(settings: Settings) -> list[Acl]:
         acls.append(Acl(principal, "group", name, op, prefixed))
 
     for principal in ("processor", "client", "projector", "bridge", "reverse-sync", "legacy-tap", "dashboard"):
-        topic(principal, AclOp.DESCRIBE, *topics)
+        topic(principal, AclOp.DESCRIBE, *topics, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC)
         acls.append(Acl(principal, "topic", FLAGS_TOPIC, AclOp.DESCRIBE, prefixed=True))
     topic("processor", AclOp.READ, cmd, ev, out)
     topic("processor", AclOp.WRITE, ev, out, cmd_dlq)
@@ -275,6 +279,8 @@ def acl_bindings(settings: Settings) -> list[Acl]:
              for op in (AclOp.WRITE, AclOp.DESCRIBE)]
     topic("client", AclOp.WRITE, cmd)
     acls.append(Acl("client", "topic", FLAGS_TOPIC, AclOp.READ, prefixed=True))
+    topic("client", AclOp.WRITE, OBSERVATIONS_TOPIC)
+    topic("client", AclOp.READ, ROLLOUT_TOPIC)
     topic("projector", AclOp.READ, ev, out)
     group("projector", s.projector_group)
     topic("bridge", AclOp.READ, leg)
@@ -289,6 +295,7 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     group("legacy-tap", "legacy", prefixed=True)
     topic("dashboard", AclOp.READ, *topics)
     acls.append(Acl("dashboard", "topic", FLAGS_TOPIC, AclOp.READ, prefixed=True))
+    topic("dashboard", AclOp.READ, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC)
     group("dashboard", "*", AclOp.DESCRIBE)  # the literal "*" is Kafka's wildcard: every group
     group("dashboard", "dashboard", prefixed=True)
     return acls
