@@ -20,6 +20,11 @@ migrate_app = typer.Typer(help="Export, import, validate, roll out, roll back an
                           "(docs/migration.md).", no_args_is_help=True)
 
 
+_Topic = Annotated[str | None, typer.Option("--rollout-topic", hidden=True, help="The rollout topic (tests).")]
+_ObsTopic = Annotated[str | None, typer.Option("--observations-topic", hidden=True, help="The observations topic (tests).")]
+_FlagsTopic = Annotated[str | None, typer.Option("--flags-topic", hidden=True, help="The flags topic (tests).")]
+
+
 @migrate_app.command("validate")
 def migrate_validate(
     legacy_url: Annotated[str | None, typer.Option(
@@ -167,18 +172,22 @@ def migrate_cleanup(
                                             help="Assessments removed from legacy per request.")] = 1000,
     keep_services: Annotated[bool, typer.Option(
         "--keep-services", help="Leave the local stack's bridge and reverse sync running.")] = False,
+    id_prefix: Annotated[str, typer.Option("--id-prefix", help="Only the ids starting with this (a staged cleanup; "
+                                                               "the final validation must cover the same prefix).")] = "",
+    flags_topic: _FlagsTopic = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Archive the legacy data (verified Avro files), then remove the migrated assessments from legacy and stop
     the bridge and the reverse sync. Refused (exit 1) unless the final validation passed recently and the flags
     held at 100 % for --hold. Interrupted, run it again: it reuses the verified archive."""
-    from assessment_store.migration import cleanup_legacy
+    from assessment_store.migration import FLAGS_TOPIC, cleanup_legacy
     from assessment_store.stack import Stack
 
     settings = Settings()
     report = _run(cleanup_legacy(settings, legacy_url, archive_dir, hold=_duration(hold, "--hold"),
                                  validation_max_age=_duration(validation_max_age, "--validation-max-age"),
-                                 dry_run=dry_run, batch_size=batch_size))
+                                 dry_run=dry_run, batch_size=batch_size, id_prefix=id_prefix,
+                                 flags_topic=flags_topic or FLAGS_TOPIC))
     stopped: dict[str, bool] = {}
     if not dry_run and not keep_services:
         stopped = Stack(settings).down(["bridge", "reverse-sync"], log=lambda _m: None)
@@ -206,9 +215,6 @@ def migrate_cleanup(
 
 # --- the gated rollout (migration/_rollout.py) -------------------------------------------------------
 
-_Topic = Annotated[str | None, typer.Option("--rollout-topic", hidden=True, help="The rollout topic (tests).")]
-_ObsTopic = Annotated[str | None, typer.Option("--observations-topic", hidden=True, help="The observations topic (tests).")]
-_FlagsTopic = Annotated[str | None, typer.Option("--flags-topic", hidden=True, help="The flags topic (tests).")]
 
 
 def _seconds(text: str, name: str) -> float:

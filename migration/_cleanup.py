@@ -36,7 +36,7 @@ import httpx
 from assessment_store.core import JSON, Settings, StoreUsageError, ValidationError
 from assessment_store.projections import connection, fetch_states, record_audit, translate_db_errors
 
-from ._flags import FlagStore, audit_trail, default_actor
+from ._flags import FLAGS_TOPIC, FlagStore, audit_trail, default_actor
 from ._legacy_http import LegacyUnavailable
 from ._runs import NoRecentPass, require_recent_pass
 
@@ -84,6 +84,8 @@ class CleanupPlan:
     """Preconditions that do not hold (empty: the cleanup may run)."""
     reuse_archive: bool
     """A verified archive of an interrupted cleanup is there: it is reused, legacy is not archived again."""
+    id_prefix: str = ""
+    flags_topic: str = FLAGS_TOPIC
 
 
 @dataclass(frozen=True)
@@ -127,19 +129,22 @@ def _manifest(archive_dir: Path) -> dict[str, Any] | None:
 
 
 async def plan_cleanup(settings: Settings, legacy_url: str, archive_dir: Path, *, hold: timedelta,
-                       validation_max_age: timedelta) -> CleanupPlan:
-    """What a cleanup would do, and every precondition that does not hold yet."""
+                       validation_max_age: timedelta, id_prefix: str = "",
+                       flags_topic: str = FLAGS_TOPIC) -> CleanupPlan:
+    """What a cleanup would do, and every precondition that does not hold yet. ``id_prefix`` limits the
+    cleanup to the ids starting with it (a staged cleanup; the validation must then cover that prefix)."""
     reasons: list[str] = []
     try:
-        await require_recent_pass(settings, validation_max_age)
+        await require_recent_pass(settings, validation_max_age, id_prefix=id_prefix)
     except NoRecentPass as e:
         reasons.append(str(e))
-    async with FlagStore(settings) as flags:
+    async with FlagStore(settings, topic=flags_topic) as flags:
         current = flags.current()
     if not current.enable_assessment_store or current.migration_percentage < 100:
         reasons.append(f"the flags do not send every call to the store (enableAssessmentStore "
                        f"{current.enable_assessment_store}, migrationPercentage {current.migration_percentage:g})")
-    trail = await audit_trail(settings)
+    trail = [t for t in await audit_trail(settings)
+             if isinstance(t["details"], dict) and t["details"].get("topic", FLAGS_TOPIC) == flags_topic]
     if trail:
         last = trail[-1]["occurredAt"]
         last_at = last if isinstance(last, datetime) else datetime.fromisoformat(str(last))
@@ -148,22 +153,24 @@ async def plan_cleanup(settings: Settings, legacy_url: str, archive_dir: Path, *
             reasons.append(f"the flags changed {held.total_seconds():.0f} s ago, less than the hold of "
                            f"{hold.total_seconds():.0f} s (a rollback or any change restarts it)")
     manifest = _manifest(archive_dir)
-    reuse = bool(manifest and manifest.get("verified") and manifest.get("legacyUrl") == legacy_url.rstrip("/"))
+    reuse = bool(manifest and manifest.get("verified") and manifest.get("legacyUrl") == legacy_url.rstrip("/")
+                 and manifest.get("idPrefix", "") == id_prefix)
     if manifest is None and archive_dir.exists() and any(archive_dir.iterdir()):
         reasons.append(f"{archive_dir} holds files that are not an archive of this cleanup: choose an empty directory")
     async with httpx.AsyncClient(base_url=legacy_url.rstrip("/"), timeout=30.0) as client:
         try:
-            answer = await client.get("/export/counts")
+            answer = await client.get("/export/counts", params={"idPrefix": id_prefix})
             total = int(answer.json()["total"])
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             raise LegacyUnavailable(f"legacy GET {legacy_url}/export/counts failed: {e!r}", url=legacy_url) from e
     return CleanupPlan(legacy_url=legacy_url.rstrip("/"), archive_dir=archive_dir, legacy_assessments=total,
-                       reasons_to_wait=tuple(reasons), reuse_archive=reuse)
+                       reasons_to_wait=tuple(reasons), reuse_archive=reuse, id_prefix=id_prefix,
+                       flags_topic=flags_topic)
 
 
-async def _lines(client: httpx.AsyncClient, path: str) -> AsyncIterator[str]:
+async def _lines(client: httpx.AsyncClient, path: str, id_prefix: str) -> AsyncIterator[str]:
     try:
-        async with client.stream("GET", path) as response:
+        async with client.stream("GET", path, params={"idPrefix": id_prefix}) as response:
             if response.status_code != 200:
                 await response.aread()
                 raise LegacyUnavailable(f"legacy GET {path} answered {response.status_code}: {response.text[:300]}",
@@ -205,7 +212,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-async def _archive(client: httpx.AsyncClient, archive_dir: Path) -> dict[str, ArchivedFile]:
+async def _archive(client: httpx.AsyncClient, archive_dir: Path, id_prefix: str) -> dict[str, ArchivedFile]:
     archive_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, ArchivedFile] = {}
     for kind, (name, path, schema) in _FILES.items():
@@ -217,7 +224,7 @@ async def _archive(client: httpx.AsyncClient, archive_dir: Path) -> dict[str, Ar
         with partial.open("wb") as out:
             # Blocks of 10,000 records: memory stays bounded whatever the size of legacy.
             writer = fastavro.write.Writer(out, schema, codec="deflate")
-            async for line in _lines(client, path):
+            async for line in _lines(client, path, id_prefix):
                 record = _avro_record(kind, line)
                 raw.update(line.encode() + b"\n")
                 records.append(record)
@@ -254,7 +261,7 @@ def _archived_ids(path: Path) -> Iterator[str]:
 
 
 def _write_manifest(plan: CleanupPlan, archive: dict[str, ArchivedFile], verified: bool) -> None:
-    doc = {"legacyUrl": plan.legacy_url, "archivedAt": datetime.now(UTC).isoformat(), "verified": verified,
+    doc = {"legacyUrl": plan.legacy_url, "idPrefix": plan.id_prefix, "archivedAt": datetime.now(UTC).isoformat(), "verified": verified,
            "files": {k: {"file": v.path.name, "records": v.records, "sha256": v.sha256, "rawSha256": v.raw_sha256}
                      for k, v in archive.items()}}
     tmp = plan.archive_dir / "manifest.json.partial"
@@ -270,12 +277,13 @@ def _archive_from_manifest(archive_dir: Path, manifest: dict[str, Any]) -> dict[
 
 async def cleanup_legacy(settings: Settings, legacy_url: str, archive_dir: Path, *, hold: timedelta,
                          validation_max_age: timedelta, dry_run: bool = False, batch_size: int = 1000,
-                         actor: str | None = None) -> CleanupReport:
+                         actor: str | None = None, id_prefix: str = "", flags_topic: str = FLAGS_TOPIC) -> CleanupReport:
     """Archive, verify, purge (see the module docstring); ``CleanupRefused`` before anything when a
     precondition does not hold; with ``dry_run`` only the plan."""
     if not 1 <= batch_size <= 10_000:
         raise ValidationError("batch_size", f"must be in [1, 10000], got {batch_size}")
-    plan = await plan_cleanup(settings, legacy_url, archive_dir, hold=hold, validation_max_age=validation_max_age)
+    plan = await plan_cleanup(settings, legacy_url, archive_dir, hold=hold, validation_max_age=validation_max_age,
+                              id_prefix=id_prefix, flags_topic=flags_topic)
     if dry_run:
         return CleanupReport(plan=plan, dry_run=True)
     if plan.reasons_to_wait:
@@ -287,7 +295,7 @@ async def cleanup_legacy(settings: Settings, legacy_url: str, archive_dir: Path,
         if plan.reuse_archive and manifest is not None:
             archive = _archive_from_manifest(archive_dir, manifest)
         else:
-            archive = await _archive(client, archive_dir)
+            archive = await _archive(client, archive_dir, plan.id_prefix)
             _write_manifest(plan, archive, verified=False)
         seconds["archive"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -333,7 +341,7 @@ async def cleanup_legacy(settings: Settings, legacy_url: str, archive_dir: Path,
         seconds["purge"] = time.perf_counter() - t0
     report = CleanupReport(plan=plan, dry_run=False, archive=archive, purged=purged, already_gone=gone,
                            kept_not_in_store=kept, batches=batches, seconds=seconds)
-    async with FlagStore(settings) as flags:
+    async with FlagStore(settings, topic=flags_topic) as flags:
         # Nothing is left on legacy to serve, compare with, or fall back to.
         await flags.update(actor or default_actor(), enable_dual_mode=False, enable_legacy_fallback=False,
                            enable_shadow_comparison=False)

@@ -66,9 +66,10 @@ async def latest_validation(settings: Settings, *, kind: str = "after", id_prefi
                          {str(k): int(v) for k, v in totals.items()})
 
 
-async def require_recent_pass(settings: Settings, max_age: timedelta, *, kind: str = "after") -> ValidationRun:
-    """The latest run, when it passed within ``max_age``; else ``NoRecentPass``."""
-    latest = await latest_validation(settings, kind=kind)
+async def require_recent_pass(settings: Settings, max_age: timedelta, *, kind: str = "after",
+                              id_prefix: str = "") -> ValidationRun:
+    """The latest run (over ``id_prefix``), when it passed within ``max_age``; else ``NoRecentPass``."""
+    latest = await latest_validation(settings, kind=kind, id_prefix=id_prefix)
     if latest is None or latest.verdict is not ValidationVerdict.PASS or datetime.now(UTC) - latest.finished_at > max_age:
         raise NoRecentPass(kind, max_age, latest)
     return latest
