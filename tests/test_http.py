@@ -351,13 +351,18 @@ async def test_the_document_declares_every_status_and_shape_the_api_answers_with
             [str(st), "run", f"{base}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
              "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                          "response_headers_conformance,response_schema_conformance",
-             "--generation-with-security-parameters", "false", "--max-time", "30", "--max-examples", "10",
+             # No time limit: on a loaded machine a limit ends the run after a few operations; the example
+             # count bounds it instead (5 per operation).
+             "--generation-with-security-parameters", "false", "--max-examples", "5",
              "--workers", "1", "--request-timeout", "20", "--generation-deterministic", "--no-color",
              "--report", "junit", "--report-junit-path", str(tmp_path / "junit.xml"),
              "--phases", "fuzzing"],
-            capture_output=True, text=True, timeout=180, cwd=tmp_path,
+            capture_output=True, text=True, timeout=600, cwd=tmp_path,
         )
+        async with httpx.AsyncClient(base_url=base) as client:
+            document = (await client.get("/openapi.json")).json()
     report = run.stdout[-8000:] + run.stderr[-2000:]
     assert run.returncode == 0, report
+    declared = sum(len(methods) for methods in document["paths"].values())
     operations = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
-    assert sum(1 for _ in operations) == 15, report
+    assert sum(1 for _ in operations) == declared, report
