@@ -339,17 +339,105 @@ def migrate_rollout(
 
 
 @migrate_app.command("status")
-def migrate_status(as_json: JsonFlag = False, rollout_topic: _Topic = None) -> None:
-    """The rollout: current step, time in step, the last decisions with their gate readings."""
+def migrate_status(as_json: JsonFlag = False, rollout_topic: _Topic = None, flags_topic: _FlagsTopic = None) -> None:
+    """The migration's phase (preparation, dual mode, full migration, cleanup, done), the latest validation, the
+    reverse sync's lag; the rollout: current step, time in step, the last decisions with their gate readings."""
     import json as _json
 
-    from assessment_store.migration import ROLLOUT_TOPIC, read_rollout, render_status
+    from assessment_store.migration import FLAGS_TOPIC, ROLLOUT_TOPIC, read_phase, read_rollout, render_phase, render_status
 
-    state = _run(read_rollout(Settings(), topic=rollout_topic or ROLLOUT_TOPIC))
+    settings = Settings()
+    state = _run(read_rollout(settings, topic=rollout_topic or ROLLOUT_TOPIC))
+    phase = _run(read_phase(settings, state, flags_topic=flags_topic or FLAGS_TOPIC))
     if as_json:
-        sys.stdout.write(_json.dumps(state.to_json()) + "\n")
+        sys.stdout.write(_json.dumps({**state.to_json(), **phase.to_json()}) + "\n")
     else:
+        render_phase(phase, out)
         render_status(state, out)
+
+
+@migrate_app.command("baseline")
+def migrate_baseline(
+    window: Annotated[str, typer.Option("--window", help="The window measured, ending now.")] = "15m",
+    vacuum: Annotated[bool, typer.Option("--vacuum", help="VACUUM (ANALYZE) the projection's tables "
+                                                          "(default: ANALYZE only).")] = False,
+    compare: Annotated[bool, typer.Option("--compare", help="Flag regressions against the latest stored baseline "
+                                                            "(exit 1 on one).")] = False,
+    p95_tolerance: Annotated[float, typer.Option(min=0, help="--compare: p95 may grow by this many %.")] = 20.0,
+    throughput_tolerance: Annotated[float, typer.Option(min=0, max=100,
+                                                        help="--compare: throughput may drop by this many %.")] = 20.0,
+    error_rate_tolerance: Annotated[float, typer.Option(min=0, max=100, help="--compare: the error rate may grow "
+                                                                             "by this many points.")] = 1.0,
+    dead_ratio: Annotated[float, typer.Option(min=0, max=100, help="Suggest a VACUUM above this % of dead "
+                                                                   "tuples.")] = 20.0,
+    large_rows: Annotated[int, typer.Option(min=1, help="Tables from this many rows count as large "
+                                                        "(sequential scans on them are reported).")] = 10_000,
+    as_json: JsonFlag = False,
+    observations_topic: _ObsTopic = None,
+) -> None:
+    """After the migration: ANALYZE the projection, report unused indexes, dead tuples and sequential scans with
+    the suggested actions, then record a performance baseline of the window (throughput, error rate, response
+    times). With --compare, exit 1 when it regressed against the latest stored one."""
+    from assessment_store.migration import OBSERVATIONS_TOPIC, Tolerance, run_baseline
+
+    window_s = _seconds(window, "--window")
+    if window_s <= 0:
+        raise typer.BadParameter("must be > 0", param_hint="--window")
+    report = _run(run_baseline(
+        Settings(), window_s=window_s, vacuum=vacuum, compare=compare,
+        tolerance=Tolerance(p95=p95_tolerance / 100, throughput=throughput_tolerance / 100,
+                            error_rate=error_rate_tolerance / 100),
+        dead_ratio=dead_ratio / 100, large_rows=large_rows, observations_topic=observations_topic or OBSERVATIONS_TOPIC))
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        _render_baseline(report)
+    raise typer.Exit(EXIT_REFUSED if report.regressions else 0)
+
+
+def _render_baseline(report: Any) -> None:
+    from rich.table import Table
+
+    def size(n: int) -> str:
+        return f"{n / 1024:,.0f} kB" if n < 1024 * 1024 else f"{n / 1024 / 1024:,.1f} MB"
+
+    what = "VACUUM (ANALYZE)" if report.vacuumed else "ANALYZE"
+    out.print(f"{what}: {len(report.analyzed)} tables of {report.schema}", highlight=False)
+    t = Table("table", "live", "dead", "dead %", "seq scans", "index scans", "size", "last analyze",
+              title=f"tables ({report.schema})")
+    for s in report.tables:
+        t.add_row(s.table, f"{s.live_tuples:,}", f"{s.dead_tuples:,}", f"{s.dead_ratio * 100:.1f}", f"{s.seq_scans:,}",
+                  f"{s.index_scans:,}", size(s.size_bytes),
+                  "-" if s.last_analyze is None else s.last_analyze.strftime("%Y-%m-%d %H:%M:%S"))
+    out.print(t)
+    i = Table("table", "index", "scans", "size", "unique", title=f"indexes ({report.schema})")
+    for x in report.indexes:
+        i.add_row(x.table, x.index, f"{x.scans:,}", size(x.size_bytes), "yes" if x.unique else "")
+    out.print(i)
+    for sug in report.suggestions:
+        out.print(f"[yellow]{sug.kind}[/] {sug.table}: {sug.detail} -> {sug.action}", highlight=False)
+    if not report.suggestions:
+        out.print("no suggestions: no unused index, no table with many dead tuples or sequential scans")
+    b = report.baseline
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else ("> 60000 ms" if v == float("inf") else f"{v:,.1f} ms")
+
+    err = "-" if b.error_rate is None else f"{b.error_rate * 100:.2f} %"
+    out.print(f"baseline {report.baseline_id} over {b.window_s:,.0f} s (source: {b.source}, {b.instances} router "
+              f"instances, {b.observation_windows} windows): [bold]{b.throughput_per_s:,.2f}/s[/] "
+              f"({b.throughput_per_min:,.1f}/min), error rate [bold]{err}[/], response time avg {ms(b.avg_ms)} "
+              f"p95 {ms(b.p95_ms)} p99 {ms(b.p99_ms)}; projection: {b.outcomes_accepted:,} commands accepted, "
+              f"{b.outcomes_refused:,} refused, {b.events_per_s:,.2f} events/s", highlight=False)
+    if report.compared_with is not None:
+        prev = report.compared_with
+        if report.regressions:
+            for r in report.regressions:
+                out.print(f"[bold red]REGRESSION[/] against baseline {prev.id} "
+                          f"({prev.recorded_at.isoformat(timespec='seconds')}): {r.describe()}", highlight=False)
+        else:
+            out.print(f"[green]no regression[/] against baseline {prev.id} "
+                      f"({prev.recorded_at.isoformat(timespec='seconds')})", highlight=False)
 
 
 def _command(command: str, actor: str | None, rollout_topic: str | None) -> None:

@@ -20,7 +20,9 @@
   import``, the whole export into the store, then the after-validation.
 * ``RolloutController``: ``assessment-store migrate rollout``, the gated gradual rollout whose
   decisions are events on ``assessments.migration-rollout``, gated by what every router instance
-  publishes per window (``ObservationPublisher``, ``evaluate_window``, ``GateTracker``).
+  publishes per window (``ObservationPublisher``, ``evaluate_window``, ``GateTracker``);
+  ``read_phase``: the migration's phase for ``migrate status``; ``run_baseline``: ``migrate baseline``,
+  the projection's statistics and a performance baseline kept in PostgreSQL.
 """
 
 from ._audit_import import AuditImportReport, import_audit
@@ -66,13 +68,29 @@ from ._rollout import (
     rollout_topic_spec,
     send_command,
 )
-from ._rollout_render import event_line, parse_duration, render_status
+from ._rollout_render import event_line, parse_duration, render_phase, render_status
+from ._phase import PHASES, MigrationPhase, derive_phase, read_phase
+from ._baseline import (
+    BaselineReport, PerformanceBaseline, Regression, Suggestion, Tolerance, compare_baselines, run_baseline,
+)
 from ._router import CallObserver, FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend
 from ._runs import NoRecentPass, latest_validation, record_validation, require_recent_pass
 from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserver, ShadowStats, Verdict, compare
 from ._validate import DEFAULT_BUCKETS, DEFAULT_MAX_FINDINGS, DEFAULT_SAMPLE_BUCKETS, validate_after
 
 __all__ = [
+    "BaselineReport",
+    "PerformanceBaseline",
+    "Regression",
+    "Suggestion",
+    "Tolerance",
+    "compare_baselines",
+    "run_baseline",
+    "PHASES",
+    "MigrationPhase",
+    "derive_phase",
+    "read_phase",
+    "render_phase",
     "CleanupPlan",
     "CleanupRefused",
     "CleanupReport",

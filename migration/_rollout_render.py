@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 
+from ._phase import MigrationPhase
 from ._rollout import RolloutEvent, RolloutState
 
-__all__ = ["event_line", "parse_duration", "render_status"]
+__all__ = ["event_line", "parse_duration", "render_phase", "render_status"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -71,3 +72,24 @@ def render_status(state: RolloutState, console: Console, *, now_s: float | None 
                       "" if ev.percentage is None else f"{ev.step} ({ev.percentage:g} %)", ev.reason,
                       _reading(ev.readings[-1]) if ev.readings else "")
     console.print(table)
+
+
+def render_phase(phase: MigrationPhase, console: Console) -> None:
+    """The phase line, the latest validation and the reverse sync's lag (above the rollout's status)."""
+    console.print(f"phase: [bold]{phase.phase}[/] ({phase.reason})", highlight=False)
+    f = phase.flags
+    console.print(f"flags: store {'on' if f.enable_assessment_store else 'off'}, {f.migration_percentage:g} %, dual mode "
+                  f"{'on' if f.enable_dual_mode else 'off'}, fallback {'on' if f.enable_legacy_fallback else 'off'}",
+                  highlight=False)
+    v = phase.validation
+    if v is None:
+        console.print("latest validation: none (`assessment-store migrate validate`)")
+    else:
+        found = ", ".join(f"{k} {n}" for k, n in sorted(v.totals.items()) if n) or "no findings"
+        console.print(f"latest validation: run {v.run_id} [bold]{v.verdict.value}[/] at "
+                      f"{v.finished_at.isoformat(timespec='seconds')}: legacy {v.legacy_count:,}, store "
+                      f"{v.store_count:,}, {found}", highlight=False)
+    if phase.reverse_sync is not None:
+        console.print(phase.reverse_sync.describe(), highlight=False)
+    else:
+        console.print(f"reverse sync: unknown ({phase.reverse_sync_error})", highlight=False)

@@ -13,8 +13,23 @@ from ._queries import count_by_state, fetch_assessment, fetch_history, fetch_out
 from ._db import connection
 from ._queries import fetch_assessments, fetch_outcome_acceptance, fetch_rejections, fetch_states
 from ._queries import ProjectorOffset, projector_offsets
+from ._pg_stats import (
+    IndexUsage, StoredBaseline, TableStats, analyze_tables, event_count, index_usage, latest_baseline, outcome_counts,
+    record_baseline, table_stats, vacuum_tables,
+)
 
 __all__ = [
+    "IndexUsage",
+    "StoredBaseline",
+    "TableStats",
+    "analyze_tables",
+    "event_count",
+    "index_usage",
+    "latest_baseline",
+    "outcome_counts",
+    "record_baseline",
+    "table_stats",
+    "vacuum_tables",
     "ProjectionHealth",
     "projection_health",
     "ProjectorOffset",

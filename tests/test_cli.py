@@ -138,7 +138,8 @@ def test_bridge_shadow_lists_kept_mismatches_as_json(stack_settings: Settings) -
 
 
 async def test_demo_runs_the_store_and_the_migration_and_its_checks_hold(stack_settings: Settings) -> None:
-    """`demo` prints the store's lifecycles, then a dual-mode run where both sides hold every assessment and no shadow disagrees."""
+    """`demo` prints the store's lifecycles, a dual-mode run where both sides hold every assessment and no shadow disagrees,
+    then a compressed rollout 10 -> 50 -> 100 % with one gate reading per step."""
     from assessment_store.testing import start_group_at_end
     from assessment_store.migration import reverse_topic_spec
     from assessment_store.streams import ensure_topics
@@ -154,6 +155,11 @@ async def test_demo_runs_the_store_and_the_migration_and_its_checks_hold(stack_s
     assert "2 assessments, final state read from PostgreSQL" in r.stdout
     assert "both sides hold all 6: yes" in r.stdout
     assert "0 mismatched, 0 missing" in r.stdout
+    # The compressed rollout after it: one line per decision, each advance with the gate reading it was taken on.
+    assert "compressed rollout 10 % -> 50 % -> 100 %" in r.stdout
+    assert "ADVANCE step 1 (50 %)" in r.stdout and "ADVANCE step 2 (100 %)" in r.stdout
+    assert "COMPLETE step 2 (100 %)" in r.stdout and "pass] calls" in r.stdout
+    assert "rollout complete in" in r.stdout
 
 
 # --- input the store cannot hold: a one-line error, never a traceback (issue 9, defects 4 and 11) -----------------
