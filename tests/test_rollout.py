@@ -379,7 +379,7 @@ async def _kill_one_second_into(settings: Settings, proc: subprocess.Popen[str],
 
 async def test_controller_killed_twice_resumes_each_time_without_skipping_or_repeating(fleet: Fleet) -> None:
     """kill -9 of `migrate rollout` 1 s into step 1, and again 1 s into step 2: each rerun resumes the step it was in;
-    every step is advanced from exactly once, in order, each after its full soak; three leases, then complete."""
+    every step is advanced from exactly once, in order, each after its full soak, by the controller of its epoch."""
     await fleet.add(3)
     args = ["migrate", "rollout", "--steps", "20,40,60,100", "--soak", "2s", "--window", "1s", "--grace", "0.3s",
             "--min-calls", "10", "--rollout-topic", fleet.rollout_topic, "--observations-topic",
@@ -402,7 +402,6 @@ async def test_controller_killed_twice_resumes_each_time_without_skipping_or_rep
         # Left by the controller after the kill, a full soak after the step's own start event.
         assert out_of_it.at_s > killed_at and out_of_it.at_s - step_started >= 2.0
     assert [e.epoch for e in advances] == [1, 2, 3]
-    assert [e.epoch for e in state.events if e.type == "lease"] == [1, 2, 3]
     assert fleet.flag_stores[0].current().migration_percentage == 100.0
 
 
