@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from bisect import bisect_left
 import logging
 import math
 import time
@@ -134,10 +135,8 @@ class _Window:
 
 
 def _bucket(ms: float) -> int:
-    for i, bound in enumerate(LATENCY_BUCKETS_MS):
-        if ms <= bound:
-            return i
-    return len(LATENCY_BUCKETS_MS) - 1
+    # The first bucket whose (inclusive) upper bound is >= ms: a bisection, on every routed call.
+    return min(bisect_left(LATENCY_BUCKETS_MS, ms), len(LATENCY_BUCKETS_MS) - 1)
 
 
 class ObservationPublisher(AsyncLifecycle):
@@ -161,6 +160,7 @@ class ObservationPublisher(AsyncLifecycle):
         self.published = 0
         self.publish_failures = 0
         self._current = _Window(window_start(time.time(), window_s))
+        self._current_end = self._current.start + window_s
         self._shadow_base = self._shadow_totals()
         self._pending: list[WindowObservation] = []
         self._producer: AIOKafkaProducer | None = None
@@ -223,7 +223,10 @@ class ObservationPublisher(AsyncLifecycle):
         return (s.matched + s.mismatched + s.missing, s.mismatched + s.missing)
 
     def _window(self) -> _Window:
-        start = window_start(time.time(), self.window_s)
+        now = time.time()
+        if now < self._current_end:
+            return self._current  # the common case, on every routed call: no floor, no division
+        start = window_start(now, self.window_s)
         if start > self._current.start:
             # A call in a new window before the flush task ran: close the old one here (no I/O),
             # the task sends it.
@@ -238,6 +241,7 @@ class ObservationPublisher(AsyncLifecycle):
             failures=w.failures, latency=tuple(w.latency), shadow_compared=compared - self._shadow_base[0],
             shadow_mismatched=mismatched - self._shadow_base[1], legacy_calls=w.legacy_calls)
         self._current = _Window(next_start)
+        self._current_end = next_start + self.window_s
         self._shadow_base = (compared, mismatched)
         return obs
 

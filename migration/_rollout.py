@@ -46,7 +46,7 @@ from assessment_store.projections import connect, translate_db_errors
 from assessment_store.streams import Principal, TopicSpec, ensure_topics, kafka_client_options, translate_kafka_errors
 
 from ._flags import FLAGS_TOPIC, FlagStore, default_actor
-from ._gates import Decision, GateThresholds, GateTracker, HealthReading, WindowEvaluation, evaluate_window, fleet_window
+from ._gates import Decision, GateThresholds, GateTracker, HealthReading, Level, WindowEvaluation, evaluate_window, fleet_window
 from ._observations import OBSERVATIONS_TOPIC, WindowObservation, observations_topic_spec
 from ._reverse import reverse_sync_status
 
@@ -589,7 +589,10 @@ class RolloutController:
             await self._advance()
 
     def _recent(self, n: int) -> tuple[dict[str, JSON], ...]:
-        return tuple(e.to_json() for e in self.evaluations[-n:])
+        # The windows the tracker's streak counted: the step's last n conclusive ones. An inconclusive
+        # window neither extends nor breaks a streak, so it is no reading the decision was taken on.
+        conclusive = [e for e in self.evaluations[self._step_first:] if e.level is not Level.INCONCLUSIVE]
+        return tuple(e.to_json() for e in conclusive[-n:])
 
     async def _decide(self, decision: Decision, ev: WindowEvaluation) -> None:
         t = self.plan.thresholds

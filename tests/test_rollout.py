@@ -363,6 +363,48 @@ async def test_controller_killed_mid_step_resumes_without_skipping_or_repeating(
     assert (await read_rollout(fleet.settings, topic=fleet.rollout_topic)).status == "rolled_back"
 
 
+async def _kill_one_second_into(settings: Settings, proc: subprocess.Popen[str], topic: str, step: int) -> float:
+    """SIGKILL the controller once the log says it has been in ``step`` for 1 s; returns when it died."""
+    try:
+        await eventually(lambda: read_rollout(settings, topic=topic),
+                         lambda s: s.step == step and time.time() - s.step_started_s >= 1.0, timeout_s=90,
+                         what=f"1 s into step {step}")
+        proc.send_signal(signal.SIGKILL)
+        await _wait_exit(proc, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return time.time()
+
+
+async def test_controller_killed_twice_resumes_each_time_without_skipping_or_repeating(fleet: Fleet) -> None:
+    """kill -9 of `migrate rollout` 1 s into step 1, and again 1 s into step 2: each rerun resumes the step it was in;
+    every step is advanced from exactly once, in order, each after its full soak, by the controller of its epoch."""
+    await fleet.add(3)
+    args = ["migrate", "rollout", "--steps", "20,40,60,100", "--soak", "2s", "--window", "1s", "--grace", "0.3s",
+            "--min-calls", "10", "--rollout-topic", fleet.rollout_topic, "--observations-topic",
+            fleet.observations_topic, "--flags-topic", fleet.flags_topic]
+    killed: list[tuple[float, float]] = []  # (when killed, start of the step it was killed in)
+    for step in (1, 2):
+        killed_at = await _kill_one_second_into(fleet.settings, _cli(fleet.settings, *args), fleet.rollout_topic, step)
+        state = await read_rollout(fleet.settings, topic=fleet.rollout_topic)
+        assert state.status == "running" and state.step == step, (state.status, state.step)
+        killed.append((killed_at, state.step_started_s))
+    code, out, err = await _wait_exit(_cli(fleet.settings, *args), 120)
+    assert code == 0, err
+    state = await read_rollout(fleet.settings, topic=fleet.rollout_topic)
+    assert state.status == "complete" and state.epoch == 3
+    advances = [e for e in state.events if e.type == "advance"]
+    assert [(e.from_step, e.step) for e in advances] == [(0, 1), (1, 2), (2, 3)]
+    assert [e.type for e in state.events if e.type not in ("lease", "command")] == [
+        "start", "advance", "advance", "advance", "complete"]
+    for (killed_at, step_started), out_of_it in zip(killed, advances[1:], strict=True):
+        # Left by the controller after the kill, a full soak after the step's own start event.
+        assert out_of_it.at_s > killed_at and out_of_it.at_s - step_started >= 2.0
+    assert [e.epoch for e in advances] == [1, 2, 3]
+    assert fleet.flag_stores[0].current().migration_percentage == 100.0
+
+
 def test_report_rollback_propagation() -> None:
     """Every rollback above reached every router instance within 1 s; prints the figures (p95, max)."""
     if not PROPAGATION:

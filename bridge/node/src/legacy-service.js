@@ -2,7 +2,7 @@
 
 const { EventEmitter } = require('node:events');
 const { randomUUID } = require('node:crypto');
-const { checksumHex, idHash, rowHash, TWO_64 } = require('./canonical');
+const { checksumHex, idHash, rowHash } = require('./canonical');
 
 /**
  * @typedef {'pending'|'processing'|'completed'|'failed'|'cancelled'} LegacyStatus
@@ -434,16 +434,6 @@ class LegacyAssessmentService extends EventEmitter {
     return d;
   }
 
-  /** @param {string} assessmentId */
-  #digest(assessmentId) {
-    const d = this.#entry(assessmentId);
-    if (d.rowHash === null) {
-      const a = this.#assessments.get(assessmentId);
-      d.rowHash = a ? rowHash(a) : 0n;
-    }
-    return d;
-  }
-
   /**
    * Restores records of a JSON Lines export (the inverse of exportSnapshot), as they are: no event is
    * emitted, so a tap does not send them to the store. A record whose id exists replaces it.
@@ -515,21 +505,27 @@ class LegacyAssessmentService extends EventEmitter {
    * @returns {{total: number, checksums: Array<[number, number, string]>}}
    */
   checksums(buckets, idPrefix = '') {
-    const counts = new Map();
-    const sums = new Map();
+    // Dense per-bucket arrays, and one walk over the records that reuses the entry it holds (no second
+    // lookup); the sums are reduced mod 2^64 once at the end (checksumHex), not once per record.
+    const counts = new Uint32Array(buckets);
+    /** @type {bigint[]} */
+    const sums = new Array(buckets).fill(0n);
     let total = 0;
     const scoped = idPrefix !== '';
-    for (const id of this.#assessments.keys()) {
+    for (const [id, a] of this.#assessments) {
       if (scoped && !id.startsWith(idPrefix)) continue;
-      const d = this.#digest(id);
+      const d = this.#entry(id);
+      if (d.rowHash === null) d.rowHash = rowHash(a);
       const b = d.idHash % buckets;
-      counts.set(b, (counts.get(b) ?? 0) + 1);
-      sums.set(b, ((sums.get(b) ?? 0n) + /** @type {bigint} */ (d.rowHash)) % TWO_64);
+      counts[b] += 1;
+      sums[b] += d.rowHash;
       total += 1;
     }
-    const checksums = [...counts.keys()].sort((x, y) => x - y).map(
-      (b) => /** @type {[number, number, string]} */ ([b, counts.get(b), checksumHex(sums.get(b))]),
-    );
+    /** @type {Array<[number, number, string]>} */
+    const checksums = [];
+    for (let b = 0; b < buckets; b++) {
+      if (counts[b] > 0) checksums.push([b, counts[b], checksumHex(sums[b])]);
+    }
     return { total, checksums };
   }
 
