@@ -12,6 +12,8 @@ The tree::
     ├── WaitTimeout                         a wait ended before its condition (.assessment_id, .timeout_s)
     │   └── CommandTimeout                  no outcome for a command (.command_id, .assessment_id)
     ├── CodecError                          bytes that are not one of our events (.reason)
+    │   └── UnresolvableSchema              a record whose writer schema is unknown or unreadable here
+    │                                       (.fingerprint, .topic, .partition, .offset, .reason)
     ├── BackendError                        Kafka or PostgreSQL failed; .retriable says whether to retry
     │   ├── KafkaUnavailable
     │   ├── KafkaAccessDenied               the broker refused this principal (.principal, .what, .reason); never
@@ -55,6 +57,7 @@ __all__ = [
     "ServiceFailed",
     "StackError",
     "StoreUsageError",
+    "UnresolvableSchema",
     "ValidationError",
     "VersionConflict",
     "WaitTimeout",
@@ -169,6 +172,26 @@ class CodecError(AssessmentStoreError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"cannot decode event: {reason}")
+
+
+class UnresolvableSchema(CodecError):
+    """A record written with a schema this reader cannot resolve: its fingerprint is in neither
+    the schemas it ships nor the schemas topic, or the writer schema cannot be read into the
+    reader's. Not corrupt bytes: the record must not be skipped (docs/events.md)."""
+
+    def __init__(self, fingerprint: str, reason: str, *, topic: str | None = None, partition: int | None = None,
+                 offset: int | None = None) -> None:
+        self.fingerprint = fingerprint
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        where = f" at {topic}/{partition}/{offset}" if topic is not None else ""
+        super().__init__(f"writer schema {fingerprint}{where}: {reason}")
+        self.reason = reason
+
+    def at(self, topic: str, partition: int, offset: int) -> UnresolvableSchema:
+        """The same error, naming the record it was met at."""
+        return UnresolvableSchema(self.fingerprint, self.reason, topic=topic, partition=partition, offset=offset)
 
 
 class BackendError(AssessmentStoreError):

@@ -43,6 +43,15 @@ Ordering and offsets, the invariants everything else leans on:
 * Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
   tools see the group's position; they are never read back (see "seek before the first fetch").
 * ``pg_notify`` runs inside the transaction, so a waiter is woken only for committed state.
+* A record whose writer schema cannot be resolved (``UnresolvableSchema``: its fingerprint is on
+  neither the reader's list nor the schemas topic, or it cannot be read into the reader's schema)
+  is never skipped. Before decoding, unknown fingerprints are looked up on the schemas topic
+  (``streams.SchemaResolver``, cached). One still unresolvable stops its partition there: the
+  batch commits that partition's records before it (and every other partition's), then the
+  partition is forgotten and paused like after a database error, so the next seek to the stored
+  offset (the unresolvable record's) comes after ``_SCHEMA_RETRY_S``; each stop is logged at ERROR
+  and counted. A corrupt value (not a schema problem) stays an ``undecodable`` anomaly. A rebuild
+  raises the error instead: a projection missing a record must not be swapped in.
 """
 
 from __future__ import annotations
@@ -77,15 +86,17 @@ from assessment_store.core import (
     Outcome,
     Payload,
     Settings,
+    UnresolvableSchema,
     counter,
     counter_by,
     evolve,
     histogram,
 )
-from assessment_store.schemas import EventCodec, OutcomeCodec
+from assessment_store.schemas import EventCodec, OutcomeCodec, record_fingerprint
 from assessment_store.streams import (
     COMMAND_OFFSET_HEADER,
     LogFence,
+    SchemaResolver,
     Verdict,
     ensure_topics,
     kafka_client_options,
@@ -102,6 +113,8 @@ __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "Pro
 log = logging.getLogger("assessment_store.projector")
 
 _FOLD_ATTEMPTS = 10
+_SCHEMA_RETRY_S = 5.0
+"""how long a partition stopped at an unresolvable record stays paused before it is read again"""
 
 CHANGES_CHANNEL = "assessment_store_changes"
 """NOTIFY channel; payload ``<assessment_id>|<version>|<state>``."""
@@ -128,6 +141,8 @@ class FoldStats:
 
     unfoldable: int = 0
     """events the state machine refused to apply (kept as ``unfoldable`` anomalies)"""
+    unresolvable: int = 0
+    """stops of a partition at a record whose writer schema cannot be resolved (never skipped)"""
 
     def add(self, other: FoldStats) -> None:
         for f in dataclasses.fields(FoldStats):  # the counts only (ProjectorStats adds histograms)
@@ -156,6 +171,8 @@ class ProjectorStats(FoldStats):
             counter(p + "quarantined_total", "Assessments put in quarantine (PostgreSQL refused a value)",
                     self.quarantined),
             counter(p + "held_events_total", "Events of quarantined assessments kept aside", self.held),
+            counter(p + "unresolvable_schema_total", "Partition stops at a record whose writer schema is unresolvable",
+                    self.unresolvable),
             counter(p + "unpositioned_dropped_total", "Records fetched before the seek to the stored offsets",
                     self.unpositioned_dropped),
             histogram(p + "batch_records", "Records per folded batch", self.batch_records),
@@ -171,6 +188,8 @@ class _Batch:
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     fences: list[tuple[str, int, int, int]] = field(default_factory=list)
     """fence records of the batch: (topic, partition, offset, epoch), stored with its offsets"""
+    unresolved: dict[TopicPartition, UnresolvableSchema] = field(default_factory=dict)
+    """partitions stopped at a record whose writer schema is unresolvable (module docstring)"""
 
     def event_ids(self) -> list[str]:
         return list(dict.fromkeys(ev.assessment_id for _, ev in self.events))
@@ -236,6 +255,10 @@ class Projector(AsyncLifecycle):
         self.assign_all = assign_all
         self.codec = EventCodec()
         self.outcome_codec = OutcomeCodec()
+        self.resolver = SchemaResolver(settings, "projector", [self.codec.avro, self.outcome_codec.avro],
+                                       retry_s=_SCHEMA_RETRY_S)
+        # Partitions stopped at an unresolvable record -> when to seek them again.
+        self._stopped: dict[TopicPartition, float] = {}
         self.stats = stats if stats is not None else ProjectorStats()
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -400,7 +423,11 @@ class Projector(AsyncLifecycle):
             await self._open_pool()
         consumer = self._consumer
         assert consumer is not None
-        missing = [tp for tp in consumer.assignment() if tp not in self._positioned]
+        now = time.monotonic()
+        missing = [tp for tp in consumer.assignment()
+                   if tp not in self._positioned and self._stopped.get(tp, 0.0) <= now]
+        for tp in missing:
+            self._stopped.pop(tp, None)
         if missing:
             consumer.pause(*missing)
             stored = await self._seek_to_stored(sorted(missing))
@@ -507,10 +534,18 @@ class Projector(AsyncLifecycle):
                         batch.outcomes.append((rec, self.outcome_codec.decode(rec.value, rec.headers)))
                     else:
                         batch.events.append((rec, self.codec.decode(rec.value, rec.headers)))
+                except UnresolvableSchema as e:
+                    # Ordering: the partition's progress ends before this record (module docstring);
+                    # the records after it in this batch are fetched again after the re-seek.
+                    batch.unresolved[tp] = e.at(rec.topic, rec.partition, rec.offset)
+                    stats.unresolvable += 1
+                    if rec.offset > recs[0].offset:
+                        batch.next_offsets[tp] = rec.offset
+                    break
                 except CodecError as e:
                     stats.undecodable += 1
                     batch.anomalies.append(_anomaly("undecodable", rec, str(e), raw=rec.value))
-            if recs:
+            if recs and tp not in batch.unresolved:
                 batch.next_offsets[tp] = recs[-1].offset + 1
         return batch, stats
 
@@ -524,19 +559,40 @@ class Projector(AsyncLifecycle):
         except CodecError:
             return _anomaly("fenced", rec, detail, raw=rec.value)  # a stale fence record, or undecodable
 
+    async def learn_schemas(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Look up, on the schemas topic, the writer schemas of ``records`` the codecs do not know
+        (one read for the batch, none when all are known)."""
+        fps = {fp for recs in records.values() for r in recs
+               if (fp := record_fingerprint(r.value, r.headers)) is not None}
+        if self.resolver.unknown(fps):
+            await self.resolver.resolve(fps)
+
+    def _stop_unresolved(self, batch: _Batch) -> None:
+        """After the batch committed: each partition stopped at an unresolvable record waits,
+        paused and unpositioned, to be sought again to the stored offset (that record's)."""
+        for tp, e in batch.unresolved.items():
+            log.error("UNRESOLVABLE SCHEMA: %s; partition %s stops here (nothing skipped) and is read again in "
+                      "%g s; publish the writer schema to %s", e, tp, _SCHEMA_RETRY_S,
+                      self.resolver.topic)
+            self._positioned.pop(tp, None)
+            self._stopped[tp] = time.monotonic() + _SCHEMA_RETRY_S
+            if self._consumer is not None and tp in self._consumer.assignment():
+                self._consumer.pause(tp)
+
     async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> FoldStats:
         started = time.perf_counter()
+        await self.learn_schemas(records)
         batch, stats = self._decode(records)
         assert self._pool is not None
         for attempt in range(1, _FOLD_ATTEMPTS + 1):
-            tried = FoldStats(batches=1, undecodable=stats.undecodable)
+            tried = FoldStats(batches=1, undecodable=stats.undecodable, unresolvable=stats.unresolvable)
             try:
                 with translate_db_errors("folding a batch"):
                     async with self._pool.acquire() as conn:
                         await self._apply(conn, batch, tried)
                 break
             except DataRejected as e:
-                tried = FoldStats(batches=1, undecodable=stats.undecodable)
+                tried = FoldStats(batches=1, undecodable=stats.undecodable, unresolvable=stats.unresolvable)
                 await self._fold_isolating(batch, tried, e)
                 break
             except DatabaseUnavailable as e:
@@ -552,6 +608,7 @@ class Projector(AsyncLifecycle):
         for tp, nxt in batch.next_offsets.items():
             if tp in self._positioned:  # unless re-sought meanwhile: then the seek's offset stands
                 self._positioned[tp] = max(self._positioned[tp], nxt)
+        self._stop_unresolved(batch)
         self._pending_mirror.update(batch.next_offsets)
         await self._mirror_offsets()
         return tried
@@ -865,7 +922,11 @@ class _Pipeline:
     async def fold(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         p = self.p
         assert p._pool is not None
+        await p.learn_schemas(records)
         batch, stats = p._decode(records)
+        for e in batch.unresolved.values():
+            # A rebuild must not be swapped in without a record of the log: it stops with the error.
+            raise e
         prepared = await self._prepare(batch, stats)
         if await self.drain():
             # N was refused and re-folded with quarantine: N+1's in-memory starting states are stale.

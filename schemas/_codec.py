@@ -72,11 +72,11 @@ class EventCodec:
     """Encodes events with the current schema; decodes any schema version it knows."""
 
     def __init__(self) -> None:
-        self._avro = AvroRecordCodec("assessment_event.avsc", CONTENT_TYPE)
+        self.avro = AvroRecordCodec("assessment_event.avsc", CONTENT_TYPE)
 
     @property
     def fingerprint(self) -> str:
-        return self._avro.fingerprint
+        return self.avro.fingerprint
 
     def encode(self, event: Event) -> tuple[bytes, list[tuple[str, bytes]]]:
         name, payload = _payload_to_avro(event.payload)
@@ -90,12 +90,12 @@ class EventCodec:
             "source": event.source.value,
             "correlation_id": event.correlation_id,
             "causation_id": event.causation_id,
-            "payload": (self._avro.namespace + name, payload),
+            "payload": (self.avro.namespace + name, payload),
         }
-        return self._avro.encode(record, name)
+        return self.avro.encode(record, name)
 
     def decode(self, value: bytes | None, headers: Headers = ()) -> Event:
-        r = self._avro.decode(value, headers)
+        r = self.avro.decode(value, headers)
         try:
             name, payload = r["payload"]
             return Event(

@@ -72,7 +72,7 @@ def _body_from_avro(name: str, b: dict[str, Any], common: dict[str, Any]) -> Com
 
 class CommandCodec:
     def __init__(self) -> None:
-        self._avro = AvroRecordCodec("assessment_command.avsc", b"application/vnd.assessment-store.command+avro")
+        self.avro = AvroRecordCodec("assessment_command.avsc", b"application/vnd.assessment-store.command+avro")
 
     def encode(self, env: CommandEnvelope) -> tuple[bytes, list[tuple[str, bytes]]]:
         c = env.command
@@ -86,12 +86,12 @@ class CommandCodec:
             "source": env.source.value,
             "correlation_id": c.correlation_id,
             "occurred_at": env.occurred_at,
-            "body": (self._avro.namespace + name, body),
+            "body": (self.avro.namespace + name, body),
         }
-        return self._avro.encode(record, name)
+        return self.avro.encode(record, name)
 
     def decode(self, value: bytes | None, headers: Headers) -> CommandEnvelope:
-        r = self._avro.decode(value, headers)
+        r = self.avro.decode(value, headers)
         try:
             name, body = r["body"]
             common = {
@@ -108,7 +108,7 @@ class CommandCodec:
 
 class OutcomeCodec:
     def __init__(self) -> None:
-        self._avro = AvroRecordCodec("command_outcome.avsc", b"application/vnd.assessment-store.outcome+avro")
+        self.avro = AvroRecordCodec("command_outcome.avsc", b"application/vnd.assessment-store.outcome+avro")
 
     def encode(self, o: Outcome) -> tuple[bytes, list[tuple[str, bytes]]]:
         record = {
@@ -124,10 +124,10 @@ class OutcomeCodec:
             "command_offset": o.command_offset,
             "duplicate": o.duplicate,
         }
-        return self._avro.encode(record, "accepted" if o.accepted else "rejected")
+        return self.avro.encode(record, "accepted" if o.accepted else "rejected")
 
     def decode(self, value: bytes | None, headers: Headers) -> Outcome:
-        r = self._avro.decode(value, headers)
+        r = self.avro.decode(value, headers)
         try:
             details = r["error_details_json"]
             return Outcome(

@@ -240,6 +240,8 @@ def acl_bindings(settings: Settings) -> list[Acl]:
 
     * every principal may describe every store topic (metadata: partition counts, and the check
       of ``ensure_topics`` that nothing is missing);
+    * the schemas topic (docs/events.md): every writer of Avro records (processor, client, bridge)
+      writes it, every reader of them (processor, projector, reverse-sync, dashboard) reads it;
     * ``processor``: read commands, events and outcomes (it rebuilds its state from the log), write
       events, outcomes and the commands' DLQ; its group; transactional ids under its group's name;
     * ``client``: write commands, read the migration flags, publish the router's observations (a
@@ -256,11 +258,13 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     """
     from assessment_store.bridge import BridgeOptions
     from assessment_store.migration import FLAGS_TOPIC, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC
+    from assessment_store.streams import schemas_topic
 
     s = settings
     ev, cmd, out, rev = s.events_topic, s.commands_topic, s.outcomes_topic, s.legacy_reverse_topic
     cmd_dlq, leg, leg_dlq = cmd + ".dlq", s.legacy_topic, s.legacy_topic + ".dlq"
-    topics = [ev, cmd, out, cmd_dlq, leg, leg_dlq, rev]
+    sch = schemas_topic(s)  # every writer publishes its writer schema there; every reader may look one up
+    topics = [ev, cmd, out, cmd_dlq, leg, leg_dlq, rev, sch]
     acls: list[Acl] = []
 
     def topic(principal: str, op: AclOp, *names: str) -> None:
@@ -272,21 +276,21 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     for principal in ("processor", "client", "projector", "bridge", "reverse-sync", "legacy-tap", "dashboard"):
         topic(principal, AclOp.DESCRIBE, *topics, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC)
         acls.append(Acl(principal, "topic", FLAGS_TOPIC, AclOp.DESCRIBE, prefixed=True))
-    topic("processor", AclOp.READ, cmd, ev, out)
-    topic("processor", AclOp.WRITE, ev, out, cmd_dlq)
+    topic("processor", AclOp.READ, cmd, ev, out, sch)
+    topic("processor", AclOp.WRITE, ev, out, cmd_dlq, sch)
     group("processor", s.processor_group)
     acls += [Acl("processor", "transactional_id", s.processor_group, op, prefixed=True)
              for op in (AclOp.WRITE, AclOp.DESCRIBE)]
-    topic("client", AclOp.WRITE, cmd)
+    topic("client", AclOp.WRITE, cmd, sch)
     acls.append(Acl("client", "topic", FLAGS_TOPIC, AclOp.READ, prefixed=True))
     topic("client", AclOp.WRITE, OBSERVATIONS_TOPIC)
     topic("client", AclOp.READ, ROLLOUT_TOPIC)
-    topic("projector", AclOp.READ, ev, out)
+    topic("projector", AclOp.READ, ev, out, sch)
     group("projector", s.projector_group)
     topic("bridge", AclOp.READ, leg)
-    topic("bridge", AclOp.WRITE, cmd, leg_dlq)
+    topic("bridge", AclOp.WRITE, cmd, leg_dlq, sch)
     group("bridge", BridgeOptions().group_id)
-    topic("reverse-sync", AclOp.READ, ev)
+    topic("reverse-sync", AclOp.READ, ev, sch)
     topic("reverse-sync", AclOp.WRITE, rev)
     group("reverse-sync", s.reverse_sync_group)
     topic("legacy-tap", AclOp.WRITE, leg)

@@ -3,15 +3,23 @@
 from ._appender import Appender
 from ._commands import CommandSender
 from ._kafka import (
-    PRINCIPALS, Principal, TopicSpec, ensure_topics, kafka_client_options, partition_counts, store_topics,
+    PRINCIPALS, Principal, TopicSpec, ensure_topics, kafka_client_options, partition_counts, schemas_topic,
+    schemas_topic_spec, store_topics,
     topic_end_offsets, translate_kafka_errors,
 )
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
+from ._schema_topic import SchemaResolver, read_schemas
+from ._kafka import publish_schemas
 from ._fence import LogFence, Verdict, fence_metadata, metadata_epoch
 from ._kafka import admin_client, committed_with_metadata, kafka_principal, node_client_env, read_credentials, start_kafka_client
 
 __all__ = [
     "Appender",
+    "SchemaResolver",
+    "publish_schemas",
+    "read_schemas",
+    "schemas_topic",
+    "schemas_topic_spec",
     "admin_client",
     "committed_with_metadata",
     "kafka_principal",

@@ -26,7 +26,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from assessment_store.core import CommandEnvelope, KafkaUnavailable, Settings
 from assessment_store.schemas import CommandCodec
 from ._kafka import kafka_client_options, translate_kafka_errors
-from ._kafka import start_kafka_client
+from ._kafka import publish_schemas, start_kafka_client
 
 __all__ = ["Appender"]
 
@@ -61,6 +61,11 @@ class Appender:
         )
         await start_kafka_client(producer, self._settings, "bridge",
                                  f"starting the bridge's producer for {self._settings.kafka_bootstrap}")
+        try:
+            await publish_schemas(self._settings, producer, [self._codec.avro])
+        except BaseException:
+            await producer.stop()
+            raise
         self._producer = producer
 
     async def stop(self) -> None:

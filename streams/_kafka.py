@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -31,12 +31,13 @@ from assessment_store.core import (
     Settings,
     ValidationError,
 )
+from assessment_store.schemas import AvroRecordCodec
 
 __all__ = [
     "PRINCIPALS", "KeyedProducer", "Principal", "close_producer", "committed_with_metadata", "kafka_client_options",
     "kafka_principal", "node_client_env",
-    "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "read_credentials",
-    "start_kafka_client", "store_topics", "topic_end_offsets", "translate_kafka_errors",
+    "TopicSpec", "admin_client", "ensure_topics", "idempotent_producer", "partition_counts", "publish_schemas", "read_credentials",
+    "schemas_topic", "schemas_topic_spec", "start_kafka_client", "store_topics", "topic_end_offsets", "translate_kafka_errors",
 ]
 
 log = logging.getLogger("assessment_store.kafka")
@@ -251,6 +252,8 @@ class KeyedProducer(AsyncLifecycle):
 
     def __init__(self, settings: Settings, *, principal: Principal | None = None) -> None:
         self._settings = settings
+        self.writer_schemas: list[AvroRecordCodec] = []
+        """published to the schemas topic before the first record (subclasses fill it)"""
         if principal is not None:
             self.principal = principal
         self._producer: AIOKafkaProducer | None = None
@@ -266,6 +269,7 @@ class KeyedProducer(AsyncLifecycle):
             try:
                 await start_kafka_client(producer, self._settings, self.principal,
                                          f"starting a producer for {self._settings.kafka_bootstrap}")
+                await publish_schemas(self._settings, producer, self.writer_schemas)
             except BaseException:
                 await close_producer(producer, self._settings.producer_flush_timeout_s)
                 raise
@@ -295,6 +299,35 @@ class TopicSpec:
     config: dict[str, str]
 
 
+def schemas_topic(settings: Settings) -> str:
+    """Beside the events: ``assessments.events`` -> ``assessments.schemas``."""
+    ev = settings.events_topic
+    return ev.removesuffix(".events") + ".schemas" if ev.endswith(".events") else ev + ".schemas"
+
+
+def schemas_topic_spec(settings: Settings) -> TopicSpec:
+    # One partition (a reader reads all of it) and compaction (one record per fingerprint, forever).
+    return TopicSpec(schemas_topic(settings), 1, {"cleanup.policy": "compact", "retention.ms": "-1"})
+
+
+# (bootstrap, topic, fingerprint) this process has published.
+_published: set[tuple[str, str, str]] = set()
+
+
+async def publish_schemas(settings: Settings, producer: AIOKafkaProducer, codecs: Iterable[AvroRecordCodec]) -> None:
+    """Publish each codec's writer schema, awaiting the broker's acknowledgement: called before a
+    writer's first record, so no reader can meet a record whose schema is not on the topic yet."""
+    topic = schemas_topic(settings)
+    for codec in codecs:
+        key = (settings.kafka_bootstrap, topic, codec.fingerprint)
+        if key in _published:
+            continue
+        with translate_kafka_errors(f"publishing writer schema {codec.fingerprint} to {topic}"):
+            delivered = await producer.send(topic, codec.schema_json.encode(), key=codec.fingerprint.encode())
+            await delivered
+        _published.add(key)
+
+
 def store_topics(settings: Settings) -> list[TopicSpec]:
     forever = {"retention.ms": "-1", "retention.bytes": "-1"}
     return [
@@ -308,6 +341,8 @@ def store_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.commands_topic + ".dlq", 1, forever),
         TopicSpec(settings.legacy_topic, settings.partitions, forever),
         TopicSpec(settings.legacy_topic + ".dlq", 1, forever),
+        # Every writer schema of the three above, keyed by fingerprint (streams/_schema_topic.py).
+        schemas_topic_spec(settings),
     ]
 
 

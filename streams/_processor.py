@@ -117,6 +117,7 @@ from ._kafka import (
     ensure_topics,
     idempotent_producer,
     kafka_client_options,
+    publish_schemas,
     partition_counts,
     translate_kafka_errors,
 )
@@ -236,6 +237,12 @@ class CommandProcessor(AsyncLifecycle):
         producer = idempotent_producer(s, "processor")
         with translate_kafka_errors("starting the processor's producer"):
             await producer.start()
+        try:
+            # Before the first event or outcome: a reader meeting our fingerprint finds the schema.
+            await publish_schemas(s, producer, [self._events.avro, self._outcomes.avro])
+        except BaseException:
+            await producer.stop()
+            raise
         self._producer = producer
         consumer = AIOKafkaConsumer(
             **kafka_client_options(s, "processor"), group_id=s.processor_group, enable_auto_commit=False,

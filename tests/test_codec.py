@@ -28,24 +28,25 @@ PAYLOADS: list[Payload] = [
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: type(p).__name__)
 def test_round_trip_every_payload(payload: Payload) -> None:
-    """encode then decode returns an equal event, and the headers name type and schema."""
+    """encode then decode returns an equal event; the value is a single object naming the schema, the header the type."""
     codec = EventCodec()
     ev = Event("id-1", 3, payload, NOW, NOW, EventSource.LEGACY_BRIDGE, correlation_id="c", causation_id="k")
     value, headers = codec.encode(ev)
     h = dict(headers)
     assert h["type"].decode() == ev.type.value
-    assert h["schema-fingerprint"].decode() == codec.fingerprint
+    assert value[:2] == b"\xc3\x01" and value[2:10].hex() == codec.fingerprint
+    assert "schema-fingerprint" not in h
     assert codec.decode(value, headers) == ev
 
 
 def test_foreign_bytes_raise_codec_error() -> None:
-    """Garbage, a missing header or an unknown fingerprint each raise CodecError saying why."""
+    """Garbage, a missing marker and header, or an unknown fingerprint each raise CodecError saying why."""
     codec = EventCodec()
     value, headers = codec.encode(Event("a", 1, Started(), NOW, NOW))
-    with pytest.raises(CodecError, match="missing 'schema-fingerprint'"):
-        codec.decode(value, [])
-    with pytest.raises(CodecError, match="unknown schema fingerprint"):
-        codec.decode(value, [("schema-fingerprint", b"0000")])
+    with pytest.raises(CodecError, match="neither a single object"):
+        codec.decode(value[10:], [])
+    with pytest.raises(CodecError, match="unknown writer schema"):
+        codec.decode(value[10:], [("schema-fingerprint", b"0000")])
     with pytest.raises(CodecError):
         codec.decode(b"\xff\xfe\x00", headers)
     with pytest.raises(CodecError, match="empty"):
@@ -73,9 +74,9 @@ def test_a_command_written_with_the_previous_schema_still_decodes() -> None:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, v1, record)
     old_fp = fingerprint(to_parsing_canonical_form(v1), "CRC-64-AVRO")
-    _, current_headers = codec.encode(CommandEnvelope(Fail(assessment_id="a-1", command_id="c-2", error="x"), now,
-                                                      EventSource.STORE))
-    assert dict(current_headers)["schema-fingerprint"].decode() != old_fp
+    current_value, _ = codec.encode(CommandEnvelope(Fail(assessment_id="a-1", command_id="c-2", error="x"), now,
+                                                    EventSource.STORE))
+    assert current_value[2:10].hex() != old_fp
     env = codec.decode(buf.getvalue(), [("schema-fingerprint", old_fp.encode())])
     assert env.command == Fail(assessment_id="a-1", command_id="c-1", error="boom", duration_ms=None)
     assert env.source is EventSource.LEGACY_BRIDGE
