@@ -111,6 +111,7 @@ class CleanupReport:
     def to_json(self) -> dict[str, JSON]:
         return {
             "dryRun": self.dry_run, "legacyUrl": self.plan.legacy_url, "archiveDir": str(self.plan.archive_dir),
+            "idPrefix": self.plan.id_prefix, "flagsTopic": self.plan.flags_topic,
             "legacyAssessments": self.plan.legacy_assessments, "reasonsToWait": list(self.plan.reasons_to_wait),
             "reusedArchive": self.plan.reuse_archive,
             "archive": {k: {"path": str(v.path), "records": v.records, "sha256": v.sha256}

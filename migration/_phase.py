@@ -78,12 +78,16 @@ def derive_phase(flags: MigrationFlags, rollout: RolloutState, validation: Valid
     return "preparation", "every call on legacy"
 
 
-async def _cleanup_at(settings: Settings) -> datetime | None:
+async def _cleanup_at(settings: Settings, flags_topic: str) -> datetime | None:
+    """When the migration steered by ``flags_topic`` was cleaned up whole: a staged cleanup (an id prefix) or
+    one of another migration (other flags) does not end this one."""
     async with connection(settings) as conn:
         with translate_db_errors("reading the cleanup's audit row"):
             await migrate(conn)
-            at = await conn.fetchval("SELECT max(occurred_at) FROM public.migration_audit WHERE operation = $1",
-                                     "migration_cleanup")
+            at = await conn.fetchval(
+                "SELECT max(occurred_at) FROM public.migration_audit WHERE operation = $1"
+                " AND coalesce(details->>'idPrefix', '') = '' AND coalesce(details->>'flagsTopic', $2) = $2",
+                "migration_cleanup", flags_topic)
     return at if isinstance(at, datetime) else None
 
 
@@ -92,7 +96,7 @@ async def read_phase(settings: Settings, rollout: RolloutState, *, flags_topic: 
     async with FlagStore(settings, topic=flags_topic) as store:
         flags = store.current()
     validation = await latest_validation(settings)
-    cleanup_at = await _cleanup_at(settings)
+    cleanup_at = await _cleanup_at(settings, flags_topic)
     sync: ReverseSyncStatus | None = None
     sync_error: str | None = None
     try:
