@@ -41,7 +41,7 @@ async def test_reads_work_and_writes_end_by_their_timeout_while_kafka_is_down(
     async with AssessmentStore(_without_kafka(stack_settings, _DEAD_BROKER_PORT, 2.0)) as offline:
         assert (await offline.get_state(aid)).state is State.PROCESSING
         assert [h["version"] for h in await offline.get_history(aid)] == [1, 2]
-        assert aid in [a.assessment_id for a in await offline.list_assessments(limit=1000)]
+        assert len(await offline.list_assessments(limit=3)) == 3  # a page, from PostgreSQL alone
         assert await offline.get_assessment_count() >= 1
 
         loop = asyncio.get_running_loop()
