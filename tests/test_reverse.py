@@ -31,7 +31,7 @@ from assessment_store.core import (
 from assessment_store.testing import eventually, produce_lifecycles, topic_end_offsets
 from assessment_store.migration import ReverseSync, reverse_topic_spec
 from assessment_store.stack import Stack, settings_env
-from assessment_store.streams import TopicSpec, ensure_topics
+from assessment_store.streams import TopicSpec, ensure_topics, schemas_topic_spec
 from assessment_store.streams.testing import EventProducer
 
 pytestmark = pytest.mark.stack
@@ -64,7 +64,8 @@ async def test_store_written_events_are_emitted_in_legacy_format_idempotently(st
     # holds hundreds of thousands of events by the time this runs.
     events = f"test.reverse-events.{uuid.uuid4().hex[:8]}"
     s = stack_settings.model_copy(update={"events_topic": events})
-    await ensure_topics(s, [TopicSpec(events, s.partitions, {})])
+    # The writer schemas go beside the events topic (every writer publishes there before its first record).
+    await ensure_topics(s, [TopicSpec(events, s.partitions, {}), schemas_topic_spec(s)])
     aid = f"rev-{uuid.uuid4().hex[:8]}"
     # Born on legacy (carried in by the bridge), then completed through the store after a rollout step.
     lid = f"rev-legacy-{uuid.uuid4().hex[:8]}"
@@ -129,7 +130,7 @@ async def test_reverse_sync_killed_mid_stream_loses_nothing(stack_settings: Sett
     s = stack_settings.model_copy(update={"events_topic": f"test.rs-crash-events.{run}",
                                           "reverse_topic": f"test.rs-crash.{run}",
                                           "reverse_sync_group": f"rs-crash-{run}"})
-    await ensure_topics(s, [TopicSpec(s.events_topic, s.partitions, {}),
+    await ensure_topics(s, [TopicSpec(s.events_topic, s.partitions, {}), schemas_topic_spec(s),
                             reverse_topic_spec(s)])
     count = 20_000
     total = await produce_lifecycles(s, count, prefix=f"rs-crash-{run}")
