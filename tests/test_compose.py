@@ -100,3 +100,10 @@ def test_compose_grafana_provisions_the_generated_dashboard(compose: dict[str, A
     assert mounts["./monitoring/grafana-dashboards"] == provider["options"]["path"]
     assert (ROOT / "monitoring/grafana-dashboards/assessment-store.json").exists()
     assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${ASSESSMENT_STORE_GRAFANA_PASSWORD:?")
+
+
+def test_the_image_installs_what_its_commands_need(compose: dict[str, Any]) -> None:
+    """The compose services run `assessment-store ...` from the image: it installs the server and CLI extras, not the
+    bare client (whose script would only say which extra is missing)."""
+    assert all(svc["command"][0] == "assessment-store" for name, svc in compose["services"].items() if "build" in svc)
+    assert 'pip install --no-cache-dir "/app[server,cli]"' in (ROOT / "Dockerfile").read_text()
