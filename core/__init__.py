@@ -6,8 +6,8 @@ helpers. Every other package imports it; it imports none of them (the bottom of 
 * ``_errors``: ``AssessmentStoreError`` and its tree (drawn in that module's docstring);
 * ``_config``: ``Settings``, the one pydantic-settings class (prefix ``ASSESSMENT_STORE_``);
 * ``_lifecycle``: ``AsyncLifecycle``, ``Backoff``, ``supervise``;
-* ``_metrics``: ``Histogram``, ``MetricFamily``, ``metrics_registry``, ``start_metrics_server`` (the
-  Prometheus side, ``_exposition``, is imported only when a registry is built).
+* ``_metrics``: ``Histogram``, ``MetricFamily``, the counters the stats objects keep; ``_exposition``:
+  ``metrics_registry``, ``start_metrics_server`` (``prometheus_client`` imported only when they run).
 """
 
 from ._model import (
@@ -89,15 +89,13 @@ from ._metrics import (
     SIZE_BUCKETS,
     Histogram,
     MetricFamily,
-    MetricsServer,
     MetricsSource,
     counter,
     counter_by,
     gauge,
     histogram,
-    metrics_registry,
-    start_metrics_server,
 )
+from ._exposition import MetricsServer, metrics_registry, start_metrics_server
 from ._lifecycle import (
     AsyncLifecycle,
     Backoff,

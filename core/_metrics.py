@@ -11,24 +11,21 @@ each call; nothing is registered on ``prometheus_client``'s default registry, so
 processors, projectors, routers or clients in one Python process (tests run many) never collide.
 The ``instance`` label is Prometheus's own (the scrape target); none is added here.
 
-``prometheus_client`` is imported only by ``metrics_registry`` and ``start_metrics_server`` (it
-is in the ``server`` extra): counting works on the base install, the client's included.
+``metrics_registry`` and ``start_metrics_server`` are in ``_exposition``, the only module that imports
+``prometheus_client`` (it is in the ``server`` extra), and only when they run: counting works on the
+base install, the client's included.
 """
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-if TYPE_CHECKING:
-    from prometheus_client.registry import CollectorRegistry
+from typing import Any, Literal, Protocol
 
 __all__ = [
-    "LATENCY_BUCKETS", "SIZE_BUCKETS", "Histogram", "MetricFamily", "MetricsServer", "MetricsSource", "counter",
-    "counter_by", "gauge", "histogram", "metrics_registry", "start_metrics_server",
+    "LATENCY_BUCKETS", "SIZE_BUCKETS", "Histogram", "MetricFamily", "MetricsSource", "counter", "counter_by", "gauge",
+    "histogram",
 ]
 
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -109,45 +106,3 @@ def counter_by(name: str, help: str, labels: Sequence[str], values: Mapping[Any,
 
 def histogram(name: str, help: str, h: Histogram) -> MetricFamily:
     return MetricFamily(name, help, "histogram", histograms=(((), h),))
-
-
-def metrics_registry(*sources: MetricsSource) -> CollectorRegistry:
-    """A new registry (never the default one) that reads ``sources`` at every scrape."""
-    from prometheus_client.registry import CollectorRegistry
-
-    from ._exposition import SourceCollector
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SourceCollector(sources))
-    return registry
-
-
-class MetricsServer:
-    """A running ``/metrics`` endpoint (``prometheus_client``'s threaded HTTP server)."""
-
-    def __init__(self, server: object, thread: threading.Thread, host: str, port: int) -> None:
-        self._server = server
-        self._thread = thread
-        self.host = host
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        shutdown = getattr(self._server, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
-        close = getattr(self._server, "server_close", None)
-        if close is not None:
-            close()
-        self._thread.join(timeout=5)
-
-
-def start_metrics_server(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:
-    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread (port 0: any free one)."""
-    from prometheus_client import start_http_server
-
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    return MetricsServer(server, thread, host, int(server.server_address[1]))
