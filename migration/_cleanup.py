@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +36,7 @@ import httpx
 from assessment_store.core import JSON, Settings, StoreUsageError, ValidationError
 from assessment_store.projections import connection, fetch_states, record_audit, translate_db_errors
 
+from ._export import _lines
 from ._flags import FLAGS_TOPIC, FlagStore, audit_trail, default_actor
 from ._legacy_http import LegacyUnavailable
 from ._runs import NoRecentPass, require_recent_pass
@@ -169,21 +170,6 @@ async def plan_cleanup(settings: Settings, legacy_url: str, archive_dir: Path, *
                        flags_topic=flags_topic)
 
 
-async def _lines(client: httpx.AsyncClient, path: str, id_prefix: str) -> AsyncIterator[str]:
-    try:
-        async with client.stream("GET", path, params={"idPrefix": id_prefix}) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise LegacyUnavailable(f"legacy GET {path} answered {response.status_code}: {response.text[:300]}",
-                                        url=str(client.base_url) + path, status=response.status_code)
-            async for line in response.aiter_lines():
-                if line.strip():
-                    yield line
-    except httpx.HTTPError as e:
-        raise LegacyUnavailable(f"legacy GET {path} failed: {type(e).__name__}: {e}",
-                                url=str(client.base_url) + path) from e
-
-
 def _avro_record(kind: str, line: str) -> dict[str, Any]:
     try:
         doc = json.loads(line)
@@ -225,7 +211,9 @@ async def _archive(client: httpx.AsyncClient, archive_dir: Path, id_prefix: str)
         with partial.open("wb") as out:
             # Blocks of 10,000 records: memory stays bounded whatever the size of legacy.
             writer = fastavro.write.Writer(out, schema, codec="deflate")
-            async for line in _lines(client, path, id_prefix):
+            async for line in _lines(client, str(client.base_url).rstrip("/"), path, {"idPrefix": id_prefix}):
+                if not line.strip():
+                    continue
                 record = _avro_record(kind, line)
                 raw.update(line.encode() + b"\n")
                 records.append(record)
