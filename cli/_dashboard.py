@@ -11,6 +11,7 @@ from assessment_store.core import Settings
 
 from ._console import out
 from ._console import run_cli as _run
+from ._options import PidFile
 from ._root import app
 
 
@@ -18,6 +19,7 @@ from ._root import app
 def dashboard(
     host: Annotated[str | None, typer.Option(help="Default: ASSESSMENT_STORE_DASHBOARD_HOST (127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Default: ASSESSMENT_STORE_DASHBOARD_PORT (9300).")] = None,
+    pid_file: PidFile = None,
 ) -> None:
     """Serve the live dashboard until SIGTERM (reads need ASSESSMENT_STORE_API_READ_TOKEN: open /?token=... once)."""
     from assessment_store.monitoring import dashboard_url, serve_dashboard
@@ -30,7 +32,12 @@ def dashboard(
         out.print("[yellow]no ASSESSMENT_STORE_API_READ_TOKEN (or _API_TOKEN) is set: the dashboard will refuse "
                   "every request[/]")
     out.print(f"dashboard on {dashboard_url(settings)}")
+
+    def ready() -> None:
+        if pid_file is not None:
+            pid_file.with_suffix(".ready").write_text("ready\n")
+
     try:
-        _run(serve_dashboard(settings))
+        _run(serve_dashboard(settings, on_ready=ready))
     except KeyboardInterrupt:
         pass

@@ -126,5 +126,5 @@ async def demo_summary(settings: Settings, console: Console, *, group_glob: str 
         console.print(f"[yellow]consumer-group lag unavailable: {e}[/]")
     else:
         console.print(render_snapshot(snap))
-    console.print(f"dashboard: [bold]{dashboard_url(settings)}[/] (run `assessment-store dashboard`, then open "
-                  "it once with ?token=<ASSESSMENT_STORE_API_READ_TOKEN>)")
+    console.print(f"dashboard: [bold]{dashboard_url(settings)}[/] (run `assessment-store dashboard` or "
+                  "`assessment-store stack up dashboard`, then open it once with ?token=<ASSESSMENT_STORE_API_READ_TOKEN>)")

@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +175,10 @@ def dashboard_app(settings: Settings, sampler: Sampler) -> FastAPI:
     return app
 
 
-async def serve_dashboard(settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
-    """``assessment-store dashboard``: sample in the background and serve the page until SIGTERM/SIGINT."""
+async def serve_dashboard(settings: Settings, *, host: str | None = None, port: int | None = None,
+                          on_ready: Callable[[], None] | None = None) -> None:
+    """``assessment-store dashboard``: sample in the background and serve the page until SIGTERM/SIGINT;
+    ``on_ready`` is called once the server listens (the stack's readiness file)."""
     import uvicorn
 
     async with Sampler(settings) as sampler:
@@ -184,5 +186,13 @@ async def serve_dashboard(settings: Settings, *, host: str | None = None, port: 
                                 port=port or settings.dashboard_port, log_level="warning", lifespan="off",
                                 timeout_graceful_shutdown=2)
         server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        if on_ready is not None:
+            # uvicorn sets ``started`` once its sockets listen; a server that fails to bind ends
+            # ``serve`` first (and exits the process), so the wait is bounded by either.
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.05)
+            if server.started:
+                on_ready()
         with contextlib.suppress(asyncio.CancelledError):
-            await server.serve()
+            await serving

@@ -14,14 +14,14 @@ from ._kafka import KafkaService
 from ._postgres import PostgresService
 from ._procs import LogFn, ServiceStatus
 from ._prometheus import AlertmanagerService, PrometheusService
-from ._store_services import BridgeService, LagMonitorService, ProcessorService, ProjectorService, ReverseSyncService
+from ._store_services import BridgeService, DashboardService, LagMonitorService, ProcessorService, ProjectorService, ReverseSyncService
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("kafka", "postgres", "processor", "projector", "bridge", "reverse-sync", "lag-monitor", "alertmanager",
-            "prometheus")
-_OPT_IN: dict[str, str | None] = {"reverse-sync": "reverse_sync", "lag-monitor": None, "alertmanager": None,
-                                  "prometheus": None}
+SERVICES = ("kafka", "postgres", "processor", "projector", "bridge", "reverse-sync", "lag-monitor", "dashboard",
+            "alertmanager", "prometheus")
+_OPT_IN: dict[str, str | None] = {"reverse-sync": "reverse_sync", "lag-monitor": None, "dashboard": None,
+                                  "alertmanager": None, "prometheus": None}
 """Services that ``up`` starts without being named only when their setting is on (``ASSESSMENT_STORE_REVERSE_SYNC``;
 None: never); ``down`` and ``status`` include them whenever they run."""
 
@@ -46,11 +46,13 @@ class Stack:
         self.bridge = BridgeService(self.settings)
         self.reverse_sync = ReverseSyncService(self.settings)
         self.lag_monitor = LagMonitorService(self.settings)
+        self.dashboard = DashboardService(self.settings)
         self.alertmanager = AlertmanagerService(self.settings)
         self.prometheus = PrometheusService(self.settings)
         self._by_name: dict[str, _Service] = {
             "kafka": self.kafka, "postgres": self.postgres, "processor": self.processor, "projector": self.projector,
             "bridge": self.bridge, "reverse-sync": self.reverse_sync, "lag-monitor": self.lag_monitor,
+            "dashboard": self.dashboard,
             "alertmanager": self.alertmanager, "prometheus": self.prometheus,
         }
 

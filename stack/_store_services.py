@@ -16,7 +16,7 @@ from assessment_store.streams import Principal
 
 from ._procs import LogFn, ServiceStatus, is_alive, private_log, read_pid, rss_bytes, stop_pid, tail
 
-__all__ = ["BridgeService", "LagMonitorService", "ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
+__all__ = ["BridgeService", "DashboardService", "LagMonitorService", "ProcessorService", "ProjectorService", "StoreProcess", "settings_env"]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -157,6 +157,18 @@ class ReverseSyncService(StoreProcess):
     @property
     def description(self) -> str:  # type: ignore[override]
         return f"{self.settings.events_topic} (source store) -> {self.settings.legacy_reverse_topic}"
+
+
+class DashboardService(StoreProcess):
+    """The live dashboard as a background service (opt-in: ``stack up dashboard``); reads need the
+    API read token, as when it runs in the foreground."""
+
+    name = "dashboard"
+    principal = "dashboard"
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return f"http://{self.settings.dashboard_host}:{self.settings.dashboard_port}/"
 
 
 class LagMonitorService(StoreProcess):

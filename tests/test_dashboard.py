@@ -334,3 +334,28 @@ async def test_page_without_a_token_is_refused_in_chromium(served: _Served, brow
     browser.delete_all_cookies()
     await asyncio.to_thread(browser.get, f"{served.url}/")
     assert "Unauthorized" in browser.page_source and "uPlot" not in browser.page_source
+
+
+@pytest.mark.stack
+async def test_stack_runs_the_dashboard_as_a_service(stack_settings: Settings) -> None:
+    """`stack up dashboard` serves the page with the stack's read token, a second `up` is a no-op, `down` stops it."""
+    from assessment_store.stack import Stack
+
+    settings = stack_settings.model_copy(update={"api_read_token": SecretStr(TOKEN)})
+    stack = Stack(settings)
+    base = f"http://127.0.0.1:{settings.dashboard_port}"
+    try:
+        assert await asyncio.to_thread(stack.up, ["dashboard"], lambda _m: None) == {"dashboard": True}
+        assert await asyncio.to_thread(stack.up, ["dashboard"], lambda _m: None) == {"dashboard": False}
+        row = next(s for s in stack.status() if s.name == "dashboard")
+        assert row.running and row.address == f"{base}/"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            assert (await client.get("/api/history")).status_code == 401
+            history = await client.get("/api/history", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert history.status_code == 200 and history.json()["capacity"] > 0
+    finally:
+        stopped = await asyncio.to_thread(stack.down, ["dashboard"], lambda _m: None)
+    assert stopped == {"dashboard": True}
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+            await client.get("/healthz")
