@@ -1,18 +1,28 @@
 """What every ``MigrationRouter`` instance saw, per window, on ``assessments.migration-observations``.
 
-An ``ObservationPublisher`` is the router's opt-in ``observer``: each routed call adds to in-memory
-counters of the current window (no I/O on the call path), and once per window a background task
-publishes one compact record per instance: ``WindowObservation`` (calls, errors, failures, a latency
-histogram, shadow comparisons). Windows are aligned to the wall clock (``start = floor(now / w) * w``)
-so every instance cuts the same windows and the controller can add them up.
+An ``ObservationPublisher`` is the router's opt-in ``observer``. It adds nothing to a routed call: the
+router keeps its ``RouterStats`` counters and latency histograms anyway (they are its Prometheus
+metrics), and once per window a background task reads them, subtracts what it read at the previous
+window's close, and publishes the difference as one compact record per instance:
+``WindowObservation`` (calls, errors, failures, a latency histogram, shadow comparisons). Windows are
+aligned to the wall clock (``start = floor(now / w) * w``) so every instance cuts the same windows and
+the controller can add them up.
+
+A window is closed when the task wakes just after its end: calls completed in those few
+milliseconds count in the window that ends, and if the event loop was held for longer than a
+window the record covers all the calls since the previous close, under the earlier start. Both
+only blur a boundary; no call is counted twice or lost, because each close subtracts exactly the
+totals the previous close read.
 
 The record is keyed by instance; its identity is ``(instance, window start)``. A reader folds
 records into a dict under that identity, last write wins: a publisher that sends one window twice
 (a retried send, a final flush at stop) changes nothing, so at-least-once delivery is enough.
 
-Latency is a fixed-bucket histogram (``LATENCY_BUCKETS_MS``): histograms of several instances add
-up exactly, which a per-instance p95 does not. The fleet p95 is the upper bound of the bucket that
-holds the 95th percentile: conservative, never below the true value.
+Latency is a fixed-bucket histogram (``LATENCY_BUCKETS_MS``, the router's own Prometheus buckets in
+milliseconds): histograms of several instances add up exactly, which a per-instance p95 does not.
+The fleet p95 is the upper bound of the bucket that holds the 95th percentile: conservative, never
+below the true value. Records of the earlier 20-bucket layout are read by moving each count to the
+first current bucket whose bound is at least its own (also never below the true value).
 """
 
 from __future__ import annotations
@@ -26,14 +36,15 @@ import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
-from assessment_store.core import AsyncLifecycle, Settings
+from assessment_store.core import LATENCY_BUCKETS, AsyncLifecycle, Settings
 from assessment_store.core import JSON
 from assessment_store.streams import Principal, TopicSpec, ensure_topics, kafka_client_options, translate_kafka_errors
 
+from ._router import RouterStats
 from ._shadow import ShadowStats
 
 __all__ = [
@@ -45,11 +56,22 @@ log = logging.getLogger("assessment_store.migration.observations")
 
 OBSERVATIONS_TOPIC = "assessments.migration-observations"
 
-LATENCY_BUCKETS_MS: tuple[float, ...] = (
+LATENCY_BUCKETS_MS: tuple[float, ...] = (*(round(b * 1000, 6) for b in LATENCY_BUCKETS), math.inf)
+"""Upper bounds (inclusive) of the latency histogram's buckets, in ms: the router's Prometheus buckets
+(``core.LATENCY_BUCKETS``) and +Inf. The thresholds' defaults (5 s, 10 s) are bucket bounds, so the
+gate compares exactly at them."""
+
+_PREVIOUS_BUCKETS_MS: tuple[float, ...] = (
     1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 2000, 3000, 5000, 7500, 10000, 20000, 60000, math.inf,
 )
-"""Upper bounds (inclusive) of the latency histogram's buckets, in ms; the thresholds' defaults (5 s,
-10 s) are bucket bounds, so the gate compares exactly at them."""
+"""The layout publishers wrote before they read the router's histograms; still read (``from_json``)."""
+
+
+def _from_previous_layout(counts: tuple[int, ...]) -> tuple[int, ...]:
+    out = [0] * len(LATENCY_BUCKETS_MS)
+    for bound, n in zip(_PREVIOUS_BUCKETS_MS, counts, strict=True):
+        out[bisect_left(LATENCY_BUCKETS_MS, bound)] += n
+    return tuple(out)
 
 
 def observations_topic_spec(topic: str = OBSERVATIONS_TOPIC) -> TopicSpec:
@@ -112,6 +134,8 @@ class WindowObservation:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> WindowObservation:
         latency = tuple(int(n) for n in doc["latency"])
+        if len(latency) == len(_PREVIOUS_BUCKETS_MS):
+            latency = _from_previous_layout(latency)
         if len(latency) != len(LATENCY_BUCKETS_MS):
             raise ValueError(f"latency histogram has {len(latency)} buckets, expected {len(LATENCY_BUCKETS_MS)}")
         return cls(
@@ -124,26 +148,58 @@ class WindowObservation:
         )
 
 
-@dataclass(slots=True)
-class _Window:
-    start: float
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    """Cumulative figures of the attached routers at one moment; a window is the difference of two."""
+
     calls: int = 0
     errors: int = 0
     failures: int = 0
     legacy_calls: int = 0
-    latency: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
+    latency: tuple[int, ...] = tuple(0 for _ in LATENCY_BUCKETS_MS)
+    shadow_compared: int = 0
+    shadow_mismatched: int = 0
+
+    @classmethod
+    def read(cls, routers: Iterable[RouterStats], shadow: ShadowStats | None) -> _Totals:
+        calls = errors = failures = legacy = 0
+        latency = [0] * len(LATENCY_BUCKETS_MS)
+        for stats in routers:
+            # Calls are counted as they complete (by_outcome), like the latency beside them; a
+            # timeout or cancellation ("other") is a call too, neither an answer nor an error.
+            for (side, _op, outcome), n in list(stats.by_outcome.items()):
+                if side == "store":
+                    calls += n
+                    errors += n if outcome == "error" else 0
+                else:
+                    legacy += n
+            failures += stats.failures
+            for (side, _op), h in list(stats.latency.items()):
+                if side == "store":
+                    for i, n in enumerate(h.counts):
+                        latency[i] += n
+        compared = mismatched = 0
+        if shadow is not None:
+            compared = shadow.matched + shadow.mismatched + shadow.missing
+            mismatched = shadow.mismatched + shadow.missing
+        return cls(calls, errors, failures, legacy, tuple(latency), compared, mismatched)
 
 
-def _bucket(ms: float) -> int:
-    # The first bucket whose (inclusive) upper bound is >= ms: a bisection, on every routed call.
-    return min(bisect_left(LATENCY_BUCKETS_MS, ms), len(LATENCY_BUCKETS_MS) - 1)
+def _plus(base: _Totals, extra: _Totals) -> _Totals:
+    """``base`` plus ``extra`` (a newly attached router's figures so far, which no window may count)."""
+    return _Totals(base.calls + extra.calls, base.errors + extra.errors, base.failures + extra.failures,
+                   base.legacy_calls + extra.legacy_calls,
+                   tuple(a + b for a, b in zip(base.latency, extra.latency, strict=True)),
+                   base.shadow_compared, base.shadow_mismatched)
 
 
 class ObservationPublisher(AsyncLifecycle):
-    """The router's observer: counts calls per window in memory and publishes one record per window.
+    """The router's observer: reads the attached routers' counters at each window's end and publishes
+    one record per window.
 
-    ``MigrationRouter(..., observer=publisher)``; ``shadow_stats`` (the router's
-    ``ShadowObserver.stats``) adds the shadow comparisons concluded in each window.
+    ``MigrationRouter(..., observer=publisher)`` attaches the router (several may share one
+    publisher: their figures add up); ``shadow_stats`` (the router's ``ShadowObserver.stats``) adds
+    the shadow comparisons concluded in each window.
     """
 
     def __init__(self, settings: Settings, *, window_s: float = 60.0, instance_id: str | None = None,
@@ -159,29 +215,21 @@ class ObservationPublisher(AsyncLifecycle):
         self.shadow_stats = shadow_stats
         self.published = 0
         self.publish_failures = 0
-        self._current = _Window(window_start(time.time(), window_s))
-        self._current_end = self._current.start + window_s
-        self._shadow_base = self._shadow_totals()
+        self._routers: list[RouterStats] = []
+        self._start = window_start(time.time(), window_s)
+        self._base = self._totals()
         self._pending: list[WindowObservation] = []
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
 
-    # --- the hooks the router calls (synchronous, no I/O) ---------------------------------------
-
-    def record_call(self, side: str, seconds: float, outcome: str) -> None:
-        """One attempt on ``side`` ("store" / "legacy"), ``outcome`` "ok" | "refused" | "error"."""
-        w = self._window()
-        if side != "store":
-            w.legacy_calls += 1
+    def attach(self, stats: RouterStats) -> None:
+        """Observe a router's counters from now on (its figures so far belong to no window)."""
+        if any(s is stats for s in self._routers):
             return
-        w.calls += 1
-        if outcome == "error":
-            w.errors += 1
-        w.latency[_bucket(seconds * 1000)] += 1
-
-    def record_failure(self) -> None:
-        """A store-routed call whose caller got a backend error."""
-        self._window().failures += 1
+        # Counting from the attachment on: the base grows by what the router already holds.
+        before = _Totals.read([stats], None)
+        self._routers.append(stats)
+        self._base = _plus(self._base, before)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -216,33 +264,21 @@ class ObservationPublisher(AsyncLifecycle):
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _shadow_totals(self) -> tuple[int, int]:
-        s = self.shadow_stats
-        if s is None:
-            return (0, 0)
-        return (s.matched + s.mismatched + s.missing, s.mismatched + s.missing)
-
-    def _window(self) -> _Window:
-        now = time.time()
-        if now < self._current_end:
-            return self._current  # the common case, on every routed call: no floor, no division
-        start = window_start(now, self.window_s)
-        if start > self._current.start:
-            # A call in a new window before the flush task ran: close the old one here (no I/O),
-            # the task sends it.
-            self._pending.append(self._close(start))
-        return self._current
+    def _totals(self) -> _Totals:
+        return _Totals.read(self._routers, self.shadow_stats)
 
     def _close(self, next_start: float) -> WindowObservation:
-        w = self._current
-        compared, mismatched = self._shadow_totals()
+        # Ordering: read the totals once and make them the next base in the same synchronous step
+        # (no await between), so each call lands in exactly one window.
+        now, base = self._totals(), self._base
         obs = WindowObservation(
-            instance=self.instance_id, start=w.start, window_s=self.window_s, calls=w.calls, errors=w.errors,
-            failures=w.failures, latency=tuple(w.latency), shadow_compared=compared - self._shadow_base[0],
-            shadow_mismatched=mismatched - self._shadow_base[1], legacy_calls=w.legacy_calls)
-        self._current = _Window(next_start)
-        self._current_end = next_start + self.window_s
-        self._shadow_base = (compared, mismatched)
+            instance=self.instance_id, start=self._start, window_s=self.window_s, calls=now.calls - base.calls,
+            errors=now.errors - base.errors, failures=now.failures - base.failures,
+            latency=tuple(a - b for a, b in zip(now.latency, base.latency, strict=True)),
+            shadow_compared=now.shadow_compared - base.shadow_compared,
+            shadow_mismatched=now.shadow_mismatched - base.shadow_mismatched,
+            legacy_calls=now.legacy_calls - base.legacy_calls)
+        self._start, self._base = next_start, now
         return obs
 
     async def _publish(self, producer: AIOKafkaProducer, obs: WindowObservation) -> None:
@@ -254,10 +290,10 @@ class ObservationPublisher(AsyncLifecycle):
         assert producer is not None
         while True:
             # Sleep to just after the current window's end, then close it: one send per window.
-            end = self._current.start + self.window_s
+            end = self._start + self.window_s
             await asyncio.sleep(max(0.0, end - time.time()) + 0.005)
             now_start = window_start(time.time(), self.window_s)
-            if now_start > self._current.start:
+            if now_start > self._start:
                 self._pending.append(self._close(now_start))
             pending, self._pending = self._pending, []
             for obs in pending:

@@ -103,12 +103,13 @@ class LegacyNotSynced(BackendError):
 
 
 class CallObserver(Protocol):
-    """Told of every routed call (opt-in; ``ObservationPublisher`` in ``migration/_observations.py``).
-    Called on the call path: must not block (count in memory, publish elsewhere)."""
+    """Reads a router's counters (opt-in; ``ObservationPublisher`` in ``migration/_observations.py``).
 
-    def record_call(self, side: str, seconds: float, outcome: str) -> None: ...
+    Attached once, when the router is built, and never called on the call path: it reads
+    ``RouterStats`` (which the router keeps anyway) when it needs figures, so observing costs a
+    routed call nothing."""
 
-    def record_failure(self) -> None: ...
+    def attach(self, stats: RouterStats) -> None: ...
 
 
 class FlagSource(Protocol):
@@ -212,7 +213,10 @@ class RouterStats:
     by_outcome: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     """(backend, operation, outcome) -> calls; outcome ``ok``, ``refused`` (a ``StoreUsageError``) or ``error``"""
     latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)
-    """(backend, operation) -> seconds per call; fed only while the flag ``enable_metrics`` is on"""
+    """(backend, operation) -> seconds per call; fed while the flag ``enable_metrics`` is on, and always
+    when an observer is attached (the rollout's latency gates read it)"""
+    failures: int = 0
+    """store-routed calls whose caller got a backend error (no fallback, or the fallback failed too)"""
     rollbacks: int = 0
     """calls that found the flags sending fewer routing keys to the store than at the previous call"""
 
@@ -225,6 +229,7 @@ class RouterStats:
             MetricFamily(p + "call_seconds", "Time of a routed call (while the flag enableMetrics is on)",
                          "histogram", ("backend", "operation"), histograms=tuple(sorted(self.latency.items()))),
             counter(p + "fallbacks_total", "Store calls retried on legacy", self.fallbacks),
+            counter(p + "failures_total", "Store-routed calls whose caller got a backend error", self.failures),
             counter(p + "rollbacks_total", "Flag-driven switches of routing keys back to legacy, as seen by calls",
                     self.rollbacks),
             counter_by(p + "sync_checks_total", "Sync-before-serve checks, by result", ["result"],
@@ -235,7 +240,7 @@ class RouterStats:
 
     def to_json(self) -> dict[str, JSON]:
         return {"calls": dict(self.calls), "errors": dict(self.errors), "refused": dict(self.refused),
-                "fallbacks": self.fallbacks,
+                "fallbacks": self.fallbacks, "failures": self.failures,
                 "byOperation": {f"{op}:{side}": n for (op, side), n in sorted(self.by_operation.items())},
                 "syncChecks": self.sync_checks, "syncWaits": self.sync_waits, "syncTimeouts": self.sync_timeouts,
                 "syncCheckFailures": self.sync_check_failures}
@@ -267,8 +272,10 @@ class MigrationRouter:
         self.sync_timeout_s = sync_timeout_s
         # Observations of the other side; only used while the flag enable_shadow_comparison is on.
         self.shadow = shadow
-        # Per-call counts for the gated rollout (``migrate rollout``); None: not observed.
+        # Reads self.stats for the gated rollout (``migrate rollout``); None: not observed.
         self.observer = observer
+        if observer is not None:
+            observer.attach(self.stats)
         # Ids whose legacy copy was found in sync, valid for the flags object they were checked under:
         # a flag change (a new MigrationFlags) may move more assessments, so the set starts over.
         self._synced: OrderedDict[str, None] = OrderedDict()
@@ -328,8 +335,7 @@ class MigrationRouter:
                 raise
 
     def _observe_failure(self) -> None:
-        if self.observer is not None:
-            self.observer.record_failure()
+        self.stats.failures += 1
 
     async def _ensure_synced(self, assessment_id: str) -> None:
         """Sync before serve: return once legacy holds every store-written change of the assessment."""
@@ -425,15 +431,14 @@ class MigrationRouter:
         finally:
             elapsed = time.perf_counter() - started
             stats.by_outcome[(side.value, op, outcome)] += 1
-            # The flag enableMetrics governs the latency histograms (the counters are always kept).
-            if flags.enable_metrics:
+            # The flag enableMetrics governs the latency histograms (the counters are always kept);
+            # an attached observer needs them whatever the flag says: the rollout gates on latency.
+            if flags.enable_metrics or self.observer is not None:
                 key = (side.value, op)
                 h = stats.latency.get(key)
                 if h is None:
                     h = stats.latency[key] = Histogram()
                 h.observe(elapsed)
-            if self.observer is not None:
-                self.observer.record_call(side.value, elapsed, outcome)
 
     # --- the operations ---------------------------------------------------------------------------
 
