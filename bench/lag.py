@@ -145,6 +145,15 @@ async def _big_group(settings: Settings, partitions: int, rounds: int) -> None:
     producer = AIOKafkaProducer(**kafka_client_options(settings, "admin"), linger_ms=5)
     await producer.start()
     try:
+        # CreateTopics answers before every broker's metadata holds 10,000 new partitions' leaders:
+        # wait (bounded) until the client's metadata has them all, or the first send fails.
+        deadline = time.monotonic() + 300
+        while len(producer.client.cluster.partitions_for_topic(topic) or ()) < partitions:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{topic}: the broker's metadata did not list {partitions} partitions in 300 s")
+            await producer.client.force_metadata_update()
+            await asyncio.sleep(0.5)
+        console.print(f"leaders elected for all partitions after {time.perf_counter() - t0:.1f} s")
         lagging = range(0, partitions, max(1, partitions // 20))
         for p in lagging:
             await producer.send(topic, b"x", partition=p, timestamp_ms=int((time.time() - 600) * 1000))
