@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import NewPartitions
 from aiokafka.structs import OffsetAndMetadata
 from rich.console import Console
 from rich.table import Table
@@ -140,7 +141,13 @@ async def _big_group(settings: Settings, partitions: int, rounds: int) -> None:
     topic = f"bench-lag-big-{partitions}"
     console.print(f"creating {topic} ({partitions:,} partitions) ...")
     t0 = time.perf_counter()
-    await ensure_topics(settings, [TopicSpec(topic, partitions, {})])
+    # The controller takes at most 10,000 records per request (a topic record, one per partition, its
+    # configs): a topic this large is created with part of its partitions, then grown in steps.
+    step = 5_000
+    await ensure_topics(settings, [TopicSpec(topic, min(partitions, step), {})])
+    async with admin_client(settings) as admin:
+        for total in range(2 * step, partitions + step, step):
+            await admin.create_partitions({topic: NewPartitions(total_count=min(total, partitions))})
     console.print(f"created in {time.perf_counter() - t0:.1f} s")
     producer = AIOKafkaProducer(**kafka_client_options(settings, "admin"), linger_ms=5)
     await producer.start()

@@ -18,6 +18,8 @@ The tree::
     │   ├── KafkaUnavailable
     │   ├── KafkaAccessDenied               the broker refused this principal (.principal, .what, .reason); never
     │   │                                   retriable: wrong credentials, or an ACL forbids the operation
+    │   ├── TopicRefused                    the broker refused to create a topic (.topic, .error_code, .reason);
+    │   │                                   retriable or not as Kafka's error code says
     │   ├── DatabaseUnavailable
     │   ├── DataRejected                    PostgreSQL refused a value (NUL, out of range; .sqlstate), never retriable
     │   ├── FencedOut                       the consumer group gave this member's partitions to another (.group,
@@ -57,6 +59,7 @@ __all__ = [
     "ServiceFailed",
     "StackError",
     "StoreUsageError",
+    "TopicRefused",
     "UnresolvableSchema",
     "ValidationError",
     "VersionConflict",
@@ -200,6 +203,19 @@ class BackendError(AssessmentStoreError):
 
 class KafkaUnavailable(BackendError):
     pass
+
+
+class TopicRefused(BackendError):
+    """CreateTopics answered with an error for ``topic`` (an invalid config, a policy, more partition
+    records than the controller takes in one batch, ...): the topic does not exist. ``retriable`` is
+    Kafka's own verdict for ``error_code`` (a timeout or a controller move is worth another try)."""
+
+    def __init__(self, topic: str, error_code: int, reason: str, *, retriable: bool = False) -> None:
+        self.topic = topic
+        self.error_code = error_code
+        self.reason = reason
+        self.retriable = retriable
+        super().__init__(f"Kafka refused to create topic {topic!r} (error {error_code}): {reason}")
 
 
 class DatabaseUnavailable(BackendError):

@@ -21,6 +21,7 @@ from aiokafka.errors import (
     IllegalSaslStateError, KafkaConnectionError, KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError,
     TopicAuthorizationFailedError, TransactionalIdAuthorizationFailed, UnsupportedSaslMechanismError,
 )
+from aiokafka import errors as kafka_errors
 from aiokafka.helpers import create_ssl_context
 
 from assessment_store.core import (
@@ -29,6 +30,7 @@ from assessment_store.core import (
     KafkaAccessDenied,
     KafkaUnavailable,
     Settings,
+    TopicRefused,
     ValidationError,
 )
 from assessment_store.schemas import AvroRecordCodec
@@ -371,15 +373,38 @@ async def ensure_topics(
             missing = [s for s in specs if s.name not in existing]
             for spec in missing:
                 try:
-                    await admin.create_topics(
+                    response = await admin.create_topics(
                         [NewTopic(spec.name, spec.partitions, settings.topic_replication_factor,
                                    topic_configs={"min.insync.replicas": str(settings.min_insync_replicas),
                                                   **spec.config})]
                     )
-                    created.append(spec.name)
                 except TopicAlreadyExistsError:
-                    pass  # another process created it between list and create
+                    continue  # another process created it between list and create
+                # CreateTopics reports a refusal per topic in its answer, not as an exception:
+                # without this check a refused topic was counted as created.
+                if _created(response, spec.name, kafka_principal(settings, principal)):
+                    created.append(spec.name)
     return created
+
+
+def _created(response: Any, topic: str, principal: str | None) -> bool:
+    """True if the CreateTopics ``response`` created ``topic``; False if it already existed; raises
+    ``KafkaAccessDenied`` when an ACL forbids it and ``TopicRefused`` for any other error code."""
+    for entry in response.topic_errors:
+        # Every version's entries start (name, error_code[, error_message, ...]).
+        name, code = entry[0], int(entry[1])
+        if name != topic:
+            continue
+        if code == 0:
+            return True
+        if code == TopicAlreadyExistsError.errno:
+            return False
+        kind = kafka_errors.for_code(code)
+        message = entry[2] if len(entry) > 2 and entry[2] else kind.__name__
+        if issubclass(kind, _AUTHORIZATION):
+            raise KafkaAccessDenied(f"creating topic {topic}", principal, "authorization", f"{kind.__name__}: {message}")
+        raise TopicRefused(topic, code, f"{kind.__name__}: {message}", retriable=bool(getattr(kind, "retriable", False)))
+    raise TopicRefused(topic, -1, "the broker's answer did not mention the topic")
 
 
 async def partition_counts(settings: Settings, topics: list[str], *, principal: Principal = "admin") -> dict[str, int]:
