@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from assessment_store.core import Settings
+from assessment_store.core import Backoff, Settings
 
 from ._console import EXIT_REFUSED, EXIT_USAGE, fail, out
 from ._console import run_cli as _run
@@ -269,6 +270,9 @@ def migrate_rollout(
     max_behind: Annotated[int, typer.Option(min=0, help="With --health reverse-sync: events behind tolerated.")] = 10_000,
     new: Annotated[bool, typer.Option("--new", help="Start a new rollout although the last one ended "
                                                     "(rolled back, aborted or complete).")] = False,
+    ride_out: Annotated[bool, typer.Option("--ride-out/--exit-on-outage",
+                                           help="On a Kafka or PostgreSQL outage: wait (backoff up to 10 s) and "
+                                                "resume, or exit 69 (rerunning resumes).")] = True,
     actor: Actor = None,
     as_json: JsonFlag = False,
     rollout_topic: _Topic = None,
@@ -328,7 +332,8 @@ def migrate_rollout(
             observations_topic=observations_topic or OBSERVATIONS_TOPIC, flags_topic=flags_topic or FLAGS_TOPIC,
             health_probe=probe, on_event=progress, new=new)
         try:
-            return await controller.run()
+            outages = Backoff(logging.getLogger("assessment_store.migration.rollout"), initial_s=0.5, cap_s=10.0)
+            return await controller.run(outages=outages if ride_out else None)
         finally:
             monitor = getattr(probe, "monitor", None)
             if monitor is not None:

@@ -41,7 +41,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from assessment_store.core import JSON, Settings, StoreUsageError, new_id
+from assessment_store.core import JSON, Backoff, BackendError, Settings, StoreUsageError, new_id, outage_name
 from assessment_store.projections import connect, translate_db_errors
 from assessment_store.streams import Principal, TopicSpec, ensure_topics, kafka_client_options, translate_kafka_errors
 
@@ -400,15 +400,43 @@ class RolloutController:
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def run(self) -> RolloutState:
-        """Until the rollout is complete, rolled back or aborted; returns the final state."""
-        try:
-            await self._open()
-            await self._attach()
-            await self._loop()
-            return self.state
-        finally:
-            await self._close()
+    async def run(self, *, outages: Backoff | None = None) -> RolloutState:
+        """Until the rollout is complete, rolled back or aborted; returns the final state.
+
+        Without ``outages`` a Kafka or PostgreSQL failure ends the run (``BackendError``); running the
+        controller again resumes. With it, the controller does that itself: it closes everything
+        (freeing its lock), waits the backoff, and opens again as a restarted controller would: it
+        takes the lock again, folds the topic, leases the next epoch and resumes the same rollout
+        at the step the log says, re-reading the step's observations. Only retriable errors are
+        ridden out (an ACL refusal is not), and another controller taking the lock meanwhile ends
+        the run with ``RolloutLocked``.
+        """
+        resuming: str | None = None
+        while True:
+            try:
+                await self._open()
+                await self._attach()
+                if resuming is None:
+                    resuming = self.state.rollout_id
+                await self._loop()
+                return self.state
+            except RolloutEnded:
+                if resuming is not None and self.state.rollout_id == resuming:
+                    # It ended while this controller was cut off (an operator's rollback or abort):
+                    # _attach has put the flags where that end leaves them.
+                    return self.state
+                raise
+            except BackendError as e:
+                if outages is None or not e.retriable:
+                    raise
+                if resuming is not None:
+                    # The rollout this run started or resumed is in the log: from now on resume it,
+                    # never start another (``new`` would, once it has ended).
+                    self.new = False
+                await outages.failed(f"rollout controller cut off ({outage_name(e)})", e)
+                self.state = RolloutState()  # folded again from the topic's start on reopening
+            finally:
+                await self._close()
 
     async def _open(self) -> None:
         conn = await connect(self.settings)

@@ -41,8 +41,11 @@ from assessment_store.migration import (
     send_command,
 )
 from assessment_store.migration.testing import InMemoryLegacyBackend
-from assessment_store.stack import settings_env
-from assessment_store.testing import eventually
+from assessment_store.core import Backoff
+from assessment_store.stack import Stack, settings_env
+from assessment_store.testing import eventually, isolated_settings
+
+from .conftest import PORT_BASE
 
 pytestmark = pytest.mark.stack
 
@@ -207,6 +210,43 @@ async def test_healthy_rollout_advances_through_every_step(fleet: Fleet) -> None
     assert [e.step for e in events[1:]] == [1, 2, 2]
     flags = fleet.flag_stores[0].current()
     assert (flags.enable_assessment_store, flags.enable_dual_mode, flags.migration_percentage) == (True, True, 100.0)
+
+
+async def test_controller_rides_out_an_outage_and_resumes_the_same_rollout(
+    stack_settings: Settings, store: AssessmentStore, tmp_path: Path
+) -> None:
+    """PostgreSQL (its lock's home) stopped mid-step: the controller run with an outage backoff cannot append its advance,
+    retries until PostgreSQL is back, reopens and completes the same rollout: start, advance, complete, one lease more."""
+    own = isolated_settings(tmp_path / "data", port_base=PORT_BASE + 420)
+    stack = Stack(own)  # the session's stack serves the store's calls; this one the rollout's topics and lock
+    await asyncio.to_thread(stack.up, ["kafka", "postgres"], lambda _m: None)
+    try:
+        tag = uuid.uuid4().hex[:10]
+        fleet = Fleet(own, f"test.rollout-flags.{tag}", f"test.rollout-obs.{tag}", f"test.rollout.{tag}",
+                      FaultyStore(store))
+        try:
+            await fleet.add(2)
+            outages = Backoff(None, initial_s=0.2, cap_s=1.0)
+            controller = fleet.controller(_plan((50, 100), soak_s=3.0))
+            task = asyncio.create_task(controller.run(outages=outages))
+            await eventually(lambda: asyncio.sleep(0, controller.state.status), lambda s: s == "running",
+                             timeout_s=30, what="the rollout started")
+            started = controller.state.rollout_id
+            await asyncio.to_thread(stack.down, ["postgres"], lambda _m: None)
+            # The first step soaks healthy; its advance needs the lock's connection, which is gone.
+            await eventually(lambda: asyncio.sleep(0, outages.failures), lambda n: n >= 2, timeout_s=60,
+                             what="the controller cut off from PostgreSQL, retrying")
+            assert not task.done() and controller.state.step == 0
+            await asyncio.to_thread(stack.up, ["postgres"], lambda _m: None)
+            state = await asyncio.wait_for(task, 120)
+        finally:
+            await fleet.close()
+    finally:
+        await asyncio.to_thread(stack.down, None, lambda _m: None)
+    assert state.status == "complete" and state.rollout_id == started
+    assert _types(state) == ["start", "advance", "complete"]
+    assert [e.step for e in state.events if e.type in ("advance", "complete")] == [1, 1]
+    assert state.epoch >= 2  # the reopening leased the next epoch
 
 
 async def test_thin_windows_are_inconclusive_and_do_not_advance(fleet: Fleet) -> None:
