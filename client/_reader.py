@@ -45,8 +45,8 @@ from aiokafka.errors import ConsumerStoppedError
 from aiokafka.structs import ConsumerRecord
 
 from assessment_store.core import AsyncLifecycle, Backoff, KafkaUnavailable, Settings, ValidationError
-from assessment_store.streams import Principal, kafka_client_options, kafka_principal, start_kafka_client, \
-    translate_kafka_errors
+from assessment_store.streams import Principal, kafka_client_options, kafka_principal, partition_counts, \
+    start_kafka_client, translate_kafka_errors
 
 from ._position import Position
 
@@ -126,9 +126,11 @@ class TopicReader(AsyncLifecycle):
         if consumer is not None:
             await consumer.stop()
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> set[int]:
-        await consumer.topics()  # a metadata request: partitions_for_topic reads its answer
-        found = consumer.partitions_for_topic(self.topic)
+    async def _partitions(self) -> set[int]:
+        # The admin client's describe, not the consumer's metadata: an unassigned consumer's cache
+        # holds no topic yet (assign() adds the topic, and the refreshes keep it current after).
+        count = (await partition_counts(self.settings, [self.topic], principal=self.principal)).get(self.topic, 0)
+        found = set(range(count))
         if not found:
             err = KafkaUnavailable(f"topic {self.topic!r} does not exist")
             err.retriable = False
@@ -137,7 +139,7 @@ class TopicReader(AsyncLifecycle):
 
     async def _position(self, consumer: AIOKafkaConsumer) -> None:
         """Assign, compute every start offset and the targets, and seek: all before the first fetch."""
-        found = await self._partitions(consumer)
+        found = await self._partitions()
         if self.only is not None:
             missing = sorted(self.only - found)
             if missing:
