@@ -158,13 +158,16 @@ async def _append_more(s: Settings, aid: str) -> None:
 
 
 def test_exit_codes_for_usage_and_an_unreachable_broker(stack_settings: Settings) -> None:
-    """An unknown topic or a bad option is a usage error (64); a broker nobody listens on is a Kafka outage (75)."""
+    """An unknown topic or a bad option is a usage error (64), a topic not on the broker 69, no broker at all 75."""
     unknown = _cli(stack_settings, "cat", "no-such-topic")
     assert unknown.returncode == 64 and "unknown topic" in unknown.stderr
     both = _cli(stack_settings, "cat", "events", "--from-beginning", "--since", "1h")
     assert both.returncode == 64
     bad_since = _cli(stack_settings, "cat", "events", "--since", "yesterday-ish")
     assert bad_since.returncode == 64
+    absent = stack_settings.model_copy(update={"legacy_topic": f"cli-{uuid.uuid4().hex[:10]}.legacy"})
+    missing = _cli(absent, "cat", "reverse")
+    assert missing.returncode == 69 and "does not exist" in missing.stderr
     nobody = stack_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
     down = _cli(nobody, "cat", "events", timeout=120)
     assert down.returncode == 75, (down.returncode, down.stderr)

@@ -431,3 +431,27 @@ async def test_partitions_added_while_reading_are_detected_and_read(stack_settin
         got = await _take(sub, 1, timeout_s=60)
         assert (got[0].assessment_id, got[0].partition) == ("pa-1", 1)
         assert sub.stats.partitions_added == 1 and got[0].position.offset_map() == {0: 1, 1: 1}
+
+
+@pytest.mark.stack
+async def test_a_subscription_rides_out_a_broker_restart(tmp_path: Path) -> None:
+    """A broker of the test's own stopped and started again under a subscription: it reconnects and reads on."""
+    from assessment_store.stack import KafkaService
+    from assessment_store.testing import isolated_settings
+
+    from .conftest import PORT_BASE
+
+    own = isolated_settings(tmp_path / "data", port_base=PORT_BASE + 410)
+    kafka = KafkaService(own)
+    await asyncio.to_thread(kafka.start, log=lambda _m: None)  # it runs a loop of its own
+    try:
+        s = await _own_topic(own, partitions=1)
+        await _append(s, _lifecycle("br-1"))
+        async with Subscription(s) as sub:  # Kafka only: this broker has no PostgreSQL beside it
+            assert _keys(await _take(sub, 4)) == [("br-1", v) for v in range(1, 5)]
+            await asyncio.to_thread(kafka.stop)
+            await asyncio.to_thread(kafka.start, log=lambda _m: None)
+            await _append(s, _lifecycle("br-2"))
+            assert _keys(await _take(sub, 4, timeout_s=90)) == [("br-2", v) for v in range(1, 5)]
+    finally:
+        await asyncio.to_thread(kafka.stop)
