@@ -33,13 +33,22 @@ from assessment_store.core import (
     StackError,
     State,
     StoreUsageError,
+    UnresolvableSchema,
     ValidationError,
     VersionConflict,
     WaitTimeout,
 )
 
 
-from assessment_store.client import AssessmentStore, SyncAssessmentStore
+from assessment_store.client import (
+    AssessmentStore,
+    EventRecord,
+    Position,
+    PositionTable,
+    Subscription,
+    SyncAssessmentStore,
+    SyncSubscription,
+)
 
 __all__ = [
     "Assessment",
@@ -53,6 +62,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DownloadFailed",
     "Event",
+    "EventRecord",
     "EventSource",
     "EventType",
     "InvalidTransition",
@@ -61,12 +71,17 @@ __all__ = [
     "NotQuarantined",
     "Outcome",
     "PortInUse",
+    "Position",
+    "PositionTable",
     "ServiceFailed",
     "Settings",
     "StackError",
     "State",
     "StoreUsageError",
+    "Subscription",
     "SyncAssessmentStore",
+    "SyncSubscription",
+    "UnresolvableSchema",
     "ValidationError",
     "VersionConflict",
     "WaitTimeout",

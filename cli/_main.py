@@ -7,6 +7,7 @@ from __future__ import annotations
 from . import _assessments, _dashboard, _demo, _lag, _services  # noqa: F401  (imported for their commands)
 from ._bridge import bridge_app, import_
 from ._console import EXIT_USAGE
+from ._events import events_app
 from ._flags import flags_app
 from ._migrate import migrate_app
 from ._root import app
@@ -18,6 +19,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(bridge_app, name="bridge")
 app.add_typer(flags_app, name="flags")
 app.add_typer(migrate_app, name="migrate")
+app.add_typer(events_app, name="events")
 # The same command as `bridge import`, under the name a migration runbook uses.
 app.command("import-legacy", help="Import a legacy JSON Lines export (same as `bridge import`).")(import_)
 

@@ -18,7 +18,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal
+from weakref import WeakSet
 
 import asyncpg
 
@@ -48,6 +50,7 @@ from assessment_store.core import (
     Complete,
     Create,
     EventSource,
+    EventType,
     Fail,
     Histogram,
     KafkaUnavailable,
@@ -70,6 +73,9 @@ from assessment_store.core import (
     validate_command_id,
     validate_id,
 )
+
+from ._position import Position
+from ._subscription import Subscription
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -120,6 +126,7 @@ class AssessmentStore(AsyncLifecycle):
         self._listener = ChangeListener(self.settings)
         self._pool: asyncpg.Pool | None = None
         self._topics_checked = False
+        self._subscriptions: WeakSet[Subscription] = WeakSet()
 
     def metrics_registry(self) -> CollectorRegistry:
         """A Prometheus registry of this client's own (never the default one): serve it with
@@ -144,6 +151,8 @@ class AssessmentStore(AsyncLifecycle):
             raise
 
     async def stop(self) -> None:
+        for sub in list(self._subscriptions):
+            await sub.aclose()
         await self._listener.stop()
         await self._sender.stop()
         self._topics_checked = False
@@ -167,6 +176,31 @@ class AssessmentStore(AsyncLifecycle):
                 if not e.retriable:
                     raise
                 await backoff.failed(f"command {envelope.command.command_id} not sent yet", e)
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        *,
+        from_position: Position | str | None = None,
+        from_time: datetime | None = None,
+        from_end: bool = False,
+        types: Iterable[str | EventType] | None = None,
+        assessment_ids: Iterable[str] | None = None,
+        undecodable: Literal["skip", "raise"] = "skip",
+        partition_check_s: float = 30.0,
+    ) -> Subscription:
+        """The events of the log, decoded, with their positions: from the beginning (default), a
+        stored ``from_position`` (resumes exactly after it), the first record at or after
+        ``from_time``, or the end (``from_end``); then live. ``types``: event type names to keep;
+        ``assessment_ids``: only these assessments. Use as ``async with store.subscribe(...) as sub:
+        async for rec in sub: ...``; see docs/subscriptions.md. Needs Kafka only (not ``start``);
+        ``stop`` closes the subscriptions still open."""
+        sub = Subscription(self.settings, from_position=from_position, from_time=from_time, from_end=from_end,
+                           types=types, assessment_ids=assessment_ids, undecodable=undecodable,
+                           partition_check_s=partition_check_s)
+        self._subscriptions.add(sub)
+        return sub
 
     # --- reads ------------------------------------------------------------------------
 

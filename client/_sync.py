@@ -7,16 +7,67 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
 from assessment_store.core import JSON, Assessment, Outcome, Settings, State
+from ._position import Position
 from ._store import AssessmentStore
+from ._subscription import EventRecord, Subscription
 
-__all__ = ["SyncAssessmentStore"]
+__all__ = ["SyncAssessmentStore", "SyncSubscription"]
 
 T = TypeVar("T")
+
+
+class SyncSubscription:
+    """A ``Subscription`` for blocking code: ``with store.subscribe(...) as sub: for rec in sub: ...``.
+    It runs on the ``SyncAssessmentStore``'s loop; ``get(timeout_s)`` waits for one event at most
+    that long (None when none came)."""
+
+    def __init__(self, sub: Subscription, call: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self.subscription = sub
+        self._call = call
+
+    @property
+    def position(self) -> Position:
+        return self.subscription.position
+
+    @property
+    def caught_up(self) -> bool:
+        return self.subscription.caught_up
+
+    def get(self, timeout_s: float | None = None) -> EventRecord | None:
+        async def one() -> EventRecord | None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await self.subscription.__anext__()
+            except TimeoutError:
+                return None
+        try:
+            got: EventRecord | None = self._call(one())
+        except StopAsyncIteration:
+            raise StopIteration from None
+        return got
+
+    def __iter__(self) -> SyncSubscription:
+        return self
+
+    def __next__(self) -> EventRecord:
+        got = self.get()
+        assert got is not None  # no timeout: only the end of the subscription stops the wait
+        return got
+
+    def close(self) -> None:
+        self._call(self.subscription.aclose())
+
+    def __enter__(self) -> SyncSubscription:
+        self._call(self.subscription.start())
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 class SyncAssessmentStore:
@@ -110,3 +161,9 @@ class SyncAssessmentStore:
 
     def get_outcome(self, command_id: str) -> Outcome | None:
         return self._call(self._store.get_outcome(command_id))
+
+    def subscribe(self, **kw: Any) -> SyncSubscription:
+        """``AssessmentStore.subscribe`` for blocking code (same keywords)."""
+        if self._loop is None:
+            raise RuntimeError("SyncAssessmentStore is not started: use `with SyncAssessmentStore() as store`")
+        return SyncSubscription(self._store.subscribe(**kw), self._call)

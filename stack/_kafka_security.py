@@ -245,7 +245,8 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     * ``processor``: read commands, events and outcomes (it rebuilds its state from the log), write
       events, outcomes and the commands' DLQ; its group; transactional ids under its group's name;
     * ``client``: write commands, read the migration flags, publish the router's observations (a
-      service embedding ``MigrationRouter`` is a client) and read the rollout's decisions;
+      service embedding ``MigrationRouter`` is a client) and read the rollout's decisions; read the
+      events and the schemas topic (``AssessmentStore.subscribe``: assigned partitions, so no group);
     * ``projector``: read events and outcomes, its group;
     * ``bridge``: read the legacy topic, write commands and the legacy DLQ, its group;
     * ``reverse-sync``: read events, write the legacy reverse topic, its group;
@@ -285,6 +286,7 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     acls.append(Acl("client", "topic", FLAGS_TOPIC, AclOp.READ, prefixed=True))
     topic("client", AclOp.WRITE, OBSERVATIONS_TOPIC)
     topic("client", AclOp.READ, ROLLOUT_TOPIC)
+    topic("client", AclOp.READ, ev, sch)  # subscriptions (client/_subscription.py)
     topic("projector", AclOp.READ, ev, out, sch)
     group("projector", s.projector_group)
     topic("bridge", AclOp.READ, leg)

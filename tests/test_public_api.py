@@ -8,9 +8,10 @@ def test_assessment_store_public_names() -> None:
     """The top-level package exports exactly these names."""
     assert sorted(assessment_store.__all__) == sorted([
         "Assessment", "AssessmentNotFound", "AssessmentStore", "AssessmentStoreError", "BackendError",
-        "CodecError", "CommandTimeout", "DataRejected", "DatabaseUnavailable", "DownloadFailed", "Event", "EventSource", "EventType",
-        "InvalidTransition", "KafkaUnavailable", "MissingTool", "NotQuarantined", "Outcome", "PortInUse", "ServiceFailed", "Settings",
-        "StackError", "State", "StoreUsageError", "SyncAssessmentStore", "ValidationError", "VersionConflict", "WaitTimeout",
+        "CodecError", "CommandTimeout", "DataRejected", "DatabaseUnavailable", "DownloadFailed", "Event", "EventRecord", "EventSource", "EventType",
+        "InvalidTransition", "KafkaUnavailable", "MissingTool", "NotQuarantined", "Outcome", "PortInUse", "Position", "PositionTable", "ServiceFailed", "Settings",
+        "StackError", "State", "StoreUsageError", "Subscription", "SyncAssessmentStore", "SyncSubscription",
+        "UnresolvableSchema", "ValidationError", "VersionConflict", "WaitTimeout",
         "__version__",
     ])
     for name in assessment_store.__all__:
