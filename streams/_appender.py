@@ -62,7 +62,7 @@ class Appender:
         await start_kafka_client(producer, self._settings, "bridge",
                                  f"starting the bridge's producer for {self._settings.kafka_bootstrap}")
         try:
-            await publish_schemas(self._settings, producer, [self._codec.avro])
+            await publish_schemas(self._settings, producer, {self._settings.commands_topic: self._codec.avro})
         except BaseException:
             await producer.stop()
             raise

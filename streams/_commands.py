@@ -24,7 +24,7 @@ class CommandSender(KeyedProducer):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._codec = CommandCodec()
-        self.writer_schemas = [self._codec.avro]
+        self.writer_schemas = {settings.commands_topic: self._codec.avro}
 
     async def send(self, envelope: CommandEnvelope) -> RecordMetadata:
         c = envelope.command

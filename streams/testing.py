@@ -32,7 +32,7 @@ class EventProducer(KeyedProducer):
                  principal: Principal | None = None) -> None:
         super().__init__(settings, principal=principal)
         self._codec = codec or EventCodec()
-        self.writer_schemas = [self._codec.avro]
+        self.writer_schemas = {settings.events_topic: self._codec.avro}
 
     async def append(self, event: Event) -> RecordMetadata:
         value, headers = self._codec.encode(event)
