@@ -14,14 +14,17 @@ from ._kafka import KafkaService
 from ._postgres import PostgresService
 from ._procs import LogFn, ServiceStatus
 from ._prometheus import AlertmanagerService, PrometheusService
+from ._schema_registry import SchemaRegistryService
 from ._store_services import BridgeService, LagMonitorService, ProcessorService, ProjectorService, ReverseSyncService
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("kafka", "postgres", "processor", "projector", "bridge", "reverse-sync", "lag-monitor", "alertmanager",
-            "prometheus")
-_OPT_IN: dict[str, str | None] = {"reverse-sync": "reverse_sync", "lag-monitor": None, "alertmanager": None,
-                                  "prometheus": None}
+# The schema registry before the store's processes: a writer configured for it registers its schemas
+# when it starts.
+SERVICES = ("kafka", "postgres", "schema-registry", "processor", "projector", "bridge", "reverse-sync", "lag-monitor",
+            "alertmanager", "prometheus")
+_OPT_IN: dict[str, str | None] = {"schema-registry": None, "reverse-sync": "reverse_sync", "lag-monitor": None,
+                                  "alertmanager": None, "prometheus": None}
 """Services that ``up`` starts without being named only when their setting is on (``ASSESSMENT_STORE_REVERSE_SYNC``;
 None: never); ``down`` and ``status`` include them whenever they run."""
 
@@ -48,10 +51,11 @@ class Stack:
         self.lag_monitor = LagMonitorService(self.settings)
         self.alertmanager = AlertmanagerService(self.settings)
         self.prometheus = PrometheusService(self.settings)
+        self.schema_registry = SchemaRegistryService(self.settings)
         self._by_name: dict[str, _Service] = {
             "kafka": self.kafka, "postgres": self.postgres, "processor": self.processor, "projector": self.projector,
             "bridge": self.bridge, "reverse-sync": self.reverse_sync, "lag-monitor": self.lag_monitor,
-            "alertmanager": self.alertmanager, "prometheus": self.prometheus,
+            "alertmanager": self.alertmanager, "prometheus": self.prometheus, "schema-registry": self.schema_registry,
         }
 
     def default_services(self) -> list[str]:
