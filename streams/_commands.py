@@ -28,6 +28,9 @@ class CommandSender(KeyedProducer):
 
     async def send(self, envelope: CommandEnvelope) -> RecordMetadata:
         c = envelope.command
+        # Started (schemas published, registered with the registry if any) before the first encoding:
+        # in registry mode the codec writes the Confluent format only once it has its schema id.
+        await self.start()
         try:
             value, headers = self._codec.encode(envelope)
         except (ValueError, TypeError, OverflowError) as e:
