@@ -319,3 +319,27 @@ def test_the_mini_registry_keeps_its_ids_across_a_restart(tmp_path: Any) -> None
     with MiniSchemaRegistry(port=0, state_file=state) as second:
         assert post(second.url) == schema_id
         assert second.requests == [("POST", "/subjects/k.events-value/versions")]
+
+
+async def test_the_stack_runs_the_schema_registry_as_an_opt_in_service(tmp_path: Any) -> None:
+    """`stack up schema-registry` starts a process that writers can register with; `stack down` leaves none."""
+    import os
+
+    from assessment_store.stack import Stack
+    from assessment_store.testing import isolated_settings
+
+    base = int(os.environ.get("ASSESSMENT_STORE_TEST_PORT_BASE", "29092"))
+    settings = isolated_settings(tmp_path / "data", port_base=base)
+    stack = Stack(settings)
+    assert "schema-registry" not in stack.default_services()
+    try:
+        assert stack.up(["schema-registry"], log=lambda _m: None) == {"schema-registry": True}
+        status = stack.schema_registry.status()
+        assert status.running and status.address == f"http://127.0.0.1:{settings.schema_registry_port}"
+        codec = EventCodec().avro
+        await register_writer_schemas(_settings(status.address), {"svc.events": codec})
+        assert codec.registry_id is not None
+        assert (tmp_path / "data" / "schema-registry" / "state.json").exists()
+    finally:
+        stack.down(["schema-registry"], log=lambda _m: None)
+    assert stack.schema_registry.pid() is None
