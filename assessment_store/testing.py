@@ -47,6 +47,7 @@ def isolated_settings(data_dir: Path, *, port_base: int, **overrides: object) ->
         "prometheus_port": port_base + 46,
         "alertmanager_port": port_base + 47,
         "dashboard_port": port_base + 48,
+        "schema_registry_port": port_base + 49,
         # The store's processes serve /metrics on port_base+22..+25 (+26..+29 for second instances).
         "metrics_port_base": port_base + 22,
         "cache_dir": Settings().cache_dir.resolve(),

@@ -1,12 +1,14 @@
-"""Codec benchmark: encode and decode cost per event, the previous wire format against the current one.
+"""Codec benchmark: encode and decode cost per event, the previous wire format against the current ones.
 
     .venv/bin/python -m bench.codec [--events 20000] [--repeat 5]
 
 In one run, on the same events (a realistic mix of every payload type): the previous codec
 (schemaless Avro, the fingerprint as hex text in a ``schema-fingerprint`` header, reproduced here as
-it was) and the current one (Avro single-object encoding: ``C3 01`` + fingerprint + body). Both
-encode ``Event``s through ``EventCodec``'s record mapping, so only the wire format differs. Best of
-``--repeat`` runs; prints µs per event and the ratios (current / previous: <= 1.0 is no worse).
+it was), the default one (Avro single-object encoding: ``C3 01`` + fingerprint + body) and the
+registry mode's (Confluent: ``00`` + 4-byte schema id + body; the id is what registration answered
+once, so no network per record: the codec is given an id as ``use_registry_id`` would). All encode
+``Event``s through ``EventCodec``'s record mapping, so only the wire format differs. Best of
+``--repeat`` runs; prints µs per event and the ratios (format / previous: <= 1.0 is no worse).
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def main() -> None:
     args = ap.parse_args()
     events = _events(args.events)
     current = EventCodec()
+    confluent = EventCodec()
+    confluent.avro.use_registry_id(42)
     previous = EventCodec()
     old = PreviousFormat(previous.avro)
     # EventCodec maps an Event to a record and calls its AvroRecordCodec: swap in the previous format.
@@ -91,6 +95,8 @@ def main() -> None:
 
     encoded_new = [current.encode(e) for e in events]
     encoded_old = [previous.encode(e) for e in events]
+    encoded_cf = [confluent.encode(e) for e in events]
+    assert all(confluent.decode(v, h) == e for (v, h), e in zip(encoded_cf, events, strict=True))
     assert all(current.decode(v, h) == e for (v, h), e in zip(encoded_new, events, strict=True))
     assert all(current.decode(v, h) == e for (v, h), e in zip(encoded_old, events, strict=True))  # migration path
 
@@ -101,6 +107,8 @@ def main() -> None:
         "decode, previous (header fingerprint)": lambda: [previous.decode(v, h) for v, h in encoded_old],
         "decode, current (single object)": lambda: [current.decode(v, h) for v, h in encoded_new],
         "decode, current reader on previous records": lambda: [current.decode(v, h) for v, h in encoded_old],
+        "encode, confluent (00 + schema id)": lambda: [confluent.encode(e) for e in events],
+        "decode, confluent (00 + schema id)": lambda: [confluent.decode(v, h) for v, h in encoded_cf],
     }, args.repeat)
     for name, seconds in results.items():
         print(f"{name:45s} {seconds / n * 1e6:7.2f} µs/event")
@@ -108,8 +116,12 @@ def main() -> None:
     dec = results["decode, current (single object)"] / results["decode, previous (header fingerprint)"]
     size_new = sum(len(v) + sum(len(k) + len(x) for k, x in h) for v, h in encoded_new) / n
     size_old = sum(len(v) + sum(len(k) + len(x) for k, x in h) for v, h in encoded_old) / n
+    cf_enc = results["encode, confluent (00 + schema id)"] / results["encode, previous (header fingerprint)"]
+    cf_dec = results["decode, confluent (00 + schema id)"] / results["decode, previous (header fingerprint)"]
+    size_cf = sum(len(v) + sum(len(k) + len(x) for k, x in h) for v, h in encoded_cf) / n
     print(f"ratio current/previous: encode {enc:.2f}, decode {dec:.2f} (goal: <= 1.0, noise ~ +-0.05)")
-    print(f"bytes per record (value + headers): previous {size_old:.1f}, current {size_new:.1f}")
+    print(f"ratio confluent/previous: encode {cf_enc:.2f}, decode {cf_dec:.2f}")
+    print(f"bytes per record (value + headers): previous {size_old:.1f}, current {size_new:.1f}, confluent {size_cf:.1f}")
 
 
 if __name__ == "__main__":

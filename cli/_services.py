@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +38,34 @@ def projector(pid_file: PidFile = None) -> None:
     stats = ProjectorStats()
     _serve_forever(pid_file, "projector", lambda settings: Projector(settings, stats=stats), stats)
 
+
+
+@app.command("schema-registry")
+def schema_registry(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option("--port", min=0, max=65535,
+                                             help="Port (default: ASSESSMENT_STORE_SCHEMA_REGISTRY_PORT).")] = None,
+    state_file: Annotated[Path | None, typer.Option("--state-file", help="Keep schemas and ids in this JSON file.")] = None,
+) -> None:
+    """Serve the minimal Confluent-compatible schema registry (a test double of the protocol: the
+    subset the store uses; docs/events.md) in the foreground until SIGTERM. `stack up schema-registry`
+    runs it in the background."""
+    import signal
+    import threading
+
+    from assessment_store.stack import MiniSchemaRegistry
+
+    registry = MiniSchemaRegistry(host, Settings().schema_registry_port if port is None else port, state_file)
+    stop = threading.Event()
+    # Served from a thread: the server's shutdown must come from another thread than its loop's.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with registry:
+        err.print(f"schema registry (protocol double) on {registry.url}")
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command("replay")

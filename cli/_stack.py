@@ -21,7 +21,10 @@ stack_app = typer.Typer(help="The local stack: Kafka, PostgreSQL and the project
 
 ServicesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="kafka, postgres, processor, projector, bridge and/or reverse-sync (default: all; reverse-sync only with ASSESSMENT_STORE_REVERSE_SYNC=true or when running).", show_default=False),
+    typer.Argument(help="kafka, postgres, schema-registry, processor, projector, bridge, reverse-sync, lag-monitor, "
+                   "alertmanager and/or prometheus (default: kafka, postgres and the store's processes; reverse-sync "
+                   "only with ASSESSMENT_STORE_REVERSE_SYNC=true; the others when named, or when running).",
+                   show_default=False),
 ]
 
 
@@ -57,6 +60,11 @@ def stack_up(
     except (AssessmentStoreError, ValueError, OSError) as e:
         _fail(str(e), EXIT_UNAVAILABLE)
     err.print(f"stack up in {time.monotonic() - t0:.1f} s")
+    if services and "schema-registry" in services and settings.schema_registry_url is None:
+        from assessment_store.stack import SchemaRegistryService
+
+        err.print("writers use the schema registry (Confluent wire format) once this is set: "
+                  f"export ASSESSMENT_STORE_SCHEMA_REGISTRY_URL={SchemaRegistryService(settings).url}")
     stack_status(as_json=False)
 
 

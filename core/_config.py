@@ -97,6 +97,24 @@ class Settings(BaseSettings):
         default=None, description="Where the reverse sync writes the store's changes in the legacy format "
         "(None: '<legacy_topic>.reverse').")
     partitions: int = Field(default=6, ge=1, le=1000)
+
+    # --- schema registry (docs/events.md, "The schema registry") --------------------------------
+    schema_registry_url: str | None = Field(
+        default=None,
+        description="Base URL of a Confluent-compatible schema registry (Apicurio: '<root>/apis/ccompat/v7'). "
+        "Set: writers register their schemas and write the Confluent wire format (0x00 + 4-byte schema id + "
+        "Avro); unset: Avro single objects (C3 01 + fingerprint). Readers accept both either way.",
+    )
+    schema_registry_username: str | None = Field(default=None, description="HTTP basic auth user of the registry.")
+    schema_registry_password: SecretStr | None = Field(default=None, description="Password of schema_registry_username.")
+    schema_registry_timeout_s: float = Field(
+        default=5.0, gt=0, le=120, description="Timeout of one request to the schema registry.")
+    schema_registry_max_response_bytes: int = Field(
+        default=1_000_000, ge=4096, le=64_000_000,
+        description="Largest registry answer read; a longer one is refused (SchemaRegistryUnavailable).")
+    schema_registry_port: int = Field(
+        default=18081, ge=1, le=65535,
+        description="Port of the local stack's schema registry (`stack up schema-registry`), bound to 127.0.0.1.")
     replication_factor: int = Field(
         default=1, ge=1, description="Replicas of new topics; on a local cluster of several brokers at least "
         "min(3, brokers) (see topic_replication_factor).")
@@ -248,6 +266,16 @@ class Settings(BaseSettings):
         default="local",
         description="'local' starts the stack from jars and Debian binaries; 'testcontainers' uses Docker.",
     )
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        if not v.startswith(("http://", "https://")) or "@" in v.split("/", 3)[2]:
+            raise ValueError("must be an http:// or https:// URL without credentials (use schema_registry_username)")
+        return v
 
     @field_validator("test_backend")
     @classmethod

@@ -23,7 +23,11 @@ The tree::
     │   ├── DatabaseUnavailable
     │   ├── DataRejected                    PostgreSQL refused a value (NUL, out of range; .sqlstate), never retriable
     │   ├── FencedOut                       the consumer group gave this member's partitions to another (.group,
-    │                                       .partitions): what it was about to commit or write is no longer its own
+    │   │                                   .partitions): what it was about to commit or write is no longer its own
+    │   ├── SchemaRegistryUnavailable       the schema registry is unreachable or answered nonsense (.url, .status);
+    │   │                                   retriable: a writer raises it rather than fall back to another format
+    │   ├── SchemaRejected                  the schema registry refused a writer schema (.subject, .status, .reason:
+    │   │                                   incompatible under the subject's compatibility mode, invalid); never retriable
     │   ├── bridge.LegacyUnavailable        the legacy service is unreachable or answered nonsense (.url, .status)
     │   └── bridge.LegacyNotSynced          legacy lacks store changes it would serve (.assessment_id, .store_version,
     │                                       .legacy_version); raised by the router's sync before serve
@@ -56,6 +60,8 @@ __all__ = [
     "MissingTool",
     "NotQuarantined",
     "PortInUse",
+    "SchemaRegistryUnavailable",
+    "SchemaRejected",
     "ServiceFailed",
     "StackError",
     "StoreUsageError",
@@ -230,6 +236,33 @@ class FencedOut(BackendError):
         self.group = group
         self.partitions = partitions
         super().__init__(message)
+
+
+class SchemaRegistryUnavailable(BackendError):
+    """The schema registry did not answer, or answered something that is not its protocol (a 5xx, a
+    body too large or not JSON). Retriable: the write that needed it was not attempted, and no record
+    went out in another wire format instead (docs/events.md, "The schema registry")."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        self.url = url
+        self.status = status
+        self.reason = reason
+        code = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"schema registry {url}{code}: {reason}")
+
+
+class SchemaRejected(BackendError):
+    """The schema registry refused to register a writer schema under a subject: incompatible with
+    the versions before it under the subject's compatibility mode (HTTP 409), or invalid (422). The
+    same schema is refused again however often it is retried: a deployment problem, not an outage."""
+
+    retriable = False
+
+    def __init__(self, subject: str, status: int, reason: str) -> None:
+        self.subject = subject
+        self.status = status
+        self.reason = reason
+        super().__init__(f"schema registry refused the writer schema of subject {subject!r} (HTTP {status}): {reason}")
 
 
 class KafkaAccessDenied(BackendError):

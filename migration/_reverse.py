@@ -40,6 +40,7 @@ from assessment_store.core import (
     ProgressUpdated,
     Settings,
     Started,
+    UnresolvableSchema,
     counter,
     counter_by,
     gauge,
@@ -47,6 +48,8 @@ from assessment_store.core import (
 from assessment_store.schemas import EventCodec
 from assessment_store.streams import (
     LogFence,
+    PartitionStops,
+    SchemaResolver,
     TopicSpec,
     Verdict,
     admin_client,
@@ -66,6 +69,8 @@ __all__ = ["REVERSE_EMITTER", "ReverseStats", "ReverseSync", "ReverseSyncStatus"
 log = logging.getLogger("assessment_store.migration.reverse")
 
 REVERSE_EMITTER = "assessment-store-reverse"
+_SCHEMA_RETRY_S = 5.0
+"""how long a partition stopped at an unresolvable event waits before it is read again"""
 
 
 def to_legacy_message(event: Event) -> dict[str, JSON] | None:
@@ -112,6 +117,9 @@ class ReverseStats:
     undecodable: int = 0
     fenced: int = 0
     """events a processor wrote after a later owner's fence (streams/_fence.py): never synced"""
+    unresolvable: int = 0
+    """stops at an event whose writer schema cannot be resolved: the partition waits there (not among
+    ``events``: the event is read again)"""
     batches: int = 0
     lag_seconds: float = 0.0
     """at the last non-empty batch: how long ago its oldest record was written to the events topic"""
@@ -125,6 +133,8 @@ class ReverseStats:
             counter_by(p + "events_skipped_total", "Events not synced, by reason", ["reason"],
                        {"not_store": self.skipped_not_store, "no_legacy_event": self.skipped_no_legacy_event,
                         "undecodable": self.undecodable, "fenced": self.fenced}),
+            counter(p + "unresolvable_schema_total", "Partition stops at an event whose writer schema is unresolvable",
+                    self.unresolvable),
             counter(p + "batches_total", "Batches handled", self.batches),
             gauge(p + "lag_seconds", "At the last batch, age of its oldest event when it was emitted", self.lag_seconds),
         ]
@@ -132,7 +142,7 @@ class ReverseStats:
     def to_json(self) -> dict[str, JSON]:
         return {"events": self.events, "emitted": self.emitted, "skippedNotStore": self.skipped_not_store,
                 "skippedNoLegacyEvent": self.skipped_no_legacy_event, "undecodable": self.undecodable,
-                "fenced": self.fenced,
+                "fenced": self.fenced, "unresolvable": self.unresolvable,
                 "batches": self.batches}
 
 
@@ -150,6 +160,10 @@ class ReverseSync(AsyncLifecycle):
         self.topic = topic or settings.legacy_reverse_topic
         self.stats = stats if stats is not None else ReverseStats()
         self._codec = EventCodec()
+        # Events of a newer writer are resolved (schemas topic, registry), never counted undecodable;
+        # one that cannot be stops its partition there until it can.
+        self._resolver = SchemaResolver(settings, "reverse-sync", [self._codec.avro], retry_s=_SCHEMA_RETRY_S)
+        self._stops = PartitionStops("reverse-sync", self._resolver, _SCHEMA_RETRY_S)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         # The fence in force per partition at our position; a partition assigned to us is loaded from
@@ -195,9 +209,15 @@ class ReverseSync(AsyncLifecycle):
         consumer, producer = self._consumer, self._producer
         stop = stop or asyncio.Event()
         while not stop.is_set():
+            due = self._stops.due()
+            if due:
+                # Sought back to the unresolvable event when stopped: read again from there.
+                consumer.resume(*[tp for tp in due if tp in consumer.assignment()])
             with translate_kafka_errors("reading the events topic"):
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+            await self._resolver.learn(batch)
             futures = []
+            done: dict[TopicPartition, int] = {}
             for tp in batch:
                 if tp not in self._fence_known:
                     _offset, metadata = await committed_with_metadata(consumer, tp)
@@ -206,26 +226,37 @@ class ReverseSync(AsyncLifecycle):
             with translate_kafka_errors("emitting reverse-synced messages"):
                 for tp, records in batch.items():
                     for rec in records:
+                        # Judging an accepted record changes nothing: the one a stop reads again is judged again.
                         verdict, _epoch = self._fence.judge(tp, rec.headers)
                         if verdict is not Verdict.ACCEPTED:
                             self.stats.fenced += verdict is Verdict.FENCED
                             continue
-                        message = self._translate(rec.value, rec.headers, f"{rec.topic}/{rec.partition}/{rec.offset}")
+                        try:
+                            message = self._translate(rec.value, rec.headers, f"{rec.topic}/{rec.partition}/{rec.offset}")
+                        except UnresolvableSchema as e:
+                            # Ordering: the partition's progress ends before this event (its offset is
+                            # what gets committed); nothing after it is synced before it is.
+                            self.stats.unresolvable += 1
+                            self._stops.stop_consumer(consumer, tp, e.at(rec.topic, rec.partition, rec.offset))
+                            done[tp] = rec.offset
+                            break
                         if message is not None:
                             futures.append(await producer.send(
                                 self.topic, json.dumps(message, separators=(",", ":")).encode(), key=rec.key))
+                    else:
+                        if records:
+                            done[tp] = records[-1].offset + 1
                 # Ordering: every message of the batch is acknowledged before its offsets are
                 # committed, so a crash re-emits (identical, dedupable) messages, never skips one.
                 # Per assessment the order is kept: one events partition holds all of an assessment's
                 # events in version order, and its messages go, in that order, to the one reverse
                 # partition its key hashes to, through an idempotent producer (no reordering on retry).
                 await asyncio.gather(*futures)
-                if batch:
+                if done:
                     # With each offset, the fence in force there: a restart or the next owner of the
                     # partition resumes with it.
-                    await consumer.commit({
-                        tp: OffsetAndMetadata(recs[-1].offset + 1, fence_metadata(self._fence.current(tp)))
-                        for tp, recs in batch.items() if recs})
+                    await consumer.commit({tp: OffsetAndMetadata(offset, fence_metadata(self._fence.current(tp)))
+                                           for tp, offset in done.items()})
             self.stats.emitted += len(futures)
             if batch:
                 self.stats.batches += 1
@@ -233,14 +264,19 @@ class ReverseSync(AsyncLifecycle):
                 self.stats.lag_seconds = max(0.0, time.time() - oldest / 1000)
 
     def _translate(self, value: bytes | None, headers: object, where: str) -> dict[str, JSON] | None:
-        self.stats.events += 1
+        """The legacy message of one event record, None when none is due. Raises ``UnresolvableSchema``
+        (not counted among ``events``: the record is read again, see run)."""
         try:
             event = self._codec.decode(value, headers)  # type: ignore[arg-type]
+        except UnresolvableSchema:
+            raise
         except CodecError as e:
             # Counted and logged with its position; the record itself stays on the events topic.
+            self.stats.events += 1
             self.stats.undecodable += 1
             log.error("reverse sync: cannot decode %s (%s); skipped", where, e)
             return None
+        self.stats.events += 1
         if event.source is not EventSource.STORE:
             self.stats.skipped_not_store += 1
             return None
@@ -258,6 +294,7 @@ class _ForgetFences(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.sync._fence_known.difference_update(revoked)
+        self.sync._stops.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.sync._fence_known.difference_update(assigned)

@@ -92,10 +92,11 @@ from assessment_store.core import (
     evolve,
     histogram,
 )
-from assessment_store.schemas import EventCodec, OutcomeCodec, record_fingerprint
+from assessment_store.schemas import EventCodec, OutcomeCodec
 from assessment_store.streams import (
     COMMAND_OFFSET_HEADER,
     LogFence,
+    PartitionStops,
     SchemaResolver,
     Verdict,
     ensure_topics,
@@ -257,8 +258,8 @@ class Projector(AsyncLifecycle):
         self.outcome_codec = OutcomeCodec()
         self.resolver = SchemaResolver(settings, "projector", [self.codec.avro, self.outcome_codec.avro],
                                        retry_s=_SCHEMA_RETRY_S)
-        # Partitions stopped at an unresolvable record -> when to seek them again.
-        self._stopped: dict[TopicPartition, float] = {}
+        # Partitions stopped at an unresolvable record, until they are sought again.
+        self._stopped = PartitionStops("projector", self.resolver, _SCHEMA_RETRY_S)
         self.stats = stats if stats is not None else ProjectorStats()
         self._pool: asyncpg.Pool | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -423,11 +424,8 @@ class Projector(AsyncLifecycle):
             await self._open_pool()
         consumer = self._consumer
         assert consumer is not None
-        now = time.monotonic()
-        missing = [tp for tp in consumer.assignment()
-                   if tp not in self._positioned and self._stopped.get(tp, 0.0) <= now]
-        for tp in missing:
-            self._stopped.pop(tp, None)
+        self._stopped.due()
+        missing = [tp for tp in consumer.assignment() if tp not in self._positioned and not self._stopped.waiting(tp)]
         if missing:
             consumer.pause(*missing)
             stored = await self._seek_to_stored(sorted(missing))
@@ -560,22 +558,15 @@ class Projector(AsyncLifecycle):
             return _anomaly("fenced", rec, detail, raw=rec.value)  # a stale fence record, or undecodable
 
     async def learn_schemas(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        """Look up, on the schemas topic, the writer schemas of ``records`` the codecs do not know
-        (one read for the batch, none when all are known)."""
-        fps = {fp for recs in records.values() for r in recs
-               if (fp := record_fingerprint(r.value, r.headers)) is not None}
-        if self.resolver.unknown(fps):
-            await self.resolver.resolve(fps)
+        """Look up the writer schemas of ``records`` the codecs do not know (``SchemaResolver.learn``)."""
+        await self.resolver.learn(records)
 
     def _stop_unresolved(self, batch: _Batch) -> None:
         """After the batch committed: each partition stopped at an unresolvable record waits,
         paused and unpositioned, to be sought again to the stored offset (that record's)."""
         for tp, e in batch.unresolved.items():
-            log.error("UNRESOLVABLE SCHEMA: %s; partition %s stops here (nothing skipped) and is read again in "
-                      "%g s; publish the writer schema to %s", e, tp, _SCHEMA_RETRY_S,
-                      self.resolver.topic)
+            self._stopped.stop(tp, e)
             self._positioned.pop(tp, None)
-            self._stopped[tp] = time.monotonic() + _SCHEMA_RETRY_S
             if self._consumer is not None and tp in self._consumer.assignment():
                 self._consumer.pause(tp)
 

@@ -14,13 +14,24 @@ from ._kafka import KafkaService
 from ._postgres import PostgresService
 from ._procs import LogFn, ServiceStatus
 from ._prometheus import AlertmanagerService, PrometheusService
-from ._store_services import BridgeService, DashboardService, LagMonitorService, ProcessorService, ProjectorService, ReverseSyncService
+from ._schema_registry import SchemaRegistryService
+from ._store_services import (
+    BridgeService,
+    DashboardService,
+    LagMonitorService,
+    ProcessorService,
+    ProjectorService,
+    ReverseSyncService,
+)
 
 __all__ = ["SERVICES", "Stack"]
 
-SERVICES = ("kafka", "postgres", "processor", "projector", "bridge", "reverse-sync", "lag-monitor", "dashboard",
-            "alertmanager", "prometheus")
-_OPT_IN: dict[str, str | None] = {"reverse-sync": "reverse_sync", "lag-monitor": None, "dashboard": None,
+# The schema registry before the store's processes: a writer configured for it registers its schemas
+# when it starts.
+SERVICES = ("kafka", "postgres", "schema-registry", "processor", "projector", "bridge", "reverse-sync", "lag-monitor",
+            "dashboard", "alertmanager", "prometheus")
+_OPT_IN: dict[str, str | None] = {"schema-registry": None, "reverse-sync": "reverse_sync", "lag-monitor": None,
+                                  "dashboard": None,
                                   "alertmanager": None, "prometheus": None}
 """Services that ``up`` starts without being named only when their setting is on (``ASSESSMENT_STORE_REVERSE_SYNC``;
 None: never); ``down`` and ``status`` include them whenever they run."""
@@ -49,11 +60,12 @@ class Stack:
         self.dashboard = DashboardService(self.settings)
         self.alertmanager = AlertmanagerService(self.settings)
         self.prometheus = PrometheusService(self.settings)
+        self.schema_registry = SchemaRegistryService(self.settings)
         self._by_name: dict[str, _Service] = {
             "kafka": self.kafka, "postgres": self.postgres, "processor": self.processor, "projector": self.projector,
             "bridge": self.bridge, "reverse-sync": self.reverse_sync, "lag-monitor": self.lag_monitor,
-            "dashboard": self.dashboard,
-            "alertmanager": self.alertmanager, "prometheus": self.prometheus,
+            "dashboard": self.dashboard, "alertmanager": self.alertmanager, "prometheus": self.prometheus,
+            "schema-registry": self.schema_registry,
         }
 
     def default_services(self) -> list[str]:

@@ -46,7 +46,8 @@ def _ready(url: str) -> bool:
 
 
 class _DebianDaemon:
-    """A daemon from a Debian package, run in the background with its own pid file and log."""
+    """A daemon from a Debian package (or any one program: ``binary``), run in the background with its
+    own pid file and log, ready once ``_ready_url`` answers 200."""
 
     name = ""
     binary = ""

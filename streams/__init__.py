@@ -8,7 +8,8 @@ from ._kafka import (
     topic_end_offsets, translate_kafka_errors,
 )
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
-from ._schema_topic import SchemaResolver, read_schemas
+from ._schema_topic import PartitionStops, SchemaResolver, read_schemas
+from ._registry import COMPATIBILITY, SchemaRegistryClient, register_writer_schemas, registry_subject
 from ._kafka import publish_schemas
 from ._fence import LogFence, Verdict, fence_metadata, metadata_epoch
 from ._kafka import admin_client, committed_with_metadata, kafka_principal, node_client_env, read_credentials, start_kafka_client
@@ -16,6 +17,11 @@ from ._kafka import admin_client, committed_with_metadata, kafka_principal, node
 __all__ = [
     "Appender",
     "SchemaResolver",
+    "PartitionStops",
+    "COMPATIBILITY",
+    "SchemaRegistryClient",
+    "register_writer_schemas",
+    "registry_subject",
     "publish_schemas",
     "read_schemas",
     "schemas_topic",

@@ -62,7 +62,7 @@ class Appender:
         await start_kafka_client(producer, self._settings, "bridge",
                                  f"starting the bridge's producer for {self._settings.kafka_bootstrap}")
         try:
-            await publish_schemas(self._settings, producer, [self._codec.avro])
+            await publish_schemas(self._settings, producer, {self._settings.commands_topic: self._codec.avro})
         except BaseException:
             await producer.stop()
             raise
@@ -83,13 +83,15 @@ class Appender:
         return self._producer
 
     def encode(self, envelope: CommandEnvelope) -> tuple[bytes, list[tuple[str, bytes]]]:
-        """The command's record value and headers; raises whatever the Avro encoder raises."""
+        """The command's record value and headers; raises whatever the Avro encoder raises. Only once
+        started: in registry mode the codec has its schema id (the Confluent format) from then on."""
+        self._p  # noqa: B018 - raises when not started
         return self._codec.encode(envelope)
 
     async def command(self, envelope: CommandEnvelope,
                       encoded: tuple[bytes, list[tuple[str, bytes]]] | None = None) -> None:
         """Queue a command (``encoded``: its ``encode`` result, when the caller encoded it already)."""
-        value, headers = encoded if encoded is not None else self._codec.encode(envelope)
+        value, headers = encoded if encoded is not None else self.encode(envelope)
         await self.record(self._settings.commands_topic, value, envelope.command.assessment_id.encode(), headers)
 
     async def record(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:

@@ -24,10 +24,13 @@ class CommandSender(KeyedProducer):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self._codec = CommandCodec()
-        self.writer_schemas = [self._codec.avro]
+        self.writer_schemas = {settings.commands_topic: self._codec.avro}
 
     async def send(self, envelope: CommandEnvelope) -> RecordMetadata:
         c = envelope.command
+        # Started (schemas published, registered with the registry if any) before the first encoding:
+        # in registry mode the codec writes the Confluent format only once it has its schema id.
+        await self.start()
         try:
             value, headers = self._codec.encode(envelope)
         except (ValueError, TypeError, OverflowError) as e:

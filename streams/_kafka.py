@@ -8,7 +8,7 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -34,6 +34,8 @@ from assessment_store.core import (
     ValidationError,
 )
 from assessment_store.schemas import AvroRecordCodec
+
+from ._registry import register_writer_schemas
 
 __all__ = [
     "PRINCIPALS", "KeyedProducer", "Principal", "close_producer", "committed_with_metadata", "kafka_client_options",
@@ -254,8 +256,9 @@ class KeyedProducer(AsyncLifecycle):
 
     def __init__(self, settings: Settings, *, principal: Principal | None = None) -> None:
         self._settings = settings
-        self.writer_schemas: list[AvroRecordCodec] = []
-        """published to the schemas topic before the first record (subclasses fill it)"""
+        self.writer_schemas: dict[str, AvroRecordCodec] = {}
+        """topic -> the codec of its records: published to the schemas topic (and registered with the
+        schema registry, if any) before the first record (subclasses fill it)"""
         if principal is not None:
             self.principal = principal
         self._producer: AIOKafkaProducer | None = None
@@ -316,11 +319,15 @@ def schemas_topic_spec(settings: Settings) -> TopicSpec:
 _published: set[tuple[str, str, str]] = set()
 
 
-async def publish_schemas(settings: Settings, producer: AIOKafkaProducer, codecs: Iterable[AvroRecordCodec]) -> None:
-    """Publish each codec's writer schema, awaiting the broker's acknowledgement: called before a
-    writer's first record, so no reader can meet a record whose schema is not on the topic yet."""
+async def publish_schemas(settings: Settings, producer: AIOKafkaProducer,
+                          codecs: Mapping[str, AvroRecordCodec]) -> None:
+    """Publish each codec's writer schema (``codecs``: the topic it writes -> its codec), awaiting the
+    broker's acknowledgement: called before a writer's first record, so no reader can meet a record
+    whose schema is not on the topic yet. With a schema registry configured, also register each under
+    its topic's subject and switch the codec to the Confluent format (``streams._registry``); the
+    registry unreachable is ``SchemaRegistryUnavailable``, and the writer does not start."""
     topic = schemas_topic(settings)
-    for codec in codecs:
+    for codec in codecs.values():
         key = (settings.kafka_bootstrap, topic, codec.fingerprint)
         if key in _published:
             continue
@@ -328,6 +335,8 @@ async def publish_schemas(settings: Settings, producer: AIOKafkaProducer, codecs
             delivered = await producer.send(topic, codec.schema_json.encode(), key=codec.fingerprint.encode())
             await delivered
         _published.add(key)
+    if settings.schema_registry_url is not None:
+        await register_writer_schemas(settings, codecs)
 
 
 def store_topics(settings: Settings) -> list[TopicSpec]:

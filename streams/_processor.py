@@ -103,6 +103,7 @@ from assessment_store.core import (
     StackError,
     State,
     StoreUsageError,
+    UnresolvableSchema,
     counter,
     counter_by,
     decide,
@@ -112,6 +113,7 @@ from assessment_store.core import (
 from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 
 from ._fence import EPOCH_HEADER, LogFence, Verdict, fence_headers, fence_metadata, metadata_epoch
+from ._schema_topic import PartitionStops, SchemaResolver
 from ._kafka import (
     committed_with_metadata,
     ensure_topics,
@@ -127,6 +129,8 @@ __all__ = ["COMMAND_OFFSET_HEADER", "CommandProcessor", "ProcessorStats"]
 log = logging.getLogger("assessment_store.processor")
 
 COMMAND_OFFSET_HEADER = "command-offset"
+_SCHEMA_RETRY_S = 5.0
+"""how long a partition stopped at an unresolvable record waits before it is read again"""
 
 
 @dataclass
@@ -143,6 +147,9 @@ class ProcessorStats:
     """records of a fenced writer (a zombie's) met while rebuilding: never applied"""
     commits_refused: int = 0
     """batch commits the group refused (this member had been rebalanced away): its state is rebuilt"""
+    unresolvable: int = 0
+    """stops at a record whose writer schema cannot be resolved (a command, or an event or outcome met
+    while rebuilding): the partition waits there, nothing is skipped or dead-lettered"""
     rejected_by_type: Counter[str] = field(default_factory=Counter)
     """rejections per error type (``InvalidTransition``, ...); their sum is ``rejected``"""
     command_to_event: Histogram = field(default_factory=Histogram)
@@ -167,6 +174,8 @@ class ProcessorStats:
             counter(p + "fenced_records_ignored_total", "Records of a fenced writer met while rebuilding",
                     self.fenced_ignored),
             counter(p + "commits_refused_total", "Batch commits the group refused", self.commits_refused),
+            counter(p + "unresolvable_schema_total", "Partition stops at a record whose writer schema is unresolvable",
+                    self.unresolvable),
             histogram(p + "command_to_event_seconds", "Command record timestamp to its event acknowledged",
                       self.command_to_event),
         ]
@@ -203,6 +212,12 @@ class CommandProcessor(AsyncLifecycle):
         self._commands = CommandCodec()
         self._events = EventCodec()
         self._outcomes = OutcomeCodec()
+        # A record of a newer writer (a command from a newer client, an event or outcome of a newer
+        # processor) is resolved through the schemas topic or the registry, never dead-lettered or
+        # skipped; one that cannot be stops its partition until it can (PartitionStops).
+        self._resolver = SchemaResolver(settings, "processor", [self._commands.avro, self._events.avro,
+                                                                self._outcomes.avro], retry_s=_SCHEMA_RETRY_S)
+        self._stops = PartitionStops("processor", self._resolver, _SCHEMA_RETRY_S)
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._parts: dict[int, _Partition] = {}
@@ -238,8 +253,10 @@ class CommandProcessor(AsyncLifecycle):
         with translate_kafka_errors("starting the processor's producer"):
             await producer.start()
         try:
-            # Before the first event or outcome: a reader meeting our fingerprint finds the schema.
-            await publish_schemas(s, producer, [self._events.avro, self._outcomes.avro])
+            # Before the first event or outcome: a reader meeting our fingerprint (or registry id) finds
+            # the schema. The commands schema too: the processor writes the deadline commands.
+            await publish_schemas(s, producer, {s.events_topic: self._events.avro, s.outcomes_topic: self._outcomes.avro,
+                                                s.commands_topic: self._commands.avro})
         except BaseException:
             await producer.stop()
             raise
@@ -284,9 +301,12 @@ class CommandProcessor(AsyncLifecycle):
         stop = stop or asyncio.Event()
         while not stop.is_set():
             await self._rebuild_pending()
+            await self._resume_stopped()
             with translate_kafka_errors("fetching commands"):
                 batches = await self._consumer.getmany(timeout_ms=100)
             if batches:
+                # Outside the lock: a look-up may take a registry round trip; it only adds writer schemas.
+                await self._resolver.learn(batches)
                 committed, token = await self._handle(batches)
                 if committed:
                     await self._commit(committed, token)
@@ -294,11 +314,33 @@ class CommandProcessor(AsyncLifecycle):
 
     # --- rebuilding a partition from the log --------------------------------------------------
 
+    async def _resume_stopped(self) -> None:
+        """Read partitions stopped at an unresolvable command again, from that command (the stop
+        sought back to it), once their wait is over."""
+        consumer = self._consumer
+        assert consumer is not None
+        due = self._stops.due()
+        if due:
+            async with self._lock:
+                assigned = consumer.assignment()
+                for tp in due:
+                    if tp.partition in self._parts and tp in assigned:
+                        consumer.resume(tp)
+
     async def _rebuild_pending(self) -> None:
         assert self._consumer is not None
         for partition, generation in list(self._pending.items()):
+            cmd_tp = TopicPartition(self.settings.commands_topic, partition)
+            if self._stops.waiting(cmd_tp):
+                continue
             try:
                 part = await self._rebuild(partition)
+            except UnresolvableSchema as e:
+                # An event or outcome of the partition that cannot be read: the state would miss it, so
+                # the partition is not taken (it stays pending and paused) until the schema can be found.
+                self.stats.unresolvable += 1
+                self._stops.stop(cmd_tp, e)
+                continue
             except FencedOut as e:
                 # The group moved on (a rebalance is under way): not ours to write. The partition
                 # stays paused; the rebalance's assignment puts it back in _pending if it is ours.
@@ -381,6 +423,7 @@ class CommandProcessor(AsyncLifecycle):
         done = {tp for tp, end in targets.items() if await reader.position(tp) >= end}
         while len(done) < len(targets):
             fetched = await reader.getmany(*[tp for tp in targets if tp not in done], timeout_ms=500)
+            await self._resolver.learn(fetched)
             for tp, recs in fetched.items():
                 for rec in recs:
                     if rec.offset >= targets[tp]:
@@ -405,6 +448,8 @@ class CommandProcessor(AsyncLifecycle):
     def _rebuild_event(self, part: _Partition, rec: ConsumerRecord[bytes, bytes], committed: int) -> None:
         try:
             ev = self._events.decode(rec.value, rec.headers)
+        except UnresolvableSchema as e:
+            raise e.at(rec.topic, rec.partition, rec.offset) from None  # never skipped: see _rebuild_pending
         except CodecError as e:
             log.error("undecodable event at %s/%d: %s", rec.partition, rec.offset, e)
             return
@@ -424,6 +469,8 @@ class CommandProcessor(AsyncLifecycle):
     def _rebuild_outcome(self, part: _Partition, rec: ConsumerRecord[bytes, bytes]) -> None:
         try:
             o = self._outcomes.decode(rec.value, rec.headers)
+        except UnresolvableSchema as e:
+            raise e.at(rec.topic, rec.partition, rec.offset) from None
         except CodecError as e:
             log.error("undecodable outcome at %s/%d: %s", rec.partition, rec.offset, e)
             return
@@ -462,13 +509,22 @@ class CommandProcessor(AsyncLifecycle):
             outcomes: list[tuple[Outcome, int]] = []
             dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
             commit: dict[TopicPartition, int] = {}
+            stopped: dict[TopicPartition, UnresolvableSchema] = {}
             for tp, records in batches.items():
                 part = self._parts.get(tp.partition)
                 if part is None or not records:
                     continue  # revoked (or not rebuilt yet) since the fetch: the next owner handles them
                 for rec in records:
-                    self._handle_one(part, rec, now, events, outcomes, dead)
-                commit[tp] = records[-1].offset + 1
+                    try:
+                        self._handle_one(part, rec, now, events, outcomes, dead)
+                    except UnresolvableSchema as e:
+                        # Ordering: the partition's progress ends before this command (nothing after it
+                        # is handled; its offset is what gets committed), and it is read again from it.
+                        stopped[tp] = e.at(rec.topic, rec.partition, rec.offset)
+                        commit[tp] = rec.offset
+                        break
+                else:
+                    commit[tp] = records[-1].offset + 1
             # Events first, all acknowledged, then outcomes (rejections and answers to re-sent
             # commands only): see point 2 of the module docstring.
             with translate_kafka_errors("appending events"):
@@ -503,6 +559,10 @@ class CommandProcessor(AsyncLifecycle):
                         headers=headers,
                     ))
                 await asyncio.gather(*sent)
+            assert self._consumer is not None
+            for tp, unresolved in stopped.items():
+                self.stats.unresolvable += 1
+                self._stops.stop_consumer(self._consumer, tp, unresolved)
             return commit, token
 
     def _handle_one(self, part: _Partition, rec: ConsumerRecord[bytes, bytes], now: datetime,
@@ -510,6 +570,8 @@ class CommandProcessor(AsyncLifecycle):
                     dead: list[tuple[ConsumerRecord[bytes, bytes], str]]) -> None:
         try:
             env = self._commands.decode(rec.value, rec.headers)
+        except UnresolvableSchema:
+            raise  # not corrupt: a schema not found (yet); the partition stops here (_handle)
         except CodecError as e:
             self.stats.dead_lettered += 1
             log.error("dead-lettering command at %s/%d: %s", rec.partition, rec.offset, e)
@@ -640,6 +702,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self.processor._lock:  # waits for the batch in flight: it completes before handover
             self.processor._revocations += 1  # no batch handled before this point is committed after it
             committing = self.processor._committing
+            self.processor._stops.forget(revoked)
             for tp in revoked:
                 self.processor._parts.pop(tp.partition, None)
                 self.processor._pending.pop(tp.partition, None)

@@ -32,9 +32,10 @@ class EventProducer(KeyedProducer):
                  principal: Principal | None = None) -> None:
         super().__init__(settings, principal=principal)
         self._codec = codec or EventCodec()
-        self.writer_schemas = [self._codec.avro]
+        self.writer_schemas = {settings.events_topic: self._codec.avro}
 
     async def append(self, event: Event) -> RecordMetadata:
+        await self.start()  # before encoding: registry mode needs the schema id first
         value, headers = self._codec.encode(event)
         return await self._send(
             f"appending {event.type.value} v{event.version} of {event.assessment_id!r}",
