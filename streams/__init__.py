@@ -8,6 +8,7 @@ from ._kafka import (
     topic_end_offsets, translate_kafka_errors,
 )
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
+from ._snapshot import state_topic
 from ._schema_topic import SchemaResolver, read_schemas
 from ._kafka import publish_schemas
 from ._fence import LogFence, Verdict, fence_metadata, metadata_epoch
@@ -40,6 +41,7 @@ __all__ = [
     "ensure_topics",
     "kafka_client_options",
     "partition_counts",
+    "state_topic",
     "store_topics",
     "topic_end_offsets",
     "translate_kafka_errors",

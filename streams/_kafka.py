@@ -33,6 +33,8 @@ from assessment_store.core import (
 )
 from assessment_store.schemas import AvroRecordCodec
 
+from ._snapshot import state_topic as _state_topic, state_topic_config as _state_topic_config
+
 __all__ = [
     "PRINCIPALS", "KeyedProducer", "Principal", "close_producer", "committed_with_metadata", "kafka_client_options",
     "kafka_principal", "node_client_env",
@@ -343,6 +345,8 @@ def store_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.legacy_topic + ".dlq", 1, forever),
         # Every writer schema of the three above, keyed by fingerprint (streams/_schema_topic.py).
         schemas_topic_spec(settings),
+        # The processor's state changelog (streams/_snapshot.py): partition p is command partition p's.
+        TopicSpec(_state_topic(settings), settings.partitions, _state_topic_config()),
     ]
 
 
