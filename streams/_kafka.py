@@ -383,6 +383,14 @@ async def ensure_topics(
                     created.append(spec.name)
                 except TopicAlreadyExistsError:
                     pass  # another process created it between list and create
+            # A created topic's partitions reach the metadata a moment later: wait (bounded), so a
+            # caller describing it next (partition counts) does not see it without partitions.
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while created and asyncio.get_running_loop().time() < deadline:
+                described = await admin.describe_topics(created)
+                if all(d.get("partitions") for d in described):
+                    break
+                await asyncio.sleep(0.05)
     return created
 
 

@@ -255,7 +255,7 @@ class _Partition:
     outcomes_next: int | None = None
     checkpointed: tuple[int, int] | None = None
     """(events, outcomes) offsets of the last checkpoint written"""
-    last_snapshot: float = 0.0
+    last_snapshot: float = float("-inf")
     """time.monotonic() of the last snapshot write"""
 
 
@@ -359,6 +359,19 @@ class CommandProcessor(AsyncLifecycle):
     @property
     def owned_partitions(self) -> list[int]:
         return sorted(self._parts)
+
+    def folded_state(self) -> dict[str, Assessment | tuple[State, int]]:
+        """Every assessment of the owned partitions as folded: live ones in full, COMPLETED and
+        CANCELLED ones as (state, version). For comparing two rebuilds (tests, ``bench.restart``)."""
+        out: dict[str, Assessment | tuple[State, int]] = {}
+        for part in self._parts.values():
+            out.update(part.states)
+            out.update(part.terminal)
+        return out
+
+    def remembered_command_ids(self) -> set[str]:
+        """The command ids in the idempotency window of the owned partitions."""
+        return {cid for part in self._parts.values() for cid in part.outcomes}
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         await self.start()
