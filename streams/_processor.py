@@ -869,7 +869,7 @@ class CommandProcessor(AsyncLifecycle):
 
     async def _write_snapshots(self, *, force: bool = False) -> None:
         """Write what changed in each owned partition since its last write, at most every
-        ``processor_snapshot_interval_s``. Called between batches only, after their commit: every
+        ``processor_snapshot_interval_s`` (``force``: now, all of it). Called between batches only, after their commit: every
         state written is one of committed commands (streams/_snapshot.py, point 1)."""
         s = self.settings
         if not s.processor_snapshots or self._producer is None:
@@ -884,6 +884,8 @@ class CommandProcessor(AsyncLifecycle):
                 checkpoint_due = None not in covered and covered != part.checkpointed and not part.held
                 if part.dirty or part.new_outcomes or part.stale_chunks or checkpoint_due:
                     await self._write_snapshot(partition, part)
+                    while force and part.dirty:  # a clean stop writes all of it, checkpoint last
+                        await self._write_snapshot(partition, part)
                 part.last_snapshot = now
 
     async def _write_snapshot(self, partition: int, part: _Partition) -> None:
