@@ -24,8 +24,19 @@ Ordering and crash safety, without Kafka transactions (see the note below on why
    the state it saw the first time, because all earlier commands' events are applied and no
    later one's). ``decide``'s accept/reject answer does not depend on the clock, so the second
    answer equals the first. Handling resumes at ``c`` (an explicit seek), whatever was fetched.
+   With snapshots (``streams/_snapshot.py``), the fold of the events of commands below ``c`` starts
+   from the last checkpoint's state instead of offset 0: the checkpoint covers only committed
+   commands and is written only when no held-back event is pending, so the state it loads is the
+   fold of exactly the events a full rebuild applies up to the checkpoint's offsets, and the tail
+   after them is folded and held back by the same rule as above. Events at or below an
+   assessment's loaded version are already in it (a snapshot write after the checkpoint) and are
+   skipped, as a full rebuild would not apply them twice either.
 4. A command id seen before (from the outcome records and from the events' causation ids) is
-   answered with its original outcome, an outcome record marked ``duplicate``; no event.
+   answered with its original outcome, an outcome record marked ``duplicate``; no event. The
+   record is a window: the newest ``processor_idempotency_max_ids`` ids per partition, none older
+   than ``processor_idempotency_window_s``, kept in the snapshot. An id past the window is decided
+   again as a new command (docs/architecture.md, "Idempotency window"). The outcomes of commands at
+   or after ``c`` are never dropped at a takeover, so a re-consumed command still finds its own.
 
 Fencing (a *zombie*: a processor that stalls past the session timeout, e.g. a GC-like pause or
 SIGSTOP, loses its partitions to another member, then wakes with commands in hand and stale
@@ -33,13 +44,15 @@ states, and keeps appending; without a fence the log held two events of one vers
 assessment). The rule readers apply is in ``streams/_fence.py``; the writer's side:
 
 5. Taking partition *p* over (``_rebuild``), in this order: (a) fold the events and outcomes
-   partitions to their current end, honouring the fences already on them; (b) *reserve* an epoch
+   partitions to their current end (from the snapshot's checkpoint, under the fence in force
+   there: its writer's epoch), honouring the fences already on them; (b) *reserve* an epoch
    ``e`` = 1 + the highest of every fence on the log and the epoch recorded in the metadata of
    the group's committed offset of command partition *p*, by committing that offset again with
    ``fence-epoch=e`` as metadata: the group coordinator refuses a commit from a member of an old
    generation, so a zombie never gets an epoch, and a later owner reads ``e`` back in its own (b)
    and goes above it (the coordinator orders that commit before the later generation begins);
-   (c) append a fence record with ``e`` to partition *p* of the events and of the outcomes topic;
+   (c) append a fence record with ``e`` to partition *p* of the events and of the outcomes topic
+   (and of the state topic, where it fences an earlier owner's late snapshot writes);
    (d) fold what an earlier owner wrote between (a) and the fences (readers accept it: it
    precedes them), up to and including the fences. Then handle commands.
 6. Every event and outcome record carries ``writer-epoch: e``. A reader ignores a record whose
