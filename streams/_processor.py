@@ -128,6 +128,7 @@ from ._fence import EPOCH_HEADER, LogFence, Verdict, fence_headers, fence_metada
 from ._snapshot import (
     Checkpoint,
     LoadedSnapshot,
+    Row,
     checkpoint_key,
     chunk_key,
     encode_checkpoint,
@@ -137,6 +138,8 @@ from ._snapshot import (
     fence_key,
     marker_state,
     read_snapshot,
+    row_outcome,
+    row_time,
     scan_partition,
     state_key,
     state_topic,
@@ -244,8 +247,8 @@ class _Partition:
     terminal: dict[str, tuple[State, int]] = field(default_factory=dict)
     """COMPLETED and CANCELLED assessments as (state, version): they accept no command, and ``decide``
     refuses one from these two alone (``marker_state``)"""
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
-    """the idempotency window: command id -> outcome, oldest first (``_trim``)"""
+    outcomes: dict[str, Outcome | Row] = field(default_factory=dict)
+    """the idempotency window: command id -> outcome (a snapshot's row until looked up), oldest first"""
     held: dict[int, Event] = field(default_factory=dict)
     """command offset -> event appended before the last handover, applied when re-consumed"""
     deadlines: list[tuple[datetime, str, datetime, int]] = field(default_factory=list)
@@ -274,6 +277,10 @@ class _Partition:
 
 def _outcome_order(o: Outcome) -> tuple[datetime, int, str]:
     return o.processed_at, o.command_offset, o.command_id
+
+
+def _outcome_time(o: Outcome | Row) -> float:
+    return o.processed_at.timestamp() if isinstance(o, Outcome) else row_time(o)
 
 
 _CHUNK_OUTCOMES = 2000
@@ -408,9 +415,17 @@ class CommandProcessor(AsyncLifecycle):
 
     async def _rebuild_pending(self) -> None:
         assert self._consumer is not None
-        for partition, generation in list(self._pending.items()):
+        pending = list(self._pending.items())
+        if not pending:
+            return
+        # Side by side: each takeover waits on several round trips (reader start, offsets, the
+        # epoch commit, the fences), which overlap; each partition is installed on its own below.
+        results = await asyncio.gather(*(self._rebuild(p) for p, _ in pending), return_exceptions=True)
+        for (partition, generation), result in zip(pending, results):
             try:
-                part = await self._rebuild(partition)
+                if isinstance(result, BaseException):
+                    raise result
+                part = result
             except FencedOut as e:
                 # The group moved on (a rebalance is under way): not ours to write. The partition
                 # stays paused; the rebalance's assignment puts it back in _pending if it is ours.
@@ -521,11 +536,12 @@ class CommandProcessor(AsyncLifecycle):
         part.events_next, part.outcomes_next = sent[0].offset + 1, sent[1].offset + 1
         for a in part.states.values():
             self._arm_deadline(part, a)
-        self._trim(part, time.time(), protect_from=committed, reorder=True)
+        # A full rebuild read the events and outcomes side by side: put the window in time order.
+        self._trim(part, time.time(), protect_from=committed, reorder=part.source == "full")
         if part.source == "full":
             # All of it goes to the snapshot (in bounded writes, the checkpoint after the last).
             part.dirty = set(part.states) | set(part.terminal)
-            part.new_outcomes = list(part.outcomes.values())
+            part.new_outcomes = [o for o in part.outcomes.values() if isinstance(o, Outcome)]
         self.stats.rebuilds[part.source] += 1
         log.info("partition %d rebuilt from %s: %d live and %d terminal assessments, %d command ids, %d held events, "
                  "committed offset %d, fence epoch %d at events offset %d, %d fenced records ignored", partition,
@@ -539,9 +555,8 @@ class CommandProcessor(AsyncLifecycle):
         part = _Partition(resume_at=committed, source="snapshot", states=loaded.states, terminal=loaded.terminal,
                           chunks=loaded.chunks, next_chunk=max(loaded.checkpoint.next_chunk,
                                                                max(chunks_seen, default=-1) + 1))
-        # Chronological, as the window is kept (_trim drops the oldest first).
-        for o in sorted(loaded.outcomes, key=_outcome_order):
-            part.outcomes[o.command_id] = o
+        # Oldest first, as the window is kept (_trim drops from the front).
+        part.outcomes = {row[0]: row for row in loaded.outcomes}
         return part
 
     async def _read_log(self, reader: AIOKafkaConsumer, part: _Partition, fence: LogFence,
@@ -652,6 +667,15 @@ class CommandProcessor(AsyncLifecycle):
     # --- the idempotency window ----------------------------------------------------------------
 
     @staticmethod
+    def _prior(part: _Partition, command_id: str) -> Outcome | None:
+        """The remembered outcome of a command id (a snapshot's row becomes an ``Outcome`` here)."""
+        found = part.outcomes.get(command_id)
+        if found is None or isinstance(found, Outcome):
+            return found
+        o = part.outcomes[command_id] = row_outcome(found)  # same key: its place in the window stays
+        return o
+
+    @staticmethod
     def _remember(part: _Partition, o: Outcome) -> None:
         # Re-inserted at the end: the window stays in the order outcomes were produced.
         part.outcomes.pop(o.command_id, None)
@@ -665,18 +689,21 @@ class CommandProcessor(AsyncLifecycle):
         sort first (after a takeover: the topics were read side by side, not in time order)."""
         window = part.outcomes
         if reorder:
-            part.outcomes = window = {o.command_id: o for o in sorted(window.values(), key=_outcome_order)}
+            outcomes = sorted((o if isinstance(o, Outcome) else row_outcome(o) for o in window.values()),
+                              key=_outcome_order)
+            part.outcomes = window = {o.command_id: o for o in outcomes}
         limit = self.settings.processor_idempotency_max_ids
         oldest = now - self.settings.processor_idempotency_window_s
         while window:
-            o = window[next(iter(window))]
-            if len(window) <= limit and o.processed_at.timestamp() >= oldest:
+            cid = next(iter(window))
+            o = window[cid]
+            if len(window) <= limit and _outcome_time(o) >= oldest:
                 break
-            if protect_from is not None and o.command_offset >= protect_from:
+            if protect_from is not None and (o.command_offset if isinstance(o, Outcome) else o[2]) >= protect_from:
                 break
-            del window[o.command_id]
+            del window[cid]
         # A chunk whose newest outcome is older than everything kept is no longer needed.
-        head = window[next(iter(window))].processed_at.timestamp() if window else float("inf")
+        head = _outcome_time(window[next(iter(window))]) if window else float("inf")
         for seq, newest in list(part.chunks.items()):
             if newest < head:
                 del part.chunks[seq]
@@ -797,7 +824,7 @@ class CommandProcessor(AsyncLifecycle):
                     command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
                     command_offset=rec.offset, version=held.version, event_id=held.event_id))
             return
-        prior = part.outcomes.get(cmd.command_id)
+        prior = self._prior(part, cmd.command_id)
         if prior is not None:
             if prior.command_offset != rec.offset:  # a re-sent command, not our own replay
                 self.stats.duplicates += 1

@@ -68,7 +68,7 @@ from ._fence import LogFence, Verdict
 __all__ = [
     "Checkpoint", "LoadedSnapshot", "SnapshotScan", "TERMINAL_EPOCH", "chunk_key", "checkpoint_key", "decode_chunk",
     "decode_checkpoint", "decode_state", "encode_chunk", "encode_checkpoint", "encode_marker", "encode_state",
-    "fence_key", "marker_state", "read_snapshot", "scan_partition", "state_key", "state_topic", "state_topic_config",
+    "fence_key", "marker_state", "read_snapshot", "row_outcome", "row_time", "Row", "scan_partition", "state_key", "state_topic", "state_topic_config",
 ]
 
 FORMAT = 1
@@ -187,24 +187,46 @@ def encode_chunk(outcomes: Iterable[Outcome]) -> bytes:
     return _dumps({"v": FORMAT, "o": rows})
 
 
-def decode_chunk(raw: bytes) -> list[Outcome]:
+Row = list[Any]
+"""One outcome of a chunk as stored: [command id, assessment id, command offset, processed at (ISO),
+accepted, then version and event id, or error type, message and details]. Loaded as is and made an
+``Outcome`` only when its command id is looked up (``row_outcome``): a takeover may load hundreds
+of thousands of them and look up a handful."""
+
+
+def _check_row(row: Any) -> None:
+    if not isinstance(row, list) or len(row) not in (7, 8) or not isinstance(row[0], str) \
+            or not isinstance(row[1], str) or not isinstance(row[2], int) or not isinstance(row[3], str) \
+            or not isinstance(row[4], bool) or len(row) != (7 if row[4] else 8):
+        raise CodecError(f"idempotency chunk: malformed row {str(row)[:200]}")
+    datetime.fromisoformat(row[3])  # ValueError when it is not a time
+
+
+def row_outcome(row: Row) -> Outcome:
+    at = datetime.fromisoformat(row[3])
+    if row[4]:
+        return Outcome(command_id=row[0], assessment_id=row[1], accepted=True, processed_at=at,
+                       command_offset=row[2], version=row[5], event_id=row[6])
+    return Outcome(command_id=row[0], assessment_id=row[1], accepted=False, processed_at=at, command_offset=row[2],
+                   error_type=row[5], error_message=row[6], error_details=row[7])
+
+
+def row_time(row: Row) -> float:
+    return datetime.fromisoformat(row[3]).timestamp()
+
+
+def decode_chunk(raw: bytes) -> list[Row]:
+    """A chunk's rows, each checked (a malformed one raises ``CodecError``: the snapshot is not used)."""
     doc = _document(raw)
-    out: list[Outcome] = []
+    rows = doc.get("o")
+    if not isinstance(rows, list) or not rows:
+        raise CodecError("idempotency chunk: no rows")
     try:
-        for row in doc["o"]:
-            at = _parse_dt(row[3])
-            if at is None:
-                raise ValueError("no processed_at")
-            if row[4]:
-                out.append(Outcome(command_id=row[0], assessment_id=row[1], accepted=True, processed_at=at,
-                                   command_offset=row[2], version=row[5], event_id=row[6]))
-            else:
-                out.append(Outcome(command_id=row[0], assessment_id=row[1], accepted=False, processed_at=at,
-                                   command_offset=row[2], error_type=row[5], error_message=row[6],
-                                   error_details=row[7]))
-    except (KeyError, IndexError, TypeError, ValueError) as e:
+        for row in rows:
+            _check_row(row)
+    except (TypeError, ValueError) as e:
         raise CodecError(f"idempotency chunk: {type(e).__name__}: {e}") from e
-    return out
+    return rows
 
 
 @dataclass(frozen=True)
@@ -252,7 +274,8 @@ class LoadedSnapshot:
     checkpoint: Checkpoint
     states: dict[str, Assessment]
     terminal: dict[str, tuple[State, int]]
-    outcomes: list[Outcome]
+    outcomes: list[Row]
+    """the idempotency chunks' rows, oldest first (chunks in number order, rows in write order)"""
     chunks: dict[int, float]
     """chunk number -> timestamp of its newest outcome (when it may be deleted)"""
 
@@ -289,8 +312,7 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
         return None, "no_checkpoint", "no checkpoint"
     states: dict[str, Assessment] = {}
     terminal: dict[str, tuple[State, int]] = {}
-    outcomes: list[Outcome] = []
-    chunks: dict[int, float] = {}
+    chunk_rows: dict[int, list[Row]] = {}
     try:
         checkpoint = decode_checkpoint(scan.values[checkpoint_key(max(checkpoints))] or b"")
         for key, raw in scan.values.items():
@@ -304,9 +326,10 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
                 else:
                     terminal[aid] = s
             elif key.startswith(b"o:"):
-                chunk = decode_chunk(raw)
-                outcomes += chunk
-                chunks[int(key[2:])] = max((o.processed_at.timestamp() for o in chunk), default=0.0)
+                chunk_rows[int(key[2:])] = decode_chunk(raw)
     except (CodecError, UnicodeDecodeError, ValueError) as e:
         return None, "undecodable", f"undecodable record: {e}"
+    outcomes = [row for seq in sorted(chunk_rows) for row in chunk_rows[seq]]
+    # A chunk's rows are in write order: its last is its newest.
+    chunks = {seq: row_time(rows[-1]) for seq, rows in chunk_rows.items()}
     return LoadedSnapshot(checkpoint, states, terminal, outcomes, chunks), "", ""
