@@ -167,6 +167,37 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How long stopping a producer may spend delivering what it still buffers "
         "(unacknowledged records; with the broker down, aiokafka would wait for ever).",
     )
+    processor_snapshots: bool = Field(
+        default=True, description="The command processor keeps snapshots of its state on the compacted "
+        "`processor_state_topic` and, taking a partition over, loads them and folds only the log written since "
+        "(streams/_snapshot.py). Off: every takeover folds the partition's whole history.",
+    )
+    processor_state_topic: str | None = Field(
+        default=None, description="The processor's state changelog (None: '<prefix>.processor-state' beside "
+        "`commands_topic`, e.g. assessments.processor-state).",
+    )
+    processor_snapshot_interval_s: float = Field(
+        default=1.0, ge=0, le=3600,
+        description="How often the processor writes the assessments changed since its last snapshot write and a "
+        "checkpoint (0: after every committed batch). A takeover folds at most about this much of the log after "
+        "the snapshot.",
+    )
+    processor_snapshot_max_records: int = Field(
+        default=20_000, ge=1, le=1_000_000,
+        description="State records one snapshot write sends at most (the rest follow in the next ones, the "
+        "checkpoint after the last): bounds the pause of command handling, e.g. after a full rebuild.",
+    )
+    processor_idempotency_max_ids: int = Field(
+        default=50_000, ge=1, le=10_000_000,
+        description="Command ids per partition whose outcome the processor remembers (the newest); a command "
+        "re-sent with an id it no longer remembers is decided again as a new command (docs/architecture.md, "
+        "\"Idempotency window\").",
+    )
+    processor_idempotency_window_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0,
+        description="Age past which a command id is forgotten, whatever the count (default: the commands "
+        "topic's retention, 7 days).",
+    )
     projector_batch_size: int = Field(default=2000, ge=1, le=100_000)
     visibility_timeout_s: float = Field(
         default=30.0,

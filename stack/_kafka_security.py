@@ -242,8 +242,8 @@ def acl_bindings(settings: Settings) -> list[Acl]:
       of ``ensure_topics`` that nothing is missing);
     * the schemas topic (docs/events.md): every writer of Avro records (processor, client, bridge)
       writes it, every reader of them (processor, projector, reverse-sync, dashboard) reads it;
-    * ``processor``: read commands, events and outcomes (it rebuilds its state from the log), write
-      events, outcomes and the commands' DLQ; its group; transactional ids under its group's name;
+    * ``processor``: read commands, events, outcomes and its state topic (it rebuilds its state from
+      them), write events, outcomes, the commands' DLQ and its state topic; its group; transactional ids under its group's name;
     * ``client``: write commands, read the migration flags, publish the router's observations (a
       service embedding ``MigrationRouter`` is a client) and read the rollout's decisions; read the
       events and the schemas topic (``AssessmentStore.subscribe``: assigned partitions, so no group);
@@ -259,13 +259,14 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     """
     from assessment_store.bridge import BridgeOptions
     from assessment_store.migration import FLAGS_TOPIC, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC
-    from assessment_store.streams import schemas_topic
+    from assessment_store.streams import schemas_topic, state_topic
 
     s = settings
     ev, cmd, out, rev = s.events_topic, s.commands_topic, s.outcomes_topic, s.legacy_reverse_topic
     cmd_dlq, leg, leg_dlq = cmd + ".dlq", s.legacy_topic, s.legacy_topic + ".dlq"
     sch = schemas_topic(s)  # every writer publishes its writer schema there; every reader may look one up
-    topics = [ev, cmd, out, cmd_dlq, leg, leg_dlq, rev, sch]
+    state = state_topic(s)  # the processor's snapshots (streams/_snapshot.py)
+    topics = [ev, cmd, out, cmd_dlq, leg, leg_dlq, rev, sch, state]
     acls: list[Acl] = []
 
     def topic(principal: str, op: AclOp, *names: str) -> None:
@@ -277,8 +278,8 @@ def acl_bindings(settings: Settings) -> list[Acl]:
     for principal in ("processor", "client", "projector", "bridge", "reverse-sync", "legacy-tap", "dashboard"):
         topic(principal, AclOp.DESCRIBE, *topics, OBSERVATIONS_TOPIC, ROLLOUT_TOPIC)
         acls.append(Acl(principal, "topic", FLAGS_TOPIC, AclOp.DESCRIBE, prefixed=True))
-    topic("processor", AclOp.READ, cmd, ev, out, sch)
-    topic("processor", AclOp.WRITE, ev, out, cmd_dlq, sch)
+    topic("processor", AclOp.READ, cmd, ev, out, sch, state)
+    topic("processor", AclOp.WRITE, ev, out, cmd_dlq, sch, state)
     group("processor", s.processor_group)
     acls += [Acl("processor", "transactional_id", s.processor_group, op, prefixed=True)
              for op in (AclOp.WRITE, AclOp.DESCRIBE)]

@@ -10,6 +10,7 @@ from ._kafka import (
 from ._processor import COMMAND_OFFSET_HEADER, CommandProcessor, ProcessorStats
 from ._schema_topic import PartitionStops, SchemaResolver, read_schemas
 from ._registry import COMPATIBILITY, SchemaRegistryClient, register_writer_schemas, registry_subject
+from ._snapshot import state_topic
 from ._kafka import publish_schemas
 from ._fence import LogFence, Verdict, fence_metadata, metadata_epoch
 from ._kafka import admin_client, committed_with_metadata, kafka_principal, node_client_env, read_credentials, start_kafka_client
@@ -46,6 +47,7 @@ __all__ = [
     "ensure_topics",
     "kafka_client_options",
     "partition_counts",
+    "state_topic",
     "store_topics",
     "topic_end_offsets",
     "translate_kafka_errors",

@@ -36,6 +36,7 @@ from assessment_store.core import (
 from assessment_store.schemas import AvroRecordCodec
 
 from ._registry import register_writer_schemas
+from ._snapshot import state_topic as _state_topic, state_topic_config as _state_topic_config
 
 __all__ = [
     "PRINCIPALS", "KeyedProducer", "Principal", "close_producer", "committed_with_metadata", "kafka_client_options",
@@ -354,6 +355,8 @@ def store_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.legacy_topic + ".dlq", 1, forever),
         # Every writer schema of the three above, keyed by fingerprint (streams/_schema_topic.py).
         schemas_topic_spec(settings),
+        # The processor's state changelog (streams/_snapshot.py): partition p is command partition p's.
+        TopicSpec(_state_topic(settings), settings.partitions, _state_topic_config()),
     ]
 
 
@@ -393,6 +396,14 @@ async def ensure_topics(
                 # without this check a refused topic was counted as created.
                 if _created(response, spec.name, kafka_principal(settings, principal)):
                     created.append(spec.name)
+            # A created topic's partitions reach the metadata a moment later: wait (bounded), so a
+            # caller describing it next (partition counts) does not see it without partitions.
+            deadline = asyncio.get_running_loop().time() + 10.0
+            while created and asyncio.get_running_loop().time() < deadline:
+                described = await admin.describe_topics(created)
+                if all(d.get("partitions") for d in described):
+                    break
+                await asyncio.sleep(0.05)
     return created
 
 

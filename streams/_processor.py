@@ -24,8 +24,19 @@ Ordering and crash safety, without Kafka transactions (see the note below on why
    the state it saw the first time, because all earlier commands' events are applied and no
    later one's). ``decide``'s accept/reject answer does not depend on the clock, so the second
    answer equals the first. Handling resumes at ``c`` (an explicit seek), whatever was fetched.
+   With snapshots (``streams/_snapshot.py``), the fold of the events of commands below ``c`` starts
+   from the last checkpoint's state instead of offset 0: the checkpoint covers only committed
+   commands and is written only when no held-back event is pending, so the state it loads is the
+   fold of exactly the events a full rebuild applies up to the checkpoint's offsets, and the tail
+   after them is folded and held back by the same rule as above. Events at or below an
+   assessment's loaded version are already in it (a snapshot write after the checkpoint) and are
+   skipped, as a full rebuild would not apply them twice either.
 4. A command id seen before (from the outcome records and from the events' causation ids) is
-   answered with its original outcome, an outcome record marked ``duplicate``; no event.
+   answered with its original outcome, an outcome record marked ``duplicate``; no event. The
+   record is a window: the newest ``processor_idempotency_max_ids`` ids per partition, none older
+   than ``processor_idempotency_window_s``, kept in the snapshot. An id past the window is decided
+   again as a new command (docs/architecture.md, "Idempotency window"). The outcomes of commands at
+   or after ``c`` are never dropped at a takeover, so a re-consumed command still finds its own.
 
 Fencing (a *zombie*: a processor that stalls past the session timeout, e.g. a GC-like pause or
 SIGSTOP, loses its partitions to another member, then wakes with commands in hand and stale
@@ -33,13 +44,15 @@ states, and keeps appending; without a fence the log held two events of one vers
 assessment). The rule readers apply is in ``streams/_fence.py``; the writer's side:
 
 5. Taking partition *p* over (``_rebuild``), in this order: (a) fold the events and outcomes
-   partitions to their current end, honouring the fences already on them; (b) *reserve* an epoch
+   partitions to their current end (from the snapshot's checkpoint, under the fence in force
+   there: its writer's epoch), honouring the fences already on them; (b) *reserve* an epoch
    ``e`` = 1 + the highest of every fence on the log and the epoch recorded in the metadata of
    the group's committed offset of command partition *p*, by committing that offset again with
    ``fence-epoch=e`` as metadata: the group coordinator refuses a commit from a member of an old
    generation, so a zombie never gets an epoch, and a later owner reads ``e`` back in its own (b)
    and goes above it (the coordinator orders that commit before the later generation begins);
-   (c) append a fence record with ``e`` to partition *p* of the events and of the outcomes topic;
+   (c) append a fence record with ``e`` to partition *p* of the events and of the outcomes topic
+   (and of the state topic, where it fences an earlier owner's late snapshot writes);
    (d) fold what an earlier owner wrote between (a) and the fences (readers accept it: it
    precedes them), up to and including the fences. Then handle commands.
 6. Every event and outcome record carries ``writer-epoch: e``. A reader ignores a record whose
@@ -114,6 +127,25 @@ from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 
 from ._fence import EPOCH_HEADER, LogFence, Verdict, fence_headers, fence_metadata, metadata_epoch
 from ._schema_topic import PartitionStops, SchemaResolver
+from ._snapshot import (
+    Checkpoint,
+    LoadedSnapshot,
+    Row,
+    checkpoint_key,
+    chunk_key,
+    encode_checkpoint,
+    encode_chunk,
+    encode_marker,
+    encode_state,
+    fence_key,
+    marker_state,
+    read_snapshot,
+    row_outcome,
+    row_time,
+    scan_partition,
+    state_key,
+    state_topic,
+)
 from ._kafka import (
     committed_with_metadata,
     ensure_topics,
@@ -154,6 +186,20 @@ class ProcessorStats:
     """rejections per error type (``InvalidTransition``, ...); their sum is ``rejected``"""
     command_to_event: Histogram = field(default_factory=Histogram)
     """seconds from a command record's timestamp to its event's acknowledgement (accepted commands)"""
+    rebuilds: Counter[str] = field(default_factory=Counter)
+    """partition takeovers by where the state came from: ``snapshot`` (loaded, then the log after
+    its checkpoint) or ``full`` (the whole log)"""
+    rebuild_fallbacks: Counter[str] = field(default_factory=Counter)
+    """takeovers that could not use the snapshot, by reason (``no_checkpoint``, ``undecodable``,
+    ``fenced_writer``, ``beyond_log_end``)"""
+    rebuild_records_read: int = 0
+    """records read while taking partitions over (state topic, events, outcomes)"""
+    snapshot_records_loaded: int = 0
+    snapshot_writes: int = 0
+    """snapshot writes (each: the changed assessments, an idempotency chunk, maybe a checkpoint)"""
+    snapshot_records_written: int = 0
+    snapshot_bytes_written: int = 0
+    snapshot_write_seconds: Histogram = field(default_factory=Histogram)
 
     def metric_families(self) -> list[MetricFamily]:
         """The Prometheus view of these counters (read at each scrape; docs/monitoring.md, "Metrics")."""
@@ -178,6 +224,22 @@ class ProcessorStats:
                     self.unresolvable),
             histogram(p + "command_to_event_seconds", "Command record timestamp to its event acknowledged",
                       self.command_to_event),
+            counter_by(p + "rebuilds_total", "Partition takeovers, by the source of the state (snapshot, full)",
+                       ["source"], self.rebuilds),
+            counter_by(p + "rebuild_fallbacks_total", "Takeovers that could not use the snapshot, by reason",
+                       ["reason"], self.rebuild_fallbacks),
+            counter(p + "rebuild_records_read_total", "Records read while taking partitions over",
+                    self.rebuild_records_read),
+            counter(p + "snapshot_records_loaded_total", "State topic records read while taking partitions over",
+                    self.snapshot_records_loaded),
+            counter(p + "snapshot_writes_total", "Snapshot writes (changed assessments, idempotency chunk, checkpoint)",
+                    self.snapshot_writes),
+            counter(p + "snapshot_records_written_total", "Records written to the state topic",
+                    self.snapshot_records_written),
+            counter(p + "snapshot_bytes_written_total", "Bytes (keys and values) written to the state topic",
+                    self.snapshot_bytes_written),
+            histogram(p + "snapshot_write_seconds", "Duration of one snapshot write, acknowledgements included",
+                      self.snapshot_write_seconds),
         ]
 
 
@@ -190,11 +252,48 @@ class _Partition:
     resume_at: int = 0
     """the command offset handling resumes from (the group's committed offset when rebuilt)"""
     states: dict[str, Assessment] = field(default_factory=dict)
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    """the live assessments (not COMPLETED nor CANCELLED)"""
+    terminal: dict[str, tuple[State, int]] = field(default_factory=dict)
+    """COMPLETED and CANCELLED assessments as (state, version): they accept no command, and ``decide``
+    refuses one from these two alone (``marker_state``)"""
+    outcomes: dict[str, Outcome | Row] = field(default_factory=dict)
+    """the idempotency window: command id -> outcome (a snapshot's row until looked up), oldest first"""
     held: dict[int, Event] = field(default_factory=dict)
     """command offset -> event appended before the last handover, applied when re-consumed"""
     deadlines: list[tuple[datetime, str, datetime, int]] = field(default_factory=list)
     """heap of (fires_at, assessment_id, started_at, timeout_ms)"""
+    source: str = "full"
+    """where the takeover's state came from: ``snapshot`` or ``full``"""
+    # --- the snapshot (streams/_snapshot.py) ---
+    dirty: set[str] = field(default_factory=set)
+    """assessments changed since their last snapshot write"""
+    new_outcomes: list[Outcome] = field(default_factory=list)
+    """outcomes remembered since the last idempotency chunk"""
+    chunks: dict[int, float] = field(default_factory=dict)
+    """idempotency chunks on the state topic: number -> timestamp of its newest outcome"""
+    stale_chunks: list[int] = field(default_factory=list)
+    """chunks to delete (tombstones): all their outcomes left the window"""
+    next_chunk: int = 0
+    events_next: int | None = None
+    """end of the gapless prefix of the events partition folded into ``states`` (None: a record this
+    processor did not write landed in it, so no checkpoint may go past it until the next takeover)"""
+    outcomes_next: int | None = None
+    checkpointed: tuple[int, int] | None = None
+    """(events, outcomes) offsets of the last checkpoint written"""
+    last_snapshot: float = float("-inf")
+    """time.monotonic() of the last snapshot write"""
+
+
+def _outcome_order(o: Outcome) -> tuple[datetime, int, str]:
+    return o.processed_at, o.command_offset, o.command_id
+
+
+def _outcome_time(o: Outcome | Row) -> float:
+    return o.processed_at.timestamp() if isinstance(o, Outcome) else row_time(o)
+
+
+_CHUNK_OUTCOMES = 2000
+"""Outcomes per idempotency chunk record (a few hundred kB, well under the broker's record limit)."""
 
 
 def _header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], name: str) -> bytes | None:
@@ -244,7 +343,10 @@ class CommandProcessor(AsyncLifecycle):
             return
         s = self.settings
         await ensure_topics(s)
-        counts = await partition_counts(s, [s.commands_topic, s.events_topic, s.outcomes_topic])
+        topics = [s.commands_topic, s.events_topic, s.outcomes_topic]
+        if s.processor_snapshots:
+            topics.append(state_topic(s))  # partition p of it holds the state of command partition p
+        counts = await partition_counts(s, topics)
         if len(set(counts.values())) != 1:
             raise StackError(
                 f"topics must have equal partition counts for single-writer routing, found {counts}"
@@ -295,6 +397,19 @@ class CommandProcessor(AsyncLifecycle):
     def owned_partitions(self) -> list[int]:
         return sorted(self._parts)
 
+    def folded_state(self) -> dict[str, Assessment | tuple[State, int]]:
+        """Every assessment of the owned partitions as folded: live ones in full, COMPLETED and
+        CANCELLED ones as (state, version). For comparing two rebuilds (tests, ``bench.restart``)."""
+        out: dict[str, Assessment | tuple[State, int]] = {}
+        for part in self._parts.values():
+            out.update(part.states)
+            out.update(part.terminal)
+        return out
+
+    def remembered_command_ids(self) -> set[str]:
+        """The command ids in the idempotency window of the owned partitions."""
+        return {cid for part in self._parts.values() for cid in part.outcomes}
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         await self.start()
         assert self._consumer is not None
@@ -310,7 +425,11 @@ class CommandProcessor(AsyncLifecycle):
                 committed, token = await self._handle(batches)
                 if committed:
                     await self._commit(committed, token)
+            # After the commit: a snapshot never holds a state of an uncommitted command.
+            await self._write_snapshots()
             await self._fire_deadlines()
+        # A clean stop leaves a checkpoint at the end: the next owner folds nothing after it.
+        await self._write_snapshots(force=True)
 
     # --- rebuilding a partition from the log --------------------------------------------------
 
@@ -329,6 +448,8 @@ class CommandProcessor(AsyncLifecycle):
 
     async def _rebuild_pending(self) -> None:
         assert self._consumer is not None
+        # One after the other: side by side (tried), full rebuilds of a long log starved the group
+        # protocol and were taken away and redone (bench.restart: 12 takeovers for 6 partitions).
         for partition, generation in list(self._pending.items()):
             cmd_tp = TopicPartition(self.settings.commands_topic, partition)
             if self._stops.waiting(cmd_tp):
@@ -361,9 +482,10 @@ class CommandProcessor(AsyncLifecycle):
                     self._consumer.resume(tp)
 
     async def _rebuild(self, partition: int) -> _Partition:
-        """Take partition *p* over (module docstring, point 3 and "Fencing"): fold the log, reserve
-        an epoch above every earlier owner's, fence the events and outcomes partitions, fold what
-        landed before the fences. Raises ``FencedOut`` when the group refuses the reservation."""
+        """Take partition *p* over (module docstring, point 3 and "Fencing"): load the snapshot and
+        fold the log after its checkpoint, or fold the whole log; reserve an epoch above every earlier
+        owner's, fence the events, outcomes and state partitions, fold what landed before the fences.
+        Raises ``FencedOut`` when the group refuses the reservation."""
         s = self.settings
         assert self._consumer is not None and self._producer is not None
         cmd_tp = TopicPartition(s.commands_topic, partition)
@@ -371,36 +493,74 @@ class CommandProcessor(AsyncLifecycle):
         if committed is None:
             with translate_kafka_errors(f"reading the first offset of {cmd_tp}"):
                 committed = (await self._consumer.beginning_offsets([cmd_tp]))[cmd_tp]
-        part = _Partition(resume_at=committed)
-        fence = LogFence()
         reader = AIOKafkaConsumer(
             **kafka_client_options(s, "processor"), enable_auto_commit=False, isolation_level="read_committed",
             group_id=None, auto_offset_reset="earliest",
         )
         ev_tp, out_tp = TopicPartition(s.events_topic, partition), TopicPartition(s.outcomes_topic, partition)
+        st_tp = TopicPartition(state_topic(s), partition)
+        state_epoch = 0
         with translate_kafka_errors(f"rebuilding partition {partition}"):
             await reader.start()
             try:
+                loaded: LoadedSnapshot | None = None
+                stale: list[int] = []
+                reason = why = ""
+                if s.processor_snapshots:
+                    reader.assign([st_tp])
+                    scan = await scan_partition(reader, st_tp, (await reader.end_offsets([st_tp]))[st_tp])
+                    self.stats.rebuild_records_read += scan.records
+                    self.stats.snapshot_records_loaded += scan.records
+                    state_epoch = scan.fence.current(st_tp)
+                    stale = scan.chunk_seqs
+                    loaded, reason, why = read_snapshot(scan)
                 reader.assign([ev_tp, out_tp])
-                await reader.seek_to_beginning(ev_tp, out_tp)
-                # 1. Everything on the log so far, honouring the fences on it.
-                await self._read_log(reader, part, fence, await reader.end_offsets([ev_tp, out_tp]), committed)
+                ends = await reader.end_offsets([ev_tp, out_tp])
+                if loaded is not None and (loaded.checkpoint.events_offset > ends[ev_tp]
+                                           or loaded.checkpoint.outcomes_offset > ends[out_tp]):
+                    why = f"its checkpoint {loaded.checkpoint} is beyond the end of the log {ends}"
+                    loaded, reason = None, "beyond_log_end"
+                if loaded is not None:
+                    part = self._from_snapshot(loaded, committed, stale)
+                    ck = loaded.checkpoint
+                    # The tail starts at the checkpoint, under the fence in force there (its writer's).
+                    fence = LogFence({ev_tp: ck.epoch, out_tp: ck.epoch})
+                    reader.seek(ev_tp, ck.events_offset)
+                    reader.seek(out_tp, ck.outcomes_offset)
+                else:
+                    if s.processor_snapshots:
+                        self.stats.rebuild_fallbacks[reason] += 1
+                        (log.info if reason == "no_checkpoint" else log.error)(
+                            "partition %d: not using the snapshot (%s): folding the whole log", partition, why)
+                    part = _Partition(resume_at=committed, next_chunk=max(stale, default=-1) + 1,
+                                      stale_chunks=stale)
+                    fence = LogFence()
+                    await reader.seek_to_beginning(ev_tp, out_tp)
+                # 1. Everything on the log so far (after the snapshot's checkpoint), honouring the fences on it.
+                await self._read_log(reader, part, fence, ends, committed)
                 # 2. Reserve an epoch above every fence on the log and every epoch the group's
                 # metadata says was reserved before. The reservation is an offset commit, which the
                 # group coordinator refuses to a member of an old generation: of two processors that
                 # both believe they own p, only the current one gets an epoch, and any later owner
                 # reads it back here and goes above it. (The log's fences cover a group that was
                 # deleted and recreated: its metadata starts again at 0, its fences remain.)
-                epoch = max(metadata_epoch(metadata), fence.current(ev_tp), fence.current(out_tp)) + 1
+                epoch = max(metadata_epoch(metadata), fence.current(ev_tp), fence.current(out_tp), state_epoch) + 1
                 with translate_kafka_errors(f"reserving fence epoch {epoch} of partition {partition}"):
                     # A refusal (the group rebalanced) is FencedOut, raised through to _rebuild_pending.
                     await self._consumer.commit({cmd_tp: OffsetAndMetadata(committed, fence_metadata(epoch))})
-                # 3. The fences: from here on, a reader ignores whatever an earlier owner writes.
+                # 3. The fences: from here on, a reader ignores whatever an earlier owner writes. The
+                # state topic's fence has a key of its own (never compacted away): a state an earlier
+                # owner writes after it is fenced (streams/_snapshot.py, point 4).
                 value = b""
+                headers = fence_headers(epoch, self._owner)
                 sent = await asyncio.gather(*(self._producer.send_and_wait(
-                    tp.topic, value, partition=partition, headers=fence_headers(epoch, self._owner))
+                    tp.topic, value, partition=partition, headers=headers)
                     for tp in (ev_tp, out_tp)))
                 self.stats.fences_written += 2
+                if s.processor_snapshots:
+                    await self._producer.send_and_wait(st_tp.topic, value, key=fence_key(epoch), partition=partition,
+                                                       headers=headers)
+                    self.stats.fences_written += 1
                 # 4. What an earlier owner wrote between step 1 and our fences is on the log (readers
                 # accept it): fold it too, up to and including our own fences.
                 await self._read_log(reader, part, fence, {ev_tp: sent[0].offset + 1, out_tp: sent[1].offset + 1},
@@ -408,11 +568,31 @@ class CommandProcessor(AsyncLifecycle):
             finally:
                 await reader.stop()
         part.epoch = epoch
+        # Everything up to our fences is folded: the gapless prefix a checkpoint may cover.
+        part.events_next, part.outcomes_next = sent[0].offset + 1, sent[1].offset + 1
         for a in part.states.values():
             self._arm_deadline(part, a)
-        log.info("partition %d rebuilt: %d assessments, %d command ids, %d held events, committed offset %d, "
-                 "fence epoch %d at events offset %d, %d fenced records ignored", partition, len(part.states),
-                 len(part.outcomes), len(part.held), committed, epoch, sent[0].offset, fence.fenced)
+        # A full rebuild read the events and outcomes side by side: put the window in time order.
+        self._trim(part, time.time(), protect_from=committed, reorder=part.source == "full")
+        if part.source == "full":
+            # All of it goes to the snapshot (in bounded writes, the checkpoint after the last).
+            part.dirty = set(part.states) | set(part.terminal)
+            part.new_outcomes = [o for o in part.outcomes.values() if isinstance(o, Outcome)]
+        self.stats.rebuilds[part.source] += 1
+        log.info("partition %d rebuilt from %s: %d live and %d terminal assessments, %d command ids, %d held events, "
+                 "committed offset %d, fence epoch %d at events offset %d, %d fenced records ignored", partition,
+                 "the snapshot and the log after it" if part.source == "snapshot" else "the whole log",
+                 len(part.states), len(part.terminal), len(part.outcomes), len(part.held), committed, epoch,
+                 sent[0].offset, fence.fenced)
+        return part
+
+    def _from_snapshot(self, loaded: LoadedSnapshot, committed: int, chunks_seen: list[int]) -> _Partition:
+        """A partition's state as a snapshot holds it (the log after its checkpoint still to fold)."""
+        part = _Partition(resume_at=committed, source="snapshot", states=loaded.states, terminal=loaded.terminal,
+                          chunks=loaded.chunks, next_chunk=max(loaded.checkpoint.next_chunk,
+                                                               max(chunks_seen, default=-1) + 1))
+        # Oldest first, as the window is kept (_trim drops from the front).
+        part.outcomes = {row[0]: row for row in loaded.outcomes}
         return part
 
     async def _read_log(self, reader: AIOKafkaConsumer, part: _Partition, fence: LogFence,
@@ -425,6 +605,7 @@ class CommandProcessor(AsyncLifecycle):
             fetched = await reader.getmany(*[tp for tp in targets if tp not in done], timeout_ms=500)
             await self._resolver.learn(fetched)
             for tp, recs in fetched.items():
+                self.stats.rebuild_records_read += len(recs)
                 for rec in recs:
                     if rec.offset >= targets[tp]:
                         reader.seek(tp, targets[tp])  # fetched past the target: the next read starts there
@@ -456,11 +637,15 @@ class CommandProcessor(AsyncLifecycle):
         self.stats.rebuilt_events += 1
         raw = _header(rec.headers, COMMAND_OFFSET_HEADER)
         cmd_offset = int(raw) if raw is not None else None
-        if ev.causation_id is not None:
-            part.outcomes.setdefault(ev.causation_id, Outcome(
+        if ev.causation_id is not None and ev.causation_id not in part.outcomes:
+            self._remember(part, Outcome(
                 command_id=ev.causation_id, assessment_id=ev.assessment_id, accepted=True, processed_at=ev.recorded_at,
                 command_offset=cmd_offset if cmd_offset is not None else -1, version=ev.version, event_id=ev.event_id,
             ))
+        if part.source == "snapshot" and ev.version <= self._version(part, ev.assessment_id):
+            # Already in the loaded state: written to the snapshot after the checkpoint, before a
+            # crash (streams/_snapshot.py, point 2). A full rebuild would not apply it either.
+            return
         if cmd_offset is not None and cmd_offset >= committed:
             part.held[cmd_offset] = ev
             return
@@ -475,17 +660,95 @@ class CommandProcessor(AsyncLifecycle):
             log.error("undecodable outcome at %s/%d: %s", rec.partition, rec.offset, e)
             return
         if not o.duplicate:
-            part.outcomes[o.command_id] = o
+            self._remember(part, o)
 
     def _apply(self, part: _Partition, ev: Event) -> bool:
-        cur = part.states.get(ev.assessment_id)
+        aid = ev.assessment_id
+        marker = part.terminal.get(aid)
+        if marker is not None:
+            # COMPLETED and CANCELLED accept no command, so only a record written around the
+            # processor can follow one; kept out, as a full rebuild keeps it out.
+            log.warning("event %s v%d of %r follows its terminal v%d (%s); not applied",
+                        ev.event_id, ev.version, aid, marker[1], marker[0].value)
+            return False
+        cur = part.states.get(aid)
         if ev.version != (cur.version if cur else 0) + 1:
             log.warning("event %s v%d of %r does not follow v%s; not applied",
-                        ev.event_id, ev.version, ev.assessment_id, cur.version if cur else 0)
+                        ev.event_id, ev.version, aid, cur.version if cur else 0)
             return False
-        part.states[ev.assessment_id] = new = evolve(cur, ev)
-        self._arm_deadline(part, new)
+        new = evolve(cur, ev)
+        part.dirty.add(aid)
+        if new.state.terminal:
+            # Only (state, version) is kept of a finished assessment: memory and the snapshot grow
+            # with the live assessments, plus a few dozen bytes per finished one.
+            part.states.pop(aid, None)
+            part.terminal[aid] = (new.state, new.version)
+        else:
+            part.states[aid] = new
+            self._arm_deadline(part, new)
         return True
+
+    @staticmethod
+    def _version(part: _Partition, aid: str) -> int:
+        cur = part.states.get(aid)
+        if cur is not None:
+            return cur.version
+        marker = part.terminal.get(aid)
+        return marker[1] if marker is not None else 0
+
+    @staticmethod
+    def _current(part: _Partition, aid: str) -> Assessment | None:
+        """The state ``decide`` sees (a terminal marker as its stand-in)."""
+        cur = part.states.get(aid)
+        if cur is not None:
+            return cur
+        marker = part.terminal.get(aid)
+        return marker_state(aid, *marker) if marker is not None else None
+
+    # --- the idempotency window ----------------------------------------------------------------
+
+    @staticmethod
+    def _prior(part: _Partition, command_id: str) -> Outcome | None:
+        """The remembered outcome of a command id (a snapshot's row becomes an ``Outcome`` here)."""
+        found = part.outcomes.get(command_id)
+        if found is None or isinstance(found, Outcome):
+            return found
+        o = part.outcomes[command_id] = row_outcome(found)  # same key: its place in the window stays
+        return o
+
+    @staticmethod
+    def _remember(part: _Partition, o: Outcome) -> None:
+        # Re-inserted at the end: the window stays in the order outcomes were produced.
+        part.outcomes.pop(o.command_id, None)
+        part.outcomes[o.command_id] = o
+        part.new_outcomes.append(o)
+
+    def _trim(self, part: _Partition, now: float, *, protect_from: int | None = None, reorder: bool = False) -> None:
+        """Forget command ids beyond the window (``processor_idempotency_max_ids`` newest, none older
+        than ``processor_idempotency_window_s``), oldest first. ``protect_from``: outcomes of commands
+        at or after this offset stay (commands about to be consumed again, point 3). ``reorder``:
+        sort first (after a takeover: the topics were read side by side, not in time order)."""
+        window = part.outcomes
+        if reorder:
+            outcomes = sorted((o if isinstance(o, Outcome) else row_outcome(o) for o in window.values()),
+                              key=_outcome_order)
+            part.outcomes = window = {o.command_id: o for o in outcomes}
+        limit = self.settings.processor_idempotency_max_ids
+        oldest = now - self.settings.processor_idempotency_window_s
+        while window:
+            cid = next(iter(window))
+            o = window[cid]
+            if len(window) <= limit and _outcome_time(o) >= oldest:
+                break
+            if protect_from is not None and (o.command_offset if isinstance(o, Outcome) else o[2]) >= protect_from:
+                break
+            del window[cid]
+        # A chunk whose newest outcome is older than everything kept is no longer needed.
+        head = _outcome_time(window[next(iter(window))]) if window else float("inf")
+        for seq, newest in list(part.chunks.items()):
+            if newest < head:
+                del part.chunks[seq]
+                part.stale_chunks.append(seq)
 
     def _arm_deadline(self, part: _Partition, a: Assessment) -> None:
         timeout = a.processing_timeout_ms or self.settings.default_processing_timeout_ms
@@ -535,6 +798,7 @@ class CommandProcessor(AsyncLifecycle):
                                ("dlq-source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
                     sent.append(await self._producer.send(
                         self.settings.commands_topic + ".dlq", rec.value, key=rec.key, headers=headers))
+                n_dead = len(sent)
                 for ev, partition, cmd_offset, _ in events:
                     value, headers = self._events.encode(ev)
                     headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
@@ -544,7 +808,9 @@ class CommandProcessor(AsyncLifecycle):
                         self.settings.events_topic, value, key=ev.assessment_id.encode(), partition=partition,
                         headers=headers, timestamp_ms=int(ev.recorded_at.timestamp() * 1000),
                     ))
-                await asyncio.gather(*sent)
+                acks = await asyncio.gather(*sent)
+                self._advance([(partition, meta.offset) for (_, partition, _, _), meta in zip(events, acks[n_dead:])],
+                              "events")
                 if events:
                     # Timed per record (the latency is per command) but with one clock read per batch.
                     acked, observe = time.time(), self.stats.command_to_event.observe
@@ -558,12 +824,38 @@ class CommandProcessor(AsyncLifecycle):
                         self.settings.outcomes_topic, value, key=o.assessment_id.encode(), partition=partition,
                         headers=headers,
                     ))
-                await asyncio.gather(*sent)
+                acks = await asyncio.gather(*sent)
+                self._advance([(partition, meta.offset) for (_, partition), meta in zip(outcomes, acks)], "outcomes")
             assert self._consumer is not None
             for tp, unresolved in stopped.items():
                 self.stats.unresolvable += 1
                 self._stops.stop_consumer(self._consumer, tp, unresolved)
+            wall = time.time()
+            for tp in commit:
+                self._trim(self._parts[tp.partition], wall)
             return commit, token
+
+    def _advance(self, appended: list[tuple[int, int]], kind: str) -> None:
+        """Extend each partition's gapless folded prefix by its acknowledged appends; an offset that
+        does not follow (a record written around this processor) freezes it (streams/_snapshot.py, 3)."""
+        for partition, offset in sorted(appended):
+            part = self._parts.get(partition)
+            if part is None:
+                continue
+            nxt = part.events_next if kind == "events" else part.outcomes_next
+            if nxt is None:
+                continue
+            if offset != nxt:
+                log.warning("partition %d: %s offset %d appended, %d expected: a record not written by this processor "
+                            "is in between; snapshot checkpoints stay before it until the next takeover",
+                            partition, kind, offset, nxt)
+                nxt = None
+            else:
+                nxt = offset + 1
+            if kind == "events":
+                part.events_next = nxt
+            else:
+                part.outcomes_next = nxt
 
     def _handle_one(self, part: _Partition, rec: ConsumerRecord[bytes, bytes], now: datetime,
                     events: list[tuple[Event, int, int, int]], outcomes: list[tuple[Outcome, int]],
@@ -583,11 +875,12 @@ class CommandProcessor(AsyncLifecycle):
             # Accepted before the last handover: apply its event, append nothing (point 3).
             self.stats.replayed += 1
             self._apply(part, held)
-            part.outcomes.setdefault(cmd.command_id, Outcome(
-                command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
-                command_offset=rec.offset, version=held.version, event_id=held.event_id))
+            if cmd.command_id not in part.outcomes:
+                self._remember(part, Outcome(
+                    command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
+                    command_offset=rec.offset, version=held.version, event_id=held.event_id))
             return
-        prior = part.outcomes.get(cmd.command_id)
+        prior = self._prior(part, cmd.command_id)
         if prior is not None:
             if prior.command_offset != rec.offset:  # a re-sent command, not our own replay
                 self.stats.duplicates += 1
@@ -597,7 +890,7 @@ class CommandProcessor(AsyncLifecycle):
                 ))
             return
         try:
-            ev = decide(part.states.get(cmd.assessment_id), cmd, now, source=env.source, occurred_at=env.occurred_at,
+            ev = decide(self._current(part, cmd.assessment_id), cmd, now, source=env.source, occurred_at=env.occurred_at,
                         max_json_bytes=self.settings.max_request_bytes, default_max_retries=self.settings.default_max_retries)
         except StoreUsageError as e:
             self.stats.rejected += 1
@@ -605,7 +898,7 @@ class CommandProcessor(AsyncLifecycle):
             o = Outcome(command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=False, processed_at=now,
                         command_offset=rec.offset, error_type=type(e).__name__, error_message=str(e),
                         error_details=e.details())
-            part.outcomes[cmd.command_id] = o
+            self._remember(part, o)
             outcomes.append((o, rec.partition))
         else:
             # Accepted: the event itself is the outcome (its causation_id is the command id and the
@@ -615,9 +908,9 @@ class CommandProcessor(AsyncLifecycle):
                 self.stats.deadlines_fired += 1
             self._apply(part, ev)
             events.append((ev, rec.partition, rec.offset, rec.timestamp))
-            part.outcomes[cmd.command_id] = Outcome(
+            self._remember(part, Outcome(
                 command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
-                command_offset=rec.offset, version=ev.version, event_id=ev.event_id)
+                command_offset=rec.offset, version=ev.version, event_id=ev.event_id))
 
 
     async def _commit(self, offsets: dict[TopicPartition, int], token: int) -> None:
@@ -667,6 +960,72 @@ class CommandProcessor(AsyncLifecycle):
                 self._pending[partition] = self._generation
                 if tp in assigned:
                     consumer.pause(tp)
+
+    # --- snapshots (streams/_snapshot.py) ------------------------------------------------------
+
+    async def _write_snapshots(self, *, force: bool = False) -> None:
+        """Write what changed in each owned partition since its last write, at most every
+        ``processor_snapshot_interval_s`` (``force``: now, all of it). Called between batches only, after their commit: every
+        state written is one of committed commands (streams/_snapshot.py, point 1)."""
+        s = self.settings
+        if not s.processor_snapshots or self._producer is None:
+            return
+        # Under the lock: a revocation waits for the write, so nothing is written after a handover.
+        async with self._lock:
+            now = time.monotonic()
+            for partition, part in list(self._parts.items()):
+                if not force and now - part.last_snapshot < s.processor_snapshot_interval_s:
+                    continue
+                covered = (part.events_next, part.outcomes_next)
+                checkpoint_due = None not in covered and covered != part.checkpointed and not part.held
+                if part.dirty or part.new_outcomes or part.stale_chunks or checkpoint_due:
+                    await self._write_snapshot(partition, part)
+                    while force and part.dirty:  # a clean stop writes all of it, checkpoint last
+                        await self._write_snapshot(partition, part)
+                part.last_snapshot = now
+
+    async def _write_snapshot(self, partition: int, part: _Partition) -> None:
+        producer = self._producer
+        assert producer is not None
+        started = time.perf_counter()
+        topic = state_topic(self.settings)
+        headers = [(EPOCH_HEADER, str(part.epoch).encode())]
+        records: list[tuple[bytes, bytes | None]] = []
+        for _ in range(min(len(part.dirty), self.settings.processor_snapshot_max_records)):
+            aid = part.dirty.pop()
+            a = part.states.get(aid)
+            if a is not None:
+                records.append((state_key(aid), encode_state(a)))
+            elif aid in part.terminal:
+                records.append((state_key(aid), encode_marker(*part.terminal[aid])))
+        # Only outcomes still in the window (and not replaced since) go into the chunks.
+        live = [o for o in part.new_outcomes if part.outcomes.get(o.command_id) is o]
+        part.new_outcomes = []
+        for i in range(0, len(live), _CHUNK_OUTCOMES):
+            chunk = live[i:i + _CHUNK_OUTCOMES]
+            seq, part.next_chunk = part.next_chunk, part.next_chunk + 1
+            part.chunks[seq] = max(o.processed_at.timestamp() for o in chunk)
+            records.append((chunk_key(seq), encode_chunk(chunk)))
+        records += [(chunk_key(seq), None) for seq in part.stale_chunks]  # tombstones
+        part.stale_chunks = []
+        with translate_kafka_errors(f"writing the snapshot of partition {partition}"):
+            sent = [await producer.send(topic, value, key=key, partition=partition, headers=headers)
+                    for key, value in records]
+            await asyncio.gather(*sent)
+            # The checkpoint only after its states are acknowledged, only when all changed states are
+            # written, and never while held-back events wait (streams/_snapshot.py, point 1).
+            covered = (part.events_next, part.outcomes_next)
+            if not part.dirty and not part.held and covered[0] is not None and covered[1] is not None:
+                ck = Checkpoint(part.epoch, covered[0], covered[1], part.next_chunk)
+                value = encode_checkpoint(ck)
+                records.append((checkpoint_key(part.epoch), value))
+                await producer.send_and_wait(topic, value, key=checkpoint_key(part.epoch), partition=partition,
+                                             headers=headers)
+                part.checkpointed = (covered[0], covered[1])
+        self.stats.snapshot_writes += 1
+        self.stats.snapshot_records_written += len(records)
+        self.stats.snapshot_bytes_written += sum(len(k) + len(v or b"") for k, v in records)
+        self.stats.snapshot_write_seconds.observe(time.perf_counter() - started)
 
     # --- deadlines ---------------------------------------------------------------------------
 

@@ -1,0 +1,335 @@
+"""The command processor's snapshots: a compacted changelog of its folded state, so taking a
+partition over reads the live state and the log written since, not the whole history.
+
+Why a Kafka changelog and not PostgreSQL: the processor depends on nothing but Kafka (the
+projector owns PostgreSQL, a layer above), its writes are already fenced by epoch on Kafka, and a
+compacted topic is what Kafka Streams and faust keep their stores' changelogs in. The topic,
+``<prefix>.processor-state`` (``assessments.processor-state`` beside ``assessments.commands``),
+has the commands topic's partition count: partition *p* holds the state of command partition *p*.
+
+Records (key → value, JSON; every record the processor writes carries ``writer-epoch``):
+
+* ``a:<assessment id>`` → the folded ``Assessment`` with its version, or for a COMPLETED or
+  CANCELLED one a *terminal marker* (state and version only: a terminal assessment accepts no
+  command, and ``decide`` refuses one from the state and version alone, with the same error).
+* ``o:<seq>`` → a chunk of the idempotency record: the outcomes (command id → accepted with its
+  version and event, or rejected with its error) added since the previous chunk. A chunk whose
+  newest outcome has left the idempotency window is deleted (a tombstone).
+* ``c:<epoch>`` → the checkpoint: "the ``a:``/``o:`` records before me hold the fold of events
+  ``[0, events)`` and outcomes ``[0, outcomes)`` of this partition", with the writer's epoch (the
+  fence in force at those offsets) and the next chunk number. One key per epoch, so a late
+  checkpoint of an earlier owner never replaces a later owner's (see fencing below).
+* ``f:<epoch>`` → a fence record (header ``fence-epoch``), appended at takeover with the fences
+  of the events and outcomes partitions. Its key is never reused, so compaction never removes it.
+
+Why loading is exact (``read_snapshot``, then ``CommandProcessor._rebuild``):
+
+1. A checkpoint is written only after every ``a:`` and ``o:`` record of the states it covers is
+   acknowledged, only after the command offsets of the batches it covers were committed, and only
+   when no held-back event (point 3 of ``streams/_processor.py``) is pending. So its states
+   include exactly the events of commands below the group's committed offset, which is what a
+   full rebuild applies (the rest it holds back), and the tail read from its offsets continues
+   that fold with the same held-back rule.
+2. A crash while writing (records after the last checkpoint, no checkpoint for them) is harmless:
+   those records hold states of committed commands, newer than the checkpoint's; the tail read
+   skips every event whose version is at or below the loaded version of its assessment (already
+   folded) and applies the rest in order.
+3. The checkpoint's offsets are the end of what this processor folded *without a gap*: an
+   append whose offset is not the next one (someone else wrote to the partition) freezes them,
+   so a record the processor never folded is always in the tail.
+4. Fencing: an earlier owner woken after a takeover (a zombie) may write ``a:`` records after
+   the new owner's ``f:`` record. The reader applies ``LogFence`` in log order; such a record is
+   fenced, and if it is the last of its key (compaction may have removed the good one before it)
+   the snapshot of that partition is not used: full rebuild. A zombie only writes states it had
+   committed, so anything it wrote before the new owner's fence is correct.
+5. A record that does not decode, a missing checkpoint, or a checkpoint beyond the end of the
+   events or outcomes partition (a topic recreated): full rebuild of that partition, logged and
+   counted (``ProcessorStats.rebuild_fallbacks``). Never a guessed state.
+
+Compaction bounds what a load reads: segments of 16 MiB or one hour are cleaned once a fifth of
+them is superseded, so a partition holds about one record per assessment plus at most one
+uncleaned segment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from assessment_store.core import Assessment, CodecError, Outcome, Settings, State
+
+from ._fence import LogFence, Verdict
+
+__all__ = [
+    "Checkpoint", "LoadedSnapshot", "SnapshotScan", "TERMINAL_EPOCH", "chunk_key", "checkpoint_key", "decode_chunk",
+    "decode_checkpoint", "decode_state", "encode_chunk", "encode_checkpoint", "encode_marker", "encode_state",
+    "fence_key", "marker_state", "read_snapshot", "row_outcome", "row_time", "Row", "scan_partition", "state_key", "state_topic", "state_topic_config",
+]
+
+FORMAT = 1
+TERMINAL_EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+"""created_at/updated_at of the stand-in ``Assessment`` a terminal marker becomes for ``decide``
+(which reads only its state and version)."""
+
+
+def state_topic(settings: Settings) -> str:
+    """``processor_state_topic``, else ``assessments.commands`` -> ``assessments.processor-state``."""
+    if settings.processor_state_topic:
+        return settings.processor_state_topic
+    cmd = settings.commands_topic
+    return (cmd.removesuffix(".commands") if cmd.endswith(".commands") else cmd) + ".processor-state"
+
+
+def state_topic_config() -> dict[str, str]:
+    # Compacted, never deleted by age; small segments so the cleaner gets to them (the active
+    # segment is never cleaned); tombstones of idempotency chunks kept a day for slow readers.
+    return {"cleanup.policy": "compact", "retention.ms": "-1", "segment.bytes": str(16 * 1024 * 1024),
+            "segment.ms": str(3600 * 1000), "min.cleanable.dirty.ratio": "0.2",
+            "delete.retention.ms": str(24 * 3600 * 1000),
+            # A state carries its request and result documents (up to max_request_bytes each).
+            "max.message.bytes": str(4 * 1024 * 1024 + 4096)}
+
+
+def state_key(aid: str) -> bytes:
+    return b"a:" + aid.encode()
+
+
+def chunk_key(seq: int) -> bytes:
+    return b"o:%d" % seq
+
+
+def checkpoint_key(epoch: int) -> bytes:
+    return b"c:%d" % epoch
+
+
+def fence_key(epoch: int) -> bytes:
+    return b"f:%d" % epoch
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_dt(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def encode_state(a: Assessment) -> bytes:
+    return _dumps({"v": FORMAT, "a": [
+        a.assessment_id, a.state.value, a.version, a.progress, a.message, _dt(a.created_at), _dt(a.updated_at),
+        a.request_data, a.result_data, a.error_message, a.retry_count, a.duration, _dt(a.started_at),
+        _dt(a.finished_at), a.retryable, a.cancel_reason, a.processing_timeout_ms, a.max_retries, a.last_event_id,
+    ]})
+
+
+def encode_marker(state: State, version: int) -> bytes:
+    return _dumps({"v": FORMAT, "t": [state.value, version]})
+
+
+def marker_state(aid: str, state: State, version: int) -> Assessment:
+    """The stand-in ``decide`` sees for a terminal marker: it refuses every command from state and
+    version alone (``VersionConflict``, ``InvalidTransition``), as it would on the full state."""
+    return Assessment(assessment_id=aid, state=state, version=version, progress=100 if state is State.COMPLETED else 0,
+                      message=None, created_at=TERMINAL_EPOCH, updated_at=TERMINAL_EPOCH, request_data=None)
+
+
+def _document(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CodecError(f"not JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("v") != FORMAT:
+        raise CodecError(f"not a snapshot record of format {FORMAT}")
+    return doc
+
+
+def decode_state(aid: str, raw: bytes) -> Assessment | tuple[State, int]:
+    """An ``a:`` record: the folded state, or (state, version) of a terminal marker."""
+    doc = _document(raw)
+    try:
+        if "t" in doc:
+            state, version = doc["t"]
+            st = State(state)
+            if not st.terminal or not isinstance(version, int):
+                raise ValueError("a terminal marker of a non-terminal state")
+            return st, version
+        f = doc["a"]
+        if len(f) != 19 or f[0] != aid or not isinstance(f[2], int):
+            raise ValueError("fields do not match the key")
+        created, updated = _parse_dt(f[5]), _parse_dt(f[6])
+        if created is None or updated is None:
+            raise ValueError("no created_at/updated_at")
+        return Assessment(
+            assessment_id=f[0], state=State(f[1]), version=f[2], progress=f[3], message=f[4], created_at=created,
+            updated_at=updated, request_data=f[7], result_data=f[8], error_message=f[9], retry_count=f[10],
+            duration=f[11], started_at=_parse_dt(f[12]), finished_at=_parse_dt(f[13]), retryable=f[14],
+            cancel_reason=f[15], processing_timeout_ms=f[16], max_retries=f[17], last_event_id=f[18],
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise CodecError(f"state of {aid!r}: {type(e).__name__}: {e}") from e
+
+
+def encode_chunk(outcomes: Iterable[Outcome]) -> bytes:
+    rows = []
+    for o in outcomes:
+        row: list[Any] = [o.command_id, o.assessment_id, o.command_offset, _dt(o.processed_at), o.accepted]
+        row += [o.version, o.event_id] if o.accepted else [o.error_type, o.error_message, o.error_details]
+        rows.append(row)
+    return _dumps({"v": FORMAT, "o": rows})
+
+
+Row = list[Any]
+"""One outcome of a chunk as stored: [command id, assessment id, command offset, processed at (ISO),
+accepted, then version and event id, or error type, message and details]. Loaded as is and made an
+``Outcome`` only when its command id is looked up (``row_outcome``): a takeover may load hundreds
+of thousands of them and look up a handful."""
+
+
+def _check_row(row: Any) -> None:
+    if not isinstance(row, list) or len(row) not in (7, 8) or not isinstance(row[0], str) \
+            or not isinstance(row[1], str) or not isinstance(row[2], int) or not isinstance(row[3], str) \
+            or not isinstance(row[4], bool) or len(row) != (7 if row[4] else 8):
+        raise CodecError(f"idempotency chunk: malformed row {str(row)[:200]}")
+    datetime.fromisoformat(row[3])  # ValueError when it is not a time
+
+
+def row_outcome(row: Row) -> Outcome:
+    at = datetime.fromisoformat(row[3])
+    if row[4]:
+        return Outcome(command_id=row[0], assessment_id=row[1], accepted=True, processed_at=at,
+                       command_offset=row[2], version=row[5], event_id=row[6])
+    return Outcome(command_id=row[0], assessment_id=row[1], accepted=False, processed_at=at, command_offset=row[2],
+                   error_type=row[5], error_message=row[6], error_details=row[7])
+
+
+def row_time(row: Row) -> float:
+    return datetime.fromisoformat(row[3]).timestamp()
+
+
+def decode_chunk(raw: bytes) -> list[Row]:
+    """A chunk's rows, each checked (a malformed one raises ``CodecError``: the snapshot is not used)."""
+    doc = _document(raw)
+    rows = doc.get("o")
+    if not isinstance(rows, list) or not rows:
+        raise CodecError("idempotency chunk: no rows")
+    try:
+        for row in rows:
+            _check_row(row)
+    except (TypeError, ValueError) as e:
+        raise CodecError(f"idempotency chunk: {type(e).__name__}: {e}") from e
+    return rows
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    epoch: int
+    """the writer's fence epoch: the fence in force at ``events_offset`` and ``outcomes_offset``"""
+    events_offset: int
+    outcomes_offset: int
+    next_chunk: int
+
+
+def encode_checkpoint(c: Checkpoint) -> bytes:
+    return _dumps({"v": FORMAT, "epoch": c.epoch, "events": c.events_offset, "outcomes": c.outcomes_offset,
+                   "chunk": c.next_chunk})
+
+
+def decode_checkpoint(raw: bytes) -> Checkpoint:
+    doc = _document(raw)
+    try:
+        c = Checkpoint(int(doc["epoch"]), int(doc["events"]), int(doc["outcomes"]), int(doc["chunk"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CodecError(f"checkpoint: {type(e).__name__}: {e}") from e
+    if min(c.epoch, c.events_offset, c.outcomes_offset, c.next_chunk) < 0:
+        raise CodecError("checkpoint: negative field")
+    return c
+
+
+@dataclass
+class SnapshotScan:
+    """What one partition of the state topic holds: the last accepted value per key."""
+
+    values: dict[bytes, bytes | None] = field(default_factory=dict)
+    fenced_last: set[bytes] = field(default_factory=set)
+    """keys whose latest record was written by a fenced writer (a zombie)"""
+    records: int = 0
+    fence: LogFence = field(default_factory=LogFence)
+
+    @property
+    def chunk_seqs(self) -> list[int]:
+        return sorted(int(k[2:]) for k, v in self.values.items() if k.startswith(b"o:") and v is not None)
+
+
+@dataclass
+class LoadedSnapshot:
+    checkpoint: Checkpoint
+    states: dict[str, Assessment]
+    terminal: dict[str, tuple[State, int]]
+    outcomes: list[Row]
+    """the idempotency chunks' rows, oldest first (chunks in number order, rows in write order)"""
+    chunks: dict[int, float]
+    """chunk number -> timestamp of its newest outcome (when it may be deleted)"""
+
+
+async def scan_partition(reader: AIOKafkaConsumer, tp: TopicPartition, end: int) -> SnapshotScan:
+    """Read partition ``tp`` of the state topic from its start to ``end`` (the reader is assigned it)."""
+    scan = SnapshotScan()
+    await reader.seek_to_beginning(tp)
+    while await reader.position(tp) < end:
+        fetched = await reader.getmany(tp, timeout_ms=500)
+        for rec in fetched.get(tp, []):
+            if rec.offset >= end:
+                break
+            scan.records += 1
+            verdict, _ = scan.fence.judge(tp, rec.headers)
+            key = rec.key or b""
+            if verdict is Verdict.FENCE:
+                continue
+            if verdict is Verdict.FENCED:
+                scan.fenced_last.add(key)
+                continue
+            scan.fenced_last.discard(key)
+            scan.values[key] = rec.value
+    return scan
+
+
+def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
+    """The snapshot a scan holds, or (None, reason label, why) when it must not be used."""
+    fenced = sorted(k for k in scan.fenced_last if not k.startswith((b"c:", b"f:")))
+    if fenced:
+        return None, "fenced_writer", f"the latest record of {fenced[0]!r} was written by a fenced processor"
+    checkpoints = [int(k[2:]) for k, v in scan.values.items() if k.startswith(b"c:") and v is not None]
+    if not checkpoints:
+        return None, "no_checkpoint", "no checkpoint"
+    states: dict[str, Assessment] = {}
+    terminal: dict[str, tuple[State, int]] = {}
+    chunk_rows: dict[int, list[Row]] = {}
+    try:
+        checkpoint = decode_checkpoint(scan.values[checkpoint_key(max(checkpoints))] or b"")
+        for key, raw in scan.values.items():
+            if raw is None:
+                continue
+            if key.startswith(b"a:"):
+                aid = key[2:].decode()
+                s = decode_state(aid, raw)
+                if isinstance(s, Assessment):
+                    states[aid] = s
+                else:
+                    terminal[aid] = s
+            elif key.startswith(b"o:"):
+                chunk_rows[int(key[2:])] = decode_chunk(raw)
+    except (CodecError, UnicodeDecodeError, ValueError) as e:
+        return None, "undecodable", f"undecodable record: {e}"
+    outcomes = [row for seq in sorted(chunk_rows) for row in chunk_rows[seq]]
+    # A chunk's rows are in write order: its last is its newest.
+    chunks = {seq: row_time(rows[-1]) for seq, rows in chunk_rows.items()}
+    return LoadedSnapshot(checkpoint, states, terminal, outcomes, chunks), "", ""
