@@ -71,7 +71,7 @@ async def preload(s: Settings, events: int) -> tuple[int, int]:
     n = i = 0
     t0 = datetime.now(UTC) - timedelta(hours=1)
     try:
-        await publish_schemas(s, producer, [codec.avro])
+        await publish_schemas(s, producer, {s.events_topic: codec.avro})
         pending = []
         while n < events:
             aid = f"hist-{i}"
@@ -115,7 +115,7 @@ async def restart_once(s: Settings, *, snapshots: bool) -> tuple[float, float, s
     codec = CommandCodec()
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
-    await publish_schemas(s, producer, [codec.avro])
+    await publish_schemas(s, producer, {s.commands_topic: codec.avro})
     env = {**os.environ, **settings_env(s), "ASSESSMENT_STORE_PROCESSOR_SNAPSHOTS": str(snapshots).lower(),
            "ASSESSMENT_STORE_METRICS_PORT": str(s.metrics_port_base)}
     t0 = time.monotonic()

@@ -76,7 +76,7 @@ async def _send(settings: Settings, proc: CommandProcessor, commands: list[Comma
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
-        await publish_schemas(settings, producer, [codec.avro])
+        await publish_schemas(settings, producer, {settings.commands_topic: codec.avro})
         sent = []
         for c in commands:  # send() queues in call order: one assessment's commands stay in order
             value, headers = codec.encode(CommandEnvelope(c, datetime.now(UTC)))
