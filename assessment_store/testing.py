@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from assessment_store.core import Backoff, Settings
+from assessment_store.core import Backoff, Event, Settings
 
 __all__ = [
-    "eventually", "isolated_settings", "kafka_container_spec", "produce_lifecycles", "projected_event_count", "running_stack",
+    "encode_with_newer_writer", "eventually", "isolated_settings", "newer_event_writer", "kafka_container_spec", "produce_lifecycles", "projected_event_count", "running_stack",
     "start_group_at_end", "topic_end_offsets",
 ]
 
@@ -245,3 +245,39 @@ async def projected_event_count(settings: Settings, prefix: str) -> int:
             "SELECT count(*) FROM projection.assessment_events WHERE assessment_id LIKE $1 || '-%'", prefix))
     finally:
         await conn.close()
+
+
+def newer_event_writer() -> tuple[dict[str, Any], bytes]:
+    """A newer event schema than the store's (one more optional field, ``tenant``) and the 10-byte
+    single-object prefix of records written with it: a writer of a later release, for rolling-upgrade
+    tests (its schema is on no list the readers have until someone publishes it)."""
+    import copy
+    import json
+
+    import fastavro
+    from fastavro.schema import to_parsing_canonical_form
+
+    from assessment_store.schemas import SCHEMA_DIR, crc64_avro
+
+    newer: dict[str, Any] = copy.deepcopy(json.loads((SCHEMA_DIR / "assessment_event.avsc").read_text()))
+    newer["fields"].insert(-1, {"name": "tenant", "type": ["null", "string"], "default": None})
+    fp = crc64_avro(to_parsing_canonical_form(fastavro.parse_schema(newer)).encode()).to_bytes(8, "little")
+    return newer, b"\xc3\x01" + fp
+
+
+def encode_with_newer_writer(newer: dict[str, Any], prefix: bytes, event: Event) -> bytes:
+    """``event`` as the newer writer of ``newer_event_writer`` writes it (``tenant`` set to "t-1")."""
+    import io
+
+    import fastavro
+
+    from assessment_store.schemas import EventCodec
+
+    codec = EventCodec()
+    current, _ = codec.encode(event)
+    record = fastavro.schemaless_reader(io.BytesIO(current[10:]), codec.avro.parsed, return_record_name=True)
+    assert isinstance(record, dict)
+    buf = io.BytesIO()
+    buf.write(prefix)
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(newer), {**record, "tenant": "t-1"})
+    return buf.getvalue()

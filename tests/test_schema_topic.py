@@ -3,46 +3,21 @@ record whose schema cannot be resolved stopping its partition instead of being s
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 from datetime import UTC, datetime
-from typing import Any
 
-import fastavro
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from fastavro.schema import to_parsing_canonical_form
 
 from assessment_store import Settings
 from assessment_store.core import Created, Event, Payload, Started
 from assessment_store.projections import Projector
-from assessment_store.schemas import SCHEMA_DIR, CommandCodec, EventCodec, OutcomeCodec, crc64_avro
+from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 from assessment_store.streams import kafka_client_options, read_schemas, schemas_topic
-from assessment_store.testing import eventually, projected_event_count
+from assessment_store.testing import encode_with_newer_writer, eventually, newer_event_writer, projected_event_count
 
 NOW = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
-
-
-def _newer_writer() -> tuple[dict[str, Any], bytes]:
-    """A newer event schema (one more optional field) and its single-object prefix."""
-    newer: dict[str, Any] = json.loads((SCHEMA_DIR / "assessment_event.avsc").read_text())
-    newer = copy.deepcopy(newer)
-    newer["fields"].insert(-1, {"name": "tenant", "type": ["null", "string"], "default": None})
-    fp = crc64_avro(to_parsing_canonical_form(fastavro.parse_schema(newer)).encode()).to_bytes(8, "little")
-    return newer, b"\xc3\x01" + fp
-
-
-def _encode_newer(newer: dict[str, Any], prefix: bytes, ev: Event) -> bytes:
-    codec = EventCodec()
-    current, _ = codec.encode(ev)
-    record = fastavro.schemaless_reader(io.BytesIO(current[10:]), codec.avro.parsed, return_record_name=True)
-    assert isinstance(record, dict)
-    buf = io.BytesIO()
-    buf.write(prefix)
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(newer), {**record, "tenant": "t-1"})
-    return buf.getvalue()
 
 
 def _rec(topic: str, partition: int, offset: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
@@ -54,10 +29,10 @@ def test_an_unresolvable_record_stops_its_partition_and_a_corrupt_one_is_an_anom
     settings = Settings()
     p = Projector(settings)  # its decoding only: no consumer, no pool
     codec = EventCodec()
-    newer, prefix = _newer_writer()
+    newer, prefix = newer_event_writer()
     t = settings.events_topic
     ok = [codec.encode(Event(f"u-{i}", 1, Started(), NOW, NOW))[0] for i in range(4)]
-    unknown = _encode_newer(newer, prefix, Event("u-x", 1, Created({"a": 1}), NOW, NOW))
+    unknown = encode_with_newer_writer(newer, prefix, Event("u-x", 1, Created({"a": 1}), NOW, NOW))
     corrupt = ok[0][:12]
     records = {
         TopicPartition(t, 0): [_rec(t, 0, 10, ok[0]), _rec(t, 0, 11, unknown), _rec(t, 0, 12, ok[1])],
@@ -98,14 +73,14 @@ async def test_the_stack_publishes_every_writer_schema(stack_settings: Settings)
 async def test_rolling_upgrade_a_newer_writer_is_projected_through_the_schemas_topic(stack_settings: Settings) -> None:
     """An event written with a newer schema (new optional field) is folded by the running projector: none skipped."""
     s = stack_settings
-    newer, prefix = _newer_writer()
+    newer, prefix = newer_event_writer()
     producer = AIOKafkaProducer(**kafka_client_options(s, "admin"), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(schemas_topic(s), json.dumps(newer).encode(), key=prefix[2:].hex().encode())
         payloads: tuple[Payload, ...] = (Created({"n": 1}), Started("w"))
         for v, payload in enumerate(payloads, start=1):
-            value = _encode_newer(newer, prefix, Event("rollup-1", v, payload, NOW, NOW))
+            value = encode_with_newer_writer(newer, prefix, Event("rollup-1", v, payload, NOW, NOW))
             await producer.send_and_wait(s.events_topic, value, key=b"rollup-1", headers=[("type", b"x")])
     finally:
         await producer.stop()

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import io
 import json
 import os
 import signal
@@ -22,11 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewPartitions
-from fastavro.schema import to_parsing_canonical_form
 
 from assessment_store import (
     AssessmentStore,
@@ -41,12 +37,12 @@ from assessment_store import (
 )
 from assessment_store.core import Completed, Created, Event, Payload, ProgressUpdated, Started
 from assessment_store.projections import connect
-from assessment_store.schemas import SCHEMA_DIR, EventCodec, crc64_avro
+from assessment_store.schemas import EventCodec
 from assessment_store.stack import settings_env
 from assessment_store.streams import TopicSpec, admin_client, ensure_topics, kafka_client_options, schemas_topic, \
     schemas_topic_spec
 from assessment_store.streams.testing import EventProducer
-from assessment_store.testing import eventually
+from assessment_store.testing import encode_with_newer_writer, eventually, newer_event_writer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -309,24 +305,6 @@ async def _completed(conn: Any, schema: str) -> int:
 # --- decoding: schemas, old format, fences, partitions -----------------------------------------
 
 
-def _newer_writer() -> tuple[dict[str, Any], bytes]:
-    newer: dict[str, Any] = copy.deepcopy(json.loads((SCHEMA_DIR / "assessment_event.avsc").read_text()))
-    newer["fields"].insert(-1, {"name": "tenant", "type": ["null", "string"], "default": None})
-    fp = crc64_avro(to_parsing_canonical_form(fastavro.parse_schema(newer)).encode()).to_bytes(8, "little")
-    return newer, b"\xc3\x01" + fp
-
-
-def _encode_newer(newer: dict[str, Any], prefix: bytes, ev: Event) -> bytes:
-    codec = EventCodec()
-    current, _ = codec.encode(ev)
-    record = fastavro.schemaless_reader(io.BytesIO(current[10:]), codec.avro.parsed, return_record_name=True)
-    assert isinstance(record, dict)
-    buf = io.BytesIO()
-    buf.write(prefix)
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(newer), {**record, "tenant": "t-1"})
-    return buf.getvalue()
-
-
 @contextlib.asynccontextmanager
 async def _raw_producer(s: Settings) -> AsyncIterator[AIOKafkaProducer]:
     producer = AIOKafkaProducer(**kafka_client_options(s, "admin"), acks="all")
@@ -341,11 +319,11 @@ async def _raw_producer(s: Settings) -> AsyncIterator[AIOKafkaProducer]:
 async def test_an_unknown_fingerprint_is_resolved_through_the_schemas_topic(stack_settings: Settings) -> None:
     """An event of a newer writer schema, published on the schemas topic, is decoded after one look-up."""
     s = await _own_topic(stack_settings, partitions=1)
-    newer, prefix = _newer_writer()
+    newer, prefix = newer_event_writer()
     async with _raw_producer(s) as producer:
         await producer.send_and_wait(schemas_topic(s), json.dumps(newer).encode(), key=prefix[2:].hex().encode())
         for ev in _lifecycle("nw-1")[:2]:
-            await producer.send_and_wait(s.events_topic, _encode_newer(newer, prefix, ev), key=b"nw-1",
+            await producer.send_and_wait(s.events_topic, encode_with_newer_writer(newer, prefix, ev), key=b"nw-1",
                                          headers=[("type", ev.type.value.encode())])
     async with AssessmentStore(s) as store, store.subscribe() as sub:
         got = await _take(sub, 2)
@@ -357,9 +335,9 @@ async def test_an_unresolvable_record_raises_and_the_position_stays_before_it(st
     """A record whose writer schema is nowhere raises UnresolvableSchema naming it; nothing after it is delivered."""
     s = await _own_topic(stack_settings, partitions=1)
     await _append(s, _lifecycle("ur-1")[:1])
-    newer, prefix = _newer_writer()
+    newer, prefix = newer_event_writer()
     async with _raw_producer(s) as producer:
-        await producer.send_and_wait(s.events_topic, _encode_newer(newer, prefix, _lifecycle("ur-1")[1]),
+        await producer.send_and_wait(s.events_topic, encode_with_newer_writer(newer, prefix, _lifecycle("ur-1")[1]),
                                      key=b"ur-1", headers=[("type", b"AssessmentStarted")])
     await _append(s, _lifecycle("ur-1")[2:3])
     async with AssessmentStore(s) as store, store.subscribe() as sub:
