@@ -28,9 +28,11 @@ The tree::
     │   │                                   retriable: a writer raises it rather than fall back to another format
     │   ├── SchemaRejected                  the schema registry refused a writer schema (.subject, .status, .reason:
     │   │                                   incompatible under the subject's compatibility mode, invalid); never retriable
-    │   ├── bridge.LegacyUnavailable        the legacy service is unreachable or answered nonsense (.url, .status)
-    │   └── bridge.LegacyNotSynced          legacy lacks store changes it would serve (.assessment_id, .store_version,
-    │                                       .legacy_version); raised by the router's sync before serve
+    │   ├── migration.LegacyUnavailable     the legacy service is unreachable or answered nonsense (.url, .status)
+    │   ├── migration.LegacyNotSynced       legacy lacks store changes it would serve (.assessment_id, .store_version,
+    │   │                                   .legacy_version); raised by the router's sync before serve
+    │   └── migration.StoreNotSynced        the store lacks a change this router made on legacy (.assessment_id,
+    │                                       .timeout_s); the router's sync before serve, the other way
     └── StackError                          the local stack could not do what was asked
         ├── PortInUse                       (.port, .holder)
         ├── MissingTool                     java / mvn / initdb absent (.tool, .install_hint)

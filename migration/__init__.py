@@ -73,7 +73,7 @@ from ._phase import PHASES, MigrationPhase, derive_phase, read_phase
 from ._baseline import (
     BaselineReport, PerformanceBaseline, Regression, Suggestion, Tolerance, compare_baselines, run_baseline,
 )
-from ._router import CallObserver, FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend
+from ._router import CallObserver, FlagSource, LegacyBackend, LegacyNotSynced, MigrationRouter, RouterStats, Side, StoreBackend, StoreNotSynced
 from ._runs import NoRecentPass, latest_validation, record_validation, require_recent_pass
 from ._shadow import COMPARED_FIELDS, MismatchLog, ShadowMismatch, ShadowObserver, ShadowStats, Verdict, compare
 from ._validate import DEFAULT_BUCKETS, DEFAULT_MAX_FINDINGS, DEFAULT_SAMPLE_BUCKETS, validate_after
@@ -183,6 +183,7 @@ __all__ = [
     "LegacyBackend",
     "LegacyHttpProcess",
     "LegacyNotSynced",
+    "StoreNotSynced",
     "LegacyUnavailable",
     "MigrationFlags",
     "MigrationRouter",

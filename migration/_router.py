@@ -67,6 +67,7 @@ from ._shadow import ShadowObserver
 
 __all__ = [
     "CallObserver", "FlagSource", "LegacyBackend", "LegacyNotSynced", "MigrationRouter", "RouterStats", "Side",
+    "StoreNotSynced",
     "StoreBackend",
 ]
 
@@ -100,6 +101,19 @@ class LegacyNotSynced(BackendError):
             f"assessment {assessment_id!r} moved to legacy, but legacy has its store changes up to version "
             f"{legacy_version} of {store_version} after {timeout_s:g} s: is the reverse sync running "
             "(`assessment-store bridge reverse-sync`) and the legacy service importing its topic?")
+
+
+class StoreNotSynced(BackendError):
+    """The store would serve an assessment before it holds a change this router made on legacy
+    (sync before serve, the other way). ``.assessment_id``, ``.timeout_s``. Retriable: the bridge is
+    behind, or not running; the next call is served by the store without waiting again."""
+
+    def __init__(self, assessment_id: str, timeout_s: float) -> None:
+        self.assessment_id = assessment_id
+        self.timeout_s = timeout_s
+        super().__init__(
+            f"assessment {assessment_id!r} moved to the store, but the store lacks the change legacy made to it "
+            f"through this router after {timeout_s:g} s: is the legacy bridge running (`assessment-store bridge run`)?")
 
 
 class CallObserver(Protocol):
@@ -217,6 +231,10 @@ class RouterStats:
     when an observer is attached (the rollout's latency gates read it)"""
     failures: int = 0
     """store-routed calls whose caller got a backend error (no fallback, or the fallback failed too)"""
+    store_sync_waits: int = 0
+    """store-routed calls that waited for the bridge to bring a change this router made on legacy"""
+    store_sync_timeouts: int = 0
+    """``StoreNotSynced`` raised"""
     rollbacks: int = 0
     """calls that found the flags sending fewer routing keys to the store than at the previous call"""
 
@@ -236,6 +254,9 @@ class RouterStats:
                        {"in_sync": self.sync_checks - self.sync_waits - self.sync_check_failures,
                         "waited": self.sync_waits, "check_failed": self.sync_check_failures}),
             counter(p + "sync_timeouts_total", "LegacyNotSynced raised", self.sync_timeouts),
+            counter(p + "store_sync_waits_total", "Store calls that waited for the bridge to bring a legacy change",
+                    self.store_sync_waits),
+            counter(p + "store_sync_timeouts_total", "StoreNotSynced raised", self.store_sync_timeouts),
         ]
 
     def to_json(self) -> dict[str, JSON]:
@@ -243,7 +264,17 @@ class RouterStats:
                 "fallbacks": self.fallbacks, "failures": self.failures,
                 "byOperation": {f"{op}:{side}": n for (op, side), n in sorted(self.by_operation.items())},
                 "syncChecks": self.sync_checks, "syncWaits": self.sync_waits, "syncTimeouts": self.sync_timeouts,
-                "syncCheckFailures": self.sync_check_failures}
+                "syncCheckFailures": self.sync_check_failures, "storeSyncWaits": self.store_sync_waits,
+                "storeSyncTimeouts": self.store_sync_timeouts}
+
+
+_WRITES = frozenset({"start", "progress", "complete", "fail", "cancel"})
+"""The routed operations that change an assessment (create is routed apart and pinned)."""
+
+
+def _same_content(a: Assessment, b: Assessment) -> bool:
+    return (a.state, a.progress, a.message, a.result_data, a.error_message) == (
+        b.state, b.progress, b.message, b.result_data, b.error_message)
 
 
 K = TypeVar("K")
@@ -284,6 +315,9 @@ class MigrationRouter:
         # from this process go to legacy too, or they would not find them (bounded, LRU). Other
         # instances learn them through the legacy tap and the bridge, which write them into the store.
         self._pinned: OrderedDict[str, Side] = OrderedDict()
+        # The latest answer of a write this router made on legacy, per assessment, until the store is
+        # seen to hold it (bounded, LRU): see _ensure_store_has.
+        self._legacy_writes: OrderedDict[str, Assessment] = OrderedDict()
         self._pinned_capacity = pinned_capacity
         # The flags of the previous call, to count rollbacks (a smaller store share) as calls see them.
         self._flags_seen: MigrationFlags | None = None
@@ -389,10 +423,52 @@ class MigrationRouter:
                       on_store: Callable[[], Awaitable[Assessment]],
                       on_legacy: Callable[[], Awaitable[Assessment]]) -> Assessment:
         started = time.perf_counter()
-        state, served = await self._call(op, self._side(assessment_id, routing_key), on_store, on_legacy,
-                                         assessment_id=assessment_id)
+        side = self._side(assessment_id, routing_key)
+        if side is Side.STORE:
+            await self._ensure_store_has(assessment_id)
+        state, served = await self._call(op, side, on_store, on_legacy, assessment_id=assessment_id)
+        if op in _WRITES and self.sync_before_serve:
+            if served is Side.LEGACY:
+                _remember(self._legacy_writes, assessment_id, state, self._pinned_capacity)
+            else:
+                self._legacy_writes.pop(assessment_id, None)  # the store's write is the newest now
         self._shadow(op, assessment_id, served, state, started)
         return state
+
+    async def _ensure_store_has(self, assessment_id: str) -> None:
+        """Sync before serve, the other way: before the store serves an assessment this router last
+        wrote on legacy (served there by the flags, or by the fallback), wait until the legacy bridge
+        has brought that write into the store. Without it, the store would apply the new call first and
+        the bridge's older change after it, or refuse it (a progress after a completion): the two sides
+        would differ for good. Only this router's own writes are known here; writes by other instances
+        rely on the bridge's lag being shorter than the time between two calls on one assessment."""
+        want = self._legacy_writes.get(assessment_id)
+        if want is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.sync_timeout_s
+        delay, waited = 0.01, False
+        while True:
+            try:
+                got = await self.store.find_state(assessment_id)
+            except BackendError:
+                return  # the store cannot be asked: the call will fail over like any other
+            if got is not None and (got.updated_at >= want.updated_at or _same_content(got, want)):
+                self._legacy_writes.pop(assessment_id, None)
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                # Raised once: the next call is served without waiting (a stuck bridge must not
+                # block the assessment for good; its lag is what to fix, and it is counted).
+                self._legacy_writes.pop(assessment_id, None)
+                self.stats.store_sync_timeouts += 1
+                raise StoreNotSynced(assessment_id, self.sync_timeout_s)
+            if not waited:
+                waited = True
+                self.stats.store_sync_waits += 1
+            # Polling the store's projection with backoff: the bridge normally delivers within milliseconds.
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.2)
 
     def metrics_registry(self) -> CollectorRegistry:
         """A Prometheus registry of its own with this router's counters, its shadow observer's and

@@ -30,6 +30,7 @@ from assessment_store.migration import (
     MismatchLog,
     ShadowObserver,
     Side,
+    StoreNotSynced,
 )
 from assessment_store.migration.testing import InMemoryLegacyBackend
 from assessment_store.projections import connect
@@ -213,6 +214,43 @@ async def test_lowered_percentage_waits_until_legacy_holds_the_store_changes(
     checks = router.stats.sync_checks
     await router.get_state(next(a for a in legacy.assessments if a.startswith("legacy-born-")))
     assert router.stats.sync_checks == checks + 1 and router.stats.sync_timeouts == 1
+
+
+async def test_raised_percentage_waits_until_the_store_holds_this_routers_legacy_write(
+    flags: FlagStore, store: AssessmentStore
+) -> None:
+    """After the percentage rises, the store serves an assessment this router last wrote on legacy only once the
+    store holds that write (the bridge's job); past the timeout StoreNotSynced is raised once, then calls go on."""
+    await flags.update("test", enable_assessment_store=True, enable_dual_mode=True, migration_percentage=100)
+    legacy = InMemoryLegacyBackend()
+    router = MigrationRouter(store, legacy, flags, sync_timeout_s=0.3)
+    aid = await router.create_assessment({"n": 2})
+    await router.start_assessment(aid)
+    await flags.update("test", migration_percentage=0)
+    legacy.assessments[aid] = dataclasses.replace(await store.get_state(aid))  # the reverse sync's work
+    legacy.synced[aid] = 2
+    assert (await router.update_progress(aid, 60, "at 60")).message == "at 60"  # served by legacy
+    await flags.update("test", migration_percentage=100)
+    assert router.side_for(aid) is Side.STORE
+    # No bridge here: the store never gets "at 60". Answering "at 0" would be the stale state.
+    with pytest.raises(StoreNotSynced) as info:
+        await router.get_state(aid)
+    assert info.value.assessment_id == aid and info.value.retriable
+    assert router.stats.store_sync_timeouts == 1
+    assert (await router.get_state(aid)).progress == 0  # raised once: the next call is served
+
+    # Another legacy write; the bridge delivers it while a store-routed call waits.
+    await flags.update("test", migration_percentage=0)
+    legacy.synced[aid] = 2
+    await router.update_progress(aid, 80, "at 80")
+    await flags.update("test", migration_percentage=100)
+    router.sync_timeout_s = 30.0
+    waiting = asyncio.create_task(router.complete_assessment(aid, {"score": 1}))
+    await eventually(lambda: _value(router.stats.store_sync_waits), lambda n: n >= 2, what="the call waiting")
+    assert not waiting.done()
+    await store.update_progress(aid, 80, "at 80")  # what the bridge appends for legacy's write
+    done = await asyncio.wait_for(waiting, 30)
+    assert (done.state, done.message) == (State.COMPLETED, "at 80")
 
 
 async def test_shadow_observation_never_delays_the_caller_and_keeps_mismatches(
