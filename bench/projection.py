@@ -46,14 +46,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from assessment_store import Settings
 from assessment_store.testing import isolated_settings, produce_lifecycles
 from assessment_store.projections import connect
 from assessment_store.stack import Stack, settings_env
 from assessment_store.stack._procs import rss_bytes
-from assessment_store.streams import ensure_topics, kafka_client_options
+from assessment_store.streams import ensure_topics
 
 from ._cpu import CpuSnapshot
 
@@ -86,17 +84,6 @@ def rebuild_in_child(settings: Settings, profile: str | None = None) -> tuple[fl
     quarters = [max((r for t, r in samples if q * elapsed / 4 <= t < (q + 1) * elapsed / 4), default=0)
                 for q in range(4)]
     return elapsed, max(r for _, r in samples), quarters, cpu
-
-
-async def events_on_topic(settings: Settings) -> int:
-    consumer = AIOKafkaConsumer(**kafka_client_options(settings, "admin"))
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(settings.events_topic) or set()
-        ends = await consumer.end_offsets([TopicPartition(settings.events_topic, p) for p in parts])
-        return sum(ends.values())
-    finally:
-        await consumer.stop()
 
 
 async def copy_baseline(settings: Settings, events: int, batch: int) -> float:
@@ -146,14 +133,16 @@ def main(args: argparse.Namespace) -> None:
     if not args.reuse:
         stack.purge(log=lambda _m: None)
     stack.up(["kafka", "postgres"], log=lambda _m: None)
+    marker = settings.data_dir / "bench-events"
     roles = ("kafka", "postgres")
     try:
         async def prepare() -> tuple[int, float]:
             await ensure_topics(settings)
             t0 = time.monotonic()
-            if args.reuse and (have := await events_on_topic(settings)) >= args.events:
+            if args.reuse and marker.exists() and (have := int(marker.read_text())) >= args.events:
                 return have, 0.0
             n = await produce_lifecycles(settings, args.events // 4, prefix="bench")
+            marker.write_text(str(n))  # deleted by the next purge, with the topic
             return n, time.monotonic() - t0
 
         n, produced_s = asyncio.run(prepare())
