@@ -60,6 +60,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -875,8 +876,42 @@ def _payload_fields(p: Payload) -> dict[str, Any]:
     return {name: getattr(p, name) for name in p.__slots__}
 
 
-def _json(value: Any) -> str:
+def _json_std(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _nonfinite(value: Any) -> bool:
+    """Whether a NaN or an infinity is in ``value`` (a JSON document)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_nonfinite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_nonfinite(v) for v in value)
+    return False
+
+
+try:
+    import orjson
+except ImportError:  # the client-only install folds nothing: the standard encoder is enough there
+    _json = _json_std
+else:
+    # datetimes and dataclasses go to default=str, as with json.dumps (orjson would write its own form).
+    _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+    def _json(value: Any) -> str:
+        """``value`` as JSON text, exactly as ``_json_std`` writes it up to formatting (the jsonb
+        column stores the same value): orjson takes a fifth of the time. Where the two would store
+        different values, the standard encoder writes it: an integer beyond 64 bits or a lone
+        surrogate (orjson refuses them), and NaN or an infinity (orjson writes null; json writes NaN,
+        which PostgreSQL refuses, so the assessment is quarantined as it always was)."""
+        try:
+            out = orjson.dumps(value, default=str, option=_ORJSON_OPTIONS)
+        except (orjson.JSONEncodeError, TypeError):
+            return _json_std(value)
+        if b"null" in out and _nonfinite(value):
+            return _json_std(value)
+        return out.decode()
 
 
 # Four scalars (schema, notify, generation, group), one array per field of each row type, two
