@@ -931,13 +931,19 @@ def _json_std(value: Any) -> str:
 
 
 def _nonfinite(value: Any) -> bool:
-    """Whether a NaN or an infinity is in ``value`` (a JSON document)."""
+    """Whether a NaN or an infinity is in ``value`` (a JSON document). Plain loops: it runs for
+    most events (any null in the text), and generators cost as much as the encoding."""
     if isinstance(value, float):
         return not math.isfinite(value)
     if isinstance(value, dict):
-        return any(_nonfinite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return any(_nonfinite(v) for v in value)
+        items: Any = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False
+    for v in items:
+        if isinstance(v, float | dict | list | tuple) and _nonfinite(v):
+            return True
     return False
 
 
