@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import json
 import logging
 import math
@@ -74,6 +75,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from assessment_store.core import (
+    PAYLOAD_TYPES,
     SIZE_BUCKETS,
     Assessment,
     AssessmentStoreError,
@@ -84,12 +86,14 @@ from assessment_store.core import (
     DatabaseUnavailable,
     DataRejected,
     Event,
+    EventSource,
     Histogram,
     KafkaUnavailable,
     MetricFamily,
     Outcome,
     Payload,
     Settings,
+    State,
     UnresolvableSchema,
     counter,
     counter_by,
@@ -817,9 +821,9 @@ class Projector(AsyncLifecycle):
             changed[ev.assessment_id] = (prev, new)
             stats.applied += 1
             history.append(HistoryRow(
-                ev.assessment_id, ev.version, ev.event_id, ev.type.value, ev.occurred_at, ev.recorded_at,
-                ev.source.value, ev.correlation_id, ev.causation_id, _json(_payload_fields(ev.payload)),
-                rec.topic, rec.partition, rec.offset,
+                ev.assessment_id, ev.version, ev.event_id, _TYPE_NAMES[type(ev.payload)], ev.occurred_at,
+                ev.recorded_at, _ENUM_VALUES[ev.source], ev.correlation_id, ev.causation_id,
+                _json(_payload_fields(ev.payload)), rec.topic, rec.partition, rec.offset,
             ))
             if ev.causation_id is not None:
                 raw = next((v for k, v in rec.headers if k == COMMAND_OFFSET_HEADER), None)
@@ -908,7 +912,7 @@ class _Prepared:
 def _assessment_row(prev: int, a: Assessment) -> AssessmentRow:
     # request_data / result_data travel as JSON text (cast to jsonb in SQL; None as JSON null).
     return AssessmentRow(
-        prev, a.assessment_id, a.state.value, a.version, a.progress, a.message, _json(a.request_data),
+        prev, a.assessment_id, _ENUM_VALUES[a.state], a.version, a.progress, a.message, _json(a.request_data),
         _json(a.result_data), a.error_message, a.retryable, a.retry_count, a.max_retries, a.cancel_reason,
         a.duration, a.processing_timeout_ms, a.created_at, a.updated_at, a.started_at, a.finished_at,
         a.last_event_id,  # type: ignore[arg-type]  # always set on a folded state
@@ -918,6 +922,12 @@ def _assessment_row(prev: int, a: Assessment) -> AssessmentRow:
 async def _create_staging(conn: asyncpg.Connection) -> None:
     """Each pooled connection's staging tables (session-local: created once per connection)."""
     await conn.execute(staging_ddl())
+
+
+# Enum values by member and event type names by payload class: an enum's ``.value`` is a
+# descriptor call, a few per folded event.
+_TYPE_NAMES: dict[type[Payload], str] = {cls: t.value for cls, t in PAYLOAD_TYPES.items()}
+_ENUM_VALUES: dict[enum.Enum, str] = {m: m.value for e in (EventSource, State) for m in e}
 
 
 def _payload_fields(p: Payload) -> dict[str, Any]:
