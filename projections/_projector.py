@@ -263,6 +263,7 @@ class Projector(AsyncLifecycle):
         self.assign_all = assign_all
         self.codec = EventCodec()
         self.outcome_codec = OutcomeCodec()
+        self._json = json_encoder()
         self.resolver = SchemaResolver(settings, "projector", [self.codec.avro, self.outcome_codec.avro],
                                        retry_s=_SCHEMA_RETRY_S)
         # Partitions stopped at an unresolvable record -> when to seek them again.
@@ -823,7 +824,7 @@ class Projector(AsyncLifecycle):
             history.append(HistoryRow(
                 ev.assessment_id, ev.version, ev.event_id, _TYPE_NAMES[type(ev.payload)], ev.occurred_at,
                 ev.recorded_at, _ENUM_VALUES[ev.source], ev.correlation_id, ev.causation_id,
-                _json(_payload_fields(ev.payload)), rec.topic, rec.partition, rec.offset,
+                self._json(_payload_fields(ev.payload)), rec.topic, rec.partition, rec.offset,
             ))
             if ev.causation_id is not None:
                 raw = next((v for k, v in rec.headers if k == COMMAND_OFFSET_HEADER), None)
@@ -878,10 +879,10 @@ class Projector(AsyncLifecycle):
     ) -> tuple[_Prepared, dict[str, Assessment]]:
         """Fold in memory and build the rows to store; also returns the new states."""
         changed, history, anomalies, accepted = self._fold(batch, states, stats)
-        rows = [_assessment_row(prev, a) for prev, a in changed.values()]
+        rows = [_assessment_row(prev, a, self._json) for prev, a in changed.values()]
         outcome_rows = [
             OutcomeRow(o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
-             _json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
+             self._json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
              rec.offset, o.command_offset)
             for rec, o in batch.outcomes
         ] + accepted
@@ -909,7 +910,7 @@ class _Prepared:
     notify_outcomes: list[str]
 
 
-def _assessment_row(prev: int, a: Assessment) -> AssessmentRow:
+def _assessment_row(prev: int, a: Assessment, _json: Callable[[Any], str]) -> AssessmentRow:
     # request_data / result_data travel as JSON text (cast to jsonb in SQL; None as JSON null).
     return AssessmentRow(
         prev, a.assessment_id, _ENUM_VALUES[a.state], a.version, a.progress, a.message, _json(a.request_data),
@@ -957,27 +958,33 @@ def _nonfinite(value: Any) -> bool:
     return False
 
 
-try:
-    import orjson
-except ImportError:  # the client-only install folds nothing: the standard encoder is enough there
-    _json = _json_std
-else:
+def json_encoder() -> Callable[[Any], str]:
+    """The JSON encoder of the projector's jsonb columns: orjson's when it is installed (the server
+    extra), ``_json_std`` otherwise. Imported here, not at module level: the client's base install,
+    which imports this package for its queries, has no orjson."""
+    try:
+        import orjson
+    except ImportError:
+        return _json_std
     # datetimes and dataclasses go to default=str, as with json.dumps (orjson would write its own form).
-    _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    options = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    dumps, refused = orjson.dumps, (orjson.JSONEncodeError, TypeError)
 
-    def _json(value: Any) -> str:
+    def encode(value: Any) -> str:
         """``value`` as JSON text, exactly as ``_json_std`` writes it up to formatting (the jsonb
         column stores the same value): orjson takes a fifth of the time. Where the two would store
         different values, the standard encoder writes it: an integer beyond 64 bits or a lone
         surrogate (orjson refuses them), and NaN or an infinity (orjson writes null; json writes NaN,
         which PostgreSQL refuses, so the assessment is quarantined as it always was)."""
         try:
-            out = orjson.dumps(value, default=str, option=_ORJSON_OPTIONS)
-        except (orjson.JSONEncodeError, TypeError):
+            out = dumps(value, default=str, option=options)
+        except refused:
             return _json_std(value)
         if b"null" in out and _nonfinite(value):
             return _json_std(value)
         return out.decode()
+
+    return encode
 
 
 # Four scalars (schema, notify, generation, group), one array per field of each row type, two
