@@ -352,18 +352,21 @@ def evolve(current: Assessment | None, event: Event) -> Assessment:
         )
     if current is None:
         raise AssessmentNotFound(event.assessment_id)
-    base = current.replace(version=event.version, updated_at=at, last_event_id=event.event_id)
+    # One copy per event: the changes every event makes, with the payload's, in one replace.
+    common = {"version": event.version, "updated_at": at, "last_event_id": event.event_id}
     match p:
         case Started():
-            return base.replace(state=State.PROCESSING, started_at=at)
+            return current.replace(**common, state=State.PROCESSING, started_at=at)
         case ProgressUpdated():
-            return base.replace(progress=p.progress, message=p.message)
+            return current.replace(**common, progress=p.progress, message=p.message)
         case Completed():
-            return base.replace(
-                state=State.COMPLETED, progress=100, result_data=p.result, duration=p.duration_ms, finished_at=at
+            return current.replace(
+                **common, state=State.COMPLETED, progress=100, result_data=p.result, duration=p.duration_ms,
+                finished_at=at,
             )
         case Failed():
-            return base.replace(
+            return current.replace(
+                **common,
                 state=State.FAILED,
                 error_message=p.error,
                 retryable=p.retryable,
@@ -371,9 +374,10 @@ def evolve(current: Assessment | None, event: Event) -> Assessment:
                 finished_at=at,
             )
         case Cancelled():
-            return base.replace(state=State.CANCELLED, cancel_reason=p.reason, finished_at=at)
+            return current.replace(**common, state=State.CANCELLED, cancel_reason=p.reason, finished_at=at)
         case Retried():
-            return base.replace(
+            return current.replace(
+                **common,
                 state=State.PENDING,
                 retry_count=p.retry_count,
                 progress=0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -308,4 +309,17 @@ class Assessment:
         }
 
     def replace(self, **changes: Any) -> Assessment:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``. Not ``dataclasses.replace``: that goes through the frozen
+        ``__init__`` and re-reads every field's metadata, and was the largest cost of a fold (one
+        copy per event). A name that is not a field still fails (a slotted class has no other)."""
+        new = object.__new__(Assessment)
+        for name, value in zip(_ASSESSMENT_FIELDS, _assessment_values(self), strict=True):
+            _set(new, name, value)
+        for name, value in changes.items():
+            _set(new, name, value)
+        return new
+
+
+_ASSESSMENT_FIELDS = tuple(f.name for f in dataclasses.fields(Assessment))
+_assessment_values = operator.attrgetter(*_ASSESSMENT_FIELDS)
+_set = object.__setattr__  # frozen: the only way to fill a new instance's slots

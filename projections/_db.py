@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -122,12 +122,21 @@ async def connect(settings: Settings, *, timeout_s: float = 10.0) -> asyncpg.Con
 
 
 async def create_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 10, synchronous_commit: bool = True
+    settings: Settings, *, min_size: int = 1, max_size: int = 10, synchronous_commit: bool = True,
+    setup: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
+    """``setup``: run on each new connection after the codecs are set (session-local state, such
+    as the projector's staging tables)."""
     server_settings = {} if synchronous_commit else {"synchronous_commit": "off"}
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if setup is not None:
+            await setup(conn)
+
     with translate_db_errors(f"opening a pool to {settings.postgres_host}:{settings.postgres_port}"):
         pool = await asyncpg.create_pool(
-            **_connect_kwargs(settings), min_size=min_size, max_size=max_size, init=_init_connection,
+            **_connect_kwargs(settings), min_size=min_size, max_size=max_size, init=init,
             server_settings=server_settings, reset=_keep_session,
         )
         assert pool is not None

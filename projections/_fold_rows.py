@@ -4,6 +4,10 @@ fold_batch (``sql/003_fold_batch.sql``) takes each group as one array per column
 these fields; ``columns`` turns a list of rows into those arrays. The field names are the SQL
 parameters' without their prefix (``a_``, ``e_``, ``o_``, ``x_``, ``f_``), so a column added on one
 side is found on the other by name, and a row built with too few values fails where it is built.
+
+``public.fold_staged`` (``sql/011_fold_staged.sql``) reads the state, history and outcome rows
+from temporary tables instead, filled by binary COPY: ``STAGING_TABLES`` names them and their
+columns, which are these fields, in this order, with the types of fold_batch's parameters.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-__all__ = ["AnomalyRow", "AssessmentRow", "HistoryRow", "OffsetRow", "OutcomeRow", "columns"]
+__all__ = ["STAGING_TABLES", "AnomalyRow", "AssessmentRow", "HistoryRow", "OffsetRow", "OutcomeRow", "columns",
+           "staging_ddl"]
 
 
 class AssessmentRow(NamedTuple):
@@ -30,7 +35,7 @@ class AssessmentRow(NamedTuple):
     error: str | None
     retryable: bool | None
     retry_count: int
-    max_retries: int
+    max_retries: int | None
     cancel: str | None
     duration: int | None
     timeout: int | None
@@ -101,6 +106,35 @@ class OffsetRow(NamedTuple):
 
 
 Row = TypeVar("Row", AssessmentRow, HistoryRow, OutcomeRow, AnomalyRow, OffsetRow)
+
+_TYPES: dict[type[Any], tuple[str, ...]] = {
+    # fold_batch's parameter types, without the array brackets (request/result/payload/details are
+    # JSON text, cast to jsonb when stored).
+    AssessmentRow: ("bigint", "text", "text", "bigint", "smallint", "text", "text", "text", "text", "boolean",
+                    "integer", "integer", "text", "bigint", "bigint", "timestamptz", "timestamptz", "timestamptz",
+                    "timestamptz", "uuid"),
+    HistoryRow: ("text", "bigint", "uuid", "text", "timestamptz", "timestamptz", "text", "text", "text", "text",
+                 "text", "integer", "bigint"),
+    OutcomeRow: ("text", "text", "boolean", "bigint", "uuid", "text", "text", "text", "timestamptz", "integer",
+                 "bigint", "bigint"),
+}
+
+STAGING_TABLES: dict[type[Any], str] = {
+    AssessmentRow: "fold_assessments", HistoryRow: "fold_events", OutcomeRow: "fold_outcomes",
+}
+"""The session's temporary table each row type is COPYed into for ``public.fold_staged``."""
+
+
+def staging_ddl() -> str:
+    """The statements creating a session's staging tables (if absent): emptied at every commit,
+    so a batch never sees another's rows, and a rolled-back batch leaves none either."""
+    statements = []
+    for row_type, table in STAGING_TABLES.items():
+        types = _TYPES[row_type]
+        assert len(types) == len(row_type._fields), row_type
+        cols = ", ".join(f'"{name}" {typ}' for name, typ in zip(row_type._fields, types, strict=True))
+        statements.append(f"CREATE TEMPORARY TABLE IF NOT EXISTS pg_temp.{table} ({cols}) ON COMMIT DELETE ROWS;")
+    return "\n".join(statements)
 
 
 def columns(rows: list[Row], row_type: type[Row]) -> list[list[Any]]:

@@ -38,8 +38,11 @@ Ordering and offsets, the invariants everything else leans on:
   the same records: each new state is written only if its row is still at the version it was
   folded from (``public.fold_batch``, migration 003), else the whole batch rolls back and is
   re-read and re-folded, where the version check makes it a no-op.
-* The whole batch is written by one call of ``public.fold_batch``: one round trip, one
-  transaction.
+* The whole batch is one transaction: its state, history and outcome rows are COPYed (binary)
+  into the session's temporary staging tables, then one call of ``public.fold_staged`` stores them
+  with the anomalies and offsets (``sql/011_fold_staged.sql``), then any held records and fences,
+  then COMMIT. A refused batch is re-folded through ``public.fold_batch`` (the same statements on
+  arrays) in savepoints, as described above.
 * Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
   tools see the group's position; they are never read back (see "seek before the first fetch").
 * ``pg_notify`` runs inside the transaction, so a waiter is woken only for committed state.
@@ -58,8 +61,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +75,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from assessment_store.core import (
+    PAYLOAD_TYPES,
     SIZE_BUCKETS,
     Assessment,
     AssessmentStoreError,
@@ -80,12 +86,14 @@ from assessment_store.core import (
     DatabaseUnavailable,
     DataRejected,
     Event,
+    EventSource,
     Histogram,
     KafkaUnavailable,
     MetricFamily,
     Outcome,
     Payload,
     Settings,
+    State,
     UnresolvableSchema,
     counter,
     counter_by,
@@ -106,8 +114,8 @@ from assessment_store.streams import (
 )
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
-from ._fold_rows import AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns
-from ._queries import assessment_to_row, fetch_assessments
+from ._fold_rows import STAGING_TABLES, AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns, staging_ddl
+from ._queries import fetch_assessments
 
 __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
 
@@ -256,6 +264,7 @@ class Projector(AsyncLifecycle):
         self.assign_all = assign_all
         self.codec = EventCodec()
         self.outcome_codec = OutcomeCodec()
+        self._json = json_encoder()
         self.resolver = SchemaResolver(settings, "projector", [self.codec.avro, self.outcome_codec.avro],
                                        retry_s=_SCHEMA_RETRY_S)
         # Partitions stopped at an unresolvable record, until they are sought again.
@@ -322,7 +331,7 @@ class Projector(AsyncLifecycle):
         # synchronous_commit stays on (the server default): a batch's COMMIT returns only once its
         # WAL is flushed, and clients are told "visible" only after reading the row it wrote. With
         # it off, a PostgreSQL crash lost acknowledged writes that the projector never re-read.
-        pool = await create_pool(self.settings, min_size=1, max_size=2)
+        pool = await create_pool(self.settings, min_size=1, max_size=2, setup=_create_staging)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -632,11 +641,11 @@ class Projector(AsyncLifecycle):
                     """Fold these records in a savepoint; keep them only if ``keep`` and accepted."""
                     tried = FoldStats()
                     sub = _Batch(events, outcomes)
-                    args, _ = self._prepare(sub, {i: states[i] for i in sub.event_ids() if i in states}, tried)
+                    prepared, _ = self._prepare(sub, {i: states[i] for i in sub.event_ids() if i in states}, tried)
                     try:
                         async with conn.transaction():
                             with translate_db_errors("folding part of a refused batch"):
-                                await conn.execute(_FOLD_BATCH, *args)
+                                await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
                             if not keep:
                                 raise _Rollback
                     except DataRejected as e:
@@ -680,8 +689,8 @@ class Projector(AsyncLifecycle):
                 rest = _Batch(anomalies=list(batch.anomalies) + [
                     _anomaly("unstorable_outcome", rec, f"PostgreSQL refused this outcome: {e.reason}", raw=rec.value)
                     for rec, e in bad_outcomes], next_offsets=batch.next_offsets)
-                args, _ = self._prepare(rest, {}, FoldStats())
-                await conn.execute(_FOLD_BATCH, *args)
+                prepared, _ = self._prepare(rest, {}, FoldStats())
+                await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
                 await self._insert_fences(conn, batch.fences)
                 for aid, r in refused.items():
                     rec = events_of[aid][r.first][0]
@@ -804,9 +813,9 @@ class Projector(AsyncLifecycle):
             changed[ev.assessment_id] = (prev, new)
             stats.applied += 1
             history.append(HistoryRow(
-                ev.assessment_id, ev.version, ev.event_id, ev.type.value, ev.occurred_at, ev.recorded_at,
-                ev.source.value, ev.correlation_id, ev.causation_id, _json(_payload_fields(ev.payload)),
-                rec.topic, rec.partition, rec.offset,
+                ev.assessment_id, ev.version, ev.event_id, _TYPE_NAMES[type(ev.payload)], ev.occurred_at,
+                ev.recorded_at, _ENUM_VALUES[ev.source], ev.correlation_id, ev.causation_id,
+                self._json(_payload_fields(ev.payload)), rec.topic, rec.partition, rec.offset,
             ))
             if ev.causation_id is not None:
                 raw = next((v for k, v in rec.headers if k == COMMAND_OFFSET_HEADER), None)
@@ -820,44 +829,97 @@ class Projector(AsyncLifecycle):
         rest, held = batch.split_held(self._quarantined)
         ids = rest.event_ids()
         states: dict[str, Assessment] = await fetch_assessments(conn, ids, schema=self.schema) if ids else {}
-        args, _changed = self._prepare(rest, states, stats)
-        if not held and not batch.fences:
-            await conn.execute(_FOLD_BATCH, *args)  # one statement, one transaction: the usual case
-            return
-        # Held events and fences commit with the batch's rows and offsets, or not at all.
+        prepared, _changed = self._prepare(rest, states, stats)
+        # Rows, offsets, held events and fences commit together, or not at all.
         async with conn.transaction():
-            await conn.execute(_FOLD_BATCH, *args)
+            await self._write_staged(conn, prepared)
             await self._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
             await self._insert_fences(conn, batch.fences)
         stats.held += len(held)
 
+    async def _write_staged(self, conn: asyncpg.Connection, prepared: _Prepared) -> None:
+        """COPY the batch's rows into the staging tables and store them with ``fold_staged``; the
+        caller owns the transaction (the staging tables are emptied at its commit or rollback)."""
+        for rows, row_type in ((prepared.assessments, AssessmentRow), (prepared.history, HistoryRow),
+                               (prepared.outcomes, OutcomeRow)):
+            if rows:
+                try:
+                    await conn.copy_records_to_table(STAGING_TABLES[row_type], records=rows)
+                except (ValueError, OverflowError, TypeError) as e:
+                    # Client side: a value the driver cannot encode for its column (as DataError
+                    # says for a statement's arguments). The transaction rolls back; re-folded
+                    # through fold_batch, the refused assessment is quarantined.
+                    raise DataRejected(f"copying {STAGING_TABLES[row_type]}", None, f"{type(e).__name__}: {e}") from e
+        await conn.execute(
+            _FOLD_STAGED, self.schema, not self.assign_all, self._generation, self.group,
+            *columns(prepared.anomalies, AnomalyRow), *columns(prepared.offsets, OffsetRow),
+            prepared.notify_changes, prepared.notify_outcomes,
+        )
+
+    def _batch_args(self, prepared: _Prepared) -> list[Any]:
+        """``fold_batch``'s arguments (every row as parallel arrays), for the refused-batch path."""
+        return [
+            self.schema, not self.assign_all, self._generation, self.group,
+            *columns(prepared.assessments, AssessmentRow), *columns(prepared.history, HistoryRow),
+            *columns(prepared.outcomes, OutcomeRow), *columns(prepared.anomalies, AnomalyRow),
+            *columns(prepared.offsets, OffsetRow), prepared.notify_changes, prepared.notify_outcomes,
+        ]
+
     def _prepare(
         self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats
-    ) -> tuple[list[Any], dict[str, Assessment]]:
-        """Fold in memory and build fold_batch's arguments; also returns the new states."""
+    ) -> tuple[_Prepared, dict[str, Assessment]]:
+        """Fold in memory and build the rows to store; also returns the new states."""
         changed, history, anomalies, accepted = self._fold(batch, states, stats)
-        rows = [AssessmentRow(prev, *assessment_to_row(a)) for prev, a in changed.values()]
-        a_cols = columns(rows, AssessmentRow)
-        # request_data / result_data travel as JSON text (cast to jsonb in SQL).
-        for name in ("request", "result"):
-            i = AssessmentRow._fields.index(name)
-            a_cols[i] = [_json(v) for v in a_cols[i]]
+        rows = [_assessment_row(prev, a, self._json) for prev, a in changed.values()]
         outcome_rows = [
             OutcomeRow(o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
-             _json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
+             self._json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
              rec.offset, o.command_offset)
             for rec, o in batch.outcomes
         ] + accepted
         offsets = [OffsetRow(tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
-        notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
-        # Duplicates too: the client that re-sent a command waits for this wake-up.
-        notify_outcomes = list({f"{r.cmd}|{r.id}|{int(r.accepted)}|{r.version or ''}" for r in outcome_rows})
-        args = [
-            self.schema, not self.assign_all, self._generation, self.group, *a_cols, *columns(history, HistoryRow),
-            *columns(outcome_rows, OutcomeRow), *columns(anomalies, AnomalyRow), *columns(offsets, OffsetRow),
-            notify_changes, notify_outcomes,
-        ]
-        return args, {aid: a for aid, (_prev, a) in changed.items()}
+        notify_changes: list[str] = []
+        notify_outcomes: list[str] = []
+        if not self.assign_all:  # a rebuild wakes no one (fold_batch ignores them then)
+            notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
+            # Duplicates too: the client that re-sent a command waits for this wake-up.
+            notify_outcomes = list({f"{r.cmd}|{r.id}|{int(r.accepted)}|{r.version or ''}" for r in outcome_rows})
+        prepared = _Prepared(rows, history, outcome_rows, anomalies, offsets, notify_changes, notify_outcomes)
+        return prepared, {aid: a for aid, (_prev, a) in changed.items()}
+
+
+@dataclass
+class _Prepared:
+    """A folded batch's rows, ready to store (``Projector._write_staged`` or ``_batch_args``)."""
+
+    assessments: list[AssessmentRow]
+    history: list[HistoryRow]
+    outcomes: list[OutcomeRow]
+    anomalies: list[AnomalyRow]
+    offsets: list[OffsetRow]
+    notify_changes: list[str]
+    notify_outcomes: list[str]
+
+
+def _assessment_row(prev: int, a: Assessment, _json: Callable[[Any], str]) -> AssessmentRow:
+    # request_data / result_data travel as JSON text (cast to jsonb in SQL; None as JSON null).
+    return AssessmentRow(
+        prev, a.assessment_id, _ENUM_VALUES[a.state], a.version, a.progress, a.message, _json(a.request_data),
+        _json(a.result_data), a.error_message, a.retryable, a.retry_count, a.max_retries, a.cancel_reason,
+        a.duration, a.processing_timeout_ms, a.created_at, a.updated_at, a.started_at, a.finished_at,
+        a.last_event_id,  # type: ignore[arg-type]  # always set on a folded state
+    )
+
+
+async def _create_staging(conn: asyncpg.Connection) -> None:
+    """Each pooled connection's staging tables (session-local: created once per connection)."""
+    await conn.execute(staging_ddl())
+
+
+# Enum values by member and event type names by payload class: an enum's ``.value`` is a
+# descriptor call, a few per folded event.
+_TYPE_NAMES: dict[type[Payload], str] = {cls: t.value for cls, t in PAYLOAD_TYPES.items()}
+_ENUM_VALUES: dict[enum.Enum, str] = {m: m.value for e in (EventSource, State) for m in e}
 
 
 def _payload_fields(p: Payload) -> dict[str, Any]:
@@ -866,14 +928,63 @@ def _payload_fields(p: Payload) -> dict[str, Any]:
     return {name: getattr(p, name) for name in p.__slots__}
 
 
-def _json(value: Any) -> str:
+def _json_std(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _nonfinite(value: Any) -> bool:
+    """Whether a NaN or an infinity is in ``value`` (a JSON document). Plain loops: it runs for
+    most events (any null in the text), and generators cost as much as the encoding."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        items: Any = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False
+    for v in items:
+        if isinstance(v, float | dict | list | tuple) and _nonfinite(v):
+            return True
+    return False
+
+
+def json_encoder() -> Callable[[Any], str]:
+    """The JSON encoder of the projector's jsonb columns: orjson's when it is installed (the server
+    extra), ``_json_std`` otherwise. Imported here, not at module level: the client's base install,
+    which imports this package for its queries, has no orjson."""
+    try:
+        import orjson
+    except ImportError:
+        return _json_std
+    # datetimes and dataclasses go to default=str, as with json.dumps (orjson would write its own form).
+    options = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    dumps, refused = orjson.dumps, (orjson.JSONEncodeError, TypeError)
+
+    def encode(value: Any) -> str:
+        """``value`` as JSON text, exactly as ``_json_std`` writes it up to formatting (the jsonb
+        column stores the same value): orjson takes a fifth of the time. Where the two would store
+        different values, the standard encoder writes it: an integer beyond 64 bits or a lone
+        surrogate (orjson refuses them), and NaN or an infinity (orjson writes null; json writes NaN,
+        which PostgreSQL refuses, so the assessment is quarantined as it always was)."""
+        try:
+            out = dumps(value, default=str, option=options)
+        except refused:
+            return _json_std(value)
+        if b"null" in out and _nonfinite(value):
+            return _json_std(value)
+        return out.decode()
+
+    return encode
 
 
 # Four scalars (schema, notify, generation, group), one array per field of each row type, two
 # notification arrays: 64 parameters, in the order of fold_batch's signature.
 _FOLD_BATCH_ARITY = 4 + sum(len(t._fields) for t in (AssessmentRow, HistoryRow, OutcomeRow, AnomalyRow, OffsetRow)) + 2
 _FOLD_BATCH = "SELECT public.fold_batch(" + ", ".join(f"${i}" for i in range(1, _FOLD_BATCH_ARITY + 1)) + ")"
+# fold_staged: the four scalars, the anomaly and offset arrays, the two notification arrays.
+_FOLD_STAGED_ARITY = 4 + len(AnomalyRow._fields) + len(OffsetRow._fields) + 2
+_FOLD_STAGED = "SELECT public.fold_staged(" + ", ".join(f"${i}" for i in range(1, _FOLD_STAGED_ARITY + 1)) + ")"
 
 # SQLSTATEs that mean "the projection schema changed under this session": our own AS001 from
 # fold_batch (generation mismatch), and a table/function that vanished with a dropped schema.
@@ -924,14 +1035,14 @@ class _Pipeline:
             self._in_flight = {}
             stats = FoldStats(batches=1, undecodable=stats.undecodable)
             prepared = await self._prepare(batch, stats)
-        args, changed, held = prepared
+        rows, changed, held = prepared
         self._in_flight = changed
         self._writing_batch = batch
-        self._writing = asyncio.create_task(self._write(args, held, batch.fences))
+        self._writing = asyncio.create_task(self._write(rows, held, batch.fences))
         p.stats.add(stats)
 
     async def _prepare(self, batch: _Batch, stats: FoldStats) -> tuple[
-        list[Any], dict[str, Assessment], list[tuple[ConsumerRecord[bytes, bytes], Event]]
+        _Prepared, dict[str, Assessment], list[tuple[ConsumerRecord[bytes, bytes], Event]]
     ]:
         p = self.p
         assert p._pool is not None
@@ -942,19 +1053,16 @@ class _Pipeline:
         if missing:
             with translate_db_errors("reading states to rebuild"):
                 states.update(await fetch_assessments(p._pool, missing, schema=p.schema))
-        args, changed = p._prepare(rest, states, stats)
+        rows, changed = p._prepare(rest, states, stats)
         stats.held += len(held)
-        return args, changed, held
+        return rows, changed, held
 
-    async def _write(self, args: list[Any], held: list[tuple[ConsumerRecord[bytes, bytes], Event]],
+    async def _write(self, rows: _Prepared, held: list[tuple[ConsumerRecord[bytes, bytes], Event]],
                      fences: list[tuple[str, int, int, int]]) -> None:
         assert self.p._pool is not None
         with translate_db_errors("writing a rebuilt batch"):
-            if not held and not fences:
-                await self.p._pool.execute(_FOLD_BATCH, *args)
-                return
             async with self.p._pool.acquire() as conn, conn.transaction():
-                await conn.execute(_FOLD_BATCH, *args)
+                await self.p._write_staged(conn, rows)
                 await self.p._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
                 await self.p._insert_fences(conn, fences)
 

@@ -106,11 +106,11 @@ async def refold(settings: Settings, assessment_id: str) -> RefoldResult:
                 projector._generation = int(await conn.fetchval("SELECT generation FROM projection.meta"))
                 states = await fetch_assessments(conn, [assessment_id])
                 # A copy: the fold advances the states it is given, and a refusal reports the stored one.
-                args, changed = projector._prepare(batch, dict(states), FoldStats())
+                prepared, changed = projector._prepare(batch, dict(states), FoldStats())
                 try:
                     async with conn.transaction():  # a savepoint: refused, only the re-fold rolls back
                         with translate_db_errors(f"re-folding the held events of {assessment_id!r}"):
-                            await conn.execute(_FOLD_BATCH, *args)
+                            await conn.execute(_FOLD_BATCH, *projector._batch_args(prepared))
                 except DataRejected as e:
                     await conn.execute(
                         "UPDATE projection.quarantine SET refold_attempts = refold_attempts + 1,"

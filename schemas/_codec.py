@@ -19,7 +19,9 @@ from assessment_store.core import (
     Started,
 )
 
-from ._avro import AvroRecordCodec, Headers, json_text
+from ._avro import MAGIC, AvroRecordCodec, Headers, json_text
+from ._fast_event import FINGERPRINT as _FAST_FINGERPRINT
+from ._fast_event import read_event
 
 __all__ = ["CONTENT_TYPE", "EventCodec"]
 
@@ -73,6 +75,16 @@ class EventCodec:
 
     def __init__(self) -> None:
         self.avro = AvroRecordCodec("assessment_event.avsc", CONTENT_TYPE)
+        # Records of the current schema are read by hand (schemas/_fast_event.py), but only while
+        # the current schema is the one that reader was written for.
+        self._fast_prefix: bytes | None = (
+            MAGIC + bytes.fromhex(_FAST_FINGERPRINT) if self.avro.fingerprint == _FAST_FINGERPRINT else None
+        )
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether records of the current schema skip fastavro (schemas/_fast_event.py)."""
+        return self._fast_prefix is not None
 
     @property
     def fingerprint(self) -> str:
@@ -95,6 +107,12 @@ class EventCodec:
         return self.avro.encode(record, name)
 
     def decode(self, value: bytes | None, headers: Headers = ()) -> Event:
+        prefix = self._fast_prefix
+        if prefix is not None and value and value.startswith(prefix):
+            event = read_event(value, len(prefix))
+            if event is not None:
+                return event
+            # Not a clean read: fastavro decodes it, and reports a corrupt record in its own words.
         r = self.avro.decode(value, headers)
         try:
             name, payload = r["payload"]

@@ -53,7 +53,10 @@ class Verdict(enum.Enum):
 
 
 def header_int(headers: Headers, name: str) -> int | None:
-    raw = next((v for k, v in headers if k == name), None)
+    return _int(next((v for k, v in headers if k == name), None))
+
+
+def _int(raw: bytes | None) -> int | None:
     if raw is None:
         return None
     try:
@@ -91,7 +94,16 @@ class LogFence:
     def judge(self, tp: TopicPartition, headers: Headers) -> tuple[Verdict, int | None]:
         """The verdict on the next record of ``tp`` and the epoch it carries (a fence's own, or
         its writer's; None for a record written without one). Advances the fence on a fence record."""
-        fence = header_int(headers, FENCE_HEADER)
+        # One pass over the headers for both (the first of each name counts, as in header_int):
+        # this runs for every record the projector folds.
+        raw_fence = raw_epoch = None
+        for k, v in headers:
+            if k == FENCE_HEADER:
+                if raw_fence is None:
+                    raw_fence = v
+            elif k == EPOCH_HEADER and raw_epoch is None:
+                raw_epoch = v
+        fence = _int(raw_fence)
         current = self.epochs.get(tp, 0)
         if fence is not None:
             if fence < current:
@@ -99,7 +111,7 @@ class LogFence:
                 return Verdict.FENCED, fence
             self.epochs[tp] = fence
             return Verdict.FENCE, fence
-        epoch = header_int(headers, EPOCH_HEADER)
+        epoch = _int(raw_epoch)
         if epoch is not None and epoch < current:
             self.fenced += 1
             return Verdict.FENCED, epoch
