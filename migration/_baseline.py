@@ -33,11 +33,17 @@ from assessment_store.projections import (
 )
 from assessment_store.streams import ensure_topics, kafka_client_options, translate_kafka_errors
 
-from ._observations import LATENCY_BUCKETS_MS, OBSERVATIONS_TOPIC, WindowObservation, observations_topic_spec
+from ._observations import (
+    LATENCY_BUCKETS_MS,
+    OBSERVATIONS_TOPIC,
+    WindowObservation,
+    latency_percentile_ms,
+    observations_topic_spec,
+)
 
 __all__ = [
     "BaselineReport", "PerformanceBaseline", "Regression", "Suggestion", "Tolerance", "compare_baselines",
-    "latency_percentile_ms", "run_baseline",
+    "run_baseline",
 ]
 
 log = logging.getLogger("assessment_store.migration.baseline")
@@ -203,20 +209,6 @@ def _iso(t: float) -> str:
 
 def _finite(v: float | None) -> float | None:
     return None if v is None or math.isinf(v) else v
-
-
-def latency_percentile_ms(buckets: tuple[int, ...] | list[int], q: float) -> float | None:
-    """The upper bound of the bucket holding the ``q`` quantile (as the gates' p95: never below the truth)."""
-    total = sum(buckets)
-    if total == 0:
-        return None
-    rank = math.ceil(q * total)
-    seen = 0
-    for bound, n in zip(LATENCY_BUCKETS_MS, buckets, strict=True):
-        seen += n
-        if seen >= rank:
-            return bound
-    return math.inf
 
 
 def suggest(tables: list[TableStats], indexes: list[IndexUsage], *, dead_ratio: float = 0.2,

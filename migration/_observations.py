@@ -49,7 +49,7 @@ from ._shadow import ShadowStats
 
 __all__ = [
     "LATENCY_BUCKETS_MS", "OBSERVATIONS_TOPIC", "ObservationPublisher", "WindowObservation",
-    "observations_topic_spec", "p95_ms", "window_start",
+    "latency_percentile_ms", "observations_topic_spec", "p95_ms", "window_start",
 ]
 
 log = logging.getLogger("assessment_store.migration.observations")
@@ -86,19 +86,25 @@ def window_start(now_s: float, window_s: float) -> float:
     return math.floor(now_s / window_s) * window_s
 
 
-def p95_ms(buckets: Iterable[int]) -> float | None:
-    """The upper bound of the bucket holding the 95th percentile; ``None`` without calls."""
+def latency_percentile_ms(buckets: Iterable[int], q: float) -> float | None:
+    """The upper bound of the bucket holding the ``q`` quantile (never below the truth); ``None``
+    without calls."""
     counts = list(buckets)
     total = sum(counts)
     if total == 0:
         return None
-    rank = math.ceil(0.95 * total)
+    rank = math.ceil(q * total)
     seen = 0
     for bound, n in zip(LATENCY_BUCKETS_MS, counts, strict=True):
         seen += n
         if seen >= rank:
             return bound
     return math.inf
+
+
+def p95_ms(buckets: Iterable[int]) -> float | None:
+    """The gates' p95: ``latency_percentile_ms(buckets, 0.95)``."""
+    return latency_percentile_ms(buckets, 0.95)
 
 
 @dataclass(frozen=True, slots=True)
