@@ -393,21 +393,38 @@ class MigrationRouter:
         target = max((int(h["version"]) for h in history
                       if h.get("source") == "store"), default=0)
         if target > 0:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.sync_timeout_s
-            delay, waited = 0.01, False
-            while (seen := await self.legacy.synced_version(assessment_id)) < target:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self.stats.sync_timeouts += 1
-                    raise LegacyNotSynced(assessment_id, target, seen, self.sync_timeout_s)
-                if not waited:
-                    waited = True
-                    self.stats.sync_waits += 1
-                # Polling legacy with backoff: the reverse sync normally delivers within milliseconds.
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.2)
+            seen = 0
+
+            async def legacy_has_it() -> bool:
+                nonlocal seen
+                seen = await self.legacy.synced_version(assessment_id)
+                return seen >= target
+
+            def waiting() -> None:
+                self.stats.sync_waits += 1
+
+            if not await self._poll(legacy_has_it, waiting):
+                self.stats.sync_timeouts += 1
+                raise LegacyNotSynced(assessment_id, target, seen, self.sync_timeout_s)
         _remember(self._synced, assessment_id, None, self._pinned_capacity)
+
+    async def _poll(self, ready: Callable[[], Awaitable[bool]], waiting: Callable[[], None]) -> bool:
+        """Ask ``ready`` until it says yes, at most ``sync_timeout_s``: True if it did in time.
+        ``waiting`` is called once, when the first answer is no. Polling with backoff (10 ms doubling
+        to 200 ms): the reverse sync and the bridge normally deliver within milliseconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.sync_timeout_s
+        delay, waited = 0.01, False
+        while not await ready():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            if not waited:
+                waited = True
+                waiting()
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.2)
+        return True
 
     def _shadow(self, op: str, assessment_id: str, served: Side, answer: Assessment | None, started: float) -> None:
         """Schedule the observation of this call on the other side (returns at once)."""
@@ -445,30 +462,26 @@ class MigrationRouter:
         want = self._legacy_writes.get(assessment_id)
         if want is None:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.sync_timeout_s
-        delay, waited = 0.01, False
-        while True:
+
+        async def store_has_it() -> bool:
             try:
                 got = await self.store.find_state(assessment_id)
             except BackendError:
-                return  # the store cannot be asked: the call will fail over like any other
+                return True  # the store cannot be asked: the call will fail over like any other
             if got is not None and (got.updated_at >= want.updated_at or _same_content(got, want)):
                 self._legacy_writes.pop(assessment_id, None)
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                # Raised once: the next call is served without waiting (a stuck bridge must not
-                # block the assessment for good; its lag is what to fix, and it is counted).
-                self._legacy_writes.pop(assessment_id, None)
-                self.stats.store_sync_timeouts += 1
-                raise StoreNotSynced(assessment_id, self.sync_timeout_s)
-            if not waited:
-                waited = True
-                self.stats.store_sync_waits += 1
-            # Polling the store's projection with backoff: the bridge normally delivers within milliseconds.
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.2)
+                return True
+            return False
+
+        def waiting() -> None:
+            self.stats.store_sync_waits += 1
+
+        if not await self._poll(store_has_it, waiting):
+            # Raised once: the next call is served without waiting (a stuck bridge must not block
+            # the assessment for good; its lag is what to fix, and it is counted).
+            self._legacy_writes.pop(assessment_id, None)
+            self.stats.store_sync_timeouts += 1
+            raise StoreNotSynced(assessment_id, self.sync_timeout_s)
 
     def metrics_registry(self) -> CollectorRegistry:
         """A Prometheus registry of its own with this router's counters, its shadow observer's and
