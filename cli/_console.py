@@ -31,6 +31,8 @@ from assessment_store.core import (
     supervise,
 )
 
+from ._options import mark_ready
+
 __all__ = [
     "EXIT_DATAERR",
     "EXIT_REFUSED",
@@ -134,12 +136,11 @@ def _serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         def ready(_service: Service) -> None:
-            if pid_file is not None:
-                pid_file.with_suffix(".ready").write_text("ready\n")
+            mark_ready(pid_file)
             logger.info("%s consuming", name)
 
         # A Kafka or PostgreSQL outage of any length never ends the process: supervise restarts
-        # the service after a capped backoff (issue: every long-running service rides it out).
+        # the service after a capped backoff: every long-running service rides it out.
         p = await supervise(lambda: make(Settings()), stop, logger, on_started=ready)
         logger.info("%s stopping: %s", name, getattr(p, "stats", None))
 

@@ -11,7 +11,7 @@ from assessment_store.core import Settings
 
 from ._console import out
 from ._console import run_cli as _run
-from ._options import PidFile
+from ._options import PidFile, mark_ready
 from ._root import app
 
 
@@ -32,12 +32,7 @@ def dashboard(
         out.print("[yellow]no ASSESSMENT_STORE_API_READ_TOKEN (or _API_TOKEN) is set: the dashboard will refuse "
                   "every request[/]")
     out.print(f"dashboard on {dashboard_url(settings)}")
-
-    def ready() -> None:
-        if pid_file is not None:
-            pid_file.with_suffix(".ready").write_text("ready\n")
-
     try:
-        _run(serve_dashboard(settings, on_ready=ready))
+        _run(serve_dashboard(settings, on_ready=lambda: mark_ready(pid_file)))
     except KeyboardInterrupt:
         pass

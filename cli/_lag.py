@@ -10,7 +10,7 @@ from assessment_store.core import Settings
 
 from ._console import out
 from ._console import run_cli as _run
-from ._options import JsonFlag, PidFile
+from ._options import JsonFlag, PidFile, mark_ready
 from ._root import app
 
 
@@ -42,8 +42,4 @@ def lag_monitor(
     """Poll every group's lag and serve it at /metrics (Prometheus) until SIGTERM."""
     from assessment_store.monitoring import serve_lag_metrics
 
-    def ready() -> None:
-        if pid_file is not None:
-            pid_file.with_suffix(".ready").write_text("ready\n")
-
-    _run(serve_lag_metrics(Settings(), host=host, port=port, on_ready=ready))
+    _run(serve_lag_metrics(Settings(), host=host, port=port, on_ready=lambda: mark_ready(pid_file)))
