@@ -6,12 +6,17 @@ Starts a private stack (data in .data/bench-<port base>, ports 29392-29394 unles
 moves them), then measures, in one run:
 
 1. latency at fixed offered rates (open loop: a command is issued every 1/rate s whatever the
-   previous ones are doing): each sample is the time from `AssessmentStore.execute` being called
-   to its event being visible in PostgreSQL (the call returns only then), p50/p95/p99;
+   previous ones are doing): each sample is the time from `AssessmentStore.update_progress` being
+   called to its event being visible in PostgreSQL (the call returns only then), p50/p95/p99, and
+   the CPU per command of each process (broker, PostgreSQL, processor, projector, client);
 2. the maximum sustained rate of the store's pipeline: N commands pre-loaded on the commands
    topic, timed from the moment the processor and projector are let loose until the projection
    holds every resulting event;
-3. the baseline: the same encoded command bytes produced with a bare aiokafka producer
+3. the pipeline skeleton (``bench/_skeleton.py``): the same hops done by bare aiokafka and
+   asyncpg with no logic (consume a command, produce it as an event, consume that, COPY it into
+   PostgreSQL with a NOTIFY), at the same offered rates and on the same pre-loaded commands, with
+   the store's processor and projector stopped: the reference the store is held to;
+4. the bare producer: the same encoded command bytes produced with a bare aiokafka producer
    (acks=all, idempotent), messages/s - the rate of merely appending to Kafka once.
 
 Prints a table with the goals beside the figures.
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assessment_store import AssessmentStore, Settings
-from assessment_store.core import CommandEnvelope, Create, UpdateProgress, new_id
+from assessment_store.core import CommandEnvelope, UpdateProgress
 from assessment_store.testing import isolated_settings, running_stack
 from assessment_store.projections import connect
 from assessment_store.schemas import CommandCodec
@@ -40,6 +46,7 @@ from assessment_store.stack import Stack
 from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_options
 
 from ._cpu import CpuSnapshot, per_unit_ms
+from ._skeleton import Skeleton, SkeletonClient, drain_rate
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -51,17 +58,38 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 async def latency_at(store: AssessmentStore, rate: int, duration_s: float, ids: list[str]) -> dict[str, float]:
-    """Open loop at ``rate`` commands/s; returns latency percentiles in ms and the achieved rate."""
+    """Open loop at ``rate`` commands/s through the store's API (each call returns once its event
+    is visible); returns latency percentiles in ms and the achieved rate."""
+
+    async def call(i: int) -> None:
+        await store.update_progress(ids[i % len(ids)], i % 101, "bench")
+
+    return await open_loop(call, rate, duration_s)
+
+
+async def skeleton_latency_at(client: SkeletonClient, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+                              rate: int, duration_s: float) -> dict[str, float]:
+    """The same open loop through the pipeline skeleton: each call returns once its command's row
+    is notified from PostgreSQL."""
+
+    async def call(i: int) -> None:
+        key, value, _headers = records[i % len(records)]
+        await client.execute(key, value, f"c{rate}-{i}")
+
+    return await open_loop(call, rate, duration_s)
+
+
+async def open_loop(call: Callable[[int], Awaitable[None]], rate: int, duration_s: float) -> dict[str, float]:
+    """Issue ``call(i)`` every 1/rate s whatever the previous calls are doing; latency percentiles in ms."""
     latencies: list[float] = []
     errors = 0
     tasks: list[asyncio.Task[None]] = []
 
     async def one(i: int) -> None:
         nonlocal errors
-        aid = ids[i % len(ids)]
         t0 = time.perf_counter()
         try:
-            await store.execute(UpdateProgress(assessment_id=aid, progress=i % 101, message="bench"))
+            await call(i)
         except Exception:  # noqa: BLE001 - counted and reported
             errors += 1
             return
@@ -169,55 +197,103 @@ def main(args: argparse.Namespace) -> None:
 
 async def measure(s: Settings, args: argparse.Namespace) -> None:
     stack = Stack(s)
-    if True:
-        async with AssessmentStore(s) as store:
-            ids = [await store.create_assessment({"bench": i}, assessment_id=f"bench-{i}") for i in range(200)]
-            for aid in ids:
-                await store.start_assessment(aid)
-            await latency_at(store, 200, 2, ids)  # warm-up: JIT of the broker, connection pools
-            results: dict[int, dict[str, float]] = {}
-            cpu_at: dict[int, dict[str, float]] = {}
+    data_dir = ROOT / ".data" / f"bench-{args.port_base}"
+    async with AssessmentStore(s) as store:
+        ids = [await store.create_assessment({"bench": i}, assessment_id=f"bench-{i}") for i in range(200)]
+        for aid in ids:
+            await store.start_assessment(aid)
+        await latency_at(store, 200, args.warmup, ids)  # warm-up: the broker's JIT, connection pools
+        results: dict[int, dict[str, float]] = {}
+        cpu_at: dict[int, dict[str, float]] = {}
+        for rate in args.rates:
+            before = await asyncio.to_thread(CpuSnapshot.take, stack)
+            results[rate] = await latency_at(store, rate, args.duration, ids)
+            spent = (await asyncio.to_thread(CpuSnapshot.take, stack)).minus(before)
+            # "this process" is the client here: the caller's share of each command.
+            cpu_at[rate] = per_unit_ms({("client" if k == "this process" else k): v for k, v in spent.items()},
+                                       int(rate * args.duration))
+    records = await _encoded_commands(args.preload, ids)
+    baseline_topic = s.commands_topic + ".bench-baseline"
+    await ensure_topics(s, [TopicSpec(baseline_topic, s.partitions, {})])
+    baseline = await bare_producer_rate(s, records, baseline_topic)
+    run = await sustained_rate(s, stack, records)
+    # The drain's first event is already past when the first snapshot is taken: per command, count
+    # the commands drained between the snapshots, approximately all of them.
+    cpu = run.cpu_ms_per_command(len(records))
+
+    # The skeleton, with the store's processor and projector stopped so that the broker's and
+    # PostgreSQL's CPU is the skeleton's alone.
+    await asyncio.to_thread(stack.down, ["processor", "projector"], lambda _m: None)
+    skel = Skeleton(s, data_dir, args.port_base, "latency")
+    await skel.prepare()
+    skel.start()
+    skel_results: dict[int, dict[str, float]] = {}
+    skel_cpu_at: dict[int, dict[str, float]] = {}
+    try:
+        async with SkeletonClient(s, skel.topics) as client:
+            await skeleton_latency_at(client, records, 200, args.warmup)
             for rate in args.rates:
-                before = await asyncio.to_thread(CpuSnapshot.take, stack)
-                results[rate] = await latency_at(store, rate, args.duration, ids)
-                spent = (await asyncio.to_thread(CpuSnapshot.take, stack)).minus(before)
-                # "this process" is the client here: the caller's share of each command.
-                cpu_at[rate] = per_unit_ms({("client" if k == "this process" else k): v for k, v in spent.items()},
-                                           int(rate * args.duration))
-        records = await _encoded_commands(args.preload, ids)
-        baseline_topic = s.commands_topic + ".bench-baseline"
-        await ensure_topics(s, [TopicSpec(baseline_topic, s.partitions, {})])
-        baseline = await bare_producer_rate(s, records, baseline_topic)
-        run = await sustained_rate(s, stack, records)
-        sustained, elapsed, restart = run.rate, run.drained_s, run.restart_s
-        # The drain's first event is already past when the first snapshot is taken: per command, count
-        # the commands drained between the snapshots, approximately all of them.
-        cpu = run.cpu_ms_per_command(len(records))
+                cpu_before = await asyncio.to_thread(_skeleton_cpu, stack, skel)
+                skel_results[rate] = await skeleton_latency_at(client, records, rate, args.duration)
+                cpu_after = await asyncio.to_thread(_skeleton_cpu, stack, skel)
+                skel_cpu_at[rate] = per_unit_ms(_minus(cpu_after, cpu_before), int(rate * args.duration))
+    finally:
+        skel.stop()
+    drain = Skeleton(s, data_dir, args.port_base, f"sustained-{datetime.now(UTC):%H%M%S}")
+    await drain.prepare()
+    before_rows = await drain.rows()
+    await bare_producer_rate(s, records, drain.topics.commands)
+    stack_before = await asyncio.to_thread(CpuSnapshot.take, stack)
+    try:
+        skel_sustained, skel_proc_cpu = await drain_rate(drain, before_rows, len(records))
+    finally:
+        shared = (await asyncio.to_thread(CpuSnapshot.take, stack)).minus(stack_before)
+        drain.stop()
+    skel_cpu = per_unit_ms({"kafka": shared["kafka"], "postgres": shared["postgres"], **skel_proc_cpu},
+                           len(records))
 
     t = Table(title="command -> event -> visible in projection (one run, this machine)")
-    for col in ("measure", "value", "goal"):
+    for col in ("measure", "store", "skeleton (same hops, no logic)", "goal"):
         t.add_column(col)
+
+    def lat(r: dict[str, float]) -> str:
+        return (f"p50 {r['p50']:.1f} ms  p95 {r['p95']:.1f} ms  p99 {r['p99']:.1f} ms  max {r['max']:.0f} ms "
+                f"(achieved {r['achieved']:.0f}/s, {r['errors']:.0f} errors)")
+
+    def split(cpu_ms: dict[str, float]) -> str:
+        return "  ".join(f"{role} {ms:.3f}" for role, ms in cpu_ms.items())
+
     for rate, r in results.items():
-        t.add_row(f"latency at {rate}/s offered (achieved {r['achieved']:.0f}/s, {r['errors']:.0f} errors)",
-                  f"p50 {r['p50']:.1f} ms  p95 {r['p95']:.1f} ms  p99 {r['p99']:.1f} ms  max {r['max']:.0f} ms",
-                  "p95 <= 20 ms at 500/s" if rate == 500 else "")
-        t.add_row(f"CPU per command at {rate}/s (ms, per process)",
-                  "  ".join(f"{role} {ms:.3f}" for role, ms in cpu_at[rate].items()),
+        t.add_row(f"latency at {rate}/s offered", lat(r), lat(skel_results[rate]),
+                  "p95 <= 20 ms, p99 <= 40 ms at 500/s" if rate == 500 else "")
+        t.add_row(f"CPU per command at {rate}/s (ms, per process)", split(cpu_at[rate]), split(skel_cpu_at[rate]),
                   "total <= 1.7 ms" if rate == 500 else "")
-    t.add_row(f"sustained, {len(records)} pre-loaded commands (processor + projector, no client)",
-              f"{sustained:,.0f} commands/s ({elapsed:.1f} s; restart and rebuild before it: {restart:.1f} s)",
-              ">= 5,000/s")
+    t.add_row(f"sustained, {len(records)} pre-loaded commands",
+              f"{run.rate:,.0f} commands/s ({run.drained_s:.1f} s; restart and rebuild before it: {run.restart_s:.1f} s)",
+              f"{skel_sustained:,.0f} commands/s", ">= 10,000/s")
+    t.add_row("ratio sustained / skeleton", f"{run.rate / skel_sustained:.2f}", "1", ">= 0.50")
     t.add_row("CPU per command while sustained (ms, per process; the bench's own process produced the commands)",
-              "  ".join(f"{role} {ms:.3f}" for role, ms in cpu.items()), "total <= 1.7 ms")
-    t.add_row("baseline: bare aiokafka producer, acks=all, same bytes", f"{baseline:,.0f} messages/s", "")
-    t.add_row("ratio sustained / baseline", f"{sustained / baseline:.2f}", "")
+              split(cpu), split(skel_cpu), "")
+    t.add_row("bare aiokafka producer, acks=all, same bytes", f"{baseline:,.0f} messages/s", "", "")
+    t.add_row("ratio sustained / bare producer", f"{run.rate / baseline:.2f}", f"{skel_sustained / baseline:.2f}", "")
     console.print(t)
+
+
+def _skeleton_cpu(stack: Stack, skel: Skeleton) -> dict[str, float]:
+    snap = CpuSnapshot.take(stack, roles=("kafka", "postgres"))
+    return {**{k: v for k, v in snap.seconds.items() if k != "this process"}, **skel.cpu_s(),
+            "client": snap.seconds["this process"]}
+
+
+def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per latency rate")
     parser.add_argument("--rates", type=lambda v: [int(x) for x in v.split(",")], default=[100, 500, 2000])
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds at 200/s before the measured rates")
     parser.add_argument("--preload", type=int, default=50_000, help="commands for the sustained-rate run")
     parser.add_argument("--port-base", type=int, default=29392, help="Kafka, controller and PostgreSQL ports: base..base+2.")
     main(parser.parse_args())

@@ -1,0 +1,218 @@
+"""The pipeline skeleton: the command path's hops done by bare aiokafka and asyncpg with no logic.
+
+A *skeleton processor* consumes commands and produces each command's bytes unchanged as an
+"event" to the same partition of an events topic (acks=all, idempotent, the events acknowledged
+before the command offsets are committed, as the store's processor orders them); a *skeleton
+projector* consumes those events and COPYs them into a PostgreSQL table, one transaction per
+batch with a NOTIFY of the batch's command ids, then commits its offsets. Each runs in a process
+of its own, as the store's services do, so the CPU per command is read per process from /proc.
+
+It is the reference the store's pipeline is measured against in the same run (``bench.commands``):
+what the machine costs for the hops alone, without deciding, folding, fencing or idempotency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from assessment_store import Settings
+from assessment_store.projections import connect
+from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_options
+from assessment_store.testing import isolated_settings
+
+from ._cpu import process_cpu_s
+
+ID_HEADER = "skeleton-id"
+CHANNEL = "bench_skeleton"
+TABLE = "bench_skeleton_events"
+
+
+@dataclass(frozen=True)
+class SkeletonTopics:
+    commands: str
+    events: str
+
+    @classmethod
+    def of(cls, settings: Settings, run: str) -> SkeletonTopics:
+        return cls(f"{settings.commands_topic}.skeleton-{run}", f"{settings.events_topic}.skeleton-{run}")
+
+
+def _settings(data_dir: str, port_base: int) -> Settings:
+    return isolated_settings(Path(data_dir), port_base=port_base)
+
+
+async def _processor(s: Settings, topics: SkeletonTopics, group: str) -> None:
+    opts = kafka_client_options(s, "admin")
+    consumer = AIOKafkaConsumer(topics.commands, **opts, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                max_poll_records=1000, fetch_max_wait_ms=s.fetch_max_wait_ms)
+    producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True, linger_ms=0)
+    await producer.start()
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if not batch:
+                continue
+            futures = [await producer.send(topics.events, r.value, key=r.key, partition=tp.partition,
+                                           headers=list(r.headers))
+                       for tp, records in batch.items() for r in records]
+            # Events acknowledged before the command offsets are committed, as the store does.
+            await asyncio.gather(*futures)
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _projector(s: Settings, topics: SkeletonTopics, group: str) -> None:
+    opts = kafka_client_options(s, "admin")
+    consumer = AIOKafkaConsumer(topics.events, **opts, group_id=group, enable_auto_commit=False,
+                                auto_offset_reset="earliest", isolation_level="read_committed",
+                                max_poll_records=1000, fetch_max_wait_ms=s.fetch_max_wait_ms)
+    conn = await connect(s)
+    await consumer.start()
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if not batch:
+                continue
+            rows = []
+            ids = []
+            for tp, records in batch.items():
+                for r in records:
+                    cid = dict(r.headers).get(ID_HEADER, b"").decode()
+                    ids.append(cid)
+                    rows.append((tp.partition, r.offset, (r.key or b"").decode(), cid, r.value))
+            async with conn.transaction():
+                await conn.copy_records_to_table(TABLE, records=rows)
+                for chunk in range(0, len(ids), 200):
+                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, ",".join(ids[chunk:chunk + 200]))
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+        await conn.close()
+
+
+def _run(role: str, data_dir: str, port_base: int, topics: SkeletonTopics, group: str) -> None:
+    s = _settings(data_dir, port_base)
+    main = _processor if role == "processor" else _projector
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    asyncio.run(main(s, topics, f"{group}-{role}"))
+
+
+class Skeleton:
+    """The two skeleton processes for one run; ``start``/``stop`` them around the measurement."""
+
+    def __init__(self, settings: Settings, data_dir: Path, port_base: int, run: str) -> None:
+        self.settings = settings
+        self.topics = SkeletonTopics.of(settings, run)
+        self._args = (str(data_dir), port_base)
+        self._group = f"bench-skeleton-{run}"
+        self._procs: dict[str, multiprocessing.process.BaseProcess] = {}
+
+    async def prepare(self) -> None:
+        await ensure_topics(self.settings, [TopicSpec(self.topics.commands, self.settings.partitions, {}),
+                                            TopicSpec(self.topics.events, self.settings.partitions, {})])
+        conn = await connect(self.settings)
+        try:
+            await conn.execute(f"CREATE TABLE IF NOT EXISTS public.{TABLE} (partition int, kafka_offset bigint, "
+                               "key text, command_id text, value bytea)")
+        finally:
+            await conn.close()
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        for role in ("processor", "projector"):
+            if role not in self._procs:
+                p = ctx.Process(target=_run, args=(role, *self._args, self.topics, self._group), daemon=True)
+                p.start()
+                self._procs[role] = p
+
+    def stop(self) -> None:
+        for p in self._procs.values():
+            p.terminate()
+        for p in self._procs.values():
+            p.join(10)
+        self._procs.clear()
+
+    def cpu_s(self) -> dict[str, float]:
+        return {f"skeleton {role}": process_cpu_s(p.pid) for role, p in self._procs.items()}
+
+    async def rows(self) -> int:
+        conn = await connect(self.settings)
+        try:
+            return int(await conn.fetchval(f"SELECT count(*) FROM public.{TABLE}"))
+        finally:
+            await conn.close()
+
+
+class SkeletonClient:
+    """Sends commands to the skeleton and waits, per command, for the NOTIFY naming its id."""
+
+    def __init__(self, settings: Settings, topics: SkeletonTopics) -> None:
+        self.settings = settings
+        self.topics = topics
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> SkeletonClient:
+        self._producer = AIOKafkaProducer(**kafka_client_options(self.settings, "admin"), acks="all",
+                                          enable_idempotence=True, linger_ms=0)
+        await self._producer.start()
+        self._conn = await connect(self.settings)
+        await self._conn.add_listener(CHANNEL, self._on_notify)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._conn is not None:
+            await self._conn.close()
+
+    def _on_notify(self, _c: object, _pid: int, _ch: str, payload: str) -> None:
+        for cid in payload.split(","):
+            f = self._waiting.pop(cid, None)
+            if f is not None and not f.done():
+                f.set_result(None)
+
+    async def execute(self, key: bytes, value: bytes, command_id: str) -> None:
+        assert self._producer is not None
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[command_id] = future
+        await (await self._producer.send(self.topics.commands, value, key=key,
+                                         headers=[(ID_HEADER, command_id.encode())]))
+        await asyncio.wait_for(future, 30)
+
+
+async def drain_rate(skeleton: Skeleton, before: int, n: int, poll: Callable[[], float] = time.perf_counter
+                     ) -> tuple[float, dict[str, float]]:
+    """Start the skeleton on ``n`` pre-loaded commands: (commands/s from first row to last, CPU s per process)."""
+    skeleton.start()
+    first: float | None = None
+    cpu_first: dict[str, float] = {}
+    t0 = poll()
+    while True:
+        rows = await skeleton.rows()
+        now = poll()
+        if first is None and rows > before:
+            first, cpu_first = now, skeleton.cpu_s()
+        if rows >= before + n:
+            break
+        if now - t0 > 600:
+            raise RuntimeError("the skeleton did not drain within 600 s")
+        await asyncio.sleep(0.02)
+    cpu = {k: v - cpu_first.get(k, 0.0) for k, v in skeleton.cpu_s().items()}
+    assert first is not None
+    return n / (now - first), cpu
