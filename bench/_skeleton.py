@@ -20,7 +20,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -28,7 +27,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from assessment_store import Settings
 from assessment_store.projections import connect
 from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_options
-from assessment_store.testing import isolated_settings
 
 from ._cpu import process_cpu_s
 
@@ -45,10 +43,6 @@ class SkeletonTopics:
     @classmethod
     def of(cls, settings: Settings, run: str) -> SkeletonTopics:
         return cls(f"{settings.commands_topic}.skeleton-{run}", f"{settings.events_topic}.skeleton-{run}")
-
-
-def _settings(data_dir: str, port_base: int) -> Settings:
-    return isolated_settings(Path(data_dir), port_base=port_base)
 
 
 async def _processor(s: Settings, topics: SkeletonTopics, group: str) -> None:
@@ -104,8 +98,7 @@ async def _projector(s: Settings, topics: SkeletonTopics, group: str) -> None:
         await conn.close()
 
 
-def _run(role: str, data_dir: str, port_base: int, topics: SkeletonTopics, group: str) -> None:
-    s = _settings(data_dir, port_base)
+def _run(role: str, s: Settings, topics: SkeletonTopics, group: str) -> None:
     main = _processor if role == "processor" else _projector
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     asyncio.run(main(s, topics, f"{group}-{role}"))
@@ -114,10 +107,9 @@ def _run(role: str, data_dir: str, port_base: int, topics: SkeletonTopics, group
 class Skeleton:
     """The two skeleton processes for one run; ``start``/``stop`` them around the measurement."""
 
-    def __init__(self, settings: Settings, data_dir: Path, port_base: int, run: str) -> None:
+    def __init__(self, settings: Settings, run: str) -> None:
         self.settings = settings
         self.topics = SkeletonTopics.of(settings, run)
-        self._args = (str(data_dir), port_base)
         self._group = f"bench-skeleton-{run}"
         self._procs: dict[str, multiprocessing.process.BaseProcess] = {}
 
@@ -135,7 +127,7 @@ class Skeleton:
         ctx = multiprocessing.get_context("spawn")
         for role in ("processor", "projector"):
             if role not in self._procs:
-                p = ctx.Process(target=_run, args=(role, *self._args, self.topics, self._group), daemon=True)
+                p = ctx.Process(target=_run, args=(role, self.settings, self.topics, self._group), daemon=True)
                 p.start()
                 self._procs[role] = p
 

@@ -17,7 +17,9 @@ moves them), then measures, in one run:
    PostgreSQL with a NOTIFY), at the same offered rates and on the same pre-loaded commands, with
    the store's processor and projector stopped: the reference the store is held to;
 4. the bare producer: the same encoded command bytes produced with a bare aiokafka producer
-   (acks=all, idempotent), messages/s - the rate of merely appending to Kafka once.
+   (acks=all, idempotent), messages/s - the rate of merely appending to Kafka once;
+5. what one loopback round trip between two bare processes costs in CPU, back to back and after
+   2 ms and 10 ms idle (``bench/_wakeup.py``): at low rates every hop wakes a sleeping process.
 
 Prints a table with the goals beside the figures.
 """
@@ -47,6 +49,7 @@ from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_opti
 
 from ._cpu import CpuSnapshot, per_unit_ms
 from ._skeleton import Skeleton, SkeletonClient, drain_rate
+from ._wakeup import RoundTripCost, round_trip_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -189,15 +192,17 @@ async def sustained_rate(
 
 
 def main(args: argparse.Namespace) -> None:
-    settings = isolated_settings(ROOT / ".data" / f"bench-{args.port_base}", port_base=args.port_base)
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    settings = isolated_settings(ROOT / ".data" / f"bench-{args.port_base}", port_base=args.port_base, **overrides)
     Stack(settings).purge(log=lambda _m: None)
+    # Before the stack starts, on a machine as quiet as the bench's own: a message's CPU cost.
+    wakeups = [round_trip_cost(5000 if pause == 0 else 1000, pause, args.port_base + 40) for pause in (0, 0.002, 0.01)]
     with running_stack(settings) as s:  # the stack manager is synchronous: outside the event loop
-        asyncio.run(measure(s, args))
+        asyncio.run(measure(s, args, wakeups))
 
 
-async def measure(s: Settings, args: argparse.Namespace) -> None:
+async def measure(s: Settings, args: argparse.Namespace, wakeups: list[RoundTripCost]) -> None:
     stack = Stack(s)
-    data_dir = ROOT / ".data" / f"bench-{args.port_base}"
     async with AssessmentStore(s) as store:
         ids = [await store.create_assessment({"bench": i}, assessment_id=f"bench-{i}") for i in range(200)]
         for aid in ids:
@@ -224,7 +229,7 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
     # The skeleton, with the store's processor and projector stopped so that the broker's and
     # PostgreSQL's CPU is the skeleton's alone.
     await asyncio.to_thread(stack.down, ["processor", "projector"], lambda _m: None)
-    skel = Skeleton(s, data_dir, args.port_base, "latency")
+    skel = Skeleton(s, "latency")
     await skel.prepare()
     skel.start()
     skel_results: dict[int, dict[str, float]] = {}
@@ -239,7 +244,7 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
                 skel_cpu_at[rate] = per_unit_ms(_minus(cpu_after, cpu_before), int(rate * args.duration))
     finally:
         skel.stop()
-    drain = Skeleton(s, data_dir, args.port_base, f"sustained-{datetime.now(UTC):%H%M%S}")
+    drain = Skeleton(s, f"sustained-{datetime.now(UTC):%H%M%S}")
     await drain.prepare()
     before_rows = await drain.rows()
     await bare_producer_rate(s, records, drain.topics.commands)
@@ -276,6 +281,9 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
               split(cpu), split(skel_cpu), "")
     t.add_row("bare aiokafka producer, acks=all, same bytes", f"{baseline:,.0f} messages/s", "", "")
     t.add_row("ratio sustained / bare producer", f"{run.rate / baseline:.2f}", f"{skel_sustained / baseline:.2f}", "")
+    t.add_row("one loopback round trip between two bare processes (CPU µs, both sides; bench/_wakeup.py)",
+              "  ".join(f"{'back to back' if w.pause_s == 0 else f'after {w.pause_s * 1000:g} ms idle'} "
+                        f"{w.total_us:.0f}" for w in wakeups), "", "")
     console.print(t)
 
 
@@ -293,6 +301,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per latency rate")
     parser.add_argument("--rates", type=lambda v: [int(x) for x in v.split(",")], default=[100, 500, 2000])
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the stack and the store's services (repeatable), e.g. fetch_max_wait_ms=10")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds at 200/s before the measured rates")
     parser.add_argument("--preload", type=int, default=50_000, help="commands for the sustained-rate run")
     parser.add_argument("--port-base", type=int, default=29392, help="Kafka, controller and PostgreSQL ports: base..base+2.")
