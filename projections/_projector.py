@@ -41,7 +41,10 @@ Ordering and offsets, the invariants everything else leans on:
 * The whole batch is one transaction: its state, history and outcome rows are COPYed (binary)
   into the session's temporary staging tables, then one call of ``public.fold_staged`` stores them
   with the anomalies and offsets (``sql/011_fold_staged.sql``), then any held records and fences,
-  then COMMIT. A refused batch is re-folded through ``public.fold_batch`` (the same statements on
+  then COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
+  commands at a time at low rates) is one statement instead, ``public.fold_batch`` with every row
+  as arrays, which PostgreSQL runs as its own transaction: one round trip where the staging path
+  costs six (BEGIN, three COPYs, the call, COMMIT). A refused batch is re-folded through ``public.fold_batch`` (the same statements on
   arrays) in savepoints, as described above.
 * Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
   tools see the group's position; they are never read back (see "seek before the first fetch").
@@ -122,6 +125,8 @@ __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "Pro
 log = logging.getLogger("assessment_store.projector")
 
 _FOLD_ATTEMPTS = 10
+_SMALL_BATCH = 64
+"""records up to which a batch is stored by one ``fold_batch`` statement rather than COPY staging"""
 _SCHEMA_RETRY_S = 5.0
 """how long a partition stopped at an unresolvable record stays paused before it is read again"""
 
@@ -830,6 +835,10 @@ class Projector(AsyncLifecycle):
         ids = rest.event_ids()
         states: dict[str, Assessment] = await fetch_assessments(conn, ids, schema=self.schema) if ids else {}
         prepared, _changed = self._prepare(rest, states, stats)
+        if not held and not batch.fences and len(rest.events) + len(rest.outcomes) <= _SMALL_BATCH:
+            # One statement, its own transaction: rows, offsets and notifications commit together.
+            await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
+            return
         # Rows, offsets, held events and fences commit together, or not at all.
         async with conn.transaction():
             await self._write_staged(conn, prepared)

@@ -30,7 +30,8 @@ class CommandSender(KeyedProducer):
         c = envelope.command
         # Started (schemas published, registered with the registry if any) before the first encoding:
         # in registry mode the codec writes the Confluent format only once it has its schema id.
-        await self.start()
+        if self._producer is None:
+            await self.start()
         try:
             value, headers = self._codec.encode(envelope)
         except (ValueError, TypeError, OverflowError) as e:

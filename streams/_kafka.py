@@ -264,6 +264,9 @@ class KeyedProducer(AsyncLifecycle):
             self.principal = principal
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        self._user: str | None = None
+        """the SASL user errors name, found once at start: finding it may read the stack's data
+        directory, which cost a file read per record when it was done at each send"""
 
     async def start(self) -> None:
         # Started lazily by the first send, and a client's first sends are often concurrent: one
@@ -271,6 +274,7 @@ class KeyedProducer(AsyncLifecycle):
         async with self._starting:
             if self._producer is not None:
                 return
+            self._user = kafka_principal(self._settings, self.principal)
             producer = idempotent_producer(self._settings, self.principal)
             try:
                 await start_kafka_client(producer, self._settings, self.principal,
@@ -290,9 +294,10 @@ class KeyedProducer(AsyncLifecycle):
         self, what: str, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]],
         timestamp_ms: int | None = None,
     ) -> RecordMetadata:
-        await self.start()
-        assert self._producer is not None
-        with translate_kafka_errors(what, kafka_principal(self._settings, self.principal)):
+        if self._producer is None:
+            await self.start()
+            assert self._producer is not None
+        with translate_kafka_errors(what, self._user):
             return await self._producer.send_and_wait(
                 topic, value=value, key=key.encode(), headers=headers, timestamp_ms=timestamp_ms
             )
