@@ -142,25 +142,25 @@ async def test_zombie_processor_is_fenced(stack_settings: Settings) -> None:
         acked = 0
 
         async def burst(sender: CommandSender) -> None:
-            nonlocal acked
+            nonlocal acked, frozen
 
             async def one(i: int) -> None:
-                nonlocal acked
+                nonlocal acked, frozen
                 aid = ids[i % len(ids)]
                 await sender.send(CommandEnvelope(UpdateProgress(assessment_id=aid, progress=i % 90, message="burst"),
                                                   datetime.now(UTC)))
                 acked += 1
+                if acked == 150:
+                    # Frozen from inside the burst, at its 150th acknowledgement, not by a poll that
+                    # may come after the whole burst was sent and handled: over a thousand commands
+                    # are still on their way, some fetched and in the processor's hands.
+                    os.kill(pid, signal.SIGSTOP)
+                    frozen = pid
             await asyncio.gather(*(one(i) for i in range(1200)))
 
         async with CommandSender(s) as sender:
-            sending = asyncio.create_task(burst(sender))
-
-            async def acked_now() -> int:
-                return acked
-            await eventually(acked_now, lambda n: n >= 150, timeout_s=30, what="the burst under way")
-            os.kill(pid, signal.SIGSTOP)
-            frozen = pid
-            await sending
+            await burst(sender)
+        assert frozen == pid, "the burst ended before its 150th acknowledgement"
 
         # The first processor takes the frozen one's partitions over (after the 6 s session timeout)
         # and accepts writes for every assessment, those of the frozen one's partitions included.
