@@ -54,7 +54,7 @@ uncleaned segment.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -64,11 +64,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from assessment_store.core import Assessment, CodecError, Outcome, Settings, State
 
 from ._fence import LogFence, Verdict
-
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - the client-only install: json alone
-    _orjson = None  # type: ignore[assignment]
 
 __all__ = [
     "Checkpoint", "LoadedSnapshot", "SnapshotScan", "TERMINAL_EPOCH", "chunk_key", "checkpoint_key", "decode_chunk",
@@ -153,16 +148,26 @@ def marker_state(aid: str, state: State, version: int) -> Assessment:
                       message=None, created_at=TERMINAL_EPOCH, updated_at=TERMINAL_EPOCH, request_data=None)
 
 
-def _loads(raw: bytes) -> Any:
+def _json_loads() -> Callable[[bytes], Any]:
     """``json.loads``, through orjson when it is installed (the server extra): a takeover decodes one
     document per assessment and per idempotency chunk, and orjson takes a fraction of the time.
-    What orjson refuses (an integer beyond 64 bits, say) goes to ``json``, which decides."""
-    if _orjson is not None:
+    What orjson refuses (an integer beyond 64 bits, say) goes to ``json``, which decides. Imported
+    here, not at module level: the client's base install, which imports this package, has no orjson."""
+    try:
+        import orjson
+    except ImportError:
+        return json.loads
+
+    def loads(raw: bytes) -> Any:
         try:
-            return _orjson.loads(raw)
-        except _orjson.JSONDecodeError:
-            pass
-    return json.loads(raw)
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return json.loads(raw)
+
+    return loads
+
+
+_loads = _json_loads()
 
 
 def _document(raw: bytes) -> dict[str, Any]:
