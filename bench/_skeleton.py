@@ -28,7 +28,7 @@ from assessment_store import Settings
 from assessment_store.projections import connect
 from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_options
 
-from ._cpu import process_cpu_s
+from ._cpu import CpuSnapshot, process_cpu_s
 
 ID_HEADER = "skeleton-id"
 CHANNEL = "bench_skeleton"
@@ -45,12 +45,16 @@ class SkeletonTopics:
         return cls(f"{settings.commands_topic}.skeleton-{run}", f"{settings.events_topic}.skeleton-{run}")
 
 
+def _consumer(s: Settings, topic: str, group: str) -> AIOKafkaConsumer:
+    """The consumer both skeleton processes read with: the store's services' fetch settings."""
+    return AIOKafkaConsumer(topic, **kafka_client_options(s, "admin"), group_id=group, enable_auto_commit=False,
+                            auto_offset_reset="earliest", isolation_level="read_committed",
+                            max_poll_records=1000, fetch_max_wait_ms=s.fetch_max_wait_ms)
+
+
 async def _processor(s: Settings, topics: SkeletonTopics, group: str) -> None:
-    opts = kafka_client_options(s, "admin")
-    consumer = AIOKafkaConsumer(topics.commands, **opts, group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_poll_records=1000, fetch_max_wait_ms=s.fetch_max_wait_ms)
-    producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True, linger_ms=0)
+    consumer = _consumer(s, topics.commands, group)
+    producer = AIOKafkaProducer(**kafka_client_options(s, "admin"), acks="all", enable_idempotence=True, linger_ms=0)
     await producer.start()
     await consumer.start()
     try:
@@ -70,10 +74,7 @@ async def _processor(s: Settings, topics: SkeletonTopics, group: str) -> None:
 
 
 async def _projector(s: Settings, topics: SkeletonTopics, group: str) -> None:
-    opts = kafka_client_options(s, "admin")
-    consumer = AIOKafkaConsumer(topics.events, **opts, group_id=group, enable_auto_commit=False,
-                                auto_offset_reset="earliest", isolation_level="read_committed",
-                                max_poll_records=1000, fetch_max_wait_ms=s.fetch_max_wait_ms)
+    consumer = _consumer(s, topics.events, group)
     conn = await connect(s)
     await consumer.start()
     try:
@@ -205,6 +206,6 @@ async def drain_rate(skeleton: Skeleton, before: int, n: int, poll: Callable[[],
         if now - t0 > 600:
             raise RuntimeError("the skeleton did not drain within 600 s")
         await asyncio.sleep(0.02)
-    cpu = {k: v - cpu_first.get(k, 0.0) for k, v in skeleton.cpu_s().items()}
+    cpu = CpuSnapshot(skeleton.cpu_s()).minus(CpuSnapshot(cpu_first))
     assert first is not None
     return n / (now - first), cpu

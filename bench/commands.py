@@ -241,7 +241,7 @@ async def measure(s: Settings, args: argparse.Namespace, wakeups: list[RoundTrip
                 cpu_before = await asyncio.to_thread(_skeleton_cpu, stack, skel)
                 skel_results[rate] = await skeleton_latency_at(client, records, rate, args.duration)
                 cpu_after = await asyncio.to_thread(_skeleton_cpu, stack, skel)
-                skel_cpu_at[rate] = per_unit_ms(_minus(cpu_after, cpu_before), int(rate * args.duration))
+                skel_cpu_at[rate] = per_unit_ms(cpu_after.minus(cpu_before), int(rate * args.duration))
     finally:
         skel.stop()
     drain = Skeleton(s, f"sustained-{datetime.now(UTC):%H%M%S}")
@@ -287,14 +287,10 @@ async def measure(s: Settings, args: argparse.Namespace, wakeups: list[RoundTrip
     console.print(t)
 
 
-def _skeleton_cpu(stack: Stack, skel: Skeleton) -> dict[str, float]:
+def _skeleton_cpu(stack: Stack, skel: Skeleton) -> CpuSnapshot:
     snap = CpuSnapshot.take(stack, roles=("kafka", "postgres"))
-    return {**{k: v for k, v in snap.seconds.items() if k != "this process"}, **skel.cpu_s(),
-            "client": snap.seconds["this process"]}
-
-
-def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return CpuSnapshot({**{k: v for k, v in snap.seconds.items() if k != "this process"}, **skel.cpu_s(),
+                        "client": snap.seconds["this process"]})
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ Ordering and offsets, the invariants everything else leans on:
   then COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
   commands at a time at low rates) is one statement instead, ``public.fold_batch`` with every row
   as arrays, which PostgreSQL runs as its own transaction: one round trip where the staging path
-  costs six (BEGIN, three COPYs, the call, COMMIT). A refused batch is re-folded through ``public.fold_batch`` (the same statements on
-  arrays) in savepoints, as described above.
+  costs six (BEGIN, three COPYs, the call, COMMIT). A refused batch is re-folded through
+  ``public.fold_batch`` (the same statements on arrays) in savepoints, as described above.
 * Offsets are also committed to Kafka after the PostgreSQL COMMIT, only so that standard lag
   tools see the group's position; they are never read back (see "seek before the first fetch").
 * ``pg_notify`` runs inside the transaction, so a waiter is woken only for committed state.
