@@ -5,6 +5,7 @@ helpers. Every other package imports it; it imports none of them (the bottom of 
 * ``_domain``: ``decide`` and ``evolve`` (pure), and ``validate_command``, the one validation path;
 * ``_errors``: ``AssessmentStoreError`` and its tree (drawn in that module's docstring);
 * ``_config``: ``Settings``, the one pydantic-settings class (prefix ``ASSESSMENT_STORE_``);
+* ``_json``: ``json_loads``, orjson's speed where it reads a document as ``json`` does;
 * ``_lifecycle``: ``AsyncLifecycle``, ``Backoff``, ``supervise``;
 * ``_metrics``: ``Histogram``, ``MetricFamily``, the counters the stats objects keep; ``_exposition``:
   ``metrics_registry``, ``start_metrics_server`` (``prometheus_client`` imported only when they run).
@@ -87,6 +88,7 @@ from ._config import (
     Settings,
 )
 from ._version import VERSION
+from ._json import exact_fast_loads, json_loads
 from ._metrics import (
     LATENCY_BUCKETS,
     SIZE_BUCKETS,
@@ -108,6 +110,8 @@ from ._lifecycle import (
 )
 
 __all__ = [
+    "exact_fast_loads",
+    "json_loads",
     "LATENCY_BUCKETS",
     "SIZE_BUCKETS",
     "Histogram",

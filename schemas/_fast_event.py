@@ -20,9 +20,12 @@ It is only ever a shortcut, never a second definition of the format:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from assessment_store.core import (
+    exact_fast_loads,
     Cancelled,
     Completed,
     Created,
@@ -42,6 +45,9 @@ FINGERPRINT = "fa18698b794fe37c"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # timestamp-micros, as fastavro reads it
 _SOURCES = {s.value: s for s in EventSource}
+# The request and result documents: orjson where it reads them as json does (core/_json.py), else
+# json; anything the fast one refuses makes the whole record take the fastavro path (ValueError).
+_loads: Callable[[bytes], Any] = exact_fast_loads() or (lambda raw: json.loads(raw.decode()))
 
 
 class _Unread(Exception):
@@ -76,6 +82,15 @@ def _string(b: bytes, pos: int) -> tuple[str, int]:
     if n < 0 or end > len(b):
         raise _Unread
     return b[pos:end].decode(), end
+
+
+def _bytes(b: bytes, pos: int) -> tuple[bytes, int]:
+    """A string's UTF-8 bytes, undecoded (for the JSON reader, which checks them itself)."""
+    n, pos = _long(b, pos)
+    end = pos + n
+    if n < 0 or end > len(b):
+        raise _Unread
+    return b[pos:end], end
 
 
 def _opt_string(b: bytes, pos: int) -> tuple[str | None, int]:
@@ -135,10 +150,10 @@ def _read(b: bytes, pos: int) -> Event:
     payload: Payload
     # Branches in the order of the payload union in assessment_event.avsc.
     if branch == 0:
-        request, pos = _string(b, pos)
+        request, pos = _bytes(b, pos)
         timeout, pos = _opt_long(b, pos)
         max_retries, pos = _opt_int(b, pos)
-        payload = Created(json.loads(request), timeout, max_retries)
+        payload = Created(_loads(request), timeout, max_retries)
     elif branch == 1:
         worker, pos = _opt_string(b, pos)
         payload = Started(worker)
@@ -147,9 +162,9 @@ def _read(b: bytes, pos: int) -> Event:
         message, pos = _opt_string(b, pos)
         payload = ProgressUpdated(progress, message)
     elif branch == 3:
-        result, pos = _string(b, pos)
+        result, pos = _bytes(b, pos)
         duration, pos = _opt_long(b, pos)
-        payload = Completed(json.loads(result), duration)
+        payload = Completed(_loads(result), duration)
     elif branch == 4:
         error, pos = _string(b, pos)
         if b[pos] > 1:

@@ -54,14 +54,14 @@ uncleaned segment.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from assessment_store.core import Assessment, CodecError, Outcome, Settings, State
+from assessment_store.core import Assessment, CodecError, Outcome, Settings, State, json_loads
 
 from ._fence import LogFence, Verdict
 
@@ -148,26 +148,7 @@ def marker_state(aid: str, state: State, version: int) -> Assessment:
                       message=None, created_at=TERMINAL_EPOCH, updated_at=TERMINAL_EPOCH, request_data=None)
 
 
-def _json_loads() -> Callable[[bytes], Any]:
-    """``json.loads``, through orjson when it is installed (the server extra): a takeover decodes one
-    document per assessment and per idempotency chunk, and orjson takes a fraction of the time.
-    What orjson refuses (an integer beyond 64 bits, say) goes to ``json``, which decides. Imported
-    here, not at module level: the client's base install, which imports this package, has no orjson."""
-    try:
-        import orjson
-    except ImportError:
-        return json.loads
-
-    def loads(raw: bytes) -> Any:
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return json.loads(raw)
-
-    return loads
-
-
-_loads = _json_loads()
+_loads = json_loads()  # a takeover decodes one document per assessment and per idempotency chunk
 
 
 def _document(raw: bytes) -> dict[str, Any]:

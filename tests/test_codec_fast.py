@@ -81,3 +81,14 @@ def test_timestamps_far_from_the_epoch() -> None:
                datetime(9999, 12, 30, tzinfo=UTC) + timedelta(microseconds=1)):
         value, headers = FAST.encode(Event("a", 1, Started(None), at, at))
         assert FAST.decode(value, headers) == SLOW.decode(value, headers)
+
+
+def test_integers_beyond_64_bits_stay_exact_integers() -> None:
+    """A document integer outside orjson's exact range decodes as the same int (type and value) as fastavro's."""
+    doc = {"big": 2**64, "neg": -(2**63) - 1, "huge": 2**70 + 1, "ok": 2**63 - 1, "long text": "1" * 25}
+    value, headers = FAST.encode(Event("a", 1, Created(doc, None, None), datetime(2026, 1, 1, tzinfo=UTC),
+                                       datetime(2026, 1, 1, tzinfo=UTC)))
+    got = FAST.decode(value, headers).payload
+    assert isinstance(got, Created)
+    assert got.request == doc
+    assert all(type(got.request[k]) is type(v) for k, v in doc.items())
