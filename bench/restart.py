@@ -1,7 +1,8 @@
 """Processor restart benchmark: time from starting a processor to its first command served, with a
 long history in the log, loading the snapshot against folding the whole log.
 
-    .venv/bin/python -m bench.restart [--events 1000000] [--rounds 2] [--port-base 29892]
+    .venv/bin/python -m bench.restart [--events 1000000] [--rounds 2] [--kinds full,snapshot] [--logs DIR]
+        [--port-base 29892]
 
 Starts a private Kafka (data in .data/bench-restart-<port base>), appends ``--events`` events
 straight to the events topic (lifecycles of 4 events: created, started, progress, completed, each
@@ -105,9 +106,9 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
-async def restart_once(s: Settings, *, snapshots: bool) -> tuple[float, float, str]:
+async def restart_once(s: Settings, *, snapshots: bool, log: Path | None = None) -> tuple[float, float, str]:
     """Spawn a processor and send one command at once; seconds until its event is on the log,
-    the records its takeover read, and its rebuild sources."""
+    the records its takeover read, and its rebuild sources. ``log``: the processor's output goes there."""
     aid = f"probe-{uuid.uuid4().hex[:10]}"
     parts = list(range(s.partitions))
     tp = TopicPartition(s.events_topic, DefaultPartitioner()(aid.encode(), parts, parts))
@@ -122,9 +123,10 @@ async def restart_once(s: Settings, *, snapshots: bool) -> tuple[float, float, s
     await publish_schemas(s, producer, {s.commands_topic: codec.avro})
     env = {**os.environ, **settings_env(s), "ASSESSMENT_STORE_PROCESSOR_SNAPSHOTS": str(snapshots).lower(),
            "ASSESSMENT_STORE_METRICS_PORT": str(s.metrics_port_base)}
+    out = log.open("w") if log else subprocess.DEVNULL
     t0 = time.monotonic()
     child = subprocess.Popen([sys.executable, "-m", "assessment_store.cli", "processor"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             stdout=out, stderr=out)
     try:
         value, headers = codec.encode(CommandEnvelope(Create(assessment_id=aid, request={"probe": True}),
                                                       datetime.now(UTC)))
@@ -147,6 +149,15 @@ async def restart_once(s: Settings, *, snapshots: bool) -> tuple[float, float, s
         await asyncio.to_thread(child.wait, 120)
         await producer.stop()
         await consumer.stop()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def _log(args: argparse.Namespace, name: str) -> Path | None:
+    if not args.logs:
+        return None
+    Path(args.logs).mkdir(parents=True, exist_ok=True)
+    return Path(args.logs) / f"{name}.log"
 
 
 async def measure(s: Settings, args: argparse.Namespace) -> None:
@@ -156,12 +167,12 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
     console.print(f"history: {events:,} events over {assessments:,} assessments "
                   f"({assessments // 10:,} live), appended in {time.monotonic() - t:.1f} s")
     # The first start with snapshots on folds the whole log and writes the snapshot (not measured).
-    warm, _, sources = await restart_once(s, snapshots=True)
+    warm, _, sources = await restart_once(s, snapshots=True, log=_log(args, "first-start"))
     console.print(f"first start with snapshots (writes the snapshot): {warm:.2f} s ({sources})")
     results: dict[str, list[tuple[float, float, str]]] = {"full": [], "snapshot": []}
-    for _ in range(args.rounds):
+    for n in range(args.rounds):
         for kind in args.kinds:
-            results[kind].append(await restart_once(s, snapshots=kind == "snapshot"))
+            results[kind].append(await restart_once(s, snapshots=kind == "snapshot", log=_log(args, f"{kind}-{n + 1}")))
     table = Table(title=f"processor restart → first command served, {events:,} events of history")
     for col in ("rebuild", "round", "seconds", "records read", "sources"):
         table.add_column(col, justify="right")
@@ -196,5 +207,6 @@ if __name__ == "__main__":
     parser.add_argument("--kinds", type=lambda v: v.split(","), default=["full", "snapshot"],
                         help="which restarts to measure: full,snapshot (default both); the first start always folds the log")
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each kind, in turns")
+    parser.add_argument("--logs", help="write each processor's output (its log) to LOGS/<kind>-<round>.log")
     parser.add_argument("--port-base", type=int, default=29892, help="Kafka ports port-base..+1; /metrics +22")
     main(parser.parse_args())

@@ -94,6 +94,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -132,12 +133,13 @@ from ._snapshot import (
     Checkpoint,
     LoadedSnapshot,
     Row,
+    SnapshotScan,
     checkpoint_key,
     chunk_key,
     encode_checkpoint,
     encode_chunk,
-    encode_marker,
     encode_state,
+    encode_terminals,
     fence_key,
     marker_state,
     read_snapshot,
@@ -146,6 +148,7 @@ from ._snapshot import (
     scan_partition,
     state_key,
     state_topic,
+    terminal_chunk_key,
 )
 from ._kafka import (
     committed_with_metadata,
@@ -275,6 +278,13 @@ class _Partition:
     stale_chunks: list[int] = field(default_factory=list)
     """chunks to delete (tombstones): all their outcomes left the window"""
     next_chunk: int = 0
+    terminal_chunks: dict[int, list[str]] = field(default_factory=dict)
+    """terminal chunks on the state topic: number -> the finished assessments it holds"""
+    next_terminal_chunk: int = 0
+    stale_terminal_chunks: list[int] = field(default_factory=list)
+    """terminal chunks of a snapshot a full rebuild replaced: deleted once its checkpoint is written"""
+    state_records: set[str] = field(default_factory=set)
+    """assessments with an ``a:`` record on the state topic (deleted once they are in a terminal chunk)"""
     events_next: int | None = None
     """end of the gapless prefix of the events partition folded into ``states`` (None: a record this
     processor did not write landed in it, so no checkpoint may go past it until the next takeover)"""
@@ -295,6 +305,12 @@ def _outcome_time(o: Outcome | Row) -> float:
 
 _CHUNK_OUTCOMES = 2000
 """Outcomes per idempotency chunk record (a few hundred kB, well under the broker's record limit)."""
+_CHUNK_TERMINALS = 2000
+"""Finished assessments per terminal chunk record (at most ~1.7 MB with 200-character ids of 4-byte
+characters, under the state topic's 4 MB record limit; ~100 kB with ids of 40 ASCII characters)."""
+_MAX_SMALL_TERMINAL_CHUNKS = 16
+"""Terminal chunks under half full (one per snapshot write that finished assessments) kept before
+they are merged: a load reads one record per chunk, so their number must not grow with uptime."""
 
 
 def _header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], name: str) -> bytes | None:
@@ -505,6 +521,7 @@ class CommandProcessor(AsyncLifecycle):
             await reader.start()
             try:
                 loaded: LoadedSnapshot | None = None
+                scan: SnapshotScan | None = None
                 stale: list[int] = []
                 reason = why = ""
                 if s.processor_snapshots:
@@ -522,7 +539,8 @@ class CommandProcessor(AsyncLifecycle):
                     why = f"its checkpoint {loaded.checkpoint} is beyond the end of the log {ends}"
                     loaded, reason = None, "beyond_log_end"
                 if loaded is not None:
-                    part = self._from_snapshot(loaded, committed, stale)
+                    assert scan is not None
+                    part = self._from_snapshot(loaded, committed, stale, scan.next_terminal_chunk)
                     ck = loaded.checkpoint
                     # The tail starts at the checkpoint, under the fence in force there (its writer's).
                     fence = LogFence({ev_tp: ck.epoch, out_tp: ck.epoch})
@@ -535,6 +553,13 @@ class CommandProcessor(AsyncLifecycle):
                             "partition %d: not using the snapshot (%s): folding the whole log", partition, why)
                     part = _Partition(resume_at=committed, next_chunk=max(stale, default=-1) + 1,
                                       stale_chunks=stale)
+                    if scan is not None:
+                        # What the unused snapshot left: its terminal chunks are deleted once the
+                        # rebuilt snapshot's checkpoint is written, its ``a:`` records of finished
+                        # assessments once their new terminal chunks are acknowledged.
+                        part.next_terminal_chunk = scan.next_terminal_chunk
+                        part.stale_terminal_chunks = scan.terminal_chunk_seqs
+                        part.state_records = scan.state_records
                     fence = LogFence()
                     await reader.seek_to_beginning(ev_tp, out_tp)
                 # 1. Everything on the log so far (after the snapshot's checkpoint), honouring the fences on it.
@@ -587,11 +612,17 @@ class CommandProcessor(AsyncLifecycle):
                  sent[0].offset, fence.fenced)
         return part
 
-    def _from_snapshot(self, loaded: LoadedSnapshot, committed: int, chunks_seen: list[int]) -> _Partition:
+    def _from_snapshot(self, loaded: LoadedSnapshot, committed: int, chunks_seen: list[int],
+                       next_terminal_chunk: int) -> _Partition:
         """A partition's state as a snapshot holds it (the log after its checkpoint still to fold)."""
         part = _Partition(resume_at=committed, source="snapshot", states=loaded.states, terminal=loaded.terminal,
                           chunks=loaded.chunks, next_chunk=max(loaded.checkpoint.next_chunk,
-                                                               max(chunks_seen, default=-1) + 1))
+                                                               max(chunks_seen, default=-1) + 1),
+                          terminal_chunks=loaded.terminal_chunks, next_terminal_chunk=next_terminal_chunk,
+                          state_records=loaded.state_records)
+        # A finished assessment that still has an ``a:`` record (an older format's marker, or a
+        # write cut short before its tombstone) goes to a terminal chunk, and the record is deleted.
+        part.dirty = {aid for aid in loaded.state_records if aid in loaded.terminal}
         # Oldest first, as the window is kept (_trim drops from the front).
         part.outcomes = {row[0]: row for row in loaded.outcomes}
         return part
@@ -1002,13 +1033,16 @@ class CommandProcessor(AsyncLifecycle):
         topic = state_topic(self.settings)
         headers = [(EPOCH_HEADER, str(part.epoch).encode())]
         records: list[tuple[bytes, bytes | None]] = []
+        finished: list[str] = []
         for _ in range(min(len(part.dirty), self.settings.processor_snapshot_max_records)):
             aid = part.dirty.pop()
             a = part.states.get(aid)
             if a is not None:
                 records.append((state_key(aid), encode_state(a)))
+                part.state_records.add(aid)
             elif aid in part.terminal:
-                records.append((state_key(aid), encode_marker(*part.terminal[aid])))
+                finished.append(aid)
+        retired = self._pack_terminals(part, finished, records)
         # Only outcomes still in the window (and not replaced since) go into the chunks.
         live = [o for o in part.new_outcomes if part.outcomes.get(o.command_id) is o]
         part.new_outcomes = []
@@ -1019,10 +1053,19 @@ class CommandProcessor(AsyncLifecycle):
             records.append((chunk_key(seq), encode_chunk(chunk)))
         records += [(chunk_key(seq), None) for seq in part.stale_chunks]  # tombstones
         part.stale_chunks = []
+        # What the new terminal chunks replace: the ``a:`` records of the assessments that finished,
+        # and the merged chunks.
+        replaced: list[tuple[bytes, bytes | None]] = [(state_key(aid), None) for aid in finished
+                                                       if aid in part.state_records]
+        replaced += [(terminal_chunk_key(seq), None) for seq in retired]
+        part.state_records.difference_update(finished)
         with translate_kafka_errors(f"writing the snapshot of partition {partition}"):
-            sent = [await producer.send(topic, value, key=key, partition=partition, headers=headers)
-                    for key, value in records]
-            await asyncio.gather(*sent)
+            await self._send_all(topic, partition, headers, records)
+            if replaced:
+                # Ordering (streams/_snapshot.py, point 6): only once the terminal chunks holding
+                # them are acknowledged. Sent in the same batch, a failed chunk could be followed
+                # by its tombstones, and a finished assessment would be in no record at all.
+                await self._send_all(topic, partition, headers, replaced)
             # The checkpoint only after its states are acknowledged, only when all changed states are
             # written, and never while held-back events wait (streams/_snapshot.py, point 1).
             covered = (part.events_next, part.outcomes_next)
@@ -1033,10 +1076,45 @@ class CommandProcessor(AsyncLifecycle):
                 await producer.send_and_wait(topic, value, key=checkpoint_key(part.epoch), partition=partition,
                                              headers=headers)
                 part.checkpointed = (covered[0], covered[1])
+                if part.stale_terminal_chunks:
+                    # After a full rebuild: the replaced snapshot's terminal chunks, only now that a
+                    # checkpoint covers every finished assessment in the new ones (point 6).
+                    stale = [(terminal_chunk_key(seq), None) for seq in part.stale_terminal_chunks]
+                    part.stale_terminal_chunks = []
+                    await self._send_all(topic, partition, headers, stale)
+                    replaced += stale
         self.stats.snapshot_writes += 1
-        self.stats.snapshot_records_written += len(records)
-        self.stats.snapshot_bytes_written += sum(len(k) + len(v or b"") for k, v in records)
+        self.stats.snapshot_records_written += len(records) + len(replaced)
+        self.stats.snapshot_bytes_written += sum(len(k) + len(v or b"") for k, v in records + replaced)
         self.stats.snapshot_write_seconds.observe(time.perf_counter() - started)
+
+    async def _send_all(self, topic: str, partition: int, headers: list[tuple[str, bytes]],
+                        records: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Send ``records`` to one partition in order and wait for every acknowledgement."""
+        producer = self._producer
+        assert producer is not None
+        sent = [await producer.send(topic, value, key=key, partition=partition, headers=headers)
+                for key, value in records]
+        await asyncio.gather(*sent)
+
+    @staticmethod
+    def _pack_terminals(part: _Partition, finished: list[str], records: list[tuple[bytes, bytes | None]]) -> list[int]:
+        """Put ``finished`` into new terminal chunks, appended to ``records``. When
+        ``_MAX_SMALL_TERMINAL_CHUNKS`` small chunks have built up, their assessments go into the
+        new chunks too, and their numbers are returned: to be deleted once the new ones are
+        acknowledged (point 6)."""
+        small = [seq for seq, aids in part.terminal_chunks.items() if len(aids) < _CHUNK_TERMINALS // 2]
+        retired: list[int] = []
+        aids = finished
+        if len(small) >= _MAX_SMALL_TERMINAL_CHUNKS:
+            retired = small
+            aids = list(dict.fromkeys([aid for seq in small for aid in part.terminal_chunks.pop(seq)] + finished))
+        for i in range(0, len(aids), _CHUNK_TERMINALS):
+            chunk = aids[i:i + _CHUNK_TERMINALS]
+            seq, part.next_terminal_chunk = part.next_terminal_chunk, part.next_terminal_chunk + 1
+            part.terminal_chunks[seq] = chunk
+            records.append((terminal_chunk_key(seq), encode_terminals((aid, *part.terminal[aid]) for aid in chunk)))
+        return retired
 
     # --- deadlines ---------------------------------------------------------------------------
 

@@ -9,9 +9,15 @@ has the commands topic's partition count: partition *p* holds the state of comma
 
 Records (key → value, JSON; every record the processor writes carries ``writer-epoch``):
 
-* ``a:<assessment id>`` → the folded ``Assessment`` with its version, or for a COMPLETED or
-  CANCELLED one a *terminal marker* (state and version only: a terminal assessment accepts no
-  command, and ``decide`` refuses one from the state and version alone, with the same error).
+* ``a:<assessment id>`` → the folded ``Assessment`` of a live assessment, with its version.
+* ``t:<seq>`` → a *terminal chunk*: up to 2,000 COMPLETED or CANCELLED assessments as (id, state,
+  version). A finished assessment accepts no command, and ``decide`` refuses one from the state and
+  version alone, with the same error; packing them keeps a load at one record per *live*
+  assessment, plus one per 2,000 finished ones. When an assessment finishes, it goes into the next
+  chunk and its ``a:`` record is deleted (a tombstone). Chunks under half full (one per snapshot
+  write that finished assessments) are merged once 16 have built up, so their number does not
+  grow with uptime. (Snapshots written before terminal chunks hold an ``a:`` *terminal marker*,
+  state and version only; a load reads it, and the next write moves it into a chunk.)
 * ``o:<seq>`` → a chunk of the idempotency record: the outcomes (command id → accepted with its
   version and event, or rejected with its error) added since the previous chunk. A chunk whose
   newest outcome has left the idempotency window is deleted (a tombstone).
@@ -45,10 +51,20 @@ Why loading is exact (``read_snapshot``, then ``CommandProcessor._rebuild``):
 5. A record that does not decode, a missing checkpoint, or a checkpoint beyond the end of the
    events or outcomes partition (a topic recreated): full rebuild of that partition, logged and
    counted (``ProcessorStats.rebuild_fallbacks``). Never a guessed state.
+6. Terminal chunks replace records, and a record is deleted only after its replacement is
+   acknowledged, in a second send: the ``a:`` tombstones of the assessments a chunk holds, and the
+   chunks a merge replaces, go after the new chunks' acknowledgements (sent together, a failed
+   chunk could be followed by its tombstones, and the assessment would be in no record, while the
+   checkpoint says its events are folded). After a full rebuild, the chunks of the snapshot it did
+   not use are deleted only after the new checkpoint: until then that checkpoint is the one a load
+   would use. A write cut short between the two sends leaves an assessment both in a chunk and in
+   an ``a:`` record, or in two chunks: finished is final, so the chunk wins, and the next write
+   deletes the ``a:`` record.
 
 Compaction bounds what a load reads: segments of 16 MiB or one hour are cleaned once a fifth of
-them is superseded, so a partition holds about one record per assessment plus at most one
-uncleaned segment.
+them is superseded, so a partition holds about one record per live assessment and one per 2,000
+finished ones, plus at most one uncleaned segment (where an assessment that finished since may
+still have its ``a:`` record and tombstone) and the tombstones of the last 10 minutes' cleaning.
 """
 
 from __future__ import annotations
@@ -67,8 +83,9 @@ from ._fence import LogFence, Verdict
 
 __all__ = [
     "Checkpoint", "LoadedSnapshot", "SnapshotScan", "TERMINAL_EPOCH", "chunk_key", "checkpoint_key", "decode_chunk",
-    "decode_checkpoint", "decode_state", "encode_chunk", "encode_checkpoint", "encode_marker", "encode_state",
-    "fence_key", "marker_state", "read_snapshot", "row_outcome", "row_time", "Row", "scan_partition", "state_key", "state_topic", "state_topic_config",
+    "decode_checkpoint", "decode_state", "decode_terminals", "encode_chunk", "encode_checkpoint", "encode_marker",
+    "encode_state", "encode_terminals", "fence_key", "marker_state", "read_snapshot", "row_outcome", "row_time", "Row",
+    "scan_partition", "state_key", "state_topic", "state_topic_config", "terminal_chunk_key",
 ]
 
 FORMAT = 1
@@ -87,10 +104,13 @@ def state_topic(settings: Settings) -> str:
 
 def state_topic_config() -> dict[str, str]:
     # Compacted, never deleted by age; small segments so the cleaner gets to them (the active
-    # segment is never cleaned); tombstones of idempotency chunks kept a day for slow readers.
+    # segment is never cleaned). Tombstones are kept 10 minutes once cleaned, not Kafka's day: a
+    # load reads one per assessment finished that long ago, and missing one is harmless (point 6:
+    # an ``a:`` record is superseded by the terminal chunk anyway, and a deleted chunk left loaded
+    # only repeats what a newer chunk holds, or outcomes the window drops).
     return {"cleanup.policy": "compact", "retention.ms": "-1", "segment.bytes": str(16 * 1024 * 1024),
             "segment.ms": str(3600 * 1000), "min.cleanable.dirty.ratio": "0.2",
-            "delete.retention.ms": str(24 * 3600 * 1000),
+            "delete.retention.ms": str(10 * 60 * 1000),
             # A state carries its request and result documents (up to max_request_bytes each).
             "max.message.bytes": str(4 * 1024 * 1024 + 4096)}
 
@@ -101,6 +121,10 @@ def state_key(aid: str) -> bytes:
 
 def chunk_key(seq: int) -> bytes:
     return b"o:%d" % seq
+
+
+def terminal_chunk_key(seq: int) -> bytes:
+    return b"t:%d" % seq
 
 
 def checkpoint_key(epoch: int) -> bytes:
@@ -138,6 +162,8 @@ def encode_state(a: Assessment) -> bytes:
 
 
 def encode_marker(state: State, version: int) -> bytes:
+    """An ``a:`` terminal marker: what snapshots held for a finished assessment before terminal
+    chunks (loads still read it, and move it to a terminal chunk)."""
     return _dumps({"v": FORMAT, "t": [state.value, version]})
 
 
@@ -194,6 +220,26 @@ def encode_chunk(outcomes: Iterable[Outcome]) -> bytes:
         row += [o.version, o.event_id] if o.accepted else [o.error_type, o.error_message, o.error_details]
         rows.append(row)
     return _dumps({"v": FORMAT, "o": rows})
+
+
+def encode_terminals(entries: Iterable[tuple[str, State, int]]) -> bytes:
+    """A terminal chunk: finished assessments as [id, state, version]."""
+    return _dumps({"v": FORMAT, "t": [[aid, state.value, version] for aid, state, version in entries]})
+
+
+def decode_terminals(raw: bytes) -> dict[str, tuple[State, int]]:
+    """A terminal chunk's assessments, each checked (a malformed one raises ``CodecError``)."""
+    doc = _document(raw)
+    entries = doc.get("t")
+    if not isinstance(entries, list) or not entries:
+        raise CodecError("terminal chunk: no entries")
+    out: dict[str, tuple[State, int]] = {}
+    for e in entries:
+        if not isinstance(e, list) or len(e) != 3 or not isinstance(e[0], str) or type(e[2]) is not int \
+                or e[1] not in _TERMINAL_STATES:
+            raise CodecError(f"terminal chunk: malformed entry {str(e)[:200]}")
+        out[e[0]] = (_TERMINAL_STATES[e[1]], e[2])
+    return out
 
 
 Row = list[Any]
@@ -277,6 +323,29 @@ class SnapshotScan:
     def chunk_seqs(self) -> list[int]:
         return sorted(int(k[2:]) for k, v in self.values.items() if k.startswith(b"o:") and v is not None)
 
+    @property
+    def terminal_chunk_seqs(self) -> list[int]:
+        """The terminal chunks on the partition (not deleted)."""
+        return sorted(int(k[2:]) for k, v in self.values.items() if k.startswith(b"t:") and v is not None)
+
+    @property
+    def next_terminal_chunk(self) -> int:
+        """A terminal chunk number above every one seen, deleted ones included."""
+        return max((int(k[2:]) + 1 for k in self.values if k.startswith(b"t:")), default=0)
+
+    @property
+    def state_records(self) -> set[str]:
+        """The assessments with an ``a:`` record on the partition (not deleted; a key that is not
+        UTF-8 names no assessment the processor can hold, and is left alone)."""
+        out = set()
+        for k, v in self.values.items():
+            if k.startswith(b"a:") and v is not None:
+                try:
+                    out.add(k[2:].decode())
+                except UnicodeDecodeError:
+                    continue
+        return out
+
 
 @dataclass
 class LoadedSnapshot:
@@ -287,6 +356,11 @@ class LoadedSnapshot:
     """the idempotency chunks' rows, oldest first (chunks in number order, rows in write order)"""
     chunks: dict[int, float]
     """chunk number -> timestamp of its newest outcome (when it may be deleted)"""
+    terminal_chunks: dict[int, list[str]]
+    """terminal chunk number -> the assessments it holds"""
+    state_records: set[str]
+    """the assessments with an ``a:`` record: a finished one among them still needs its terminal
+    chunk and the ``a:`` tombstone (an older format's marker, or a write cut short)"""
 
 
 async def scan_partition(reader: AIOKafkaConsumer, tp: TopicPartition, end: int) -> SnapshotScan:
@@ -322,6 +396,8 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
     states: dict[str, Assessment] = {}
     terminal: dict[str, tuple[State, int]] = {}
     chunk_rows: dict[int, list[Row]] = {}
+    terminal_chunks: dict[int, list[str]] = {}
+    state_records: set[str] = set()
     try:
         checkpoint = decode_checkpoint(scan.values[checkpoint_key(max(checkpoints))] or b"")
         for key, raw in scan.values.items():
@@ -329,6 +405,7 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
                 continue
             if key.startswith(b"a:"):
                 aid = key[2:].decode()
+                state_records.add(aid)
                 s = decode_state(aid, raw)
                 if isinstance(s, Assessment):
                     states[aid] = s
@@ -336,9 +413,17 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
                     terminal[aid] = s
             elif key.startswith(b"o:"):
                 chunk_rows[int(key[2:])] = decode_chunk(raw)
+            elif key.startswith(b"t:"):
+                entries = decode_terminals(raw)
+                terminal_chunks[int(key[2:])] = list(entries)
+                terminal.update(entries)
     except (CodecError, UnicodeDecodeError, ValueError) as e:
         return None, "undecodable", f"undecodable record: {e}"
+    # Finished is final: an assessment in a terminal chunk has no later state. An ``a:`` record of
+    # it is an earlier state whose tombstone a write cut short had not yet reached (point 6).
+    for aid in terminal:
+        states.pop(aid, None)
     outcomes = [row for seq in sorted(chunk_rows) for row in chunk_rows[seq]]
     # A chunk's rows are in write order: its last is its newest.
     chunks = {seq: row_time(rows[-1]) for seq, rows in chunk_rows.items()}
-    return LoadedSnapshot(checkpoint, states, terminal, outcomes, chunks), "", ""
+    return LoadedSnapshot(checkpoint, states, terminal, outcomes, chunks, terminal_chunks, state_records), "", ""

@@ -21,7 +21,7 @@ from assessment_store.schemas import CommandCodec
 from assessment_store.streams import CommandProcessor, publish_schemas, state_topic
 from assessment_store.testing import eventually
 
-from assessment_store.streams._snapshot import encode_state  # the record format these tests forge
+from assessment_store.streams._snapshot import encode_marker, encode_state, scan_partition  # the record format these tests forge
 
 pytestmark = pytest.mark.stack
 
@@ -247,3 +247,53 @@ async def test_terminal_marker_still_refuses_commands(stack_settings: Settings) 
                                 UpdateProgress(assessment_id="t-1", progress=5, expected_version=2)])
         assert second.stats.accepted == 0
         assert dict(second.stats.rejected_by_type) == {"InvalidTransition": 2, "VersionConflict": 1}
+
+
+async def _latest_state_records(settings: Settings) -> dict[bytes, bytes | None]:
+    """The latest accepted value of every key on the state topic (None: a tombstone), as a load reads it."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    latest: dict[bytes, bytes | None] = {}
+    # earliest: with "latest", the reset assign() starts can land after scan_partition's seek.
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        for p in range(settings.partitions):
+            tp = TopicPartition(state_topic(settings), p)
+            consumer.assign([tp])
+            latest.update((await scan_partition(consumer, tp, (await consumer.end_offsets([tp]))[tp])).values)
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def test_finished_assessments_are_packed_in_terminal_chunks(stack_settings: Settings) -> None:
+    """Finished assessments leave their a: records for terminal chunks (many per record), small chunks
+    are merged, an older snapshot's a: marker is moved into a chunk, and the restart still equals the full rebuild."""
+    s = _settings(stack_settings, partitions=1)
+    lifecycle: list[list[Command]] = [[Create(assessment_id=f"f-{i}", request={"i": i}), Start(assessment_id=f"f-{i}"),
+                                       Complete(assessment_id=f"f-{i}", result={"ok": i})] for i in range(40)]
+    async with _processor(s) as first:
+        await _send(s, first, [c for cmds in lifecycle for c in cmds] + [Create(assessment_id="live-1", request={})])
+        for i in range(20):  # one finish per batch, and so per snapshot write: small chunks, then a merge
+            await _send(s, first, [Create(assessment_id=f"g-{i}", request={}), Start(assessment_id=f"g-{i}")])
+            await _send(s, first, [Complete(assessment_id=f"g-{i}", result={})])
+    latest = await _latest_state_records(s)
+    live_keys = {k for k, v in latest.items() if k.startswith(b"a:") and v is not None}
+    chunks = [k for k, v in latest.items() if k.startswith(b"t:") and v is not None]
+    assert live_keys == {b"a:live-1"}, sorted(live_keys)[:10]
+    assert 1 <= len(chunks) <= 16, chunks  # 20 small chunks were written: merged at 16
+    # An older snapshot's terminal marker (one a: record per finished assessment), as a write before
+    # terminal chunks left it: loaded, then moved into a chunk by the next write.
+    await _write_state_records(s, [(b"a:f-3", encode_marker(State.COMPLETED, 3), None)])
+    async with _processor(s) as second:
+        assert second.stats.rebuilds == {"snapshot": 1} and not second.stats.rebuild_fallbacks
+        state: dict[str, object] = dict(second.folded_state())
+        assert state["f-3"] == (State.COMPLETED, 3) and state["g-19"] == (State.COMPLETED, 3)
+        await _send(s, second, [Start(assessment_id="f-3"), UpdateProgress(assessment_id="live-1", progress=1,
+                                                                          expected_version=1)])
+        assert dict(second.stats.rejected_by_type) == {"InvalidTransition": 1}
+    assert (await _latest_state_records(s))[b"a:f-3"] is None
+    full_state, _, _ = await _full_rebuild(s)
+    state["live-1"] = full_state["live-1"]  # the progress update sent above
+    assert state == full_state
