@@ -16,13 +16,15 @@ no orjson (the server extra brings it).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["exact_fast_loads", "json_loads"]
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Digits to "0", everything else to " ": a run of 19 digits is then a plain substring search. Two
+# C passes over the bytes; a regex (``[0-9]{19}``) took 13 times as long, more than orjson's parse.
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_RUN_OF_19 = b"0" * 19
 
 
 def exact_fast_loads() -> Callable[[bytes], Any] | None:
@@ -33,10 +35,10 @@ def exact_fast_loads() -> Callable[[bytes], Any] | None:
         import orjson
     except ImportError:
         return None
-    fast, long_digits = orjson.loads, _LONG_DIGITS.search
+    fast, digits_only, run = orjson.loads, _DIGITS_ONLY, _RUN_OF_19
 
     def loads(raw: bytes) -> Any:
-        if long_digits(raw) is not None:
+        if run in raw.translate(digits_only):
             raise ValueError("a run of 19 or more digits: read by json, not orjson")
         return fast(raw)  # orjson.JSONDecodeError is a ValueError
 
