@@ -39,16 +39,34 @@ from assessment_store.core import (
     WaitTimeout,
 )
 
+from typing import TYPE_CHECKING, Any
 
-from assessment_store.client import (
-    AssessmentStore,
-    EventRecord,
-    Position,
-    PositionTable,
-    Subscription,
-    SyncAssessmentStore,
-    SyncSubscription,
-)
+if TYPE_CHECKING:
+    from assessment_store.client import (
+        AssessmentStore,
+        EventRecord,
+        Position,
+        PositionTable,
+        Subscription,
+        SyncAssessmentStore,
+        SyncSubscription,
+    )
+
+# The client's names are imported on first use (PEP 562): every process of the store imports this
+# package first (``assessment_store.core`` lives under it), and the services (processor, projector)
+# need none of the client, which took a third of their start-up (bench.restart).
+_CLIENT_NAMES = frozenset({"AssessmentStore", "EventRecord", "Position", "PositionTable", "Subscription",
+                           "SyncAssessmentStore", "SyncSubscription"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from assessment_store import client
+
+        value = getattr(client, name)
+        globals()[name] = value  # the next look-up is a plain attribute
+        return value
+    raise AttributeError(f"module 'assessment_store' has no attribute {name!r}")
 
 __all__ = [
     "Assessment",

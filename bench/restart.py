@@ -106,9 +106,10 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
-async def restart_once(s: Settings, *, snapshots: bool, log: Path | None = None) -> tuple[float, float, str]:
+async def restart_once(s: Settings, *, snapshots: bool, log: Path | None = None) -> tuple[float, float, float, str]:
     """Spawn a processor and send one command at once; seconds until its event is on the log,
-    the records its takeover read, and its rebuild sources. ``log``: the processor's output goes there."""
+    seconds until every partition is taken over, the records its takeover read, and its rebuild
+    sources. ``log``: the processor's output goes there."""
     aid = f"probe-{uuid.uuid4().hex[:10]}"
     parts = list(range(s.partitions))
     tp = TopicPartition(s.events_topic, DefaultPartitioner()(aid.encode(), parts, parts))
@@ -138,12 +139,20 @@ async def restart_once(s: Settings, *, snapshots: bool, log: Path | None = None)
             for rec in (await consumer.getmany(tp, timeout_ms=200)).get(tp, []):
                 if rec.key == aid.encode():
                     served = time.monotonic() - t0
-        text = await asyncio.to_thread(lambda: urllib.request.urlopen(
-            f"http://127.0.0.1:{s.metrics_port_base}/metrics", timeout=10).read().decode())
+
+        def scrape() -> str:
+            return str(urllib.request.urlopen(f"http://127.0.0.1:{s.metrics_port_base}/metrics", timeout=10).read().decode())
+        # Partitions are taken one per turn of the processor's loop, serving those already taken:
+        # the probe's may not be the last. Polled at 20 ms.
+        while _metric(text := await asyncio.to_thread(scrape), "assessment_store_processor_rebuilds_total") < s.partitions:
+            if child.poll() is not None:
+                raise RuntimeError(f"the processor exited with {child.returncode}")
+            await asyncio.sleep(0.02)
+        all_taken = time.monotonic() - t0
         read = _metric(text, "assessment_store_processor_rebuild_records_read_total")
         sources = ",".join(f"{k}={int(float(v))}" for k, v in re.findall(
             r'^assessment_store_processor_rebuilds_total{source="(\w+)"} ([0-9.]+)$', text, re.M))
-        return served, read, sources
+        return served, all_taken, read, sources
     finally:
         child.send_signal(signal.SIGTERM)  # a clean stop: the snapshot's last write and checkpoint
         await asyncio.to_thread(child.wait, 120)
@@ -167,18 +176,18 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
     console.print(f"history: {events:,} events over {assessments:,} assessments "
                   f"({assessments // 10:,} live), appended in {time.monotonic() - t:.1f} s")
     # The first start with snapshots on folds the whole log and writes the snapshot (not measured).
-    warm, _, sources = await restart_once(s, snapshots=True, log=_log(args, "first-start"))
+    warm, _, _, sources = await restart_once(s, snapshots=True, log=_log(args, "first-start"))
     console.print(f"first start with snapshots (writes the snapshot): {warm:.2f} s ({sources})")
-    results: dict[str, list[tuple[float, float, str]]] = {"full": [], "snapshot": []}
+    results: dict[str, list[tuple[float, float, float, str]]] = {"full": [], "snapshot": []}
     for n in range(args.rounds):
         for kind in args.kinds:
             results[kind].append(await restart_once(s, snapshots=kind == "snapshot", log=_log(args, f"{kind}-{n + 1}")))
     table = Table(title=f"processor restart → first command served, {events:,} events of history")
-    for col in ("rebuild", "round", "seconds", "records read", "sources"):
+    for col in ("rebuild", "round", "first command served (s)", "all partitions taken (s)", "records read", "sources"):
         table.add_column(col, justify="right")
     for kind, rows in results.items():
-        for n, (secs, read, src) in enumerate(rows, 1):
-            table.add_row(kind, str(n), f"{secs:.2f}", f"{read:,.0f}", src)
+        for n, (secs, every, read, src) in enumerate(rows, 1):
+            table.add_row(kind, str(n), f"{secs:.2f}", f"{every:.2f}", f"{read:,.0f}", src)
     console.print(table)
     if not results["full"] or not results["snapshot"]:
         return
@@ -186,7 +195,7 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
     snap = min(r[0] for r in results["snapshot"])
     console.print(f"best of {args.rounds}: full {full:.2f} s, snapshot {snap:.2f} s: snapshot/full = {snap / full:.3f} "
                   f"({full / snap:.1f}x faster); records read snapshot/full = "
-                  f"{min(r[1] for r in results['snapshot']) / max(1, min(r[1] for r in results['full'])):.3f}; "
+                  f"{min(r[2] for r in results['snapshot']) / max(1, min(r[2] for r in results['full'])):.3f}; "
                   f"goal <= 3 s: {'met' if snap <= 3.0 else 'NOT met'}")
 
 

@@ -435,7 +435,8 @@ class CommandProcessor(AsyncLifecycle):
             await self._rebuild_pending()
             await self._resume_stopped()
             with translate_kafka_errors("fetching commands"):
-                batches = await self._consumer.getmany(timeout_ms=100)
+                # No wait while partitions are still to be taken over: one is taken per turn.
+                batches = await self._consumer.getmany(timeout_ms=0 if self._rebuild_due() else 100)
             if batches:
                 # Outside the lock: a look-up may take a registry round trip; it only adds writer schemas.
                 await self._resolver.learn(batches)
@@ -463,7 +464,13 @@ class CommandProcessor(AsyncLifecycle):
                     if tp.partition in self._parts and tp in assigned:
                         consumer.resume(tp)
 
+    def _rebuild_due(self) -> bool:
+        """Whether a partition is waiting to be taken over (and not stopped at an unresolvable schema)."""
+        return any(not self._stops.waiting(TopicPartition(self.settings.commands_topic, p)) for p in self._pending)
+
     async def _rebuild_pending(self) -> None:
+        """Take over the next pending partition. One per turn of the loop: the partitions already
+        taken serve their commands between two takeovers, instead of waiting for all of them."""
         assert self._consumer is not None
         # One after the other: side by side (tried), full rebuilds of a long log starved the group
         # protocol and were taken away and redone (bench.restart: 12 takeovers for 6 partitions).
@@ -497,6 +504,7 @@ class CommandProcessor(AsyncLifecycle):
                     # (after a refused commit, the position is past commands whose output was fenced).
                     self._consumer.seek(tp, part.resume_at)
                     self._consumer.resume(tp)
+            return
 
     async def _rebuild(self, partition: int) -> _Partition:
         """Take partition *p* over (module docstring, point 3 and "Fencing"): load the snapshot and

@@ -10,8 +10,8 @@ has the commands topic's partition count: partition *p* holds the state of comma
 Records (key → value, JSON; every record the processor writes carries ``writer-epoch``):
 
 * ``a:<assessment id>`` → the folded ``Assessment`` of a live assessment, with its version.
-* ``t:<seq>`` → a *terminal chunk*: up to 2,000 COMPLETED or CANCELLED assessments as (id, state,
-  version). A finished assessment accepts no command, and ``decide`` refuses one from the state and
+* ``t:<seq>`` → a *terminal chunk*: up to 2,000 COMPLETED or CANCELLED assessments, their ids
+  and versions by state. A finished assessment accepts no command, and ``decide`` refuses one from the state and
   version alone, with the same error; packing them keeps a load at one record per *live*
   assessment, plus one per 2,000 finished ones. When an assessment finishes, it goes into the next
   chunk and its ``a:`` record is deleted (a tombstone). Chunks under half full (one per snapshot
@@ -69,6 +69,7 @@ still have its ``a:`` record and tombstone) and the tombstones of the last 10 mi
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -223,22 +224,36 @@ def encode_chunk(outcomes: Iterable[Outcome]) -> bytes:
 
 
 def encode_terminals(entries: Iterable[tuple[str, State, int]]) -> bytes:
-    """A terminal chunk: finished assessments as [id, state, version]."""
-    return _dumps({"v": FORMAT, "t": [[aid, state.value, version] for aid, state, version in entries]})
+    """A terminal chunk: finished assessments by state, as two parallel lists, ids and versions
+    (``{"v": 1, "t": {"COMPLETED": [[ids], [versions]], ...}}``): a load turns each pair into its
+    entries with C loops (``decode_terminals``), at about a tenth of a per-entry check's cost."""
+    by_state: dict[str, tuple[list[str], list[int]]] = {}
+    for aid, state, version in entries:
+        ids, versions = by_state.setdefault(state.value, ([], []))
+        ids.append(aid)
+        versions.append(version)
+    return _dumps({"v": FORMAT, "t": {state: [ids, versions] for state, (ids, versions) in by_state.items()}})
 
 
 def decode_terminals(raw: bytes) -> dict[str, tuple[State, int]]:
-    """A terminal chunk's assessments, each checked (a malformed one raises ``CodecError``)."""
+    """A terminal chunk's assessments, all checked (a malformed chunk raises ``CodecError``)."""
     doc = _document(raw)
-    entries = doc.get("t")
-    if not isinstance(entries, list) or not entries:
+    groups = doc.get("t")
+    if not isinstance(groups, dict) or not groups:
         raise CodecError("terminal chunk: no entries")
     out: dict[str, tuple[State, int]] = {}
-    for e in entries:
-        if not isinstance(e, list) or len(e) != 3 or not isinstance(e[0], str) or type(e[2]) is not int \
-                or e[1] not in _TERMINAL_STATES:
-            raise CodecError(f"terminal chunk: malformed entry {str(e)[:200]}")
-        out[e[0]] = (_TERMINAL_STATES[e[1]], e[2])
+    for value, pair in groups.items():
+        state = _TERMINAL_STATES.get(value)
+        if state is None:
+            raise CodecError(f"terminal chunk: {str(value)[:50]!r} is not a terminal state")
+        if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], list) \
+                or not isinstance(pair[1], list) or len(pair[0]) != len(pair[1]) or not pair[0]:
+            raise CodecError(f"terminal chunk: malformed {value} entries")
+        ids, versions = pair
+        # Types compared exactly, through map and set (C loops): ids are strings, versions integers.
+        if set(map(type, ids)) != {str} or set(map(type, versions)) != {int}:
+            raise CodecError(f"terminal chunk: malformed {value} entries (ids must be strings, versions integers)")
+        out.update(zip(ids, zip(itertools.repeat(state), versions)))
     return out
 
 

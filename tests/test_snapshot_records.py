@@ -51,8 +51,9 @@ def test_older_marker_and_tombstones() -> None:
 
 def test_malformed_terminal_chunk_is_never_used() -> None:
     """A terminal chunk with a live state, a bad version or no entries makes the snapshot unusable (full rebuild), naming the entry."""
-    for raw in (b'{"v": 1, "t": [["a", "PROCESSING", 2]]}', b'{"v": 1, "t": [["a", "COMPLETED", "2"]]}',
-                b'{"v": 1, "t": []}', b'{"v": 1, "t": [["a", "COMPLETED"]]}'):
+    for raw in (b'{"v": 1, "t": {"PROCESSING": [["a"], [2]]}}', b'{"v": 1, "t": {"COMPLETED": [["a"], ["2"]]}}',
+                b'{"v": 1, "t": {}}', b'{"v": 1, "t": {"COMPLETED": [["a", "b"], [2]]}}',
+                b'{"v": 1, "t": {"COMPLETED": [["a"], [true]]}}', b'{"v": 1, "t": [["a", "COMPLETED", 2]]}'):
         loaded, reason, why = read_snapshot(_scan([(terminal_chunk_key(0), raw)]))
         assert loaded is None and reason == "undecodable", raw
         assert "terminal chunk" in why
