@@ -11,7 +11,9 @@
   that importing this package needs nothing beyond the base install.
 
 It stands on top of the house: it imports the façade's client and the role packages' public faces;
-nothing imports it. ``python -m assessment_store.cli`` is the same as the ``assessment-store`` script.
+nothing imports it. Every command line loads every module here (typer registers the commands), so
+the client, the migration package and the bridge are imported inside the commands that use them:
+the long-running services start without them (the processor's restart time counts them). ``python -m assessment_store.cli`` is the same as the ``assessment-store`` script.
 """
 
 from ._entry import main

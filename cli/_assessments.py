@@ -6,12 +6,11 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.table import Table
 
-from assessment_store.client import AssessmentStore
 from assessment_store.core import JSON, Assessment, Settings, State
 
 from ._console import EXIT_DATAERR, EXIT_USAGE, err, out
@@ -20,10 +19,15 @@ from ._console import run_cli as _run
 from ._options import ExpectedVersion, IdArg, JsonFlag
 from ._root import app
 
+if TYPE_CHECKING:  # imported where used: every command line loads this module (see cli/__init__.py)
+    from assessment_store.client import AssessmentStore
+
 T = TypeVar("T")
 
 
 def _with_store(fn: Callable[[AssessmentStore], Awaitable[T]]) -> T:
+    from assessment_store.client import AssessmentStore
+
     async def go() -> T:
         async with AssessmentStore(Settings()) as store:
             return await fn(store)

@@ -12,13 +12,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from typing import TYPE_CHECKING
+
 from assessment_store.core import Settings, State
-from assessment_store.client import AssessmentStore
 
 from ._console import EXIT_REFUSED, err, out
 from ._console import run_cli as _run
-from ._migration_demo import run_migration_demo
 from ._root import app
+
+if TYPE_CHECKING:  # imported where used: every command line loads this module (see cli/__init__.py)
+    from assessment_store.client import AssessmentStore
 
 __all__ = ["run_demo"]
 
@@ -40,6 +43,8 @@ async def _drive(store: AssessmentStore, i: int) -> str:
 
 async def run_demo(settings: Settings, count: int, out: Console) -> None:
     t0 = time.monotonic()
+    from assessment_store.client import AssessmentStore
+
     async with AssessmentStore(settings) as store:
         ids = await asyncio.gather(*(_drive(store, i) for i in range(count)))
         finals = [await store.wait_for_completion(aid, timeout=30) for aid in ids]
@@ -68,6 +73,8 @@ def demo(
     settings = Settings()
     _run(run_demo(settings, count, out))
     if migration:
+        from ._migration_demo import run_migration_demo
+
         if not _run(run_migration_demo(settings, migration_count, out)):
             err.print("[red]the migration demo's checks did not all hold (see above)[/]")
             raise typer.Exit(EXIT_REFUSED)

@@ -9,12 +9,19 @@ __all__ = ["main"]
 
 _CLI_PACKAGES = {"typer", "rich", "click", "fastapi", "starlette", "uvicorn", "httpx", "cryptography"}
 """Third-party packages the command line needs beyond the base install (the ``cli`` extra)."""
+_SERVICES = frozenset({"processor", "projector"})
+"""Commands that start with their own module only: a restart's time counts every import (the
+whole command line, with the client, migration and bridge packages, took about a second)."""
 
 
 def main() -> None:
     """Run ``assessment-store``."""
     try:
-        from ._main import main as run
+        if sys.argv[1:2] and sys.argv[1] in _SERVICES:
+            from . import _services  # noqa: F401  (registers the service commands on the root application)
+            from ._root import run_app as run
+        else:
+            from ._main import main as run
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in _CLI_PACKAGES:
             raise
