@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import heapq
 import itertools
 import logging
@@ -478,6 +479,11 @@ class CommandProcessor(AsyncLifecycle):
             cmd_tp = TopicPartition(self.settings.commands_topic, partition)
             if self._stops.waiting(cmd_tp):
                 continue
+            # The collector off while a partition is loaded: a takeover allocates one object per
+            # assessment and remembered command, and full collections walking the partitions loaded
+            # before made each takeover slower than the last (read_snapshot of a 1M-event history:
+            # 0.23 s for the first partition, 0.58 s for the sixth).
+            gc.disable()
             try:
                 part = await self._rebuild(partition)
             except UnresolvableSchema as e:
@@ -494,6 +500,8 @@ class CommandProcessor(AsyncLifecycle):
                     if self._pending.get(partition) == generation:
                         del self._pending[partition]
                 continue
+            finally:
+                gc.enable()
             async with self._lock:
                 # Installed only if no rebalance happened meanwhile (else it is rebuilt again).
                 if self._pending.get(partition) == generation:
@@ -504,6 +512,14 @@ class CommandProcessor(AsyncLifecycle):
                     # (after a refused commit, the position is past commands whose output was fenced).
                     self._consumer.seek(tp, part.resume_at)
                     self._consumer.resume(tp)
+            if not self._rebuild_due():
+                # Every partition taken: the loaded state is long-lived, so it leaves the collector's
+                # sight (a full collection walking it cost 0.4 s with a 1M-event history, a pause in
+                # the middle of serving). Its objects are freed by reference counting when a partition
+                # is revoked (states and rows hold no cycles); only cyclic garbage pending at this
+                # instant is kept, so the young generations are collected first.
+                gc.collect(1)
+                gc.freeze()
             return
 
     async def _rebuild(self, partition: int) -> _Partition:
