@@ -7,8 +7,9 @@ moves them), then measures, in one run:
 
 1. latency at fixed offered rates (open loop: a command is issued every 1/rate s whatever the
    previous ones are doing): each sample is the time from `AssessmentStore.update_progress` being
-   called to its event being visible in PostgreSQL (the call returns only then), p50/p95/p99, and
-   the CPU per command of each process (broker, PostgreSQL, processor, projector, client);
+   called to its event being visible in PostgreSQL (the call returns only then), p50/p95/p99, the
+   CPU per command of each process (broker, PostgreSQL, processor, projector, client), and the
+   client's event-loop lag (how late a 5 ms timer fires meanwhile: the client's own share);
 2. the maximum sustained rate of the store's pipeline: N commands pre-loaded on the commands
    topic, timed from the moment the processor and projector are let loose until the projection
    holds every resulting event;
@@ -83,10 +84,20 @@ async def skeleton_latency_at(client: SkeletonClient, records: list[tuple[bytes,
 
 
 async def open_loop(call: Callable[[int], Awaitable[None]], rate: int, duration_s: float) -> dict[str, float]:
-    """Issue ``call(i)`` every 1/rate s whatever the previous calls are doing; latency percentiles in ms."""
+    """Issue ``call(i)`` every 1/rate s whatever the previous calls are doing; latency percentiles in ms,
+    and the client's own event-loop lag: how late a 5 ms timer fires while the calls run (the share
+    of a latency the client process adds, its loop being busy, rather than the pipeline)."""
     latencies: list[float] = []
     errors = 0
     tasks: list[asyncio.Task[None]] = []
+    lags: list[float] = []
+    running = True
+
+    async def probe() -> None:
+        while running:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)  # the measured quantity, not a synchronisation
+            lags.append((time.perf_counter() - t - 0.005) * 1000)
 
     async def one(i: int) -> None:
         nonlocal errors
@@ -99,6 +110,7 @@ async def open_loop(call: Callable[[int], Awaitable[None]], rate: int, duration_
         latencies.append((time.perf_counter() - t0) * 1000)
 
     loop = asyncio.get_running_loop()
+    prober = asyncio.create_task(probe())
     start = loop.time()
     n = int(rate * duration_s)
     for i in range(n):
@@ -109,10 +121,12 @@ async def open_loop(call: Callable[[int], Awaitable[None]], rate: int, duration_
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     elapsed = loop.time() - start
+    running = False
+    await prober
     return {
         "p50": _pct(latencies, 0.50), "p95": _pct(latencies, 0.95), "p99": _pct(latencies, 0.99),
         "max": max(latencies), "mean": statistics.fmean(latencies), "achieved": len(latencies) / elapsed,
-        "errors": errors,
+        "errors": errors, "lag_p95": _pct(lags, 0.95), "lag_p99": _pct(lags, 0.99),
     }
 
 
@@ -263,7 +277,8 @@ async def measure(s: Settings, args: argparse.Namespace, wakeups: list[RoundTrip
 
     def lat(r: dict[str, float]) -> str:
         return (f"p50 {r['p50']:.1f} ms  p95 {r['p95']:.1f} ms  p99 {r['p99']:.1f} ms  max {r['max']:.0f} ms "
-                f"(achieved {r['achieved']:.0f}/s, {r['errors']:.0f} errors)")
+                f"(achieved {r['achieved']:.0f}/s, {r['errors']:.0f} errors; client loop lag p95 {r['lag_p95']:.1f} ms, "
+                f"p99 {r['lag_p99']:.1f} ms)")
 
     def split(cpu_ms: dict[str, float]) -> str:
         return "  ".join(f"{role} {ms:.3f}" for role, ms in cpu_ms.items())

@@ -537,6 +537,9 @@ class CommandProcessor(AsyncLifecycle):
         reader = AIOKafkaConsumer(
             **kafka_client_options(s, "processor"), enable_auto_commit=False, isolation_level="read_committed",
             group_id=None, auto_offset_reset="earliest",
+            # A state partition is megabytes (idempotency chunks of ~200 kB each): read in 16 MiB
+            # fetches, not the default 1 MiB ones.
+            max_partition_fetch_bytes=16 * 1024 * 1024,
         )
         ev_tp, out_tp = TopicPartition(s.events_topic, partition), TopicPartition(s.outcomes_topic, partition)
         st_tp = TopicPartition(state_topic(s), partition)
