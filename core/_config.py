@@ -199,6 +199,19 @@ class Settings(BaseSettings):
         "topic's retention, 7 days).",
     )
     projector_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    replay_workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Processes folding a rebuild's partitions side by side (replay's first phase); 1: this process "
+        "alone. Folding is CPU-bound in one process, so a second one uses a second core.",
+    )
+    replay_parallel_min_records: int = Field(
+        default=100_000,
+        ge=0,
+        description="Records left to fold below which a rebuild stays in one process (a worker's start-up, about "
+        "a second, would cost more than it saves).",
+    )
     visibility_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -260,13 +260,15 @@ class Projector(AsyncLifecycle):
 
     def __init__(
         self, settings: Settings, *, group: str | None = None, schema: str = LIVE_SCHEMA, assign_all: bool = False,
-        stats: ProjectorStats | None = None,
+        stats: ProjectorStats | None = None, partitions: frozenset[int] | None = None,
     ) -> None:
-        """``stats``: counts to continue (a process keeps one across supervised restarts)."""
+        """``stats``: counts to continue (a process keeps one across supervised restarts).
+        ``partitions`` (rebuild mode): only these partition numbers of each topic, not all of them."""
         self.settings = settings
         self.group = group or settings.projector_group
         self.schema = check_schema_name(schema)
         self.assign_all = assign_all
+        self.partitions = partitions
         self.codec = EventCodec()
         self.outcome_codec = OutcomeCodec()
         self._json = json_encoder()
@@ -321,7 +323,8 @@ class Projector(AsyncLifecycle):
                 await consumer.start()
                 if self.assign_all:
                     counts = await partition_counts(self.settings, self.topics, principal="projector")
-                    partitions = [TopicPartition(t, p) for t in self.topics for p in range(counts.get(t, 0))]
+                    partitions = [TopicPartition(t, p) for t in self.topics for p in range(counts.get(t, 0))
+                                  if self.partitions is None or p in self.partitions]
                     if not partitions:
                         raise KafkaUnavailable(f"no partitions found for {self.topics}")
                     consumer.assign(partitions)

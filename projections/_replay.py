@@ -4,7 +4,11 @@ Phases, and why each is safe while the live projection keeps serving:
 
 1. *Fold.* A rebuild projector (no consumer group: it owns every partition) folds the events and
    outcomes topics from offset 0 into a sibling schema, ``projection_rebuild``, storing its offsets
-   there under the live group's name. Interrupted, a second run resumes from those offsets.
+   there under the live group's name. Interrupted, a second run resumes from those offsets. With
+   ``replay_workers`` > 1 and enough to fold, spawned worker processes fold their share of the
+   partition numbers side by side with this one (``_fold_bulk``): an assessment's events and
+   outcomes share a partition number, so the shares are disjoint sets of assessments, as a live
+   projector group's members' are.
 2. *Catch up under the swap lock.* ``public.fold_batch`` takes a shared advisory lock per schema;
    the swap takes the live schema's lock exclusively, so the live projectors finish their batch in
    flight and then wait. With the live offsets frozen, the rebuild folds exactly up to them (never
@@ -22,15 +26,19 @@ Phases, and why each is safe while the live projection keeps serving:
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import multiprocessing.process
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import TopicPartition
 
-from assessment_store.core import Settings, StoreUsageError
+from assessment_store.core import BackendError, DatabaseUnavailable, KafkaUnavailable, Settings, StoreUsageError
 
 from ._audit import record_audit
 from ._db import LIVE_SCHEMA, connect, create_projection_schema, migrate, translate_db_errors
@@ -76,6 +84,8 @@ class ReplayReport:
     quarantined: int = 0
     """assessments the rebuild quarantined (PostgreSQL refused a value of one of their events;
     ``assessment-store quarantine list`` names them once swapped in)"""
+    workers: int = 1
+    """processes that folded phase 1 (``replay_workers``; 1 below ``replay_parallel_min_records``)"""
 
 
 def _checksum_sql(schema: str) -> str:
@@ -132,7 +142,7 @@ async def replay(
     try:
         resumed = await _prepare_rebuild_schema(conn, restart=restart)
         async with Projector(settings, schema=REBUILD_SCHEMA, assign_all=True) as rebuild:
-            partitions = await _fold_bulk(rebuild, on_total, count)
+            partitions, workers = await _fold_bulk(rebuild, settings, on_total, count)
             with translate_db_errors("verifying and swapping the rebuilt projection"):
                 # Phases 2 to 4 are one transaction: the live projectors stay frozen from the catch-up
                 # until the swap commits (or the transaction rolls back and they resume unchanged).
@@ -142,14 +152,14 @@ async def replay(
                     if dry_run:
                         return ReplayReport(events_folded=folded, seconds=time.monotonic() - t0, resumed=resumed,
                                             verification=verification, swapped=False, dropped_old=None,
-                                            kept_old=None, quarantined=quarantined)
+                                            kept_old=None, quarantined=quarantined, workers=workers)
                     old = await _swap(conn, keep_old)
                     await record_audit(conn, "projection_rebuild_swap", "assessment-store replay",
                                        {"events_folded": folded, "kept_old": old if keep_old else None,
                                         "forced": force, "verification_ok": verification.ok})
         return ReplayReport(events_folded=folded, seconds=time.monotonic() - t0, resumed=resumed,
                             verification=verification, swapped=True, dropped_old=None if keep_old else old,
-                            kept_old=old if keep_old else None, quarantined=quarantined)
+                            kept_old=old if keep_old else None, quarantined=quarantined, workers=workers)
     finally:
         await conn.close()
 
@@ -168,9 +178,11 @@ async def _prepare_rebuild_schema(conn: asyncpg.Connection, *, restart: bool) ->
 
 
 async def _fold_bulk(
-    rebuild: Projector, on_total: Callable[[int, int], None] | None, count: Callable[[int], None]
-) -> list[TopicPartition]:
-    """Phase 1: fold up to today's end offsets while the live projection serves and advances."""
+    rebuild: Projector, settings: Settings, on_total: Callable[[int, int], None] | None, count: Callable[[int], None]
+) -> tuple[list[TopicPartition], int]:
+    """Phase 1: fold up to today's end offsets while the live projection serves and advances; with
+    ``replay_workers`` > 1 and enough left to fold, worker processes fold their share of the
+    partitions side by side with this one (``_fold_alongside``)."""
     consumer = rebuild._consumer
     assert consumer is not None
     partitions = sorted(consumer.assignment())
@@ -178,8 +190,104 @@ async def _fold_bulk(
     starts = {tp: await consumer.position(tp) for tp in partitions}
     if on_total is not None:
         on_total(sum(ends.values()), sum(starts.values()))
-    await rebuild.fold_until(ends, count)
-    return partitions
+    numbers = sorted({tp.partition for tp in partitions})
+    left = sum(ends.values()) - sum(starts.values())
+    workers = min(settings.replay_workers, len(numbers)) if left >= settings.replay_parallel_min_records else 1
+    if workers <= 1:
+        await rebuild.fold_until(ends, count)
+        return partitions, 1
+    # Partition numbers dealt round-robin: the events and outcomes partitions of a number hold the
+    # same assessments (both keyed by assessment id), so each process folds whole assessments, and
+    # the schema takes folds of disjoint partitions side by side, as it does from a projector group.
+    shares = [frozenset(p for p in numbers if p % workers == k) for k in range(workers)]
+    theirs = [tp for tp in partitions if tp.partition not in shares[0]]
+    consumer.pause(*theirs)
+    jobs = [(share, {(tp.topic, tp.partition): ends[tp] for tp in partitions if tp.partition in share})
+            for share in shares[1:]]
+    await _fold_alongside(rebuild, settings, {tp: ends[tp] for tp in partitions if tp.partition in shares[0]}, jobs,
+                          count)
+    # Ordering: the workers' rows and offsets are committed; this process's consumer is still at the
+    # offsets it read before they ran, so it moves to the stored ones (and reloads the quarantine and
+    # fences they wrote) before phase 2 folds any of those partitions.
+    await rebuild._seek_to_stored(theirs)
+    return partitions, workers
+
+
+async def _fold_alongside(
+    rebuild: Projector, settings: Settings, own: dict[TopicPartition, int],
+    jobs: list[tuple[frozenset[int], dict[tuple[str, int], int]]], count: Callable[[int], None],
+) -> None:
+    """Fold ``own`` here while one spawned process per job folds its partitions to their targets;
+    their progress is counted as it comes, and the first failure stops the rest."""
+    ctx = multiprocessing.get_context("spawn")  # not fork: this process has an event loop and sockets
+    started: list[tuple[multiprocessing.process.BaseProcess, Connection, frozenset[int]]] = []
+    try:
+        for share, targets in jobs:
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=fold_partitions, args=(settings, share, targets, send), daemon=True,
+                               name=f"replay-worker-{min(share)}")
+            proc.start()
+            send.close()  # the child's end: our copy closed, its exit is the pipe's end of file
+            started.append((proc, receive, share))
+        async with asyncio.TaskGroup() as group:  # a failure cancels the others
+            group.create_task(rebuild.fold_until(own, count))
+            for worker, pipe, numbers in started:
+                group.create_task(_follow(worker, pipe, numbers, count))
+    except BaseExceptionGroup as eg:
+        raise eg.exceptions[0] from None  # the first failure, as a plain rebuild would raise it
+    finally:
+        for worker, pipe, _ in started:
+            if worker.is_alive():
+                worker.terminate()
+            await asyncio.to_thread(worker.join, 30)
+            pipe.close()
+
+
+async def _follow(proc: multiprocessing.process.BaseProcess, receive: Connection, share: frozenset[int],
+                  count: Callable[[int], None]) -> None:
+    """Count a worker's folded batches as it reports them; raise its failure; return when it ends."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(receive.fileno(), readable.set)
+    try:
+        while True:
+            await readable.wait()
+            readable.clear()
+            while receive.poll():
+                try:
+                    message = receive.recv()
+                except EOFError:  # the worker ended: its exit code says how
+                    await asyncio.to_thread(proc.join)
+                    if proc.exitcode != 0:
+                        raise BackendError(f"the rebuild worker for partitions {sorted(share)} exited with "
+                                           f"{proc.exitcode} without reporting an error")
+                    return
+                if isinstance(message, int):
+                    count(message)
+                else:
+                    kind, text = message
+                    error = {"KafkaUnavailable": KafkaUnavailable, "DatabaseUnavailable": DatabaseUnavailable}.get(
+                        kind, BackendError)
+                    raise error(f"the rebuild worker for partitions {sorted(share)} failed: {kind}: {text}")
+    finally:
+        loop.remove_reader(receive.fileno())
+
+
+def fold_partitions(settings: Settings, share: frozenset[int], targets: dict[tuple[str, int], int],
+                    report: Connection) -> None:
+    """A rebuild worker's process: fold partitions ``share`` of the rebuild schema up to ``targets``
+    (offsets by topic and partition), reporting each batch's record count, or its failure, on ``report``."""
+    async def run() -> None:
+        async with Projector(settings, schema=REBUILD_SCHEMA, assign_all=True, partitions=share) as worker:
+            await worker.fold_until({TopicPartition(t, p): end for (t, p), end in targets.items()}, report.send)
+
+    try:
+        asyncio.run(run())
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which raises it
+        report.send((type(e).__name__, str(e)))
+        raise SystemExit(1) from e
+    finally:
+        report.close()
 
 
 async def _catch_up_frozen(
