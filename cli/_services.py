@@ -101,7 +101,8 @@ def replay_cmd(
                              on_total=on_total, on_batch=on_batch))
     v = report.verification
     out.print(f"folded {report.events_folded:,} records in {report.seconds:.1f} s"
-              f"{' (resumed)' if report.resumed else ''}; verification "
+              f"{' (resumed)' if report.resumed else ''}"
+              f"{f' by {report.workers} processes' if report.workers > 1 else ''}; verification "
               f"{'[green]passed[/]' if v.ok else '[red]FAILED[/]'}: assessments {v.live_assessments}/{v.rebuilt_assessments},"
               f" events {v.live_events}/{v.rebuilt_events}, version mismatches {v.version_mismatches},"
               f" checksum {v.live_checksum} / {v.rebuilt_checksum}")
