@@ -567,7 +567,7 @@ class CommandProcessor(AsyncLifecycle):
                     loaded, reason = None, "beyond_log_end"
                 if loaded is not None:
                     assert scan is not None
-                    part = self._from_snapshot(loaded, committed, stale, scan.next_terminal_chunk)
+                    part = self._from_snapshot(loaded, committed, scan)
                     ck = loaded.checkpoint
                     # The tail starts at the checkpoint, under the fence in force there (its writer's).
                     fence = LogFence({ev_tp: ck.epoch, out_tp: ck.epoch})
@@ -639,17 +639,17 @@ class CommandProcessor(AsyncLifecycle):
                  sent[0].offset, fence.fenced)
         return part
 
-    def _from_snapshot(self, loaded: LoadedSnapshot, committed: int, chunks_seen: list[int],
-                       next_terminal_chunk: int) -> _Partition:
-        """A partition's state as a snapshot holds it (the log after its checkpoint still to fold)."""
+    def _from_snapshot(self, loaded: LoadedSnapshot, committed: int, scan: SnapshotScan) -> _Partition:
+        """A partition's state as ``scan`` holds it, read into ``loaded`` (the log after its
+        checkpoint still to fold)."""
         part = _Partition(resume_at=committed, source="snapshot", states=loaded.states, terminal=loaded.terminal,
                           chunks=loaded.chunks, next_chunk=max(loaded.checkpoint.next_chunk,
-                                                               max(chunks_seen, default=-1) + 1),
-                          terminal_chunks=loaded.terminal_chunks, next_terminal_chunk=next_terminal_chunk,
-                          state_records=loaded.state_records)
+                                                               max(scan.chunk_seqs, default=-1) + 1),
+                          terminal_chunks=loaded.terminal_chunks, next_terminal_chunk=scan.next_terminal_chunk,
+                          state_records=scan.state_records)
         # A finished assessment that still has an ``a:`` record (an older format's marker, or a
         # write cut short before its tombstone) goes to a terminal chunk, and the record is deleted.
-        part.dirty = {aid for aid in loaded.state_records if aid in loaded.terminal}
+        part.dirty = {aid for aid in part.state_records if aid in loaded.terminal}
         # Oldest first, as the window is kept (_trim drops from the front).
         part.outcomes = {row[0]: row for row in loaded.outcomes}
         return part

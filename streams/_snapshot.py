@@ -343,12 +343,16 @@ class SnapshotScan:
 
     @property
     def chunk_seqs(self) -> list[int]:
-        return sorted(int(k[2:]) for k, v in self.values.items() if k.startswith(b"o:") and v is not None)
+        """The idempotency chunks on the partition (not deleted)."""
+        return self._seqs(b"o:")
 
     @property
     def terminal_chunk_seqs(self) -> list[int]:
         """The terminal chunks on the partition (not deleted)."""
-        return sorted(int(k[2:]) for k, v in self.values.items() if k.startswith(b"t:") and v is not None)
+        return self._seqs(b"t:")
+
+    def _seqs(self, prefix: bytes) -> list[int]:
+        return sorted(int(k[2:]) for k, v in self.values.items() if k.startswith(prefix) and v is not None)
 
     @property
     def next_terminal_chunk(self) -> int:
@@ -380,9 +384,6 @@ class LoadedSnapshot:
     """chunk number -> timestamp of its newest outcome (when it may be deleted)"""
     terminal_chunks: dict[int, list[str]]
     """terminal chunk number -> the assessments it holds"""
-    state_records: set[str]
-    """the assessments with an ``a:`` record: a finished one among them still needs its terminal
-    chunk and the ``a:`` tombstone (an older format's marker, or a write cut short)"""
 
 
 async def scan_partition(reader: AIOKafkaConsumer, tp: TopicPartition, end: int) -> SnapshotScan:
@@ -419,7 +420,6 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
     terminal: dict[str, tuple[State, int]] = {}
     chunk_rows: dict[int, list[Row]] = {}
     terminal_chunks: dict[int, list[str]] = {}
-    state_records: set[str] = set()
     try:
         checkpoint = decode_checkpoint(scan.values[checkpoint_key(max(checkpoints))] or b"")
         for key, raw in scan.values.items():
@@ -427,7 +427,6 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
                 continue
             if key.startswith(b"a:"):
                 aid = key[2:].decode()
-                state_records.add(aid)
                 s = decode_state(aid, raw)
                 if isinstance(s, Assessment):
                     states[aid] = s
@@ -448,4 +447,4 @@ def read_snapshot(scan: SnapshotScan) -> tuple[LoadedSnapshot | None, str, str]:
     outcomes = [row for seq in sorted(chunk_rows) for row in chunk_rows[seq]]
     # A chunk's rows are in write order: its last is its newest.
     chunks = {seq: row_time(rows[-1]) for seq, rows in chunk_rows.items()}
-    return LoadedSnapshot(checkpoint, states, terminal, outcomes, chunks, terminal_chunks, state_records), "", ""
+    return LoadedSnapshot(checkpoint, states, terminal, outcomes, chunks, terminal_chunks), "", ""

@@ -35,7 +35,7 @@ def test_terminal_chunk_wins_over_an_earlier_live_record() -> None:
     assert loaded.terminal == {"x": (State.COMPLETED, 4), "z": (State.CANCELLED, 2)}
     assert set(loaded.states) == {"y"}
     assert loaded.terminal_chunks == {0: ["x", "z"]}
-    assert loaded.state_records == {"x", "y"}
+    assert scan.state_records == {"x", "y"}
 
 
 def test_older_marker_and_tombstones() -> None:
@@ -45,7 +45,7 @@ def test_older_marker_and_tombstones() -> None:
     loaded, reason, _ = read_snapshot(scan)
     assert loaded is not None, reason
     assert loaded.terminal == {"m": (State.COMPLETED, 3)} and loaded.states == {}
-    assert loaded.terminal_chunks == {} and loaded.state_records == {"m"}
+    assert loaded.terminal_chunks == {} and scan.state_records == {"m"}
     assert scan.next_terminal_chunk == 6 and scan.terminal_chunk_seqs == []
 
 
