@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=19092, ge=1, le=65535)
     kafka_controller_port: int = Field(default=19093, ge=1, le=65535)
     kafka_heap: str = Field(default="512m", description="JVM -Xmx of the local broker.")
+    kafka_jvm_options: str = Field(
+        default="-XX:TieredStopAtLevel=1",
+        description="Extra JVM options of the local broker (split like a shell's words). The default compiles with "
+        "C1 only: with C2, compiling still took ~20 % of a core 35 s into a benchmark, on a machine the broker "
+        "shares with the store's services; without it the broker's CPU per command at 100/s fell from 7.1 to "
+        "3.7 ms and sustained throughput did not move (README, Benchmarks). '' for the JVM's tiered compilation.",
+    )
     bootstrap_servers: str | None = Field(
         default=None,
         description="Broker list; defaults to the local broker (kafka_host:kafka_port).",

@@ -8,6 +8,7 @@ import concurrent.futures
 import logging
 import os
 import shutil
+import shlex
 import subprocess
 import time
 import uuid
@@ -194,6 +195,7 @@ class KafkaNode:
                     java,
                     f"-Xms{min_heap(self.settings.kafka_heap)}", f"-Xmx{self.settings.kafka_heap}",
                     "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+                    *shlex.split(self.settings.kafka_jvm_options),
                     *base[1:],
                     "kafka.Kafka", str(config),
                 ],
