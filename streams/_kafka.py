@@ -222,13 +222,20 @@ async def start_kafka_client(client: Any, settings: Settings, principal: Princip
         raise
 
 
-def idempotent_producer(settings: Settings, principal: Principal = "admin") -> AIOKafkaProducer:
+def idempotent_producer(
+    settings: Settings, principal: Principal = "admin", *, max_batch_size: int = 16384
+) -> AIOKafkaProducer:
     """The producer every writer of the log uses: acks=all (nothing is acknowledged before every
     in-sync replica has it) and idempotence (the broker drops the duplicate a retried send would
-    create, and keeps one partition's records in send order)."""
+    create, and keeps one partition's records in send order).
+
+    ``max_batch_size`` bounds one partition's share of a produce request. aiokafka keeps one
+    request in flight per broker and puts at most one batch per partition in it, so records past
+    the bound wait for the next round trip: a writer that appends many records to a partition at
+    once (the processor, a fetch of commands at a time) needs it large."""
     return AIOKafkaProducer(
         **kafka_client_options(settings, principal), acks="all", enable_idempotence=True, linger_ms=0,
-        max_request_size=4 * 1024 * 1024,
+        max_request_size=4 * 1024 * 1024, max_batch_size=max_batch_size,
     )
 
 

@@ -369,7 +369,9 @@ class CommandProcessor(AsyncLifecycle):
             raise StackError(
                 f"topics must have equal partition counts for single-writer routing, found {counts}"
             )
-        producer = idempotent_producer(s, "processor")
+        # A fetch of commands becomes a few hundred events per partition at once: in one request,
+        # not one round trip per 16 KiB (below the topics' 1 MiB record-batch limit).
+        producer = idempotent_producer(s, "processor", max_batch_size=512 * 1024)
         with translate_kafka_errors("starting the processor's producer"):
             await producer.start()
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from assessment_store.core import (
     UpdateProgress,
     decide,
     evolve,
+    new_id,
 )
 
 from .state_table import LEGAL, TRANSITION_NAMES
@@ -147,3 +149,14 @@ def test_an_origin_time_becomes_occurred_at_and_the_duration_clock() -> None:
     # A clock ahead of the store's is not believed: no event comes from the future.
     ahead = decide(state, Complete(assessment_id="a-1", result={}), T0, occurred_at=T0 + timedelta(hours=1))
     assert ahead.occurred_at == T0
+
+
+def test_new_id_is_a_canonical_random_uuid4() -> None:
+    """new_id gives distinct version-4 UUIDs of the RFC 4122 variant, in their canonical text form."""
+    ids = [new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every value of the variant's two free bits occurs (the 17th digit is one of 8, 9, a, b).
+    assert {text[19] for text in ids} == set("89ab")
