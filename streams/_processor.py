@@ -98,9 +98,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, RecordMetadata
 
 from assessment_store.core import (
     Assessment,
@@ -189,6 +190,9 @@ class ProcessorStats:
     while rebuilding): the partition waits there, nothing is skipped or dead-lettered"""
     rejected_by_type: Counter[str] = field(default_factory=Counter)
     """rejections per error type (``InvalidTransition``, ...); their sum is ``rejected``"""
+    event_batches: int = 0
+    """record batches of events appended: one per partition per fetch handled, more when a partition's
+    events of one fetch overflow a batch (512 KiB)"""
     command_to_event: Histogram = field(default_factory=Histogram)
     """seconds from a command record's timestamp to its event's acknowledgement (accepted commands)"""
     rebuilds: Counter[str] = field(default_factory=Counter)
@@ -227,6 +231,8 @@ class ProcessorStats:
             counter(p + "commits_refused_total", "Batch commits the group refused", self.commits_refused),
             counter(p + "unresolvable_schema_total", "Partition stops at a record whose writer schema is unresolvable",
                     self.unresolvable),
+            counter(p + "event_batches_total", "Record batches of events appended (a partition's events of one fetch "
+                    "each, more when they overflow 512 KiB)", self.event_batches),
             histogram(p + "command_to_event_seconds", "Command record timestamp to its event acknowledged",
                       self.command_to_event),
             counter_by(p + "rebuilds_total", "Partition takeovers, by the source of the state (snapshot, full)",
@@ -869,19 +875,9 @@ class CommandProcessor(AsyncLifecycle):
                                ("dlq-source", f"{rec.topic}/{rec.partition}/{rec.offset}".encode())]
                     sent.append(await self._producer.send(
                         self.settings.commands_topic + ".dlq", rec.value, key=rec.key, headers=headers))
-                n_dead = len(sent)
-                for ev, partition, cmd_offset, _ in events:
-                    value, headers = self._events.encode(ev)
-                    headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
-                    # Our epoch: readers ignore this record if a later owner's fence precedes it.
-                    headers.append((EPOCH_HEADER, str(self._parts[partition].epoch).encode()))
-                    sent.append(await self._producer.send(
-                        self.settings.events_topic, value, key=ev.assessment_id.encode(), partition=partition,
-                        headers=headers, timestamp_ms=int(ev.recorded_at.timestamp() * 1000),
-                    ))
-                acks = await asyncio.gather(*sent)
-                self._advance([(partition, meta.offset) for (_, partition, _, _), meta in zip(events, acks[n_dead:])],
-                              "events")
+                # The dead letters' acknowledgements are awaited with the events': one round trip.
+                offsets = (await asyncio.gather(self._append_events(events), *sent))[0]
+                self._advance([(partition, offset) for (_, partition, _, _), offset in zip(events, offsets)], "events")
                 if events:
                     # Timed per record (the latency is per command) but with one clock read per batch.
                     acked, observe = time.time(), self.stats.command_to_event.observe
@@ -905,6 +901,46 @@ class CommandProcessor(AsyncLifecycle):
             for tp in commit:
                 self._trim(self._parts[tp.partition], wall)
             return commit, token
+
+    async def _append_events(self, events: list[tuple[Event, int, int, int]]) -> list[int]:
+        """Append ``events`` (event, partition, command offset, stamp) and return the offset of each,
+        once all are acknowledged.
+
+        Ordering: a partition's events go into record batches in the order given, and the batches
+        of a partition are handed to the producer in that order (aiokafka queues a partition's
+        batches, and the idempotent producer keeps their sequence), so each event's offset is its
+        batch's base offset plus its place in the batch. One batch future per partition instead
+        of one future per record: the per-record path was a tenth of the processor's CPU."""
+        producer = self._producer
+        assert producer is not None
+        topic = self.settings.events_topic
+        open_batches: dict[int, tuple[Any, list[int]]] = {}
+        submitted: list[tuple[asyncio.Future[RecordMetadata], list[int]]] = []
+        for i, (ev, partition, cmd_offset, _) in enumerate(events):
+            value, headers = self._events.encode(ev)
+            headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
+            # Our epoch: readers ignore this record if a later owner's fence precedes it.
+            headers.append((EPOCH_HEADER, str(self._parts[partition].epoch).encode()))
+            record = {"key": ev.assessment_id.encode(), "value": value, "headers": headers,
+                      "timestamp": int(ev.recorded_at.timestamp() * 1000)}  # milliseconds, despite aiokafka's docstring
+            builder, members = open_batches.get(partition) or (None, [])
+            if builder is None or builder.append(**record) is None:
+                if builder is not None:  # full: this partition's next batch follows it
+                    submitted.append((await producer.send_batch(builder, topic, partition=partition), members))
+                builder, members = producer.create_batch(), []
+                # An empty batch takes any one record (one bigger than the batch size is sent alone).
+                if builder.append(**record) is None:  # pragma: no cover - aiokafka's contract
+                    raise AssertionError(f"an empty record batch refused event {ev.event_id}")
+            members.append(i)
+            open_batches[partition] = (builder, members)
+        for partition, (builder, members) in open_batches.items():
+            submitted.append((await producer.send_batch(builder, topic, partition=partition), members))
+        self.stats.event_batches += len(submitted)
+        offsets = [0] * len(events)
+        for meta, members in zip(await asyncio.gather(*(f for f, _ in submitted)), (m for _, m in submitted)):
+            for place, i in enumerate(members):
+                offsets[i] = meta.offset + place
+        return offsets
 
     def _advance(self, appended: list[tuple[int, int]], kind: str) -> None:
         """Extend each partition's gapless folded prefix by its acknowledged appends; an offset that

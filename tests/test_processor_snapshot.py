@@ -72,8 +72,18 @@ async def _send(settings: Settings, proc: CommandProcessor, commands: list[Comma
     """Send ``commands`` in order, pipelined (so the processor takes them in few batches), and wait
     until ``proc`` has handled all of them."""
     target = _handled(proc) + len(commands)
+    await _produce(settings, commands)
+
+    async def handled() -> int:
+        return _handled(proc)
+    await eventually(handled, lambda n: n >= target, timeout_s=60, what=f"{len(commands)} commands handled")
+
+
+async def _produce(settings: Settings, commands: list[Command]) -> None:
+    """Append ``commands`` to the commands topic in order, pipelined."""
     codec = CommandCodec()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                max_request_size=4 * 1024 * 1024)
     await producer.start()
     try:
         await publish_schemas(settings, producer, {settings.commands_topic: codec.avro})
@@ -85,10 +95,6 @@ async def _send(settings: Settings, proc: CommandProcessor, commands: list[Comma
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
-
-    async def handled() -> int:
-        return _handled(proc)
-    await eventually(handled, lambda n: n >= target, timeout_s=60, what=f"{len(commands)} commands handled")
 
 
 def _workload(prefix: str, n: int) -> list[Command]:
@@ -297,3 +303,50 @@ async def test_finished_assessments_are_packed_in_terminal_chunks(stack_settings
     full_state, _, _ = await _full_rebuild(s)
     state["live-1"] = full_state["live-1"]  # the progress update sent above
     assert state == full_state
+
+
+async def test_events_filling_several_record_batches_keep_their_order_and_offsets(stack_settings: Settings) -> None:
+    """A fetch whose events overflow one record batch of a partition is appended in order, each event
+    at the offset the processor counted for it, stamped with the instant it was decided."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from assessment_store.schemas import EventCodec
+
+    s = _settings(stack_settings, partitions=1)
+    # 48 commands of ~24 KiB wait on one partition before the processor starts: its first fetch takes
+    # 1 MiB of them (the consumer's default per partition), whose events overflow a 512 KiB batch.
+    commands: list[Command] = [Create(assessment_id=f"big-{i}", request={"pad": "x" * 24_000, "i": i})
+                               for i in range(48)]
+    async with _processor(s):
+        pass  # the topics exist: the commands wait there, to be fetched together
+    await _produce(s, commands)
+    async with _processor(s) as proc:
+
+        async def handled() -> int:
+            return _handled(proc)
+        await eventually(handled, lambda n: n >= len(commands), timeout_s=60, what="the commands handled")
+        # 1.1 MiB of events cannot go in fewer than three 512 KiB batches, however they were fetched.
+        assert proc.stats.event_batches >= 3
+        tp = TopicPartition(s.events_topic, 0)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            await consumer.seek_to_beginning(tp)
+            records = []
+            while not records or records[-1].offset + 1 < end:
+                batch = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=1000), 30)
+                records += batch.get(tp, [])
+        finally:
+            await consumer.stop()
+        # The processor's count of what it appended follows the log exactly (a gap would have
+        # frozen it at None: streams/_snapshot.py, point 3).
+        assert proc._parts[0].events_next == end  # noqa: SLF001 - the invariant under test
+    codec = EventCodec()
+    events = [(r, codec.decode(r.value, r.headers)) for r in records if r.value]
+    assert [e.assessment_id for _, e in events] == [c.assessment_id for c in commands]
+    for rec, ev in events:
+        assert rec.timestamp == int(ev.recorded_at.timestamp() * 1000)
+        assert ev.payload.request["pad"] == "x" * 24_000  # type: ignore[union-attr]
