@@ -54,7 +54,7 @@ def _consumer(s: Settings, topic: str, group: str) -> AIOKafkaConsumer:
 
 async def _processor(s: Settings, topics: SkeletonTopics, group: str) -> None:
     consumer = _consumer(s, topics.commands, group)
-    # The store's processor's producer settings (streams/_processor.py), its 512 KiB batches included.
+    # The store's processor's producer settings (streams/_processor.py, _EVENT_BATCH_BYTES included).
     producer = AIOKafkaProducer(**kafka_client_options(s, "admin"), acks="all", enable_idempotence=True, linger_ms=0,
                                 max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
     await producer.start()

@@ -50,15 +50,11 @@ from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_opti
 
 from ._cpu import CpuSnapshot, per_unit_ms
 from ._skeleton import Skeleton, SkeletonClient, drain_rate
+from ._stats import percentile
 from ._wakeup import RoundTripCost, round_trip_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
-
-
-def _pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 async def latency_at(store: AssessmentStore, rate: int, duration_s: float, ids: list[str]) -> dict[str, float]:
@@ -124,9 +120,9 @@ async def open_loop(call: Callable[[int], Awaitable[None]], rate: int, duration_
     running = False
     await prober
     return {
-        "p50": _pct(latencies, 0.50), "p95": _pct(latencies, 0.95), "p99": _pct(latencies, 0.99),
+        "p50": percentile(latencies, 0.50), "p95": percentile(latencies, 0.95), "p99": percentile(latencies, 0.99),
         "max": max(latencies), "mean": statistics.fmean(latencies), "achieved": len(latencies) / elapsed,
-        "errors": errors, "lag_p95": _pct(lags, 0.95), "lag_p99": _pct(lags, 0.99),
+        "errors": errors, "lag_p95": percentile(lags, 0.95), "lag_p99": percentile(lags, 0.99),
     }
 
 

@@ -41,13 +41,10 @@ from assessment_store.streams import TopicSpec, ensure_topics
 from assessment_store.streams._fence import EPOCH_HEADER, fence_headers, fence_metadata
 from assessment_store.streams._kafka import idempotent_producer
 
+from ._stats import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
-
-
-def _pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 async def measure(s: Settings, batches: int) -> None:
@@ -122,8 +119,8 @@ async def measure(s: Settings, batches: int) -> None:
     for col in ("variant", "p50 ms", "p95 ms", "mean ms", "p50 / unfenced", "p95 / unfenced"):
         t.add_column(col)
     for name, xs in samples.items():
-        t.add_row(name, f"{_pct(xs, 0.5):.2f}", f"{_pct(xs, 0.95):.2f}", f"{statistics.fmean(xs):.2f}",
-                  f"{_pct(xs, 0.5) / _pct(base, 0.5):.2f}", f"{_pct(xs, 0.95) / _pct(base, 0.95):.2f}")
+        t.add_row(name, f"{percentile(xs, 0.5):.2f}", f"{percentile(xs, 0.95):.2f}", f"{statistics.fmean(xs):.2f}",
+                  f"{percentile(xs, 0.5) / percentile(base, 0.5):.2f}", f"{percentile(xs, 0.95) / percentile(base, 0.95):.2f}")
     console.print(t)
 
 

@@ -44,6 +44,7 @@ from assessment_store.stack import Stack
 from assessment_store.streams import kafka_client_options
 from assessment_store.testing import isolated_settings, running_stack
 
+from ._stats import percentile
 from .commands import latency_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,11 +93,6 @@ async def watch(s: Settings, topic: str, seen: Seen, stop: asyncio.Event, ready:
         await consumer.stop()
 
 
-def _pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 async def measure(s: Settings, args: argparse.Namespace) -> dict[str, list[float]]:
     commands, events, outcomes = Seen(), Seen(), Seen()
     async with AssessmentStore(s) as store:
@@ -127,6 +123,8 @@ async def measure(s: Settings, args: argparse.Namespace) -> dict[str, list[float
         loop = asyncio.get_running_loop()
         try:
             if args.rate:
+                # Not commands.open_loop: its loop-lag probe would run beside these calls, and it
+                # counts a failed call instead of stopping the run.
                 start, tasks = loop.time(), []
                 for i in range(args.commands):
                     delay = start + i / args.rate - loop.time()
@@ -172,9 +170,9 @@ def report(samples: dict[str, list[float]], args: argparse.Namespace) -> None:
     for i, name in enumerate(STAGES):
         at = samples[name]
         hop = at if previous is None else [b - a for a, b in zip(previous, at)]
-        table.add_row(name, *(f"{_pct(at, q):.1f}" for q in (0.5, 0.95, 0.99)),
+        table.add_row(name, *(f"{percentile(at, q):.1f}" for q in (0.5, 0.95, 0.99)),
                       "call → " + name if previous is None else f"{STAGES[i - 1]} → {name}",
-                      *(f"{_pct(hop, q):.1f}" for q in (0.5, 0.95, 0.99)))
+                      *(f"{percentile(hop, q):.1f}" for q in (0.5, 0.95, 0.99)))
         previous = at
     console.print(table)
 

@@ -167,6 +167,12 @@ __all__ = ["COMMAND_OFFSET_HEADER", "CommandProcessor", "ProcessorStats"]
 log = logging.getLogger("assessment_store.processor")
 
 COMMAND_OFFSET_HEADER = "command-offset"
+
+_EVENT_BATCH_BYTES = 512 * 1024
+"""The processor's produce batches: a fetch of commands becomes a few hundred events per partition
+at once, sent in one request rather than one round trip per 16 KiB (aiokafka's default); below the
+topics' 1 MiB record-batch limit."""
+
 _SCHEMA_RETRY_S = 5.0
 """how long a partition stopped at an unresolvable record waits before it is read again"""
 
@@ -375,9 +381,7 @@ class CommandProcessor(AsyncLifecycle):
             raise StackError(
                 f"topics must have equal partition counts for single-writer routing, found {counts}"
             )
-        # A fetch of commands becomes a few hundred events per partition at once: in one request,
-        # not one round trip per 16 KiB (below the topics' 1 MiB record-batch limit).
-        producer = idempotent_producer(s, "processor", max_batch_size=512 * 1024)
+        producer = idempotent_producer(s, "processor", max_batch_size=_EVENT_BATCH_BYTES)
         with translate_kafka_errors("starting the processor's producer"):
             await producer.start()
         try:
