@@ -6,6 +6,7 @@ helpers. Every other package imports it; it imports none of them (the bottom of 
 * ``_errors``: ``AssessmentStoreError`` and its tree (drawn in that module's docstring);
 * ``_config``: ``Settings``, the one pydantic-settings class (prefix ``ASSESSMENT_STORE_``);
 * ``_json``: ``json_loads``, orjson's speed where it reads a document as ``json`` does;
+* ``_gc``: ``bulk_collection``, the garbage collector's settings while a process folds a long log;
 * ``_lifecycle``: ``AsyncLifecycle``, ``Backoff``, ``supervise``;
 * ``_metrics``: ``Histogram``, ``MetricFamily``, the counters the stats objects keep; ``_exposition``:
   ``metrics_registry``, ``start_metrics_server`` (``prometheus_client`` imported only when they run).
@@ -89,6 +90,7 @@ from ._config import (
 )
 from ._version import VERSION
 from ._json import exact_fast_loads, json_loads
+from ._gc import bulk_collection
 from ._metrics import (
     LATENCY_BUCKETS,
     SIZE_BUCKETS,
@@ -110,6 +112,7 @@ from ._lifecycle import (
 )
 
 __all__ = [
+    "bulk_collection",
     "exact_fast_loads",
     "json_loads",
     "LATENCY_BUCKETS",

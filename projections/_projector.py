@@ -79,6 +79,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from assessment_store.core import (
     PAYLOAD_TYPES,
+    bulk_collection,
     SIZE_BUCKETS,
     Assessment,
     AssessmentStoreError,
@@ -499,10 +500,12 @@ class Projector(AsyncLifecycle):
         consumer = self._consumer
         assert consumer is not None and self.assign_all
         pipeline = _Pipeline(self)
-        try:
-            await self._fold_until(consumer, targets, on_batch, pipeline)
-        finally:
-            await pipeline.drain()
+        # A rebuild allocates millions of short-lived objects: core/_gc.py says what the defaults cost.
+        with bulk_collection():
+            try:
+                await self._fold_until(consumer, targets, on_batch, pipeline)
+            finally:
+                await pipeline.drain()
 
     async def _fold_until(
         self, consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int],
