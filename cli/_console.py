@@ -27,6 +27,7 @@ from assessment_store.core import (
     ValidationError,
     WaitTimeout,
     metrics_registry,
+    settle_collection,
     start_metrics_server,
     supervise,
 )
@@ -136,6 +137,8 @@ def _serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         def ready(_service: Service) -> None:
+            # Up: what is alive now lives as long as the process (core/_gc.py: what it saves).
+            settle_collection()
             mark_ready(pid_file)
             logger.info("%s consuming", name)
 

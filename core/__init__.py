@@ -6,7 +6,7 @@ helpers. Every other package imports it; it imports none of them (the bottom of 
 * ``_errors``: ``AssessmentStoreError`` and its tree (drawn in that module's docstring);
 * ``_config``: ``Settings``, the one pydantic-settings class (prefix ``ASSESSMENT_STORE_``);
 * ``_json``: ``json_loads``, orjson's speed where it reads a document as ``json`` does;
-* ``_gc``: ``bulk_collection``, the garbage collector's settings while a process folds a long log;
+* ``_gc``: ``bulk_collection``, ``settle_collection``: the garbage collector set for folding and serving;
 * ``_lifecycle``: ``AsyncLifecycle``, ``Backoff``, ``supervise``;
 * ``_metrics``: ``Histogram``, ``MetricFamily``, the counters the stats objects keep; ``_exposition``:
   ``metrics_registry``, ``start_metrics_server`` (``prometheus_client`` imported only when they run).
@@ -40,6 +40,7 @@ from ._model import (
     CommandEnvelope,
     Outcome,
     Assessment,
+    slot_constructor,
 )
 from ._domain import (
     MAX_ID_LENGTH,
@@ -90,7 +91,7 @@ from ._config import (
 )
 from ._version import VERSION
 from ._json import exact_fast_loads, json_loads
-from ._gc import bulk_collection
+from ._gc import bulk_collection, settle_collection
 from ._metrics import (
     LATENCY_BUCKETS,
     SIZE_BUCKETS,
@@ -113,6 +114,8 @@ from ._lifecycle import (
 
 __all__ = [
     "bulk_collection",
+    "slot_constructor",
+    "settle_collection",
     "exact_fast_loads",
     "json_loads",
     "LATENCY_BUCKETS",

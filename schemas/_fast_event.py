@@ -36,6 +36,7 @@ from assessment_store.core import (
     ProgressUpdated,
     Retried,
     Started,
+    slot_constructor,
 )
 
 __all__ = ["FINGERPRINT", "read_event"]
@@ -43,6 +44,7 @@ __all__ = ["FINGERPRINT", "read_event"]
 FINGERPRINT = "fa18698b794fe37c"
 """The writer schema this reader implements (hex of the 8 little-endian fingerprint bytes)."""
 
+_new_event = slot_constructor(Event)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # timestamp-micros, as fastavro reads it
 _SOURCES = {s.value: s for s in EventSource}
 # The request and result documents: orjson where it reads them as json does (core/_json.py), else
@@ -183,7 +185,7 @@ def _read(b: bytes, pos: int) -> Event:
     occurred_at = _EPOCH + timedelta(microseconds=occurred)
     # Often the same instant: one datetime for both (immutable, so sharing it is safe).
     recorded_at = occurred_at if recorded == occurred else _EPOCH + timedelta(microseconds=recorded)
-    # Positional, in Event's field order (keywords cost a fifth of the constructor; the tests
-    # compare every field with fastavro's reading).
-    return Event(assessment_id, version, payload, occurred_at, recorded_at, _SOURCES[source], event_id,
-                 correlation_id, causation_id)
+    # Every field, in Event's field order, without its __init__ (core/_model.py slot_constructor:
+    # half the cost); the tests compare every field with fastavro's reading.
+    return _new_event(assessment_id, version, payload, occurred_at, recorded_at, _SOURCES[source], event_id,
+                      correlation_id, causation_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
@@ -46,7 +47,9 @@ def _outcome(codec: EventCodec, value: bytes) -> object:
     try:
         return codec.decode(value, [])
     except Exception as e:  # noqa: BLE001 - compared, whatever it is
-        return (type(e), str(e))
+        # fastavro names its reader object with its address ("<_io.BytesIO object at 0x...>"),
+        # which differs between any two decodes: the words are compared, not the address.
+        return (type(e), re.sub(r" at 0x[0-9a-f]+", "", str(e)))
 
 
 def test_the_current_schema_takes_the_fast_path() -> None:

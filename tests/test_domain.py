@@ -14,13 +14,18 @@ from assessment_store.core import (
     Command,
     Complete,
     Create,
+    Created,
+    Event,
+    EventSource,
     Fail,
     Retry,
     Start,
+    Started,
     UpdateProgress,
     decide,
     evolve,
     new_id,
+    slot_constructor,
 )
 
 from .state_table import LEGAL, TRANSITION_NAMES
@@ -160,3 +165,19 @@ def test_new_id_is_a_canonical_random_uuid4() -> None:
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
     # Every value of the variant's two free bits occurs (the 17th digit is one of 8, 9, a, b).
     assert {text[19] for text in ids} == set("89ab")
+
+
+def test_slot_constructor_builds_what_the_class_builds() -> None:
+    """slot_constructor(Event) with every field in order equals Event(...) with the same values."""
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    values = ("a-1", 2, Started("w"), at, at, EventSource.LEGACY_BRIDGE, "e-1", "c-1", None)
+    assert slot_constructor(Event)(*values) == Event(*values)
+
+
+def test_replace_refuses_a_name_that_is_not_a_field() -> None:
+    """Assessment.replace with an unknown name raises AttributeError naming it."""
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    a = evolve(None, Event("a-1", 1, Created({"x": 1}), at, at))
+    with pytest.raises(AttributeError, match="colour"):
+        a.replace(colour="blue")
+    assert a.replace(progress=5).progress == 5 and a.progress == 0

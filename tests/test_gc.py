@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from assessment_store.core import bulk_collection
+from assessment_store.core import bulk_collection, settle_collection
 
 
 def test_bulk_collection_raises_the_threshold_and_restores_it() -> None:
@@ -36,4 +36,16 @@ def test_bulk_collection_keeps_an_earlier_freeze() -> None:
             pass
         assert gc.get_freeze_count() >= frozen
     finally:
+        gc.unfreeze()
+
+
+def test_settle_collection_freezes_and_raises_the_threshold() -> None:
+    """A started service's objects are frozen and young collections become rare, for good."""
+    before = gc.get_threshold()
+    try:
+        settle_collection()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] > before[0]
+    finally:
+        gc.set_threshold(*before)
         gc.unfreeze()
