@@ -38,6 +38,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -68,8 +69,11 @@ def rebuild_in_child(settings: Settings, profile: str | None = None) -> tuple[fl
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     prof = ["-m", "cProfile", "-o", profile] if profile else []
+    # stderr to a file, not a pipe: nothing reads it while the child runs, and a full pipe would
+    # stall it; its tail is the reason shown when the replay fails.
+    errors = tempfile.TemporaryFile("w+")
     child = subprocess.Popen([sys.executable, *prof, "-m", "assessment_store.cli", "replay", "--dry-run", "--restart",
-                              "--force"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              "--force"], env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
     while child.poll() is None:
         rss = _tree_rss(child.pid)
         if rss:
@@ -79,8 +83,11 @@ def rebuild_in_child(settings: Settings, profile: str | None = None) -> tuple[fl
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     out = child.stdout.read() if child.stdout else ""
+    errors.seek(0)
+    stderr = errors.read()
+    errors.close()
     if child.returncode != 0:
-        raise RuntimeError(f"replay failed ({child.returncode}): {out[-2000:]}")
+        raise RuntimeError(f"replay failed ({child.returncode}): {out[-1000:]}{stderr[-3000:]}")
     quarters = [max((r for t, r in samples if q * elapsed / 4 <= t < (q + 1) * elapsed / 4), default=0)
                 for q in range(4)]
     return elapsed, max(r for _, r in samples), quarters, cpu

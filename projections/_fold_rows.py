@@ -15,8 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-__all__ = ["STAGING_TABLES", "AnomalyRow", "AssessmentRow", "HistoryRow", "OffsetRow", "OutcomeRow", "columns",
-           "staging_ddl"]
+__all__ = ["HISTORY_COLUMNS", "STAGING_TABLES", "AnomalyRow", "AssessmentRow", "HistoryRow", "OffsetRow", "OutcomeRow",
+           "columns", "staging_ddl"]
 
 
 class AssessmentRow(NamedTuple):
@@ -62,6 +62,12 @@ class HistoryRow(NamedTuple):
     topic: str
     partition: int
     offset: int
+
+
+HISTORY_COLUMNS = ("assessment_id", "version", "event_id", "type", "occurred_at", "recorded_at", "source",
+                   "correlation_id", "causation_id", "payload", "kafka_topic", "kafka_partition", "kafka_offset")
+"""The columns of ``assessment_events`` a ``HistoryRow``'s fields are, in its field order (for a COPY
+straight into that table)."""
 
 
 class OutcomeRow(NamedTuple):

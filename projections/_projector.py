@@ -38,10 +38,12 @@ Ordering and offsets, the invariants everything else leans on:
   the same records: each new state is written only if its row is still at the version it was
   folded from (``public.fold_batch``, migration 003), else the whole batch rolls back and is
   re-read and re-folded, where the version check makes it a no-op.
-* The whole batch is one transaction: its state, history and outcome rows are COPYed (binary)
-  into the session's temporary staging tables, then one call of ``public.fold_staged`` stores them
-  with the anomalies and offsets (``sql/011_fold_staged.sql``), then any held records and fences,
-  then COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
+* The whole batch is one transaction: its state and outcome rows are COPYed (binary) into the
+  session's temporary staging tables, then one call of ``public.fold_staged`` stores them with the
+  anomalies and offsets (``sql/011_fold_staged.sql``), then the history rows are COPYed straight
+  into ``assessment_events`` (after the call, for the reasons in ``_write_staged``; through
+  staging too when one is already stored: ``_store``), then any held records and fences, then
+  COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
   commands at a time at low rates) is one statement instead, ``public.fold_batch`` with every row
   as arrays, which PostgreSQL runs as its own transaction: one round trip where the staging path
   costs six (BEGIN, three COPYs, the call, COMMIT). A refused batch is re-folded through
@@ -118,7 +120,7 @@ from assessment_store.streams import (
 )
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
-from ._fold_rows import STAGING_TABLES, AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns, staging_ddl
+from ._fold_rows import HISTORY_COLUMNS, STAGING_TABLES, AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns, staging_ddl
 from ._queries import fetch_assessments
 
 __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
@@ -861,31 +863,61 @@ class Projector(AsyncLifecycle):
             # One statement, its own transaction: rows, offsets and notifications commit together.
             await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
             return
-        # Rows, offsets, held events and fences commit together, or not at all.
-        async with conn.transaction():
-            await self._write_staged(conn, prepared)
-            await self._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
-            await self._insert_fences(conn, batch.fences)
+        await self._store(conn, prepared, [(storable(ev.assessment_id), rec) for rec, ev in held], batch.fences,
+                          "folding a batch")
         stats.held += len(held)
 
-    async def _write_staged(self, conn: asyncpg.Connection, prepared: _Prepared) -> None:
+    async def _store(self, conn: asyncpg.Connection, prepared: _Prepared,
+                     held: list[tuple[str, ConsumerRecord[bytes, bytes]]], fences: list[tuple[str, int, int, int]],
+                     what: str) -> None:
+        """Store a folded batch in one transaction: its rows and offsets, held records and fences
+        commit together, or not at all.
+
+        The history rows are COPYed straight into ``assessment_events`` (``_write_staged``). If one
+        of them is already stored there (a unique violation: fold_staged's version guard passed, so
+        only an event id reused by another event can cause it), the transaction has rolled back and
+        the batch is stored again the older way, through the staging table, whose ON CONFLICT skips
+        that row as it always did."""
+        direct = True
+        while True:
+            try:
+                with translate_db_errors(what):
+                    async with conn.transaction():
+                        await self._write_staged(conn, prepared, history_direct=direct)
+                        await self._insert_held(conn, held)
+                        await self._insert_fences(conn, fences)
+                return
+            except DatabaseUnavailable as e:
+                if not (direct and _duplicate(e)):
+                    raise
+                log.warning("%s: a history row is already stored (%s); storing the batch through staging", what,
+                            e.__cause__)
+                direct = False
+
+    async def _write_staged(self, conn: asyncpg.Connection, prepared: _Prepared, *, history_direct: bool) -> None:
         """COPY the batch's rows into the staging tables and store them with ``fold_staged``; the
-        caller owns the transaction (the staging tables are emptied at its commit or rollback)."""
-        for rows, row_type in ((prepared.assessments, AssessmentRow), (prepared.history, HistoryRow),
+        caller owns the transaction (the staging tables are emptied at its commit or rollback).
+
+        With ``history_direct``, the history rows skip staging: COPYed into ``assessment_events``
+        itself, after fold_staged (whose insert from the then empty staging table stores nothing).
+        It saves PostgreSQL a third of its work per folded event (a 1,000,000-event rebuild:
+        22.1 -> 14-17 µs per event). After, not before, for two orderings: fold_staged first takes
+        the projection's shared swap lock and checks its generation, so the COPY never writes into
+        a schema being swapped (nor waits on a table lock while a swap waits on that lock); and its
+        version guard fails a batch that raced another projector (serialization failure, retried)
+        before the COPY could meet that projector's rows as unique violations."""
+        for rows, row_type in ((prepared.assessments, AssessmentRow),
+                               ([] if history_direct else prepared.history, HistoryRow),
                                (prepared.outcomes, OutcomeRow)):
             if rows:
-                try:
-                    await conn.copy_records_to_table(STAGING_TABLES[row_type], records=rows)
-                except (ValueError, OverflowError, TypeError) as e:
-                    # Client side: a value the driver cannot encode for its column (as DataError
-                    # says for a statement's arguments). The transaction rolls back; re-folded
-                    # through fold_batch, the refused assessment is quarantined.
-                    raise DataRejected(f"copying {STAGING_TABLES[row_type]}", None, f"{type(e).__name__}: {e}") from e
+                await _copy(conn, STAGING_TABLES[row_type], None, rows)
         await conn.execute(
             _FOLD_STAGED, self.schema, not self.assign_all, self._generation, self.group,
             *columns(prepared.anomalies, AnomalyRow), *columns(prepared.offsets, OffsetRow),
             prepared.notify_changes, prepared.notify_outcomes,
         )
+        if history_direct and prepared.history:
+            await _copy(conn, "assessment_events", self.schema, prepared.history)
 
     def _batch_args(self, prepared: _Prepared) -> list[Any]:
         """``fold_batch``'s arguments (every row as parallel arrays), for the refused-batch path."""
@@ -949,8 +981,40 @@ def _assessment_row(prev: int, a: Assessment, _json: Callable[[Any], str]) -> As
 
 
 async def _create_staging(conn: asyncpg.Connection) -> None:
-    """Each pooled connection's staging tables (session-local: created once per connection)."""
+    """Each pooled connection's session: its staging tables (created once per connection), and jsonb
+    in binary format with parameters taken as JSON text (``_jsonb_text``)."""
     await conn.execute(staging_ddl())
+    await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=_jsonb_value, schema="pg_catalog",
+                              format="binary")
+
+
+def _jsonb_text(value: Any) -> bytes:
+    """A jsonb value as the projector has it, JSON text (``json_encoder``): the history rows COPYed
+    straight into ``assessment_events`` carry their payload so, and a binary COPY needs a binary
+    codec (the pools' default takes Python values and encodes them as text)."""
+    if not isinstance(value, str):
+        raise TypeError(f"the projector's jsonb values are JSON text, not {type(value).__name__}")
+    return b"\x01" + value.encode()  # jsonb's binary format: version 1, then the text
+
+
+def _jsonb_value(data: bytes) -> Any:
+    return json.loads(data[1:])  # as the default codec reads the text: the same values
+
+
+async def _copy(conn: asyncpg.Connection, table: str, schema: str | None, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Binary COPY of ``rows`` into ``table`` (a staging table, or ``schema``'s history table)."""
+    try:
+        if schema is None:
+            await conn.copy_records_to_table(table, records=rows)
+        else:
+            await conn.copy_records_to_table(table, schema_name=schema, columns=HISTORY_COLUMNS, records=rows)
+    except (ValueError, OverflowError, TypeError) as e:
+        # Client side: a value the driver cannot encode for its column (as DataError says for a
+        # statement's arguments). The transaction rolls back; re-folded through fold_batch, the
+        # refused assessment is quarantined.
+        raise DataRejected(f"copying {table}", None, f"{type(e).__name__}: {e}") from e
+
+
 
 
 # Enum values by member and event type names by payload class: an enum's ``.value`` is a
@@ -1030,6 +1094,11 @@ _SWAP_STATES = {"AS001", "42P01", "42883", "0A000"}
 
 def _swapped(e: DatabaseUnavailable) -> bool:
     return getattr(e.__cause__, "sqlstate", None) in _SWAP_STATES
+
+
+def _duplicate(e: DatabaseUnavailable) -> bool:
+    """A unique violation: a row the batch COPYed is already stored."""
+    return getattr(e.__cause__, "sqlstate", None) == "23505"
 
 
 def _raced(e: DatabaseUnavailable) -> bool:
@@ -1130,10 +1199,9 @@ class _Pipeline:
                      fences: list[tuple[str, int, int, int]]) -> None:
         assert self.p._pool is not None
         with translate_db_errors("writing a rebuilt batch"):
-            async with self.p._pool.acquire() as conn, conn.transaction():
-                await self.p._write_staged(conn, rows)
-                await self.p._insert_held(conn, [(storable(ev.assessment_id), rec) for rec, ev in held])
-                await self.p._insert_fences(conn, fences)
+            async with self.p._pool.acquire() as conn:
+                await self.p._store(conn, rows, [(storable(ev.assessment_id), rec) for rec, ev in held], fences,
+                                    "writing a rebuilt batch")
 
     async def drain(self) -> bool:
         """Wait for the batch being written; True when PostgreSQL refused it and it was re-folded

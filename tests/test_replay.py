@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from assessment_store import AssessmentStore, Settings, State
+from assessment_store.core import Created, Event, Started
 from assessment_store.testing import eventually, produce_lifecycles, projected_event_count
 from assessment_store.projections import REBUILD_SCHEMA, connect, counts_at, replay, state_at
+from assessment_store.streams.testing import EventProducer
 
 pytestmark = pytest.mark.stack
 
@@ -121,3 +124,39 @@ async def test_time_travel_from_the_log(store: AssessmentStore, stack_settings: 
     then, later = await counts_at(stack_settings, cut), await counts_at(stack_settings, datetime.now(UTC))
     assert later[State.COMPLETED] >= then[State.COMPLETED] + 1  # ours, at least, completed after the cut
     assert then[State.PROCESSING] >= 1  # ours was processing at the cut
+
+
+async def test_rebuild_stores_a_reused_event_id_and_a_refused_one_as_live(stack_settings: Settings) -> None:
+    """A rebuild stores an event id reused by a later event, and quarantines one PostgreSQL cannot store, as the live fold does."""
+    s = stack_settings
+    prefix = f"ids{uuid.uuid4().hex[:8]}"
+    shared, braced = str(uuid.uuid4()), "{" + str(uuid.uuid4()) + "}"  # braces: not a uuid the driver reads
+    now = datetime.now(UTC)
+    events = [Event(f"{prefix}-a", 1, Created({"n": 0}), now, now, event_id=shared),
+              # The same assessment (one partition, one order): which event keeps the id is the log's.
+              Event(f"{prefix}-a", 2, Started("w"), now, now, event_id=shared),
+              Event(f"{prefix}-c", 1, Created({"n": 2}), now, now, event_id=braced)]
+    # Enough others that a batch takes the COPY path, not the one-statement path of a few records.
+    events += [Event(f"{prefix}-f{i}", 1, Created({"n": i}), now, now) for i in range(200)]
+    async with EventProducer(s) as producer:
+        for ev in events:
+            await producer.append(ev)
+    # Live: the reused id's second history row is skipped (ON CONFLICT), c is quarantined.
+    await eventually(lambda: projected_event_count(s, prefix), lambda c: c == len(events) - 2, timeout_s=60,
+                     what="live projection of the test's events")
+
+    report = await replay(s, dry_run=True, restart=True)
+    assert report.verification.ok, report.verification
+    assert await _rows_differ(s, "projection", REBUILD_SCHEMA, prefix) == 0
+    conn = await connect(s)
+    try:
+        shared_rows = await conn.fetchval(
+            f"SELECT count(*) FROM {REBUILD_SCHEMA}.assessment_events WHERE event_id = $1::uuid", shared)
+        states = await conn.fetchval(f"SELECT count(*) FROM {REBUILD_SCHEMA}.assessments WHERE assessment_id LIKE $1",
+                                     prefix + "-%")
+        quarantined = await conn.fetchval(f"SELECT count(*) FROM {REBUILD_SCHEMA}.quarantine WHERE assessment_id = $1",
+                                          f"{prefix}-c")
+    finally:
+        await conn.close()
+    assert shared_rows == 1 and states == len(events) - 2 and quarantined == 1
+    assert report.verification.live_events >= len(events) - 2
