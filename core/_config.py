@@ -206,6 +206,12 @@ class Settings(BaseSettings):
         "topic's retention, 7 days).",
     )
     projector_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    projector_state_cache: int = Field(
+        default=50_000, ge=0, le=10_000_000,
+        description="Folded states the live projector keeps in memory (the most recently changed), so a batch "
+        "reads from PostgreSQL only the states it does not hold; 0: every batch reads all of them. Dropped "
+        "whenever a partition is assigned or revoked and after any database error.",
+    )
     replay_workers: int = Field(
         default=2,
         ge=1,

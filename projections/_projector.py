@@ -38,6 +38,19 @@ Ordering and offsets, the invariants everything else leans on:
   the same records: each new state is written only if its row is still at the version it was
   folded from (``public.fold_batch``, migration 003), else the whole batch rolls back and is
   re-read and re-folded, where the version check makes it a no-op.
+* States are read from PostgreSQL before a batch is folded, except those this projector itself
+  committed last (``_states``, up to ``projector_state_cache``): it is their partition's only
+  folder while it owns it, so what it committed is what is stored. The cache is only filled
+  after a commit, and emptied on any error in a batch (committed or not, raced or refused), on
+  every seek to the stored offsets (an assignment, a reconnection, a swap) and on a revocation
+  (the next owner folds on, and the partition may come back). A state can still go stale while
+  two projectors fold one partition in a rebalance's overlap, and the verdict on the next event of
+  that assessment stays the one a read state would give: this projector reads its partition on
+  from its own last commit, so that event follows, in the log, the last one it folded for that
+  assessment. Either it is the next version, applied from the cached state under the version
+  guard, which fails the batch if the other projector stored it first (retried, reading every
+  state), or it is a duplicate or a gap of the log itself, which the other projector, reading the
+  same log, could not have applied past either.
 * The whole batch is one transaction: its state and outcome rows are COPYed (binary) into the
   session's temporary staging tables, then one call of ``public.fold_staged`` stores them with the
   anomalies and offsets (``sql/011_fold_staged.sql``), then the history rows are COPYed straight
@@ -67,6 +80,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import itertools
 import json
 import logging
 import math
@@ -160,6 +174,10 @@ class FoldStats:
     """events the state machine refused to apply (kept as ``unfoldable`` anomalies)"""
     unresolvable: int = 0
     """stops of a partition at a record whose writer schema cannot be resolved (never skipped)"""
+    states_cached: int = 0
+    """states a batch took from the projector's own cache (``Projector._states``)"""
+    states_read: int = 0
+    """states a batch asked PostgreSQL for (found or new)"""
 
     def add(self, other: FoldStats) -> None:
         for f in dataclasses.fields(FoldStats):  # the counts only (ProjectorStats adds histograms)
@@ -192,6 +210,8 @@ class ProjectorStats(FoldStats):
                     self.unresolvable),
             counter(p + "unpositioned_dropped_total", "Records fetched before the seek to the stored offsets",
                     self.unpositioned_dropped),
+            counter_by(p + "states_total", "States a batch folded from: the projector's cache, or read from PostgreSQL",
+                       ["source"], {"cache": self.states_cached, "postgres": self.states_read}),
             histogram(p + "batch_records", "Records per folded batch", self.batch_records),
             histogram(p + "batch_seconds", "Time to fold one batch", self.batch_seconds),
         ]
@@ -296,6 +316,8 @@ class Projector(AsyncLifecycle):
         # offsets, advanced as records are decoded (a failed batch re-seeks, which reloads it).
         self._fence = LogFence()
         self._backoff = Backoff(log)
+        # The states this projector committed last, newest last (``_apply``; module docstring).
+        self._states: dict[str, Assessment] = {}
 
     @property
     def topics(self) -> list[str]:
@@ -406,6 +428,8 @@ class Projector(AsyncLifecycle):
         consumer = self._consumer
         assert consumer is not None
         async with self._position_lock:
+            # A partition (re)assigned may have been folded by another projector meanwhile.
+            self._states.clear()
             stored = await self.stored_offsets(partitions)
             # Read after the offsets: a quarantine or fence committed with offsets we read is seen here.
             await self._load_quarantined()
@@ -432,6 +456,7 @@ class Projector(AsyncLifecycle):
         in flight may or may not have committed), so every owned partition waits, paused, for a
         seek to the offsets PostgreSQL stores."""
         self._positioned.clear()
+        self._states.clear()
         if self._consumer is not None and not self.assign_all:
             owned = self._consumer.assignment()
             if owned:
@@ -856,16 +881,39 @@ class Projector(AsyncLifecycle):
 
     async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
         rest, held = batch.split_held(self._quarantined)
-        ids = rest.event_ids()
-        states: dict[str, Assessment] = await fetch_assessments(conn, ids, schema=self.schema) if ids else {}
-        prepared, _changed = self._prepare(rest, states, stats)
-        if not held and not batch.fences and len(rest.events) + len(rest.outcomes) <= _SMALL_BATCH:
-            # One statement, its own transaction: rows, offsets and notifications commit together.
-            await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
-            return
-        await self._store(conn, prepared, [(storable(ev.assessment_id), rec) for rec, ev in held], batch.fences,
-                          "folding a batch")
-        stats.held += len(held)
+        cached, ids = self._states, rest.event_ids()
+        states = {aid: cached[aid] for aid in ids if aid in cached}
+        missing = [aid for aid in ids if aid not in states]
+        stats.states_cached += len(states)
+        stats.states_read += len(missing)
+        if missing:
+            states.update(await fetch_assessments(conn, missing, schema=self.schema))
+        try:
+            prepared, changed = self._prepare(rest, states, stats)
+            if not held and not batch.fences and len(rest.events) + len(rest.outcomes) <= _SMALL_BATCH:
+                # One statement, its own transaction: rows, offsets and notifications commit together.
+                await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
+            else:
+                await self._store(conn, prepared, [(storable(ev.assessment_id), rec) for rec, ev in held],
+                                  batch.fences, "folding a batch")
+                stats.held += len(held)
+        except BaseException:
+            # Committed or not, raced or refused: what PostgreSQL holds is read again.
+            cached.clear()
+            raise
+        self._keep_states(changed)
+
+    def _keep_states(self, changed: dict[str, Assessment]) -> None:
+        """Remember the states a batch just committed, newest last, up to ``projector_state_cache``."""
+        cap = self.settings.projector_state_cache
+        cached = self._states
+        for aid, state in changed.items():
+            cached.pop(aid, None)  # re-inserted: moves to the end, the newest
+            cached[aid] = state
+        excess = len(cached) - cap
+        if excess > 0:
+            for aid in list(itertools.islice(cached, excess)):
+                del cached[aid]
 
     async def _store(self, conn: asyncpg.Connection, prepared: _Prepared,
                      held: list[tuple[str, ConsumerRecord[bytes, bytes]]], fences: list[tuple[str, int, int, int]],
@@ -1233,6 +1281,7 @@ class _SeekToStoredOffsets(ConsumerRebalanceListener):  # type: ignore[misc]
         # no longer positioned: if it comes back, it is sought again before anything is folded.
         for tp in revoked:
             self.p._positioned.pop(tp, None)
+        self.p._states.clear()  # the next owner may fold them before they come back
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         consumer = self.p._consumer

@@ -89,6 +89,24 @@ async def test_processor_and_projector_counters_move_by_what_was_driven(
     assert _value(c1, c + "command_visible_seconds_count") - _value(c0, c + "command_visible_seconds_count") == 3
 
 
+async def test_projector_folds_an_assessment_it_just_committed_from_its_cache(
+        stack_settings: Settings, store: AssessmentStore) -> None:
+    """Commands on an assessment the projector just folded take its state from the projector's cache, not PostgreSQL."""
+    projector = _url(stack_settings, "projector")
+    states = "assessment_store_projector_states_total"
+    j0 = await _scrape(projector)
+    aid = await store.create_assessment({"cache": True})
+    await store.start_assessment(aid)
+    await store.update_progress(aid, 10)
+    await store.update_progress(aid, 20)  # each waited for: four batches, one after the other
+    j1 = await eventually(lambda: _scrape(projector),
+                          lambda m: sum(_value(m, states, source=k) - _value(j0, states, source=k)
+                                        for k in ("cache", "postgres")) >= 4,
+                          timeout_s=20, what="the projector's states_total up by 4")
+    assert _value(j1, states, source="cache") - _value(j0, states, source="cache") >= 3
+    assert (await store.get_state(aid)).progress == 20
+
+
 def test_stack_status_names_each_process_metrics_address(stack_settings: Settings) -> None:
     """`stack status` gives the processor and projector their /metrics URLs (and Kafka/PostgreSQL none)."""
     rows = {r.name: r for r in Stack(stack_settings).status()}
