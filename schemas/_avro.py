@@ -193,9 +193,13 @@ class AvroRecordCodec:
 
     def encode(self, record: dict[str, Any], type_name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         buf = io.BytesIO()
-        buf.write(self._prefix)
         fastavro.schemaless_writer(buf, self.parsed, record)
-        return buf.getvalue(), [("type", type_name.encode()), ("content-type", self.content_type)]
+        return self.frame(buf.getvalue(), type_name)
+
+    def frame(self, body: bytes, type_name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """A record's value and headers around ``body``, its Avro binary encoding with this schema
+        (written by fastavro in ``encode``, or by hand: schemas/_fast_event.py)."""
+        return self._prefix + body, [("type", type_name.encode()), ("content-type", self.content_type)]
 
     def decode(self, value: bytes | None, headers: Headers) -> dict[str, Any]:
         if not value:

@@ -21,7 +21,7 @@ from assessment_store.core import (
 
 from ._avro import MAGIC, AvroRecordCodec, Headers, json_text
 from ._fast_event import FINGERPRINT as _FAST_FINGERPRINT
-from ._fast_event import read_event
+from ._fast_event import read_event, write_event
 
 __all__ = ["CONTENT_TYPE", "EventCodec"]
 
@@ -91,6 +91,10 @@ class EventCodec:
         return self.avro.fingerprint
 
     def encode(self, event: Event) -> tuple[bytes, list[tuple[str, bytes]]]:
+        if self._fast_prefix is not None:  # the current schema is the hand writer's
+            written = write_event(event)
+            if written is not None:
+                return self.avro.frame(*written)
         name, payload = _payload_to_avro(event.payload)
         record = {
             "event_id": event.event_id,
