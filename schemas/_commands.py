@@ -21,7 +21,9 @@ from assessment_store.core import (
     UpdateProgress,
 )
 
-from ._avro import AvroRecordCodec, Headers, json_text
+from ._avro import MAGIC, AvroRecordCodec, Headers, json_text
+from ._fast_command import FINGERPRINT as _FAST_FINGERPRINT
+from ._fast_command import read_command
 
 __all__ = ["CommandCodec", "OutcomeCodec"]
 
@@ -73,6 +75,16 @@ def _body_from_avro(name: str, b: dict[str, Any], common: dict[str, Any]) -> Com
 class CommandCodec:
     def __init__(self) -> None:
         self.avro = AvroRecordCodec("assessment_command.avsc", b"application/vnd.assessment-store.command+avro")
+        # Records of the current schema are read by hand (schemas/_fast_command.py), but only while
+        # the current schema is the one that reader was written for.
+        self._fast_prefix: bytes | None = (
+            MAGIC + bytes.fromhex(_FAST_FINGERPRINT) if self.avro.fingerprint == _FAST_FINGERPRINT else None
+        )
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether records of the current schema skip fastavro (schemas/_fast_command.py)."""
+        return self._fast_prefix is not None
 
     def encode(self, env: CommandEnvelope) -> tuple[bytes, list[tuple[str, bytes]]]:
         c = env.command
@@ -91,6 +103,12 @@ class CommandCodec:
         return self.avro.encode(record, name)
 
     def decode(self, value: bytes | None, headers: Headers) -> CommandEnvelope:
+        prefix = self._fast_prefix
+        if prefix is not None and value is not None and value[:len(prefix)] == prefix:
+            env = read_command(value, len(prefix))
+            if env is not None:
+                return env
+            # Not a clean read: fastavro decodes it, and reports a corrupt record in its own words.
         r = self.avro.decode(value, headers)
         try:
             name, body = r["body"]

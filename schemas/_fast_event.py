@@ -77,6 +77,8 @@ def _long(b: bytes, pos: int) -> tuple[int, int]:
         pos += 1
         n |= (byte & 0x7F) << shift
         shift += 7
+    if n >> 64:
+        raise _Unread  # more than a long holds (corrupt bytes): fastavro reads it its own way
     return (n >> 1) ^ -(n & 1), pos
 
 

@@ -1,0 +1,119 @@
+"""A hand-written reader of one writer schema of ``assessment_command.avsc``: the processor's hot path.
+
+``fastavro.schemaless_reader`` took a seventh of the processor's CPU in a drain of commands (py-spy),
+interpreting the schema on every call and building a dict that ``CommandCodec`` then turned into the
+command. This reads the Avro binary encoding of the one schema whose fingerprint is ``FINGERPRINT``
+straight into a ``CommandEnvelope``, under the same rules as the event reader (schemas/_fast_event.py):
+only records of that fingerprint; anything not read cleanly (truncated bytes, a bad union branch,
+invalid UTF-8, JSON text that does not parse) makes the caller decode the record with fastavro, whose
+result or error is the answer; the commands are built with the same constructor calls as
+``CommandCodec.decode``'s; tests/test_codec_fast.py checks it against fastavro on generated commands.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from assessment_store.core import (
+    Cancel,
+    Command,
+    CommandEnvelope,
+    Complete,
+    Create,
+    ExpireDeadline,
+    Fail,
+    Retry,
+    Start,
+    UpdateProgress,
+)
+
+from ._fast_event import _EPOCH, _SOURCES, _Unread, _int, _long, _opt_int, _opt_long, _opt_string, _string
+
+__all__ = ["FINGERPRINT", "read_command"]
+
+FINGERPRINT = "3f5995599dc7302b"
+"""The writer schema this reader implements (hex of the 8 little-endian fingerprint bytes)."""
+
+
+def read_command(b: bytes, pos: int) -> CommandEnvelope | None:
+    """The command encoded at ``b[pos:]`` with the ``FINGERPRINT`` schema, or None when the bytes are
+    anything but a clean read (the caller then decodes them with fastavro)."""
+    try:
+        return _read(b, pos)
+    except (_Unread, IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def _micros(b: bytes, pos: int) -> tuple[datetime, int]:
+    n, pos = _long(b, pos)
+    return _EPOCH + timedelta(microseconds=n), pos
+
+
+def _read(b: bytes, pos: int) -> CommandEnvelope:
+    command_id, pos = _string(b, pos)
+    assessment_id, pos = _string(b, pos)
+    _type, pos = _string(b, pos)  # the body branch names the type; this copy is for readers without Avro
+    expected_version, pos = _opt_long(b, pos)
+    issued_at, pos = _micros(b, pos)
+    source, pos = _string(b, pos)
+    correlation_id, pos = _opt_string(b, pos)
+    branch, pos = _long(b, pos)
+    occurred_at: datetime | None
+    if branch == 0:
+        occurred_at = None
+    elif branch == 1:
+        occurred_at, pos = _micros(b, pos)
+    else:
+        raise _Unread
+    branch, pos = _long(b, pos)
+    command: Command
+    # Branches in the order of the body union in assessment_command.avsc; keywords as in
+    # schemas/_commands.py's _body_from_avro.
+    if branch == 2:
+        progress, pos = _int(b, pos)
+        message, pos = _opt_string(b, pos)
+        command = UpdateProgress(progress=progress, message=message, assessment_id=assessment_id,
+                                 command_id=command_id, expected_version=expected_version,
+                                 correlation_id=correlation_id)
+    elif branch == 0:
+        request, pos = _string(b, pos)
+        timeout, pos = _opt_long(b, pos)
+        max_retries, pos = _opt_int(b, pos)
+        command = Create(request=json.loads(request), processing_timeout_ms=timeout, max_retries=max_retries,
+                         assessment_id=assessment_id, command_id=command_id, expected_version=expected_version,
+                         correlation_id=correlation_id)
+    elif branch == 1:
+        worker, pos = _opt_string(b, pos)
+        command = Start(worker=worker, assessment_id=assessment_id, command_id=command_id,
+                        expected_version=expected_version, correlation_id=correlation_id)
+    elif branch == 3:
+        result, pos = _string(b, pos)
+        duration, pos = _opt_long(b, pos)
+        command = Complete(result=json.loads(result), duration_ms=duration, assessment_id=assessment_id,
+                           command_id=command_id, expected_version=expected_version, correlation_id=correlation_id)
+    elif branch == 4:
+        error, pos = _string(b, pos)
+        if b[pos] > 1:
+            raise _Unread  # a boolean is one byte, 0 or 1
+        retryable = b[pos] == 1
+        duration, pos = _opt_long(b, pos + 1)
+        command = Fail(error=error, retryable=retryable, duration_ms=duration, assessment_id=assessment_id,
+                       command_id=command_id, expected_version=expected_version, correlation_id=correlation_id)
+    elif branch == 5:
+        reason, pos = _opt_string(b, pos)
+        command = Cancel(reason=reason, assessment_id=assessment_id, command_id=command_id,
+                         expected_version=expected_version, correlation_id=correlation_id)
+    elif branch == 6:
+        command = Retry(assessment_id=assessment_id, command_id=command_id, expected_version=expected_version,
+                        correlation_id=correlation_id)
+    elif branch == 7:
+        started_at, pos = _micros(b, pos)
+        timeout_ms, pos = _long(b, pos)
+        command = ExpireDeadline(started_at=started_at, timeout_ms=timeout_ms, assessment_id=assessment_id,
+                                 command_id=command_id, expected_version=expected_version,
+                                 correlation_id=correlation_id)
+    else:
+        raise _Unread
+    # An unknown source is a KeyError here (fastavro's path then refuses it in its own words).
+    return CommandEnvelope(command, issued_at, _SOURCES[source], occurred_at)
