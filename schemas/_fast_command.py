@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from typing import Any
 
 from assessment_store.core import (
     Cancel,
@@ -28,7 +29,7 @@ from assessment_store.core import (
     UpdateProgress,
 )
 
-from ._fast_event import _EPOCH, _SOURCES, _Unread, _int, _long, _opt_int, _opt_long, _opt_string, _string
+from ._fast_event import _EPOCH, _SOURCES, _UNCLEAN, _Unread, _int, _long, _opt_int, _opt_long, _opt_string, _string
 
 __all__ = ["FINGERPRINT", "read_command"]
 
@@ -41,7 +42,7 @@ def read_command(b: bytes, pos: int) -> CommandEnvelope | None:
     anything but a clean read (the caller then decodes them with fastavro)."""
     try:
         return _read(b, pos)
-    except (_Unread, IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, RecursionError):
+    except _UNCLEAN:
         return None
 
 
@@ -67,52 +68,43 @@ def _read(b: bytes, pos: int) -> CommandEnvelope:
     else:
         raise _Unread
     branch, pos = _long(b, pos)
+    common: dict[str, Any] = {"assessment_id": assessment_id, "command_id": command_id, "expected_version": expected_version,
+              "correlation_id": correlation_id}
     command: Command
     # Branches in the order of the body union in assessment_command.avsc; keywords as in
-    # schemas/_commands.py's _body_from_avro.
+    # schemas/_commands.py's _body_from_avro (the common ones as there, one dict).
     if branch == 2:
         progress, pos = _int(b, pos)
         message, pos = _opt_string(b, pos)
-        command = UpdateProgress(progress=progress, message=message, assessment_id=assessment_id,
-                                 command_id=command_id, expected_version=expected_version,
-                                 correlation_id=correlation_id)
+        command = UpdateProgress(progress=progress, message=message, **common)
     elif branch == 0:
         request, pos = _string(b, pos)
         timeout, pos = _opt_long(b, pos)
         max_retries, pos = _opt_int(b, pos)
-        command = Create(request=json.loads(request), processing_timeout_ms=timeout, max_retries=max_retries,
-                         assessment_id=assessment_id, command_id=command_id, expected_version=expected_version,
-                         correlation_id=correlation_id)
+        command = Create(request=json.loads(request), processing_timeout_ms=timeout, max_retries=max_retries, **common)
     elif branch == 1:
         worker, pos = _opt_string(b, pos)
-        command = Start(worker=worker, assessment_id=assessment_id, command_id=command_id,
-                        expected_version=expected_version, correlation_id=correlation_id)
+        command = Start(worker=worker, **common)
     elif branch == 3:
         result, pos = _string(b, pos)
         duration, pos = _opt_long(b, pos)
-        command = Complete(result=json.loads(result), duration_ms=duration, assessment_id=assessment_id,
-                           command_id=command_id, expected_version=expected_version, correlation_id=correlation_id)
+        command = Complete(result=json.loads(result), duration_ms=duration, **common)
     elif branch == 4:
         error, pos = _string(b, pos)
         if b[pos] > 1:
             raise _Unread  # a boolean is one byte, 0 or 1
         retryable = b[pos] == 1
         duration, pos = _opt_long(b, pos + 1)
-        command = Fail(error=error, retryable=retryable, duration_ms=duration, assessment_id=assessment_id,
-                       command_id=command_id, expected_version=expected_version, correlation_id=correlation_id)
+        command = Fail(error=error, retryable=retryable, duration_ms=duration, **common)
     elif branch == 5:
         reason, pos = _opt_string(b, pos)
-        command = Cancel(reason=reason, assessment_id=assessment_id, command_id=command_id,
-                         expected_version=expected_version, correlation_id=correlation_id)
+        command = Cancel(reason=reason, **common)
     elif branch == 6:
-        command = Retry(assessment_id=assessment_id, command_id=command_id, expected_version=expected_version,
-                        correlation_id=correlation_id)
+        command = Retry(**common)
     elif branch == 7:
         started_at, pos = _micros(b, pos)
         timeout_ms, pos = _long(b, pos)
-        command = ExpireDeadline(started_at=started_at, timeout_ms=timeout_ms, assessment_id=assessment_id,
-                                 command_id=command_id, expected_version=expected_version,
-                                 correlation_id=correlation_id)
+        command = ExpireDeadline(started_at=started_at, timeout_ms=timeout_ms, **common)
     else:
         raise _Unread
     # An unknown source is a KeyError here (fastavro's path then refuses it in its own words).

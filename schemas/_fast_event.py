@@ -139,12 +139,16 @@ def _opt_int(b: bytes, pos: int) -> tuple[int | None, int]:
     raise _Unread
 
 
+_UNCLEAN = (_Unread, IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, RecursionError)
+"""What a hand reader meets in bytes it cannot read cleanly: the caller lets fastavro decode them."""
+
+
 def read_event(b: bytes, pos: int) -> Event | None:
     """The event encoded at ``b[pos:]`` with the ``FINGERPRINT`` schema, or None when the bytes
     are anything but a clean read (the caller then decodes them with fastavro)."""
     try:
         return _read(b, pos)
-    except (_Unread, IndexError, ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError, RecursionError):
+    except _UNCLEAN:
         return None
 
 
