@@ -71,21 +71,20 @@ def rebuild_in_child(settings: Settings, profile: str | None = None) -> tuple[fl
     prof = ["-m", "cProfile", "-o", profile] if profile else []
     # stderr to a file, not a pipe: nothing reads it while the child runs, and a full pipe would
     # stall it; its tail is the reason shown when the replay fails.
-    errors = tempfile.TemporaryFile("w+")
-    child = subprocess.Popen([sys.executable, *prof, "-m", "assessment_store.cli", "replay", "--dry-run", "--restart",
-                              "--force"], env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
-    while child.poll() is None:
-        rss = _tree_rss(child.pid)
-        if rss:
-            samples.append((time.monotonic() - t0, rss))
-        time.sleep(0.1)  # sampling period of the memory probe
-    elapsed = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    out = child.stdout.read() if child.stdout else ""
-    errors.seek(0)
-    stderr = errors.read()
-    errors.close()
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen([sys.executable, *prof, "-m", "assessment_store.cli", "replay", "--dry-run",
+                                  "--restart", "--force"], env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        while child.poll() is None:
+            rss = _tree_rss(child.pid)
+            if rss:
+                samples.append((time.monotonic() - t0, rss))
+            time.sleep(0.1)  # sampling period of the memory probe
+        elapsed = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        out = child.stdout.read() if child.stdout else ""
+        errors.seek(0)
+        stderr = errors.read()
     if child.returncode != 0:
         raise RuntimeError(f"replay failed ({child.returncode}): {out[-1000:]}{stderr[-3000:]}")
     quarters = [max((r for t, r in samples if q * elapsed / 4 <= t < (q + 1) * elapsed / 4), default=0)

@@ -40,12 +40,12 @@ _MIDDLE, _OLD = 20, 100
 collections, which walk every object not frozen, become rarer still."""
 
 
-def settle_collection() -> None:
+def settle_collection(young: int = _YOUNG) -> None:
     """For the rest of the process: freeze what is alive now (a started service's modules,
-    connections, caches), and collect the young generation every ``_YOUNG`` allocations."""
+    connections, caches), and collect the young generation every ``young`` allocations."""
     gc.collect()  # first: cyclic garbage pending now would otherwise be frozen, kept for good
     gc.freeze()
-    gc.set_threshold(_YOUNG, _MIDDLE, _OLD)
+    gc.set_threshold(young, _MIDDLE, _OLD)
 
 
 @contextmanager
@@ -59,8 +59,7 @@ def bulk_collection(young: int = _YOUNG) -> Iterator[None]:
     """
     thresholds = gc.get_threshold()
     froze_all = gc.get_freeze_count() == 0
-    settle_collection()
-    gc.set_threshold(young, _MIDDLE, _OLD)
+    settle_collection(young)
     try:
         yield
     finally:

@@ -958,14 +958,14 @@ class Projector(AsyncLifecycle):
                                ([] if history_direct else prepared.history, HistoryRow),
                                (prepared.outcomes, OutcomeRow)):
             if rows:
-                await _copy(conn, STAGING_TABLES[row_type], None, rows)
+                await _copy(conn, STAGING_TABLES[row_type], rows)
         await conn.execute(
             _FOLD_STAGED, self.schema, not self.assign_all, self._generation, self.group,
             *columns(prepared.anomalies, AnomalyRow), *columns(prepared.offsets, OffsetRow),
             prepared.notify_changes, prepared.notify_outcomes,
         )
         if history_direct and prepared.history:
-            await _copy(conn, "assessment_events", self.schema, prepared.history)
+            await _copy(conn, "assessment_events", prepared.history, schema=self.schema, columns=HISTORY_COLUMNS)
 
     def _batch_args(self, prepared: _Prepared) -> list[Any]:
         """``fold_batch``'s arguments (every row as parallel arrays), for the refused-batch path."""
@@ -1049,20 +1049,16 @@ def _jsonb_value(data: bytes) -> Any:
     return json.loads(data[1:])  # as the default codec reads the text: the same values
 
 
-async def _copy(conn: asyncpg.Connection, table: str, schema: str | None, rows: Sequence[tuple[Any, ...]]) -> None:
+async def _copy(conn: asyncpg.Connection, table: str, rows: Sequence[tuple[Any, ...]], *, schema: str | None = None,
+                columns: Sequence[str] | None = None) -> None:
     """Binary COPY of ``rows`` into ``table`` (a staging table, or ``schema``'s history table)."""
     try:
-        if schema is None:
-            await conn.copy_records_to_table(table, records=rows)
-        else:
-            await conn.copy_records_to_table(table, schema_name=schema, columns=HISTORY_COLUMNS, records=rows)
+        await conn.copy_records_to_table(table, schema_name=schema, columns=columns, records=rows)
     except (ValueError, OverflowError, TypeError) as e:
         # Client side: a value the driver cannot encode for its column (as DataError says for a
         # statement's arguments). The transaction rolls back; re-folded through fold_batch, the
         # refused assessment is quarantined.
         raise DataRejected(f"copying {table}", None, f"{type(e).__name__}: {e}") from e
-
-
 
 
 # Enum values by member and event type names by payload class: an enum's ``.value`` is a

@@ -191,6 +191,12 @@ class AvroRecordCodec:
         self.registry_id = schema_id
         self._prefix = bytes((CONFLUENT_MAGIC,)) + schema_id.to_bytes(4, "big")
 
+    def hand_prefix(self, fingerprint: str) -> bytes | None:
+        """The single-object prefix of records of this codec's schema when that schema's fingerprint
+        is ``fingerprint`` (the one a hand reader or writer was written for), else None: a changed
+        schema file turns the hand path off (schemas/_fast_event.py)."""
+        return MAGIC + bytes.fromhex(fingerprint) if self.fingerprint == fingerprint else None
+
     def encode(self, record: dict[str, Any], type_name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, self.parsed, record)

@@ -19,7 +19,7 @@ from assessment_store.core import (
     Started,
 )
 
-from ._avro import MAGIC, AvroRecordCodec, Headers, json_text
+from ._avro import AvroRecordCodec, Headers, json_text
 from ._fast_event import FINGERPRINT as _FAST_FINGERPRINT
 from ._fast_event import read_event, write_event
 
@@ -77,9 +77,7 @@ class EventCodec:
         self.avro = AvroRecordCodec("assessment_event.avsc", CONTENT_TYPE)
         # Records of the current schema are read by hand (schemas/_fast_event.py), but only while
         # the current schema is the one that reader was written for.
-        self._fast_prefix: bytes | None = (
-            MAGIC + bytes.fromhex(_FAST_FINGERPRINT) if self.avro.fingerprint == _FAST_FINGERPRINT else None
-        )
+        self._fast_prefix = self.avro.hand_prefix(_FAST_FINGERPRINT)
 
     @property
     def fast_path(self) -> bool:

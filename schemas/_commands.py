@@ -21,7 +21,7 @@ from assessment_store.core import (
     UpdateProgress,
 )
 
-from ._avro import MAGIC, AvroRecordCodec, Headers, json_text
+from ._avro import AvroRecordCodec, Headers, json_text
 from ._fast_command import FINGERPRINT as _FAST_FINGERPRINT
 from ._fast_command import read_command
 
@@ -77,9 +77,7 @@ class CommandCodec:
         self.avro = AvroRecordCodec("assessment_command.avsc", b"application/vnd.assessment-store.command+avro")
         # Records of the current schema are read by hand (schemas/_fast_command.py), but only while
         # the current schema is the one that reader was written for.
-        self._fast_prefix: bytes | None = (
-            MAGIC + bytes.fromhex(_FAST_FINGERPRINT) if self.avro.fingerprint == _FAST_FINGERPRINT else None
-        )
+        self._fast_prefix = self.avro.hand_prefix(_FAST_FINGERPRINT)
 
     @property
     def fast_path(self) -> bool:
@@ -104,7 +102,7 @@ class CommandCodec:
 
     def decode(self, value: bytes | None, headers: Headers) -> CommandEnvelope:
         prefix = self._fast_prefix
-        if prefix is not None and value is not None and value[:len(prefix)] == prefix:
+        if prefix is not None and value and value.startswith(prefix):
             env = read_command(value, len(prefix))
             if env is not None:
                 return env
