@@ -6,11 +6,17 @@ notification to the registered waiter; a change committed before the read is see
 read. There is no window in between.
 
 Any number of waiters in one process share one LISTEN connection.
+
+A command's waiter is answered by whichever of its notifications comes first: the state of its
+assessment (``STATES_CHANNEL``, for an accepted command whose row fits in a notification) or its
+outcome. The projector sends the states first, in the same transaction, so an accepted command is
+answered with its state and needs no read (``wait_for_outcome``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +34,8 @@ from assessment_store.core import (
 )
 
 from ._db import connect, translate_db_errors
-from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL
+from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, STATES_CHANNEL
+from ._queries import assessment_from_json
 
 __all__ = ["ChangeListener", "Change"]
 
@@ -38,6 +45,10 @@ class Change:
     assessment_id: str
     version: int
     state: State
+
+
+_Answer = tuple[bool, int | None, Assessment | None]
+"""accepted, the version of the command's event, and the state when a notification carried it"""
 
 
 @dataclass(eq=False)
@@ -53,7 +64,7 @@ class ChangeListener:
         self.settings = settings
         self._conn: asyncpg.Connection | None = None
         self._waiters: dict[str, set[_Waiter]] = {}
-        self._outcome_waiters: dict[str, set[asyncio.Future[tuple[bool, int | None]]]] = {}
+        self._outcome_waiters: dict[str, set[asyncio.Future[_Answer]]] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -68,6 +79,7 @@ class ChangeListener:
             with translate_db_errors("subscribing to projection changes"):
                 await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
                 await conn.add_listener(OUTCOMES_CHANNEL, self._on_outcome)
+                await conn.add_listener(STATES_CHANNEL, self._on_state)
             conn.add_termination_listener(self._on_terminated)
             self._conn = conn
 
@@ -90,10 +102,26 @@ class ChangeListener:
     def _on_outcome(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
             command_id, _aid, accepted, version = payload.rsplit("|", 3)
-            result = (accepted == "1", int(version) if version else None)
+            result: _Answer = (accepted == "1", int(version) if version else None, None)
         except ValueError:
             return
         for f in list(self._outcome_waiters.get(command_id, ())):
+            if not f.done():
+                f.set_result(result)
+
+    def _on_state(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        # JSON holds no raw newline, so the first one ends the row; the command id is last, whole.
+        row, _, tail = payload.partition("\n")
+        version, _, command_id = tail.partition("|")
+        waiting = self._outcome_waiters.get(command_id)
+        if not waiting:
+            return  # not a command of this process: not parsed at all
+        try:
+            state = assessment_from_json(json.loads(row))
+            result: _Answer = (True, int(version), state)
+        except (ValueError, KeyError, TypeError):
+            return  # the outcome notification follows and answers (the state is then read)
+        for f in list(waiting):
             if not f.done():
                 f.set_result(result)
 
@@ -115,13 +143,15 @@ class ChangeListener:
         send: Callable[[], Awaitable[None]],
         *,
         may_exist: bool = True,
-    ) -> tuple[bool, int | None, Outcome | None]:
-        """Send a command and wait for its outcome: ``(accepted, version, outcome_row)``.
+    ) -> tuple[bool, int | None, Outcome | None, Assessment | None]:
+        """Send a command and wait for its outcome: ``(accepted, version, outcome_row, state)``.
 
         Registers first, then (when ``may_exist``: a caller-chosen command id) reads the outcome
         table, and only if nothing is there sends; a re-sent command id whose outcome is known
         returns without touching Kafka. An accepted outcome is answered from the notification
-        alone (``outcome_row`` is None); a rejected one is read back for its error details.
+        alone (``outcome_row`` is None), with the assessment's stored state when the states
+        notification carried it (else ``state`` is None); a rejected one is read back for its
+        error details.
         """
         # One deadline for the whole call - the outcome look-up, the send (which blocks while the
         # broker is unreachable: aiokafka waits for metadata and for the acks) and the wait - so a
@@ -130,7 +160,7 @@ class ChangeListener:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         stage = "outcome (is the command processor running?)"
-        future: asyncio.Future[tuple[bool, int | None]] = loop.create_future()
+        future: asyncio.Future[_Answer] = loop.create_future()
         self._outcome_waiters.setdefault(command_id, set()).add(future)
         try:
             try:
@@ -139,19 +169,19 @@ class ChangeListener:
                     if may_exist:
                         found = await read(command_id)
                         if found is not None:
-                            return found.accepted, found.version, found
+                            return found.accepted, found.version, found, None
                     stage = "acknowledgement of the command by Kafka (is the broker reachable?)"
                     await send()
                     stage = "outcome (is the command processor running?)"
-                    accepted, version = await asyncio.shield(future)
+                    accepted, version, state = await asyncio.shield(future)
             except TimeoutError as e:
                 raise CommandTimeout(command_id, assessment_id, timeout_s, waiting_for=stage) from e
             if accepted:
-                return accepted, version, None
+                return accepted, version, None, state
             row = await read(command_id)
             if row is None:  # pragma: no cover - the notification follows the commit of the row
                 raise DatabaseUnavailable(f"notified of command {command_id!r} but its outcome is not readable")
-            return row.accepted, row.version, row
+            return row.accepted, row.version, row, None
         finally:
             fs = self._outcome_waiters.get(command_id)
             if fs is not None:

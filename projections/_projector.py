@@ -137,7 +137,7 @@ from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate
 from ._fold_rows import HISTORY_COLUMNS, STAGING_TABLES, AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns, staging_ddl
 from ._queries import fetch_assessments
 
-__all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
+__all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "STATES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
 
 log = logging.getLogger("assessment_store.projector")
 
@@ -151,6 +151,10 @@ CHANGES_CHANNEL = "assessment_store_changes"
 """NOTIFY channel; payload ``<assessment_id>|<version>|<state>``."""
 OUTCOMES_CHANNEL = "assessment_store_outcomes"
 """NOTIFY channel; payload ``<command_id>|<assessment_id>|<accepted 1/0>|<version or empty>``."""
+STATES_CHANNEL = "assessment_store_states"
+"""NOTIFY channel, sent by ``public.fold_batch`` and ``public.fold_staged`` before the outcomes
+(``sql/013_state_notifications.sql``): for each accepted outcome a batch stores, the stored row of
+its assessment, ``<row_to_json>\n<version>|<command_id>``, unless that is 8000 bytes or more."""
 
 
 @dataclass

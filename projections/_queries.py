@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -14,6 +14,7 @@ from ._db import check_schema_name, translate_db_errors
 
 __all__ = [
     "ASSESSMENT_COLUMNS",
+    "assessment_from_json",
     "assessment_from_row",
     "assessment_to_row",
     "count_by_state",
@@ -59,6 +60,39 @@ def assessment_from_row(r: asyncpg.Record) -> Assessment:
         processing_timeout_ms=r["processing_timeout_ms"],
         max_retries=r["max_retries"],
         last_event_id=str(r["last_event_id"]),
+    )
+
+
+def _instant(value: str | None) -> datetime | None:
+    # PostgreSQL writes a timestamptz into JSON in ISO 8601 with the session's offset; asyncpg
+    # reads one as a UTC datetime. Same instant, and the same tzinfo here too.
+    return datetime.fromisoformat(value).astimezone(UTC) if value is not None else None
+
+
+def assessment_from_json(doc: dict[str, Any]) -> Assessment:
+    """An assessment from ``row_to_json`` of its row (the states notification): the values
+    ``assessment_from_row`` gives for the same row. jsonb columns are embedded as JSON, in
+    jsonb's own text, so a reader parsing them with ``json.loads`` gets what the pool's codec gets."""
+    return Assessment(
+        assessment_id=doc["assessment_id"],
+        state=State(doc["state"]),
+        version=doc["version"],
+        progress=doc["progress"],
+        message=doc["message"],
+        created_at=datetime.fromisoformat(doc["created_at"]).astimezone(UTC),
+        updated_at=datetime.fromisoformat(doc["updated_at"]).astimezone(UTC),
+        request_data=doc["request_data"],
+        result_data=doc["result_data"],
+        error_message=doc["error_message"],
+        retry_count=doc["retry_count"],
+        duration=doc["duration_ms"],
+        started_at=_instant(doc["started_at"]),
+        finished_at=_instant(doc["finished_at"]),
+        retryable=doc["retryable"],
+        cancel_reason=doc["cancel_reason"],
+        processing_timeout_ms=doc["processing_timeout_ms"],
+        max_retries=doc["max_retries"],
+        last_event_id=doc["last_event_id"],
     )
 
 
