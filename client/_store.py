@@ -5,8 +5,9 @@ assessment's partition (the single writer) accepts it with one event or rejects 
 projector folds both the event and the outcome into PostgreSQL. The client waits for the
 outcome there, then for its event to be visible, so a caller (or the next CLI invocation)
 always reads its own writes. The state an accepted command returns usually comes with its
-notification (the stored row, sent in the transaction that stored it), so it costs no read. Every command has a ``command_id``; sending one again returns
-the original outcome and appends nothing.
+notification (the stored row, sent in the transaction that stored it), so it costs no read.
+Every command has a ``command_id``; sending one again returns the original outcome and appends
+nothing.
 """
 
 from __future__ import annotations

@@ -55,8 +55,9 @@ Ordering and offsets, the invariants everything else leans on:
   session's temporary staging tables, then one call of ``public.fold_staged`` stores them with the
   anomalies and offsets (``sql/011_fold_staged.sql``), then the history rows are COPYed straight
   into ``assessment_events`` (after the call, for the reasons in ``_write_staged``; through
-  staging too when one is already stored: ``_store``), then any held records and fences, then
-  COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
+  staging too when one is already stored: ``_store``, where an event id an earlier event holds
+  becomes a ``reused_event_id`` anomaly, ``sql/014_reused_event_ids.sql``), then any held records
+  and fences, then COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
   commands at a time at low rates) is one statement instead, ``public.fold_batch`` with every row
   as arrays, which PostgreSQL runs as its own transaction: one round trip where the staging path
   costs six (BEGIN, three COPYs, the call, COMMIT). A refused batch is re-folded through
@@ -173,6 +174,9 @@ class FoldStats:
     """records fetched before our seek (at Kafka's offsets) or below the stored offset: dropped"""
     fenced: int = 0
     """records of a processor that had lost its partition (after a later owner's fence): not folded"""
+    reused_ids: int = 0
+    """events applied whose event id another event already holds in the history: no history row of
+    their own, a ``reused_event_id`` anomaly each (``sql/014_reused_event_ids.sql``)"""
 
     unfoldable: int = 0
     """events the state machine refused to apply (kept as ``unfoldable`` anomalies)"""
@@ -206,7 +210,8 @@ class ProjectorStats(FoldStats):
             counter_by(p + "anomalies_total", "Records not applied, by anomaly kind (as in the anomalies table)",
                        ["kind"], {"duplicate": self.duplicates, "version_gap": self.gaps,
                                   "unfoldable": self.unfoldable, "undecodable": self.undecodable,
-                                  "fenced": self.fenced, "unstorable_outcome": self.unstorable_outcomes}),
+                                  "fenced": self.fenced, "unstorable_outcome": self.unstorable_outcomes,
+                                  "reused_event_id": self.reused_ids}),
             counter(p + "quarantined_total", "Assessments put in quarantine (PostgreSQL refused a value)",
                     self.quarantined),
             counter(p + "held_events_total", "Events of quarantined assessments kept aside", self.held),
@@ -698,7 +703,7 @@ class Projector(AsyncLifecycle):
                     try:
                         async with conn.transaction():
                             with translate_db_errors("folding part of a refused batch"):
-                                await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
+                                tried.reused_ids += await conn.fetchval(_FOLD_BATCH, *self._batch_args(prepared))
                             if not keep:
                                 raise _Rollback
                     except DataRejected as e:
@@ -896,10 +901,10 @@ class Projector(AsyncLifecycle):
             prepared, changed = self._prepare(rest, states, stats)
             if not held and not batch.fences and len(rest.events) + len(rest.outcomes) <= _SMALL_BATCH:
                 # One statement, its own transaction: rows, offsets and notifications commit together.
-                await conn.execute(_FOLD_BATCH, *self._batch_args(prepared))
+                stats.reused_ids += await conn.fetchval(_FOLD_BATCH, *self._batch_args(prepared))
             else:
-                await self._store(conn, prepared, [(storable(ev.assessment_id), rec) for rec, ev in held],
-                                  batch.fences, "folding a batch")
+                held_rows = [(storable(ev.assessment_id), rec) for rec, ev in held]
+                stats.reused_ids += await self._store(conn, prepared, held_rows, batch.fences, "folding a batch")
                 stats.held += len(held)
         except BaseException:
             # Committed or not, raced or refused: what PostgreSQL holds is read again.
@@ -921,24 +926,25 @@ class Projector(AsyncLifecycle):
 
     async def _store(self, conn: asyncpg.Connection, prepared: _Prepared,
                      held: list[tuple[str, ConsumerRecord[bytes, bytes]]], fences: list[tuple[str, int, int, int]],
-                     what: str) -> None:
+                     what: str) -> int:
         """Store a folded batch in one transaction: its rows and offsets, held records and fences
-        commit together, or not at all.
+        commit together, or not at all. Returns the events stored without a history row (a reused
+        event id: each one a ``reused_event_id`` anomaly).
 
         The history rows are COPYed straight into ``assessment_events`` (``_write_staged``). If one
         of them is already stored there (a unique violation: fold_staged's version guard passed, so
         only an event id reused by another event can cause it), the transaction has rolled back and
-        the batch is stored again the older way, through the staging table, whose ON CONFLICT skips
-        that row as it always did."""
+        the batch is stored again the older way, through the staging table, where fold_staged
+        records that row as a ``reused_event_id`` anomaly."""
         direct = True
         while True:
             try:
                 with translate_db_errors(what):
                     async with conn.transaction():
-                        await self._write_staged(conn, prepared, history_direct=direct)
+                        reused = await self._write_staged(conn, prepared, history_direct=direct)
                         await self._insert_held(conn, held)
                         await self._insert_fences(conn, fences)
-                return
+                return reused
             except DatabaseUnavailable as e:
                 if not (direct and _duplicate(e)):
                     raise
@@ -946,9 +952,11 @@ class Projector(AsyncLifecycle):
                             e.__cause__)
                 direct = False
 
-    async def _write_staged(self, conn: asyncpg.Connection, prepared: _Prepared, *, history_direct: bool) -> None:
+    async def _write_staged(self, conn: asyncpg.Connection, prepared: _Prepared, *, history_direct: bool) -> int:
         """COPY the batch's rows into the staging tables and store them with ``fold_staged``; the
         caller owns the transaction (the staging tables are emptied at its commit or rollback).
+        Returns fold_staged's count of reused event ids (always 0 with ``history_direct``: the COPY
+        fails on one instead).
 
         With ``history_direct``, the history rows skip staging: COPYed into ``assessment_events``
         itself, after fold_staged (whose insert from the then empty staging table stores nothing).
@@ -963,13 +971,14 @@ class Projector(AsyncLifecycle):
                                (prepared.outcomes, OutcomeRow)):
             if rows:
                 await _copy(conn, STAGING_TABLES[row_type], rows)
-        await conn.execute(
+        reused: int = await conn.fetchval(
             _FOLD_STAGED, self.schema, not self.assign_all, self._generation, self.group,
             *columns(prepared.anomalies, AnomalyRow), *columns(prepared.offsets, OffsetRow),
             prepared.notify_changes, prepared.notify_outcomes,
         )
         if history_direct and prepared.history:
             await _copy(conn, "assessment_events", prepared.history, schema=self.schema, columns=HISTORY_COLUMNS)
+        return reused
 
     def _batch_args(self, prepared: _Prepared) -> list[Any]:
         """``fold_batch``'s arguments (every row as parallel arrays), for the refused-batch path."""
@@ -1248,8 +1257,10 @@ class _Pipeline:
         assert self.p._pool is not None
         with translate_db_errors("writing a rebuilt batch"):
             async with self.p._pool.acquire() as conn:
-                await self.p._store(conn, rows, [(storable(ev.assessment_id), rec) for rec, ev in held], fences,
-                                    "writing a rebuilt batch")
+                # Counted when written, not when prepared: only PostgreSQL knows which ids it holds.
+                self.p.stats.reused_ids += await self.p._store(
+                    conn, rows, [(storable(ev.assessment_id), rec) for rec, ev in held], fences,
+                    "writing a rebuilt batch")
 
     async def drain(self) -> bool:
         """Wait for the batch being written; True when PostgreSQL refused it and it was re-folded
@@ -1268,6 +1279,7 @@ class _Pipeline:
             self.p.stats.quarantined += stats.quarantined
             self.p.stats.held += stats.held
             self.p.stats.unstorable_outcomes += stats.unstorable_outcomes
+            self.p.stats.reused_ids += stats.reused_ids
             return True
         return False
 

@@ -14,6 +14,8 @@ from assessment_store.testing import eventually, produce_lifecycles, projected_e
 from assessment_store.projections import REBUILD_SCHEMA, connect, counts_at, replay, state_at
 from assessment_store.streams.testing import EventProducer
 
+from .test_metrics import _scrape, _url, _value
+
 pytestmark = pytest.mark.stack
 
 LIFECYCLES = 25_000  # x 4 events = 100,000
@@ -127,7 +129,7 @@ async def test_time_travel_from_the_log(store: AssessmentStore, stack_settings: 
 
 
 async def test_rebuild_stores_a_reused_event_id_and_a_refused_one_as_live(stack_settings: Settings) -> None:
-    """A rebuild stores an event id reused by a later event, and quarantines one PostgreSQL cannot store, as the live fold does."""
+    """A rebuild records an event id reused by a later event as an anomaly, and quarantines one PostgreSQL cannot store, as the live fold does."""
     s = stack_settings
     prefix = f"ids{uuid.uuid4().hex[:8]}"
     shared, braced = str(uuid.uuid4()), "{" + str(uuid.uuid4()) + "}"  # braces: not a uuid the driver reads
@@ -138,12 +140,19 @@ async def test_rebuild_stores_a_reused_event_id_and_a_refused_one_as_live(stack_
               Event(f"{prefix}-c", 1, Created({"n": 2}), now, now, event_id=braced)]
     # Enough others that a batch takes the COPY path, not the one-statement path of a few records.
     events += [Event(f"{prefix}-f{i}", 1, Created({"n": i}), now, now) for i in range(200)]
+    anomalies = "assessment_store_projector_anomalies_total"
+    before = _value(await _scrape(_url(s, "projector")), anomalies, kind="reused_event_id")
     async with EventProducer(s) as producer:
         for ev in events:
             await producer.append(ev)
-    # Live: the reused id's second history row is skipped (ON CONFLICT), c is quarantined.
+    # Live: the reused id's second event has no history row but an anomaly of its own, c is quarantined.
     await eventually(lambda: projected_event_count(s, prefix), lambda c: c == len(events) - 2, timeout_s=60,
                      what="live projection of the test's events")
+    # Counted once the batch is committed, just after its rows are readable: waited for, then exact.
+    await eventually(lambda: _scrape(_url(s, "projector")),
+                     lambda m: _value(m, anomalies, kind="reused_event_id") >= before + 1, timeout_s=20,
+                     what="the projector's reused_event_id count up by 1")
+    assert _value(await _scrape(_url(s, "projector")), anomalies, kind="reused_event_id") == before + 1
 
     report = await replay(s, dry_run=True, restart=True)
     assert report.verification.ok, report.verification
@@ -156,7 +165,15 @@ async def test_rebuild_stores_a_reused_event_id_and_a_refused_one_as_live(stack_
                                      prefix + "-%")
         quarantined = await conn.fetchval(f"SELECT count(*) FROM {REBUILD_SCHEMA}.quarantine WHERE assessment_id = $1",
                                           f"{prefix}-c")
+        reused = {schema: await conn.fetch(
+            f"SELECT assessment_id, version, event_id, kafka_offset, detail FROM {schema}.anomalies"
+            " WHERE kind = 'reused_event_id' AND assessment_id LIKE $1", prefix + "-%")
+            for schema in ("projection", REBUILD_SCHEMA)}
     finally:
         await conn.close()
     assert shared_rows == 1 and states == len(events) - 2 and quarantined == 1
+    # The second event of a, applied to the state, kept as an anomaly: the same row live and rebuilt.
+    assert [tuple(r)[:3] for r in reused["projection"]] == [(f"{prefix}-a", 2, shared)]
+    assert [tuple(r) for r in reused["projection"]] == [tuple(r) for r in reused[REBUILD_SCHEMA]]
+    assert "already in the history" in reused["projection"][0]["detail"]
     assert report.verification.live_events >= len(events) - 2
