@@ -256,6 +256,7 @@ async def measure(s: Settings, args: argparse.Namespace, wakeups: list[RoundTrip
         skel.stop()
     drain = Skeleton(s, f"sustained-{datetime.now(UTC):%H%M%S}")
     await drain.prepare()
+    await drain.start_projector()  # as the store's drain runs: the projector up, the processor started last
     before_rows = await drain.rows()
     await bare_producer_rate(s, records, drain.topics.commands)
     stack_before = await asyncio.to_thread(CpuSnapshot.take, stack)
