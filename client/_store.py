@@ -179,7 +179,8 @@ class AssessmentStore(AsyncLifecycle):
                 if not self._topics_checked:
                     await ensure_topics(self.settings, principal="client")
                     self._topics_checked = True
-                await self._sender.send(envelope)
+                # The listener's channel: the projector sends it the row this command changes.
+                await self._sender.send(envelope, reply_to=self._listener.reply_channel)
                 return
             except KafkaUnavailable as e:
                 if not e.retriable:

@@ -4,7 +4,7 @@ from ._audit import LEGACY_AUDIT_OPERATION_PREFIX, LegacyAuditRow, import_legacy
 from ._checksums import bucket_assessments, bucket_checksums, canonical_texts, fetch_histories
 from ._db import SCHEMA_VERSION, connect, create_pool, migrate, translate_db_errors
 from ._notify import Change, ChangeListener
-from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, STATES_CHANNEL, FoldStats, Projector, ProjectorStats
+from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, FoldStats, Projector, ProjectorStats
 from ._health import ProjectionHealth, projection_health
 from ._quarantine import QuarantineEntry, RefoldResult, list_quarantine, refold
 from ._replay import REBUILD_SCHEMA, ReplayReport, Verification, replay, verify_schemas
@@ -60,7 +60,6 @@ __all__ = [
     "verify_schemas",
     "CHANGES_CHANNEL",
     "OUTCOMES_CHANNEL",
-    "STATES_CHANNEL",
     "SCHEMA_VERSION",
     "Change",
     "ChangeListener",

@@ -7,16 +7,18 @@ read. There is no window in between.
 
 Any number of waiters in one process share one LISTEN connection.
 
-A command's waiter is answered by whichever of its notifications comes first: the state of its
-assessment (``STATES_CHANNEL``, for an accepted command whose row fits in a notification) or its
-outcome. The projector sends the states first, in the same transaction, so an accepted command is
-answered with its state and needs no read (``wait_for_outcome``).
+A command's waiter is answered by whichever of its notifications comes first: the stored row of
+its assessment, on this listener's own reply channel (``reply_channel``, which the client names in
+the command's ``reply-to`` header; sent for an accepted command whose row fits in a notification),
+or its outcome. The projector sends the row first, in the same transaction, so an accepted command
+is answered with its state and needs no read (``wait_for_outcome``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +34,10 @@ from assessment_store.core import (
     State,
     WaitTimeout,
 )
+from assessment_store.streams import REPLY_CHANNEL_PREFIX
 
 from ._db import connect, translate_db_errors
-from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL, STATES_CHANNEL
+from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL
 from ._queries import assessment_from_json
 
 __all__ = ["ChangeListener", "Change"]
@@ -66,6 +69,8 @@ class ChangeListener:
         self._waiters: dict[str, set[_Waiter]] = {}
         self._outcome_waiters: dict[str, set[asyncio.Future[_Answer]]] = {}
         self._lock = asyncio.Lock()
+        self.reply_channel = REPLY_CHANNEL_PREFIX + secrets.token_hex(8)
+        """This listener's own NOTIFY channel: the projector sends it the rows its commands changed."""
 
     @property
     def waiting(self) -> int:
@@ -79,7 +84,7 @@ class ChangeListener:
             with translate_db_errors("subscribing to projection changes"):
                 await conn.add_listener(CHANGES_CHANNEL, self._on_notify)
                 await conn.add_listener(OUTCOMES_CHANNEL, self._on_outcome)
-                await conn.add_listener(STATES_CHANNEL, self._on_state)
+                await conn.add_listener(self.reply_channel, self._on_reply)
             conn.add_termination_listener(self._on_terminated)
             self._conn = conn
 
@@ -109,13 +114,13 @@ class ChangeListener:
             if not f.done():
                 f.set_result(result)
 
-    def _on_state(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_reply(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         # JSON holds no raw newline, so the first one ends the row; the command id is last, whole.
         row, _, tail = payload.partition("\n")
         version, _, command_id = tail.partition("|")
         waiting = self._outcome_waiters.get(command_id)
         if not waiting:
-            return  # not a command of this process: not parsed at all
+            return  # answered already (its outcome came first), or its caller gave up
         try:
             state = assessment_from_json(json.loads(row))
             result: _Answer = (True, int(version), state)

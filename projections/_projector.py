@@ -124,11 +124,13 @@ from assessment_store.core import (
 from assessment_store.schemas import EventCodec, OutcomeCodec
 from assessment_store.streams import (
     COMMAND_OFFSET_HEADER,
+    REPLY_HEADER,
     LogFence,
     PartitionStops,
     SchemaResolver,
     Verdict,
     ensure_topics,
+    is_reply_channel,
     kafka_client_options,
     partition_counts,
     translate_kafka_errors,
@@ -138,7 +140,7 @@ from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate
 from ._fold_rows import HISTORY_COLUMNS, STAGING_TABLES, AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns, staging_ddl
 from ._queries import fetch_assessments
 
-__all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "STATES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
+__all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
 
 log = logging.getLogger("assessment_store.projector")
 
@@ -152,10 +154,6 @@ CHANGES_CHANNEL = "assessment_store_changes"
 """NOTIFY channel; payload ``<assessment_id>|<version>|<state>``."""
 OUTCOMES_CHANNEL = "assessment_store_outcomes"
 """NOTIFY channel; payload ``<command_id>|<assessment_id>|<accepted 1/0>|<version or empty>``."""
-STATES_CHANNEL = "assessment_store_states"
-"""NOTIFY channel, sent by ``public.fold_batch`` and ``public.fold_staged`` before the outcomes
-(``sql/013_state_notifications.sql``): for each accepted outcome a batch stores, the stored row of
-its assessment, ``<row_to_json>\n<version>|<command_id>``, unless that is 8000 bytes or more."""
 
 
 @dataclass
@@ -974,7 +972,7 @@ class Projector(AsyncLifecycle):
         reused: int = await conn.fetchval(
             _FOLD_STAGED, self.schema, not self.assign_all, self._generation, self.group,
             *columns(prepared.anomalies, AnomalyRow), *columns(prepared.offsets, OffsetRow),
-            prepared.notify_changes, prepared.notify_outcomes,
+            prepared.notify_changes, prepared.notify_outcomes, *prepared.replies,
         )
         if history_direct and prepared.history:
             await _copy(conn, "assessment_events", prepared.history, schema=self.schema, columns=HISTORY_COLUMNS)
@@ -987,6 +985,7 @@ class Projector(AsyncLifecycle):
             *columns(prepared.assessments, AssessmentRow), *columns(prepared.history, HistoryRow),
             *columns(prepared.outcomes, OutcomeRow), *columns(prepared.anomalies, AnomalyRow),
             *columns(prepared.offsets, OffsetRow), prepared.notify_changes, prepared.notify_outcomes,
+            *prepared.replies,
         ]
 
     def _prepare(
@@ -1010,11 +1009,13 @@ class Projector(AsyncLifecycle):
         offsets = [OffsetRow(tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
         notify_changes: list[str] = []
         notify_outcomes: list[str] = []
+        replies: tuple[list[str], list[str], list[str]] = ([], [], [])
         if not self.assign_all:  # a rebuild wakes no one (fold_batch ignores them then)
             notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
             # Duplicates too: the client that re-sent a command waits for this wake-up.
             notify_outcomes = list({f"{r.cmd}|{r.id}|{int(r.accepted)}|{r.version or ''}" for r in outcome_rows})
-        prepared = _Prepared(rows, history, outcome_rows, anomalies, offsets, notify_changes, notify_outcomes)
+            replies = _replies(batch)
+        prepared = _Prepared(rows, history, outcome_rows, anomalies, offsets, notify_changes, notify_outcomes, replies)
         return prepared, {aid: a for aid, (_prev, a) in changed.items()}
 
 
@@ -1029,6 +1030,29 @@ class _Prepared:
     offsets: list[OffsetRow]
     notify_changes: list[str]
     notify_outcomes: list[str]
+    replies: tuple[list[str], list[str], list[str]]
+    """(channel, assessment id, ``<version>|<command id>``) per accepted command whose client waits
+    on a reply channel: the SQL sends that channel the stored row (``sql/013_replies_and_reused_ids.sql``)"""
+
+
+def _replies(batch: _Batch) -> tuple[list[str], list[str], list[str]]:
+    """The batch's events whose command named a reply channel (``REPLY_HEADER``, copied by the
+    processor): channels, assessment ids, tails. A header that is not a reply channel's name is
+    ignored; an event not applied (a duplicate, a gap, held) still gets its reply, which carries
+    the stored row at a lower version than the tail's, and the client then reads instead."""
+    channels: list[str] = []
+    ids: list[str] = []
+    tails: list[str] = []
+    for rec, ev in batch.events:
+        for key, value in rec.headers:
+            if key == REPLY_HEADER and ev.causation_id is not None:
+                channel = value.decode("utf-8", "replace")
+                if is_reply_channel(channel):
+                    channels.append(channel)
+                    ids.append(ev.assessment_id)
+                    tails.append(f"{ev.version}|{ev.causation_id}")
+                break
+    return channels, ids, tails
 
 
 def _assessment_row(prev: int, a: Assessment, _json: Callable[[Any], str]) -> AssessmentRow:
@@ -1137,11 +1161,11 @@ def json_encoder() -> Callable[[Any], str]:
 
 
 # Four scalars (schema, notify, generation, group), one array per field of each row type, two
-# notification arrays: 64 parameters, in the order of fold_batch's signature.
-_FOLD_BATCH_ARITY = 4 + sum(len(t._fields) for t in (AssessmentRow, HistoryRow, OutcomeRow, AnomalyRow, OffsetRow)) + 2
+# notification arrays, three reply arrays: 67 parameters, in the order of fold_batch's signature.
+_FOLD_BATCH_ARITY = 4 + sum(len(t._fields) for t in (AssessmentRow, HistoryRow, OutcomeRow, AnomalyRow, OffsetRow)) + 5
 _FOLD_BATCH = "SELECT public.fold_batch(" + ", ".join(f"${i}" for i in range(1, _FOLD_BATCH_ARITY + 1)) + ")"
-# fold_staged: the four scalars, the anomaly and offset arrays, the two notification arrays.
-_FOLD_STAGED_ARITY = 4 + len(AnomalyRow._fields) + len(OffsetRow._fields) + 2
+# fold_staged: the four scalars, the anomaly and offset arrays, the notification and reply arrays.
+_FOLD_STAGED_ARITY = 4 + len(AnomalyRow._fields) + len(OffsetRow._fields) + 5
 _FOLD_STAGED = "SELECT public.fold_staged(" + ", ".join(f"${i}" for i in range(1, _FOLD_STAGED_ARITY + 1)) + ")"
 
 # SQLSTATEs that mean "the projection schema changed under this session": our own AS001 from

@@ -1,7 +1,7 @@
 """Topics, producers and the command processor: everything that writes the log."""
 
 from ._appender import Appender
-from ._commands import CommandSender
+from ._commands import REPLY_CHANNEL_PREFIX, REPLY_HEADER, CommandSender, is_reply_channel
 from ._kafka import (
     PRINCIPALS, Principal, TopicSpec, ensure_topics, kafka_client_options, partition_counts, schemas_topic,
     schemas_topic_spec, store_topics,
@@ -42,6 +42,9 @@ __all__ = [
     "Principal",
     "CommandProcessor",
     "CommandSender",
+    "REPLY_CHANNEL_PREFIX",
+    "REPLY_HEADER",
+    "is_reply_channel",
     "ProcessorStats",
     "TopicSpec",
     "ensure_topics",

@@ -129,6 +129,7 @@ from assessment_store.core import (
 )
 from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 
+from ._commands import REPLY_HEADER
 from ._fence import EPOCH_HEADER, LogFence, Verdict, fence_headers, fence_metadata, metadata_epoch
 from ._schema_topic import PartitionStops, SchemaResolver
 from ._snapshot import (
@@ -326,8 +327,20 @@ _MAX_SMALL_TERMINAL_CHUNKS = 16
 they are merged: a load reads one record per chunk, so their number must not grow with uptime."""
 
 
+_Appended = tuple[Event, int, int, int, bytes | None]
+"""An accepted command's event to append: the event, its partition, the command's offset and
+record timestamp, and the command's ``REPLY_HEADER`` value (copied onto the event)."""
+
+
 def _header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], name: str) -> bytes | None:
     return next((v for k, v in headers if k == name), None)
+
+
+def _reply_to(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]) -> bytes | None:
+    """The command's reply channel, if it has one of a channel name's length: copied onto its event
+    unread (the projector checks the name), so a header of any other size is not carried on."""
+    value = _header(headers, REPLY_HEADER)
+    return value if value is not None and len(value) <= 63 else None
 
 
 class CommandProcessor(AsyncLifecycle):
@@ -849,7 +862,7 @@ class CommandProcessor(AsyncLifecycle):
             token = self._revocations
             assert self._producer is not None
             now = datetime.now(UTC)
-            events: list[tuple[Event, int, int, int]] = []
+            events: list[_Appended] = []
             outcomes: list[tuple[Outcome, int]] = []
             dead: list[tuple[ConsumerRecord[bytes, bytes], str]] = []
             commit: dict[TopicPartition, int] = {}
@@ -881,11 +894,11 @@ class CommandProcessor(AsyncLifecycle):
                         self.settings.commands_topic + ".dlq", rec.value, key=rec.key, headers=headers))
                 # The dead letters' acknowledgements are awaited with the events': one round trip.
                 offsets = (await asyncio.gather(self._append_events(events), *sent))[0]
-                self._advance([(partition, offset) for (_, partition, _, _), offset in zip(events, offsets)], "events")
+                self._advance([(partition, offset) for (_, partition, _, _, _), offset in zip(events, offsets)], "events")
                 if events:
                     # Timed per record (the latency is per command) but with one clock read per batch.
                     acked, observe = time.time(), self.stats.command_to_event.observe
-                    for _, _, _, stamp_ms in events:
+                    for _, _, _, stamp_ms, _ in events:
                         observe(max(0.0, acked - stamp_ms / 1000))
                 sent = []  # usually stays empty: most batches cost one produce round trip
                 for o, partition in outcomes:
@@ -906,7 +919,7 @@ class CommandProcessor(AsyncLifecycle):
                 self._trim(self._parts[tp.partition], wall)
             return commit, token
 
-    async def _append_events(self, events: list[tuple[Event, int, int, int]]) -> list[int]:
+    async def _append_events(self, events: list[_Appended]) -> list[int]:
         """Append ``events`` (event, partition, command offset, stamp) and return the offset of each,
         once all are acknowledged.
 
@@ -922,9 +935,11 @@ class CommandProcessor(AsyncLifecycle):
         topic = self.settings.events_topic
         open_batches: dict[int, tuple[Any, list[int]]] = {}
         submitted: list[tuple[asyncio.Future[RecordMetadata], list[int]]] = []
-        for i, (ev, partition, cmd_offset, _) in enumerate(events):
+        for i, (ev, partition, cmd_offset, _, reply_to) in enumerate(events):
             value, headers = self._events.encode(ev)
             headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
+            if reply_to is not None:  # for the projector: whom to notify with the new state
+                headers.append((REPLY_HEADER, reply_to))
             # Our epoch: readers ignore this record if a later owner's fence precedes it.
             headers.append((EPOCH_HEADER, str(self._parts[partition].epoch).encode()))
             record = {"key": ev.assessment_id.encode(), "value": value, "headers": headers,
@@ -971,7 +986,7 @@ class CommandProcessor(AsyncLifecycle):
                 part.outcomes_next = nxt
 
     def _handle_one(self, part: _Partition, rec: ConsumerRecord[bytes, bytes], now: datetime,
-                    events: list[tuple[Event, int, int, int]], outcomes: list[tuple[Outcome, int]],
+                    events: list[_Appended], outcomes: list[tuple[Outcome, int]],
                     dead: list[tuple[ConsumerRecord[bytes, bytes], str]]) -> None:
         try:
             env = self._commands.decode(rec.value, rec.headers)
@@ -1020,7 +1035,7 @@ class CommandProcessor(AsyncLifecycle):
             if isinstance(cmd, ExpireDeadline):
                 self.stats.deadlines_fired += 1
             self._apply(part, ev)
-            events.append((ev, rec.partition, rec.offset, rec.timestamp))
+            events.append((ev, rec.partition, rec.offset, rec.timestamp, _reply_to(rec.headers)))
             self._remember(part, Outcome(
                 command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
                 command_offset=rec.offset, version=ev.version, event_id=ev.event_id))

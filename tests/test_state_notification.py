@@ -1,14 +1,20 @@
-"""An accepted command returns the stored row its notification carried (no read), identical to a
-read of the projection, and reads it when the row is too large for a notification."""
+"""An accepted command returns the stored row its reply notification carried (no read), identical to
+a read of the projection, and reads it when the row is too large for a notification; only the
+channel a command names is notified."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime
 
 import pytest
 
-from assessment_store import AssessmentStore
-from assessment_store.core import new_id
+from assessment_store import AssessmentStore, Settings
+from assessment_store.core import CommandEnvelope, Create, EventSource, new_id
+from assessment_store.projections import connect
+from assessment_store.streams import REPLY_CHANNEL_PREFIX, CommandSender
+from assessment_store.testing import eventually
 
 pytestmark = pytest.mark.stack
 
@@ -43,3 +49,28 @@ async def test_a_state_too_large_for_a_notification_is_read(store: AssessmentSto
     assert returned == await store.get_state(aid)
     assert returned.request_data == {"blob": "x" * 9000}
     assert (store.stats.states_notified, store.stats.states_read) == (before[0], before[1] + 2)
+
+
+async def test_a_reply_channel_named_in_a_command_gets_the_row_and_nothing_else_does(
+        store: AssessmentStore, stack_settings: Settings) -> None:
+    """The projector notifies the channel a command's reply-to header names, and ignores a header that is no channel's name."""
+    mine = REPLY_CHANNEL_PREFIX + "0123456789abcdef"
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    conn = await connect(stack_settings)
+    sender = CommandSender(stack_settings)
+    try:
+        await conn.add_listener(mine, lambda *args: heard.put_nowait(args[-1]))
+        good, bad = new_id(), new_id()
+        for aid, reply_to in ((good, mine), (bad, 'x"; SELECT pg_sleep(10); --')):
+            await sender.send(CommandEnvelope(Create(assessment_id=aid, command_id=f"c-{aid}", request={"r": aid}),
+                                              datetime.now(UTC), EventSource.STORE), reply_to=reply_to)
+        payload = await asyncio.wait_for(heard.get(), 30)
+        row, _, tail = payload.partition("\n")
+        assert json.loads(row)["assessment_id"] == good and tail == f"1|c-{good}"
+        # The other command is folded all the same; its header named no channel, so nothing was sent.
+        assert (await eventually(lambda: store.find_state(bad), lambda a: a is not None, timeout_s=30,
+                                 what="the second command folded")) is not None
+        assert heard.empty()
+    finally:
+        await sender.stop()
+        await conn.close()

@@ -1,25 +1,50 @@
 -- scope: public
--- Projection schema, version 13: the state of an accepted command's assessment in a notification.
+-- Projection schema, version 13: the state for the client waiting on a command, and reused event
+-- ids as anomalies. Both change fold_batch and fold_staged, which are dropped and created again
+-- (their arguments and result change), in this migration's one transaction.
 --
--- A client that sent a command waited for its outcome notification, then read the assessment back
--- (one more round trip to PostgreSQL, the last hop of every write: 4 ms at the median and 9-11 ms
--- at the 95th percentile at 500 commands/s on the 2-core reference machine). Now each batch of the
--- live projection also sends, on the channel assessment_store_states and for every accepted
--- outcome it stores, the row of that outcome's assessment as PostgreSQL itself renders it
--- (row_to_json of the stored row, after this batch's update), so the client returns it without a
--- read: exactly what a read would return, jsonb normal form, timestamps and all, because it is
--- the stored row, in the same transaction.
+-- 1. The client that sent a command waited for its outcome notification, then read the assessment
+--    back: one more round trip to PostgreSQL at the end of every write (4 ms at the median, 9-11 ms
+--    at the 95th percentile at 500 commands/s on the 2-core reference machine). A client now names
+--    a NOTIFY channel of its own in the command's reply-to header; the processor copies it onto the
+--    event, and the projector passes it here (s_channel, with the assessment id and "<version>|
+--    <command id>" in s_tail). For each, the batch notifies that channel, and only that one, with
+--    the assessment's row as PostgreSQL itself renders it (row_to_json of the stored row, after
+--    this batch's update) followed by a newline and the tail: exactly what a read would return,
+--    jsonb's normal form included, because it is the stored row, in the same transaction. JSON
+--    never holds a raw newline, so the first one ends the row; the command id, free-form, is last.
+--    Commands nobody waits for (the bridge's, an import's, a backlog drained in bulk) carry no
+--    channel and cost nothing here, and no other listener receives these rows.
 --
--- The payload is the row's JSON, a newline, the outcome's version, '|' and the command id (JSON
--- never holds a raw newline, so the first one ends it; the command id is free-form and comes last).
--- A payload of 8000 bytes or more (a large request or result) is not sent: NOTIFY refuses it,
--- which would roll the batch back. That client reads the row, as before. The states go out before
--- the outcomes (one transaction's notifications are delivered in the order sent), so a client
--- holding both answers from the state; a client of an earlier release ignores the channel.
+-- 2. The history keeps one row per event id (assessment_events.event_id is UNIQUE). A later event
+--    carrying an id already stored (only a writer other than the processor can append one: the
+--    processor draws a new id for every event) was applied to the state like any other, and its
+--    history row was skipped by ON CONFLICT DO NOTHING without a trace. Now each such event
+--    becomes a 'reused_event_id' anomaly naming it (assessment, version, event id, type) and its
+--    record (topic, partition, offset: the event stays readable in the log), and both functions
+--    return how many they recorded, which the projector counts
+--    (assessment_store_projector_anomalies_total{kind="reused_event_id"}). A history row already
+--    stored exactly (same assessment, version and event id) is no anomaly: it is the same event
+--    stored again. The anomaly does not name the event holding the id (a query of
+--    assessment_events by event_id does): whether that one was stored by an earlier batch or
+--    earlier in the same one depends on how the log was cut into batches, and a rebuild must
+--    record the very rows the live fold did.
 --
 -- Everything else is as in version 12, statement for statement.
 
-CREATE OR REPLACE FUNCTION public.fold_batch(
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc AS p
+             WHERE p.pronamespace = 'public'::regnamespace AND p.proname IN ('fold_batch', 'fold_staged')
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION public.fold_batch(
     p_schema text,
     p_notify boolean,
     p_generation bigint,
@@ -37,14 +62,16 @@ CREATE OR REPLACE FUNCTION public.fold_batch(
     x_kind text[], x_id text[], x_version bigint[], x_expected bigint[], x_event_id text[], x_topic text[],
     x_partition integer[], x_offset bigint[], x_detail text[], x_raw bytea[],
     f_topic text[], f_partition integer[], f_next bigint[],
-    n_changes text[], n_outcomes text[]
-) RETURNS void LANGUAGE plpgsql
+    n_changes text[], n_outcomes text[],
+    s_channel text[], s_id text[], s_tail text[]
+) RETURNS integer LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     moved integer;
     inserted integer;
     current_generation bigint;
+    reused integer;
     wanted integer := coalesce(array_length(a_id, 1), 0);
 BEGIN
     -- Static statements resolve their tables on this path (module header): p_schema's, then
@@ -96,14 +123,33 @@ BEGIN
             USING ERRCODE = 'serialization_failure';
     END IF;
 
-    INSERT INTO assessment_events (assessment_id, version, event_id, type, occurred_at, recorded_at,
-        source, correlation_id, causation_id, payload, kafka_topic, kafka_partition, kafka_offset)
-    SELECT u.id, u.version, u.event_id, u.type, u.occurred, u.recorded, u.source, u.corr, u.caus,
-           u.payload::jsonb, u.topic, u.part, u.off
-    FROM unnest(e_id, e_version, e_event_id, e_type, e_occurred, e_recorded, e_source, e_corr, e_caus, e_payload,
-                e_topic, e_partition, e_offset)
-         AS u(id, version, event_id, type, occurred, recorded, source, corr, caus, payload, topic, part, off)
-    ON CONFLICT DO NOTHING;
+    -- One statement: "already stored exactly" is judged on the snapshot before the insert.
+    WITH stored AS (
+        INSERT INTO assessment_events (assessment_id, version, event_id, type, occurred_at, recorded_at,
+            source, correlation_id, causation_id, payload, kafka_topic, kafka_partition, kafka_offset)
+        SELECT u.id, u.version, u.event_id, u.type, u.occurred, u.recorded, u.source, u.corr, u.caus,
+               u.payload::jsonb, u.topic, u.part, u.off
+        FROM unnest(e_id, e_version, e_event_id, e_type, e_occurred, e_recorded, e_source, e_corr, e_caus,
+                    e_payload, e_topic, e_partition, e_offset)
+             AS u(id, version, event_id, type, occurred, recorded, source, corr, caus, payload, topic, part, off)
+        ON CONFLICT DO NOTHING
+        RETURNING assessment_id, version
+    ), lost AS (
+        INSERT INTO anomalies (kind, assessment_id, version, expected_version, event_id, kafka_topic,
+            kafka_partition, kafka_offset, detail, raw_value)
+        SELECT 'reused_event_id', u.id, u.version, NULL, u.event_id::text, u.topic, u.part, u.off,
+               format('event id %s is already in the history, held by an earlier event; this %s event, version '
+                      '%s of %s, was applied to the state without a history row of its own', u.event_id, u.type,
+                      u.version, u.id),
+               NULL
+        FROM unnest(e_id, e_version, e_event_id, e_type, e_topic, e_partition, e_offset)
+             AS u(id, version, event_id, type, topic, part, off)
+        WHERE NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.assessment_id = u.id AND s.version = u.version)
+          AND NOT EXISTS (SELECT 1 FROM assessment_events AS e
+                          WHERE e.assessment_id = u.id AND e.version = u.version AND e.event_id = u.event_id)
+        RETURNING 1
+    )
+    SELECT count(*) INTO reused FROM lost;
 
     INSERT INTO command_outcomes (command_id, assessment_id, accepted, version, event_id, error_type,
         error_message, error_details, processed_at, kafka_partition, kafka_offset, command_offset)
@@ -127,18 +173,21 @@ BEGIN
 
     IF p_notify THEN  -- the live projection only: a rebuild must not wake clients
         PERFORM pg_notify('assessment_store_changes', x) FROM unnest(n_changes) AS x;
-        PERFORM pg_notify('assessment_store_states', s.payload)
-        FROM (SELECT row_to_json(t)::text || E'\n' || o.version || '|' || o.cmd AS payload
-              FROM unnest(o_cmd, o_id, o_accepted, o_version) AS o(cmd, id, accepted, version)
-              JOIN assessments AS t ON t.assessment_id = o.id
-              WHERE o.accepted) AS s
-        WHERE octet_length(s.payload) < 8000;
+        -- Before the outcomes (a transaction's notifications arrive in the order sent): the waiting
+        -- client answers from the row and never reads it. Only under 8000 bytes: NOTIFY refuses
+        -- more, which would roll the batch back; that client reads the row instead.
+        PERFORM pg_notify(r.channel, r.payload)
+        FROM (SELECT u.channel, row_to_json(t)::text || E'\n' || u.tail AS payload
+              FROM unnest(s_channel, s_id, s_tail) AS u(channel, id, tail)
+              JOIN assessments AS t ON t.assessment_id = u.id) AS r
+        WHERE octet_length(r.payload) < 8000;
         PERFORM pg_notify('assessment_store_outcomes', x) FROM unnest(n_outcomes) AS x;
     END IF;
+    RETURN reused;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION public.fold_staged(
+CREATE FUNCTION public.fold_staged(
     p_schema text,
     p_notify boolean,
     p_generation bigint,
@@ -146,8 +195,9 @@ CREATE OR REPLACE FUNCTION public.fold_staged(
     x_kind text[], x_id text[], x_version bigint[], x_expected bigint[], x_event_id text[], x_topic text[],
     x_partition integer[], x_offset bigint[], x_detail text[], x_raw bytea[],
     f_topic text[], f_partition integer[], f_next bigint[],
-    n_changes text[], n_outcomes text[]
-) RETURNS void LANGUAGE plpgsql
+    n_changes text[], n_outcomes text[],
+    s_channel text[], s_id text[], s_tail text[]
+) RETURNS integer LANGUAGE plpgsql
 SET enable_hashjoin = off
 SET enable_mergejoin = off
 SET search_path = pg_catalog, pg_temp
@@ -156,6 +206,7 @@ DECLARE
     moved integer;
     inserted integer;
     current_generation bigint;
+    reused integer;
     wanted integer;
 BEGIN
     -- Static statements resolve their tables on this path (module header): p_schema's, then
@@ -198,12 +249,30 @@ BEGIN
             USING ERRCODE = 'serialization_failure';
     END IF;
 
-    INSERT INTO assessment_events (assessment_id, version, event_id, type, occurred_at, recorded_at,
-        source, correlation_id, causation_id, payload, kafka_topic, kafka_partition, kafka_offset)
-    SELECT u.id, u.version, u.event_id, u.type, u.occurred, u.recorded, u.source, u.corr, u.caus,
-           u.payload::jsonb, u.topic, u.partition, u.offset
-    FROM pg_temp.fold_events AS u
-    ON CONFLICT DO NOTHING;
+    -- As in fold_batch: one statement, so "already stored" is what was stored before it.
+    WITH stored AS (
+        INSERT INTO assessment_events (assessment_id, version, event_id, type, occurred_at, recorded_at,
+            source, correlation_id, causation_id, payload, kafka_topic, kafka_partition, kafka_offset)
+        SELECT u.id, u.version, u.event_id, u.type, u.occurred, u.recorded, u.source, u.corr, u.caus,
+               u.payload::jsonb, u.topic, u.partition, u.offset
+        FROM pg_temp.fold_events AS u
+        ON CONFLICT DO NOTHING
+        RETURNING assessment_id, version
+    ), lost AS (
+        INSERT INTO anomalies (kind, assessment_id, version, expected_version, event_id, kafka_topic,
+            kafka_partition, kafka_offset, detail, raw_value)
+        SELECT 'reused_event_id', u.id, u.version, NULL, u.event_id::text, u.topic, u.partition, u.offset,
+               format('event id %s is already in the history, held by an earlier event; this %s event, version '
+                      '%s of %s, was applied to the state without a history row of its own', u.event_id, u.type,
+                      u.version, u.id),
+               NULL
+        FROM pg_temp.fold_events AS u
+        WHERE NOT EXISTS (SELECT 1 FROM stored AS s WHERE s.assessment_id = u.id AND s.version = u.version)
+          AND NOT EXISTS (SELECT 1 FROM assessment_events AS e
+                          WHERE e.assessment_id = u.id AND e.version = u.version AND e.event_id = u.event_id)
+        RETURNING 1
+    )
+    SELECT count(*) INTO reused FROM lost;
 
     INSERT INTO command_outcomes (command_id, assessment_id, accepted, version, event_id, error_type,
         error_message, error_details, processed_at, kafka_partition, kafka_offset, command_offset)
@@ -225,13 +294,16 @@ BEGIN
 
     IF p_notify THEN  -- the live projection only: a rebuild must not wake clients
         PERFORM pg_notify('assessment_store_changes', x) FROM unnest(n_changes) AS x;
-        PERFORM pg_notify('assessment_store_states', s.payload)
-        FROM (SELECT row_to_json(t)::text || E'\n' || o.version || '|' || o.cmd AS payload
-              FROM pg_temp.fold_outcomes AS o
-              JOIN assessments AS t ON t.assessment_id = o.id
-              WHERE o.accepted) AS s
-        WHERE octet_length(s.payload) < 8000;
+        -- Before the outcomes (a transaction's notifications arrive in the order sent): the waiting
+        -- client answers from the row and never reads it. Only under 8000 bytes: NOTIFY refuses
+        -- more, which would roll the batch back; that client reads the row instead.
+        PERFORM pg_notify(r.channel, r.payload)
+        FROM (SELECT u.channel, row_to_json(t)::text || E'\n' || u.tail AS payload
+              FROM unnest(s_channel, s_id, s_tail) AS u(channel, id, tail)
+              JOIN assessments AS t ON t.assessment_id = u.id) AS r
+        WHERE octet_length(r.payload) < 8000;
         PERFORM pg_notify('assessment_store_outcomes', x) FROM unnest(n_outcomes) AS x;
     END IF;
+    RETURN reused;
 END
 $$;
