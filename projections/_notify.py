@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from ._projector import CHANGES_CHANNEL, OUTCOMES_CHANNEL
 from ._queries import assessment_from_json
 
 __all__ = ["ChangeListener", "Change"]
+
+log = logging.getLogger("assessment_store.listener")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +127,11 @@ class ChangeListener:
         try:
             state = assessment_from_json(json.loads(row))
             result: _Answer = (True, int(version), state)
-        except (ValueError, KeyError, TypeError):
-            return  # the outcome notification follows and answers (the state is then read)
+        except (ValueError, KeyError, TypeError) as e:
+            # Not lost: the outcome notification follows and answers, and the state is then read.
+            log.warning("unreadable reply notification for command %r (%s: %s); reading the state instead",
+                        command_id, type(e).__name__, e)
+            return
         for f in list(waiting):
             if not f.done():
                 f.set_result(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -39,7 +40,7 @@ ASSESSMENT_COLUMNS = (
 _SELECT = f"SELECT {', '.join(ASSESSMENT_COLUMNS)} FROM projection.assessments"
 
 
-def assessment_from_row(r: asyncpg.Record) -> Assessment:
+def assessment_from_row(r: asyncpg.Record | Mapping[str, Any]) -> Assessment:
     return Assessment(
         assessment_id=r["assessment_id"],
         state=State(r["state"]),
@@ -69,31 +70,15 @@ def _instant(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value).astimezone(UTC) if value is not None else None
 
 
-def assessment_from_json(doc: dict[str, Any]) -> Assessment:
-    """An assessment from ``row_to_json`` of its row (the states notification): the values
-    ``assessment_from_row`` gives for the same row. jsonb columns are embedded as JSON, in
-    jsonb's own text, so a reader parsing them with ``json.loads`` gets what the pool's codec gets."""
-    return Assessment(
-        assessment_id=doc["assessment_id"],
-        state=State(doc["state"]),
-        version=doc["version"],
-        progress=doc["progress"],
-        message=doc["message"],
-        created_at=datetime.fromisoformat(doc["created_at"]).astimezone(UTC),
-        updated_at=datetime.fromisoformat(doc["updated_at"]).astimezone(UTC),
-        request_data=doc["request_data"],
-        result_data=doc["result_data"],
-        error_message=doc["error_message"],
-        retry_count=doc["retry_count"],
-        duration=doc["duration_ms"],
-        started_at=_instant(doc["started_at"]),
-        finished_at=_instant(doc["finished_at"]),
-        retryable=doc["retryable"],
-        cancel_reason=doc["cancel_reason"],
-        processing_timeout_ms=doc["processing_timeout_ms"],
-        max_retries=doc["max_retries"],
-        last_event_id=doc["last_event_id"],
-    )
+_TIMESTAMPS = ("created_at", "updated_at", "started_at", "finished_at")
+
+
+def assessment_from_json(doc: Mapping[str, Any]) -> Assessment:
+    """An assessment from ``row_to_json`` of its row (a reply notification): the values
+    ``assessment_from_row`` gives for the same row. jsonb columns are embedded as JSON, in jsonb's
+    own text, so ``json.loads`` of the document gives what the pool's codec gives; timestamps are
+    ISO 8601 text, read here; the uuid is its text, as ``assessment_from_row`` makes it."""
+    return assessment_from_row({**doc, **{k: _instant(doc[k]) for k in _TIMESTAMPS}})
 
 
 def assessment_to_row(a: Assessment) -> tuple[Any, ...]:
