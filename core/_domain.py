@@ -43,6 +43,8 @@ from ._model import (
     Started,
     State,
     UpdateProgress,
+    new_id,
+    slot_constructor,
 )
 
 __all__ = [
@@ -50,6 +52,9 @@ __all__ = [
     "decide", "evolve", "transition_name", "validate_command", "validate_command_id",
     "validate_id", "validate_json",
 ]
+
+_new_event = slot_constructor(Event)
+"""``Event(...)`` with every field given in order (its constructor per event was 7 % of a processor's CPU)."""
 
 MAX_ID_LENGTH = 200
 MAX_TEXT_LENGTH = 10_000
@@ -320,16 +325,9 @@ def decide(
                 payload = Retried(current.retry_count + 1)
             case _:  # pragma: no cover - exhaustive above
                 raise AssertionError(command)
-    return Event(
-        assessment_id=aid,
-        version=actual + 1,
-        payload=payload,
-        occurred_at=at,
-        recorded_at=now,
-        source=source,
-        correlation_id=command.correlation_id,
-        causation_id=command.command_id,
-    )
+    # Every field in order (see Event): built per accepted command, so not by the frozen __init__.
+    return _new_event(aid, actual + 1, payload, at, now, source, new_id(), command.correlation_id,
+                      command.command_id)
 
 
 def evolve(current: Assessment | None, event: Event) -> Assessment:

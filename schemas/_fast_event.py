@@ -223,12 +223,34 @@ def _w_long(n: int) -> bytes:
     if 0 <= n < 64:
         return _SMALL[n]
     z = (n << 1) ^ (n >> 63)
+    if z >= 1 << 21:
+        # The timestamps (two per event, 8 varint bytes each): their low 21 bits are the first three
+        # bytes, each with its continuation bit (more follow), and the bytes of the bits above change
+        # only every second or so, so the last ones written are kept. 0.8 against 1.2 µs.
+        high = z >> 21
+        cached = _last_high
+        if cached[0] != high:
+            cached = _remember_high(high)
+        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80)) + cached[1]
+    return _varint(z)
+
+
+def _varint(z: int) -> bytes:
     out = bytearray()
     while z >= 0x80:
         out.append((z & 0x7F) | 0x80)
         z >>= 7
     out.append(z)
     return bytes(out)
+
+
+_last_high: tuple[int, bytes] = (-1, b"")
+
+
+def _remember_high(high: int) -> tuple[int, bytes]:
+    global _last_high
+    _last_high = (high, _varint(high))
+    return _last_high
 
 
 def _w_int(n: int) -> bytes:

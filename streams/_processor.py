@@ -126,6 +126,7 @@ from assessment_store.core import (
     decide,
     evolve,
     histogram,
+    slot_constructor,
 )
 from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 
@@ -326,6 +327,8 @@ _MAX_SMALL_TERMINAL_CHUNKS = 16
 """Terminal chunks under half full (one per snapshot write that finished assessments) kept before
 they are merged: a load reads one record per chunk, so their number must not grow with uptime."""
 
+
+_new_outcome = slot_constructor(Outcome)
 
 _Appended = tuple[Event, int, int, int, bytes | None]
 """An accepted command's event to append: the event, its partition, the command's offset and
@@ -1036,9 +1039,9 @@ class CommandProcessor(AsyncLifecycle):
                 self.stats.deadlines_fired += 1
             self._apply(part, ev)
             events.append((ev, rec.partition, rec.offset, rec.timestamp, _reply_to(rec.headers)))
-            self._remember(part, Outcome(
-                command_id=cmd.command_id, assessment_id=cmd.assessment_id, accepted=True, processed_at=now,
-                command_offset=rec.offset, version=ev.version, event_id=ev.event_id))
+            # Every field in order (see Outcome), not the frozen __init__: one per accepted command.
+            self._remember(part, _new_outcome(cmd.command_id, cmd.assessment_id, True, now, rec.offset, ev.version,
+                                              ev.event_id, None, None, None, False))
 
 
     async def _commit(self, offsets: dict[TopicPartition, int], token: int) -> None:

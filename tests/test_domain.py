@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,7 @@ import pytest
 
 from assessment_store import AssessmentNotFound, InvalidTransition, State, ValidationError, VersionConflict
 from assessment_store.core import (
+    Outcome,
     Assessment,
     Cancel,
     Command,
@@ -172,6 +174,15 @@ def test_slot_constructor_builds_what_the_class_builds() -> None:
     at = datetime(2026, 1, 2, tzinfo=UTC)
     values = ("a-1", 2, Started("w"), at, at, EventSource.LEGACY_BRIDGE, "e-1", "c-1", None)
     assert slot_constructor(Event)(*values) == Event(*values)
+
+
+def test_slot_constructor_builds_the_outcome_the_class_builds() -> None:
+    """slot_constructor(Outcome) with every field in order equals Outcome(...) with the same keywords."""
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    kw = dict(command_id="c-1", assessment_id="a-1", accepted=True, processed_at=at, command_offset=7, version=3,
+              event_id="e-1", error_type=None, error_message=None, error_details=None, duplicate=False)
+    assert [f.name for f in dataclasses.fields(Outcome)] == list(kw)
+    assert slot_constructor(Outcome)(*kw.values()) == Outcome(**kw)  # type: ignore[arg-type]
 
 
 def test_replace_refuses_a_name_that_is_not_a_field() -> None:
