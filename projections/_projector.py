@@ -56,8 +56,8 @@ Ordering and offsets, the invariants everything else leans on:
   anomalies and offsets (``sql/011_fold_staged.sql``), then the history rows are COPYed straight
   into ``assessment_events`` (after the call, for the reasons in ``_write_staged``; through
   staging too when one is already stored: ``_store``, where an event id an earlier event holds
-  becomes a ``reused_event_id`` anomaly, ``sql/014_reused_event_ids.sql``), then any held records
-  and fences, then COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
+  becomes a ``reused_event_id`` anomaly, ``sql/013_replies_and_reused_ids.sql``), then any held
+  records and fences, then COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
   commands at a time at low rates) is one statement instead, ``public.fold_batch`` with every row
   as arrays, which PostgreSQL runs as its own transaction: one round trip where the staging path
   costs six (BEGIN, three COPYs, the call, COMMIT). A refused batch is re-folded through
@@ -174,7 +174,7 @@ class FoldStats:
     """records of a processor that had lost its partition (after a later owner's fence): not folded"""
     reused_ids: int = 0
     """events applied whose event id another event already holds in the history: no history row of
-    their own, a ``reused_event_id`` anomaly each (``sql/014_reused_event_ids.sql``)"""
+    their own, a ``reused_event_id`` anomaly each (``sql/013_replies_and_reused_ids.sql``)"""
 
     unfoldable: int = 0
     """events the state machine refused to apply (kept as ``unfoldable`` anomalies)"""
@@ -1032,7 +1032,8 @@ class _Prepared:
     notify_outcomes: list[str]
     replies: tuple[list[str], list[str], list[str]]
     """(channel, assessment id, ``<version>|<command id>``) per accepted command whose client waits
-    on a reply channel: the SQL sends that channel the stored row (``sql/013_replies_and_reused_ids.sql``)"""
+    on a reply channel: the SQL sends that channel the stored row
+    (``sql/013_replies_and_reused_ids.sql``)"""
 
 
 def _replies(batch: _Batch) -> tuple[list[str], list[str], list[str]]:
