@@ -113,9 +113,7 @@ class ChangeListener:
             result: _Answer = (accepted == "1", int(version) if version else None, None)
         except ValueError:
             return
-        for f in list(self._outcome_waiters.get(command_id, ())):
-            if not f.done():
-                f.set_result(result)
+        self._answer(command_id, result)
 
     def _on_reply(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         # JSON holds no raw newline, so the first one ends the row; the command id is last, whole.
@@ -132,7 +130,11 @@ class ChangeListener:
             log.warning("unreadable reply notification for command %r (%s: %s); reading the state instead",
                         command_id, type(e).__name__, e)
             return
-        for f in list(waiting):
+        self._answer(command_id, result)
+
+    def _answer(self, command_id: str, result: _Answer) -> None:
+        """Wake the waiters of ``command_id`` not answered yet (the first notification answers)."""
+        for f in list(self._outcome_waiters.get(command_id, ())):
             if not f.done():
                 f.set_result(result)
 
@@ -160,7 +162,7 @@ class ChangeListener:
         Registers first, then (when ``may_exist``: a caller-chosen command id) reads the outcome
         table, and only if nothing is there sends; a re-sent command id whose outcome is known
         returns without touching Kafka. An accepted outcome is answered from the notification
-        alone (``outcome_row`` is None), with the assessment's stored state when the states
+        alone (``outcome_row`` is None), with the assessment's stored state when the reply
         notification carried it (else ``state`` is None); a rejected one is read back for its
         error details.
         """

@@ -130,6 +130,7 @@ from assessment_store.streams import (
     SchemaResolver,
     Verdict,
     ensure_topics,
+    header,
     is_reply_channel,
     kafka_client_options,
     partition_counts,
@@ -879,7 +880,7 @@ class Projector(AsyncLifecycle):
                 self._json(_payload_fields(ev.payload)), rec.topic, rec.partition, rec.offset,
             ))
             if ev.causation_id is not None:
-                raw = next((v for k, v in rec.headers if k == COMMAND_OFFSET_HEADER), None)
+                raw = header(rec.headers, COMMAND_OFFSET_HEADER)
                 accepted.append(OutcomeRow(
                     ev.causation_id, ev.assessment_id, True, ev.version, ev.event_id, None, None, None,
                     ev.recorded_at, rec.partition, rec.offset, int(raw) if raw is not None else -1,
@@ -1045,14 +1046,14 @@ def _replies(batch: _Batch) -> tuple[list[str], list[str], list[str]]:
     ids: list[str] = []
     tails: list[str] = []
     for rec, ev in batch.events:
-        for key, value in rec.headers:
-            if key == REPLY_HEADER and ev.causation_id is not None:
-                channel = value.decode("utf-8", "replace")
-                if is_reply_channel(channel):
-                    channels.append(channel)
-                    ids.append(ev.assessment_id)
-                    tails.append(f"{ev.version}|{ev.causation_id}")
-                break
+        raw = header(rec.headers, REPLY_HEADER)
+        if raw is None or ev.causation_id is None:
+            continue
+        channel = raw.decode("utf-8", "replace")
+        if is_reply_channel(channel):
+            channels.append(channel)
+            ids.append(ev.assessment_id)
+            tails.append(f"{ev.version}|{ev.causation_id}")
     return channels, ids, tails
 
 

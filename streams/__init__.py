@@ -12,7 +12,7 @@ from ._schema_topic import PartitionStops, SchemaResolver, read_schemas
 from ._registry import COMPATIBILITY, SchemaRegistryClient, register_writer_schemas, registry_subject
 from ._snapshot import state_topic
 from ._kafka import publish_schemas
-from ._fence import LogFence, Verdict, fence_metadata, metadata_epoch
+from ._fence import LogFence, Verdict, fence_metadata, header, metadata_epoch
 from ._kafka import admin_client, committed_with_metadata, kafka_principal, node_client_env, read_credentials, start_kafka_client
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "read_credentials",
     "start_kafka_client",
     "LogFence",
+    "header",
     "Verdict",
     "fence_metadata",
     "metadata_epoch",

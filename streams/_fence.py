@@ -29,7 +29,7 @@ from aiokafka import TopicPartition
 
 __all__ = [
     "EPOCH_HEADER", "FENCE_HEADER", "FENCE_TYPE", "LogFence", "Verdict", "fence_headers", "fence_metadata",
-    "header_int", "metadata_epoch",
+    "header", "header_int", "metadata_epoch",
 ]
 
 FENCE_HEADER = "fence-epoch"
@@ -52,8 +52,13 @@ class Verdict(enum.Enum):
     """written by a processor that had lost the partition (or a stale fence): never folded"""
 
 
+def header(headers: Headers, name: str) -> bytes | None:
+    """The value of a record's first header called ``name``, if it has one."""
+    return next((v for k, v in headers if k == name), None)
+
+
 def header_int(headers: Headers, name: str) -> int | None:
-    return _int(next((v for k, v in headers if k == name), None))
+    return _int(header(headers, name))
 
 
 def _int(raw: bytes | None) -> int | None:

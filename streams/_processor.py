@@ -131,7 +131,7 @@ from assessment_store.core import (
 from assessment_store.schemas import CommandCodec, EventCodec, OutcomeCodec
 
 from ._commands import REPLY_HEADER
-from ._fence import EPOCH_HEADER, LogFence, Verdict, fence_headers, fence_metadata, metadata_epoch
+from ._fence import EPOCH_HEADER, LogFence, Verdict, fence_headers, fence_metadata, header, metadata_epoch
 from ._schema_topic import PartitionStops, SchemaResolver
 from ._snapshot import (
     Checkpoint,
@@ -335,14 +335,10 @@ _Appended = tuple[Event, int, int, int, bytes | None]
 record timestamp, and the command's ``REPLY_HEADER`` value (copied onto the event)."""
 
 
-def _header(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]], name: str) -> bytes | None:
-    return next((v for k, v in headers if k == name), None)
-
-
 def _reply_to(headers: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]) -> bytes | None:
     """The command's reply channel, if it has one of a channel name's length: copied onto its event
     unread (the projector checks the name), so a header of any other size is not carried on."""
-    value = _header(headers, REPLY_HEADER)
+    value = header(headers, REPLY_HEADER)
     return value if value is not None and len(value) <= 63 else None
 
 
@@ -722,7 +718,7 @@ class CommandProcessor(AsyncLifecycle):
             log.error("undecodable event at %s/%d: %s", rec.partition, rec.offset, e)
             return
         self.stats.rebuilt_events += 1
-        raw = _header(rec.headers, COMMAND_OFFSET_HEADER)
+        raw = header(rec.headers, COMMAND_OFFSET_HEADER)
         cmd_offset = int(raw) if raw is not None else None
         if ev.causation_id is not None and ev.causation_id not in part.outcomes:
             self._remember(part, Outcome(

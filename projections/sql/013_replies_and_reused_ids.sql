@@ -44,6 +44,26 @@ BEGIN
 END
 $$;
 
+-- The notifications of a folded batch, for both functions below. Called after set_config has put
+-- the caller's projection schema first on the path, so "assessments" is that schema's table.
+CREATE FUNCTION public.fold_notify(
+    n_changes text[], n_outcomes text[], s_channel text[], s_id text[], s_tail text[]
+) RETURNS void LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pg_notify('assessment_store_changes', x) FROM unnest(n_changes) AS x;
+    -- Before the outcomes (a transaction's notifications arrive in the order sent): the waiting
+    -- client answers from the row and never reads it. Only under 8000 bytes: NOTIFY refuses
+    -- more, which would roll the batch back; that client reads the row instead.
+    PERFORM pg_notify(r.channel, r.payload)
+    FROM (SELECT u.channel, row_to_json(t)::text || E'\n' || u.tail AS payload
+          FROM unnest(s_channel, s_id, s_tail) AS u(channel, id, tail)
+          JOIN assessments AS t ON t.assessment_id = u.id) AS r
+    WHERE octet_length(r.payload) < 8000;
+    PERFORM pg_notify('assessment_store_outcomes', x) FROM unnest(n_outcomes) AS x;
+END
+$$;
+
 CREATE FUNCTION public.fold_batch(
     p_schema text,
     p_notify boolean,
@@ -172,16 +192,7 @@ BEGIN
             updated_at = now();
 
     IF p_notify THEN  -- the live projection only: a rebuild must not wake clients
-        PERFORM pg_notify('assessment_store_changes', x) FROM unnest(n_changes) AS x;
-        -- Before the outcomes (a transaction's notifications arrive in the order sent): the waiting
-        -- client answers from the row and never reads it. Only under 8000 bytes: NOTIFY refuses
-        -- more, which would roll the batch back; that client reads the row instead.
-        PERFORM pg_notify(r.channel, r.payload)
-        FROM (SELECT u.channel, row_to_json(t)::text || E'\n' || u.tail AS payload
-              FROM unnest(s_channel, s_id, s_tail) AS u(channel, id, tail)
-              JOIN assessments AS t ON t.assessment_id = u.id) AS r
-        WHERE octet_length(r.payload) < 8000;
-        PERFORM pg_notify('assessment_store_outcomes', x) FROM unnest(n_outcomes) AS x;
+        PERFORM public.fold_notify(n_changes, n_outcomes, s_channel, s_id, s_tail);
     END IF;
     RETURN reused;
 END
@@ -293,16 +304,7 @@ BEGIN
             updated_at = now();
 
     IF p_notify THEN  -- the live projection only: a rebuild must not wake clients
-        PERFORM pg_notify('assessment_store_changes', x) FROM unnest(n_changes) AS x;
-        -- Before the outcomes (a transaction's notifications arrive in the order sent): the waiting
-        -- client answers from the row and never reads it. Only under 8000 bytes: NOTIFY refuses
-        -- more, which would roll the batch back; that client reads the row instead.
-        PERFORM pg_notify(r.channel, r.payload)
-        FROM (SELECT u.channel, row_to_json(t)::text || E'\n' || u.tail AS payload
-              FROM unnest(s_channel, s_id, s_tail) AS u(channel, id, tail)
-              JOIN assessments AS t ON t.assessment_id = u.id) AS r
-        WHERE octet_length(r.payload) < 8000;
-        PERFORM pg_notify('assessment_store_outcomes', x) FROM unnest(n_outcomes) AS x;
+        PERFORM public.fold_notify(n_changes, n_outcomes, s_channel, s_id, s_tail);
     END IF;
     RETURN reused;
 END
