@@ -44,6 +44,11 @@ class PreviousFormat:
         return buf.getvalue(), [("type", type_name.encode()), ("schema-fingerprint", self.fingerprint.encode()),
                                 ("content-type", self.content_type)]
 
+    def frame(self, body: bytes, type_name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The hand writer's body (the same Avro binary as fastavro's) in the previous framing."""
+        return body, [("type", type_name.encode()), ("schema-fingerprint", self.fingerprint.encode()),
+                      ("content-type", self.content_type)]
+
     def decode(self, value: bytes | None, headers: Headers) -> dict[str, Any]:
         if not value:
             raise CodecError("empty record value")

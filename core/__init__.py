@@ -6,6 +6,7 @@ helpers. Every other package imports it; it imports none of them (the bottom of 
 * ``_errors``: ``AssessmentStoreError`` and its tree (drawn in that module's docstring);
 * ``_config``: ``Settings``, the one pydantic-settings class (prefix ``ASSESSMENT_STORE_``);
 * ``_json``: ``json_loads``, orjson's speed where it reads a document as ``json`` does;
+* ``_native``: ``load_native``, the compiled twin of a hot module when it is the source's;
 * ``_gc``: ``bulk_collection``, ``settle_collection``: the garbage collector set for folding and serving;
 * ``_lifecycle``: ``AsyncLifecycle``, ``Backoff``, ``supervise``;
 * ``_metrics``: ``Histogram``, ``MetricFamily``, the counters the stats objects keep; ``_exposition``:
@@ -92,6 +93,7 @@ from ._config import (
 from ._version import VERSION
 from ._json import exact_fast_loads, json_loads
 from ._gc import bulk_collection, settle_collection
+from ._native import NATIVE_MODULES, NATIVE_SETTING, load_native, native_status, source_sha256
 from ._metrics import (
     LATENCY_BUCKETS,
     SIZE_BUCKETS,
@@ -113,6 +115,9 @@ from ._lifecycle import (
 )
 
 __all__ = [
+    "load_native",
+    "native_status",
+    "source_sha256",
     "bulk_collection",
     "slot_constructor",
     "settle_collection",
@@ -169,6 +174,8 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_JSON_DEPTH",
     "MAX_TEXT_LENGTH",
+    "NATIVE_MODULES",
+    "NATIVE_SETTING",
     "MissingTool",
     "NotQuarantined",
     "Outcome",

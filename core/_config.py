@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         "else ~/.cache/assessment-store).",
     )
 
+    native: Literal["auto", "off", "require"] = Field(
+        default="auto", description="Whether the compiled twins of the hot codec modules are used (core/_native.py; "
+        "built by scripts/build_native.py, which bootstrap.sh runs). auto: when a twin is of the current source, else "
+        "the Python module; off: never; require: a missing or stale twin is an ImportError. Read from the environment "
+        "when the codecs are imported, before any Settings exists, so only ASSESSMENT_STORE_NATIVE sets it.",
+    )
+
     # --- Kafka -------------------------------------------------------------
     kafka_version: str = "4.3.1"
     kafka_host: str = "127.0.0.1"

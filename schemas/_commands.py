@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from assessment_store.core import (
+    load_native,
     Cancel,
     CodecError,
     Command,
@@ -22,8 +24,12 @@ from assessment_store.core import (
 )
 
 from ._avro import AvroRecordCodec, Headers, json_text
-from ._fast_command import FINGERPRINT as _FAST_FINGERPRINT
-from ._fast_command import read_command
+from . import _fast_command
+
+# The compiled twin when it is current (core/_native.py): the same function, about 2x faster.
+_fast: Any = load_native(_fast_command)
+_FAST_FINGERPRINT: str = _fast.FINGERPRINT
+read_command: Callable[[bytes, int], CommandEnvelope | None] = _fast.read_command
 
 __all__ = ["CommandCodec", "OutcomeCodec"]
 

@@ -64,6 +64,15 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
+# The compiled twins of the hot codec modules (mypyc; core/_native.py): a no-op when current. Without
+# a C compiler the Python modules serve, slower, unless ASSESSMENT_STORE_NATIVE=require (CI) says not.
+if ! .venv/bin/python scripts/build_native.py; then
+  if [ "${ASSESSMENT_STORE_NATIVE:-auto}" = "require" ]; then
+    echo "bootstrap.sh: the compiled twins could not be built and ASSESSMENT_STORE_NATIVE=require" >&2
+    exit 1
+  fi
+  say "the compiled codecs could not be built (above): the Python ones serve"
+fi
 node_stamp=bridge/node/node_modules/.installed
 node_want=$(sha256sum bridge/node/package-lock.json | cut -d' ' -f1)
 if [ "$(cat "$node_stamp" 2>/dev/null)" != "$node_want" ]; then
