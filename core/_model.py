@@ -12,7 +12,7 @@ import operator
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeAlias, TypeVar
 
 __all__ = [
@@ -52,14 +52,48 @@ JSON: TypeAlias = Any
 
 
 def new_id() -> str:
-    """A random (version 4) UUID in its canonical text form: ``str(uuid.uuid4())``, written without
-    the ``UUID`` object (2.7 µs to 0.9 µs; the processor makes one per event)."""
-    h = os.urandom(16).hex()
-    # Version 4 in the 13th digit; the variant (binary 10) in the two top bits of the 17th.
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    """A random (version 4) UUID in its canonical text form, as ``str(uuid.uuid4())`` gives: 0.2 µs
+    instead of 2.7 (the processor makes one per event), drawn from ids made 256 at a time."""
+    try:
+        return next(_ids)
+    except StopIteration:
+        return _refill()
 
 
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+def _fresh_ids(n: int = 256) -> list[str]:
+    """``n`` version 4 UUIDs from one ``os.urandom`` call, formatted with strided byte copies
+    instead of slicing each (0.16 µs an id, against 0.9 µs one at a time)."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)  # version 4 in the 13th hex digit
+    raw[8::16] = raw[8::16].translate(_VARIANT_10)  # variant binary 10 in the top bits of the 17th
+    digits = raw.hex().encode()
+    text = bytearray(b"-" * (37 * n))  # 36 characters and a separator per id; the dashes stay
+    for j, pos in enumerate(_DIGIT_PLACES):
+        text[pos::37] = digits[j::32]
+    text[36::37] = b" " * n
+    return text.decode().split()
+
+
+def _refill() -> str:
+    # Another thread may refill at the same time: each draws its own fresh ids, and ``next`` on a
+    # list iterator hands each id to one caller only, so no id is given twice.
+    global _ids
+    fresh = iter(_fresh_ids())
+    _ids = fresh
+    return next(fresh)
+
+
+def _forget_ids() -> None:
+    # A forked child must not hand out the ids its parent still holds.
+    global _ids
+    _ids = iter(())
+
+
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
+_VARIANT_10 = bytes((b & 0x3F) | 0x80 for b in range(256))
+_DIGIT_PLACES = [i for i in range(36) if i not in (8, 13, 18, 23)]
+_ids: Iterator[str] = iter(())
+os.register_at_fork(after_in_child=_forget_ids)
 
 
 class State(str, enum.Enum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -167,6 +168,22 @@ def test_new_id_is_a_canonical_random_uuid4() -> None:
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
     # Every value of the variant's two free bits occurs (the 17th digit is one of 8, 9, a, b).
     assert {text[19] for text in ids} == set("89ab")
+
+
+def test_new_id_in_a_forked_child_differs_from_its_parent() -> None:
+    """A forked child draws fresh ids: it never hands out the ones its parent holds in its batch."""
+    new_id()  # the parent holds a partly used batch
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write_end, " ".join(new_id() for _ in range(300)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as f:
+        child = set(f.read().decode().split())
+    parent = {new_id() for _ in range(300)}
+    assert len(child) == 300 and not child & parent
 
 
 def test_slot_constructor_builds_what_the_class_builds() -> None:
