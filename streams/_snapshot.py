@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -215,12 +215,48 @@ def decode_state(aid: str, raw: bytes) -> Assessment | tuple[State, int]:
 
 
 def encode_chunk(outcomes: Iterable[Outcome]) -> bytes:
-    rows = []
+    """An idempotency chunk: one row per outcome, ``[command id, assessment id, command offset,
+    processed at, accepted, version, event id]`` or ``[..., accepted, error type, error message, error
+    details]``.
+
+    Written by orjson when it is installed (0.27 against 1.7 µs an outcome: a drain writes one per
+    command), with the same document ``json`` writes, to the character for every value a chunk holds
+    but floats (whose text may differ, e.g. ``1e16`` for ``1e+16``, and read back the same). Where
+    the two would not agree, ``json`` decides: error details are first checked by ``json`` (NaN and
+    infinities raise there, where orjson would write null), and anything orjson refuses (an integer
+    beyond 64 bits, a key that is not a string) makes the whole chunk go through ``json``."""
+    rows: list[list[Any]] = []
     for o in outcomes:
-        row: list[Any] = [o.command_id, o.assessment_id, o.command_offset, _dt(o.processed_at), o.accepted]
-        row += [o.version, o.event_id] if o.accepted else [o.error_type, o.error_message, o.error_details]
+        row: list[Any] = [o.command_id, o.assessment_id, o.command_offset, o.processed_at, o.accepted]
+        if o.accepted:
+            row += [o.version, o.event_id]
+        else:
+            if o.error_details is not None and _fast_dumps is not None:
+                _dumps(o.error_details)  # json's verdict on what orjson would write differently
+            row += [o.error_type, o.error_message, o.error_details]
         rows.append(row)
-    return _dumps({"v": FORMAT, "o": rows})
+    doc = {"v": FORMAT, "o": rows}
+    if _fast_dumps is not None:
+        try:
+            return _fast_dumps(doc)
+        except TypeError:  # orjson.JSONEncodeError: json writes what orjson cannot
+            pass
+    for row in rows:
+        row[3] = _dt(row[3])
+    return _dumps(doc)
+
+
+def _orjson_dumps() -> Callable[[Any], bytes] | None:
+    # The server extra brings orjson; the client's base install (which imports this package) has none.
+    try:
+        import orjson
+    except ImportError:
+        return None
+    dumps: Callable[[Any], bytes] = orjson.dumps
+    return dumps
+
+
+_fast_dumps = _orjson_dumps()
 
 
 def encode_terminals(entries: Iterable[tuple[str, State, int]]) -> bytes:
