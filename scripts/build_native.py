@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "native"
 TREE = WORK / "tree"
 """assessment_store/ under its installed name, for mypy: the package's __init__ and each role folder, as symlinks."""
-GROUP = "assessment_store.schemas._native"
-"""The mypyc group's name: its runtime library is the extension ``assessment_store.schemas._native__mypyc``."""
+GROUP = "assessment_store.core._twins"
+"""The mypyc group's name: its runtime library is the extension ``assessment_store.core._twins__mypyc``,
+in the kernel, which every twin's package may import (and core's own twin, while core loads)."""
 
 
 def _source(module: str) -> Path:
@@ -55,7 +56,7 @@ def _built(sources: dict[str, Path]) -> list[Path]:
     found = []
     for module, path in sources.items():
         found += list(path.parent.glob(f"{path.stem}_native{suffix}*.so"))
-    found += list((ROOT / "schemas").glob(f"_native__mypyc{suffix}*.so"))
+    found += list((ROOT / "core").glob(f"_twins__mypyc{suffix}*.so"))
     return found
 
 
