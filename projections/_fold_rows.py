@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
-__all__ = ["HISTORY_COLUMNS", "STAGING_TABLES", "AnomalyRow", "AssessmentRow", "HistoryRow", "OffsetRow", "OutcomeRow",
+__all__ = ["HISTORY_COLUMNS", "OUTCOME_COLUMNS", "STAGING_TABLES", "AnomalyRow", "AssessmentRow", "HistoryRow", "OffsetRow", "OutcomeRow",
            "columns", "staging_ddl"]
 
 
@@ -86,6 +86,12 @@ class OutcomeRow(NamedTuple):
     partition: int
     offset: int
     cmd_offset: int
+
+
+OUTCOME_COLUMNS = ("command_id", "assessment_id", "accepted", "version", "event_id", "error_type", "error_message",
+                   "error_details", "processed_at", "kafka_partition", "kafka_offset", "command_offset")
+"""The columns of ``command_outcomes`` an ``OutcomeRow``'s fields are, in its field order (for a COPY
+straight into that table; ``details`` goes into the jsonb column as JSON text)."""
 
 
 class AnomalyRow(NamedTuple):

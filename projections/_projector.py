@@ -51,12 +51,14 @@ Ordering and offsets, the invariants everything else leans on:
   guard, which fails the batch if the other projector stored it first (retried, reading every
   state), or it is a duplicate or a gap of the log itself, which the other projector, reading the
   same log, could not have applied past either.
-* The whole batch is one transaction: its state and outcome rows are COPYed (binary) into the
-  session's temporary staging tables, then one call of ``public.fold_staged`` stores them with the
-  anomalies and offsets (``sql/011_fold_staged.sql``), then the history rows are COPYed straight
-  into ``assessment_events`` (after the call, for the reasons in ``_write_staged``; through
-  staging too when one is already stored: ``_store``, where an event id an earlier event holds
-  becomes a ``reused_event_id`` anomaly, ``sql/013_replies_and_reused_ids.sql``), then any held
+* The whole batch is one transaction: its state rows and the outcomes topic's rows are COPYed
+  (binary) into the session's temporary staging tables, then one call of ``public.fold_staged``
+  stores them with the anomalies and offsets (``sql/011_fold_staged.sql``), then the history rows
+  are COPYed straight into ``assessment_events`` and the accepted commands' outcomes (read off
+  their events) straight into ``command_outcomes`` (after the call, for the reasons in
+  ``_write_staged``; through staging too when one is already stored: ``_store``, where an event id
+  an earlier event holds becomes a ``reused_event_id`` anomaly,
+  ``sql/013_replies_and_reused_ids.sql``, and the outcome stored first is kept), then any held
   records and fences, then COMMIT. A small batch (at most ``_SMALL_BATCH`` records, none held, no fence: a few
   commands at a time at low rates) is one statement instead, ``public.fold_batch`` with every row
   as arrays, which PostgreSQL runs as its own transaction: one round trip where the staging path
@@ -138,7 +140,7 @@ from assessment_store.streams import (
 )
 
 from ._db import LIVE_SCHEMA, check_schema_name, create_pool, migrate, translate_db_errors
-from ._fold_rows import HISTORY_COLUMNS, STAGING_TABLES, AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns, staging_ddl
+from ._fold_rows import HISTORY_COLUMNS, OUTCOME_COLUMNS, STAGING_TABLES, AnomalyRow, AssessmentRow, HistoryRow, OffsetRow, OutcomeRow, columns, staging_ddl
 from ._queries import fetch_assessments
 
 __all__ = ["CHANGES_CHANNEL", "OUTCOMES_CHANNEL", "FoldStats", "Projector", "ProjectorStats"]
@@ -930,11 +932,13 @@ class Projector(AsyncLifecycle):
         commit together, or not at all. Returns the events stored without a history row (a reused
         event id: each one a ``reused_event_id`` anomaly).
 
-        The history rows are COPYed straight into ``assessment_events`` (``_write_staged``). If one
-        of them is already stored there (a unique violation: fold_staged's version guard passed, so
-        only an event id reused by another event can cause it), the transaction has rolled back and
-        the batch is stored again the older way, through the staging table, where fold_staged
-        records that row as a ``reused_event_id`` anomaly."""
+        The history rows are COPYed straight into ``assessment_events``, and the accepted commands'
+        outcomes straight into ``command_outcomes`` (``_write_staged``). If one of them is already
+        stored there (a unique violation: fold_staged's version guard passed, so only an event id
+        reused by another event, or a command id already holding an outcome, can cause it), the
+        transaction has rolled back and the batch is stored again the older way, through the staging
+        tables: there fold_staged records a reused event id as a ``reused_event_id`` anomaly, and
+        keeps the outcome stored first (``ON CONFLICT DO NOTHING``), as it always did."""
         direct = True
         while True:
             try:
@@ -947,8 +951,8 @@ class Projector(AsyncLifecycle):
             except DatabaseUnavailable as e:
                 if not (direct and _duplicate(e)):
                     raise
-                log.warning("%s: a history row is already stored (%s); storing the batch through staging", what,
-                            e.__cause__)
+                log.warning("%s: a history or outcome row is already stored (%s); storing the batch through staging",
+                            what, e.__cause__)
                 direct = False
 
     async def _write_staged(self, conn: asyncpg.Connection, prepared: _Prepared, *, history_direct: bool) -> int:
@@ -960,14 +964,17 @@ class Projector(AsyncLifecycle):
         With ``history_direct``, the history rows skip staging: COPYed into ``assessment_events``
         itself, after fold_staged (whose insert from the then empty staging table stores nothing).
         It saves PostgreSQL a third of its work per folded event (a 1,000,000-event rebuild:
-        22.1 -> 14-17 µs per event). After, not before, for two orderings: fold_staged first takes
+        22.1 -> 14-17 µs per event). So do the accepted commands' outcomes, COPYed into
+        ``command_outcomes`` after the history rows, and after the outcomes topic's rows, which
+        fold_staged stores from staging (as in the staged order: topic rows first). After, not before, for two orderings: fold_staged first takes
         the projection's shared swap lock and checks its generation, so the COPY never writes into
         a schema being swapped (nor waits on a table lock while a swap waits on that lock); and its
         version guard fails a batch that raced another projector (serialization failure, retried)
         before the COPY could meet that projector's rows as unique violations."""
         for rows, row_type in ((prepared.assessments, AssessmentRow),
                                ([] if history_direct else prepared.history, HistoryRow),
-                               (prepared.outcomes, OutcomeRow)):
+                               (prepared.outcomes if history_direct else prepared.outcomes + prepared.accepted,
+                                OutcomeRow)):
             if rows:
                 await _copy(conn, STAGING_TABLES[row_type], rows)
         reused: int = await conn.fetchval(
@@ -977,6 +984,9 @@ class Projector(AsyncLifecycle):
         )
         if history_direct and prepared.history:
             await _copy(conn, "assessment_events", prepared.history, schema=self.schema, columns=HISTORY_COLUMNS)
+        if history_direct and prepared.accepted:
+            # After the outcomes topic's rows (stored by fold_staged): staged, those came first too.
+            await _copy(conn, "command_outcomes", prepared.accepted, schema=self.schema, columns=OUTCOME_COLUMNS)
         return reused
 
     def _batch_args(self, prepared: _Prepared) -> list[Any]:
@@ -984,7 +994,7 @@ class Projector(AsyncLifecycle):
         return [
             self.schema, not self.assign_all, self._generation, self.group,
             *columns(prepared.assessments, AssessmentRow), *columns(prepared.history, HistoryRow),
-            *columns(prepared.outcomes, OutcomeRow), *columns(prepared.anomalies, AnomalyRow),
+            *columns(prepared.outcomes + prepared.accepted, OutcomeRow), *columns(prepared.anomalies, AnomalyRow),
             *columns(prepared.offsets, OffsetRow), prepared.notify_changes, prepared.notify_outcomes,
             *prepared.replies,
         ]
@@ -1006,7 +1016,7 @@ class Projector(AsyncLifecycle):
              self._json(o.error_details) if o.error_details is not None else None, o.processed_at, rec.partition,
              rec.offset, o.command_offset)
             for rec, o in batch.outcomes
-        ] + accepted
+        ]
         offsets = [OffsetRow(tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()]
         notify_changes: list[str] = []
         notify_outcomes: list[str] = []
@@ -1014,9 +1024,11 @@ class Projector(AsyncLifecycle):
         if not self.assign_all:  # a rebuild wakes no one (fold_batch ignores them then)
             notify_changes = [f"{a.assessment_id}|{a.version}|{a.state.value}" for _, a in changed.values()]
             # Duplicates too: the client that re-sent a command waits for this wake-up.
-            notify_outcomes = list({f"{r.cmd}|{r.id}|{int(r.accepted)}|{r.version or ''}" for r in outcome_rows})
+            notify_outcomes = list({f"{r.cmd}|{r.id}|{int(r.accepted)}|{r.version or ''}"
+                                    for r in itertools.chain(outcome_rows, accepted)})
             replies = _replies(batch)
-        prepared = _Prepared(rows, history, outcome_rows, anomalies, offsets, notify_changes, notify_outcomes, replies)
+        prepared = _Prepared(rows, history, outcome_rows, accepted, anomalies, offsets, notify_changes, notify_outcomes,
+                             replies)
         return prepared, {aid: a for aid, (_prev, a) in changed.items()}
 
 
@@ -1027,6 +1039,9 @@ class _Prepared:
     assessments: list[AssessmentRow]
     history: list[HistoryRow]
     outcomes: list[OutcomeRow]
+    """from the outcomes topic: rejections and answers to re-sent commands"""
+    accepted: list[OutcomeRow]
+    """read off the applied events: the outcome each accepted command's event stands for"""
     anomalies: list[AnomalyRow]
     offsets: list[OffsetRow]
     notify_changes: list[str]

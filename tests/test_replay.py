@@ -31,7 +31,7 @@ async def _rows_differ(settings: Settings, a: str, b: str, prefix: str) -> int:
     conn = await connect(settings)
     try:
         n = 0
-        for table in ("assessments", "assessment_events"):
+        for table in ("assessments", "assessment_events", "command_outcomes"):
             n += int(await conn.fetchval(
                 f"SELECT count(*) FROM ((SELECT * FROM {a}.{table} WHERE assessment_id LIKE $1"
                 f" EXCEPT SELECT * FROM {b}.{table} WHERE assessment_id LIKE $1)"
@@ -126,6 +126,41 @@ async def test_time_travel_from_the_log(store: AssessmentStore, stack_settings: 
     then, later = await counts_at(stack_settings, cut), await counts_at(stack_settings, datetime.now(UTC))
     assert later[State.COMPLETED] >= then[State.COMPLETED] + 1  # ours, at least, completed after the cut
     assert then[State.PROCESSING] >= 1  # ours was processing at the cut
+
+
+async def test_a_command_id_held_by_two_events_keeps_the_first_outcome_live_and_rebuilt(
+        stack_settings: Settings) -> None:
+    """Two events naming one command (causation id): both applied, its outcome is the first one's, live and rebuilt."""
+    s = stack_settings
+    prefix = f"cmd{uuid.uuid4().hex[:8]}"
+    command = f"{prefix}-command"
+    now = datetime.now(UTC)
+    # One assessment (one partition, one order), so which event is first is the log's.
+    events = [Event(f"{prefix}-a", 1, Created({"n": 0}), now, now, causation_id=command),
+              Event(f"{prefix}-a", 2, Started("w"), now, now, causation_id=command)]
+    # Enough others that a batch takes the COPY path, not the one-statement path of a few records.
+    events += [Event(f"{prefix}-f{i}", 1, Created({"n": i}), now, now, causation_id=f"{prefix}-other-{i}")
+               for i in range(200)]
+    async with EventProducer(s) as producer:
+        for ev in events:
+            await producer.append(ev)
+    await eventually(lambda: projected_event_count(s, prefix), lambda c: c == len(events), timeout_s=60,
+                     what="live projection of the test's events")
+    report = await replay(s, dry_run=True, restart=True)
+    assert report.verification.ok, report.verification
+    assert await _rows_differ(s, "projection", REBUILD_SCHEMA, prefix) == 0
+    conn = await connect(s)
+    try:
+        kept = {schema: await conn.fetch(f"SELECT version, event_id::text FROM {schema}.command_outcomes"
+                                         " WHERE command_id = $1", command)
+                for schema in ("projection", REBUILD_SCHEMA)}
+        others = await conn.fetchval("SELECT count(*) FROM projection.command_outcomes WHERE command_id LIKE $1",
+                                     prefix + "-other-%")
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in kept["projection"]] == [(1, events[0].event_id)]
+    assert [tuple(r) for r in kept[REBUILD_SCHEMA]] == [(1, events[0].event_id)]
+    assert others == 200
 
 
 async def test_rebuild_stores_a_reused_event_id_and_a_refused_one_as_live(stack_settings: Settings) -> None:
