@@ -130,7 +130,7 @@ async def test_time_travel_from_the_log(store: AssessmentStore, stack_settings: 
 
 async def test_a_command_id_held_by_two_events_keeps_the_first_outcome_live_and_rebuilt(
         stack_settings: Settings) -> None:
-    """Two events naming one command (causation id): both applied, its outcome is the first one's, live and rebuilt."""
+    """Two events naming one command (causation id): both applied, its outcome is the first one's, live and rebuilt; outcomes are indexed by assessment for rejections only."""
     s = stack_settings
     prefix = f"cmd{uuid.uuid4().hex[:8]}"
     command = f"{prefix}-command"
@@ -156,8 +156,15 @@ async def test_a_command_id_held_by_two_events_keeps_the_first_outcome_live_and_
                 for schema in ("projection", REBUILD_SCHEMA)}
         others = await conn.fetchval("SELECT count(*) FROM projection.command_outcomes WHERE command_id LIKE $1",
                                      prefix + "-other-%")
+        indexes = {schema: sorted(r["indexname"] + ": " + r["indexdef"].split(" USING ")[1] for r in await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'command_outcomes'",
+            schema)) for schema in ("projection", REBUILD_SCHEMA)}
     finally:
         await conn.close()
+    # Outcomes are indexed by assessment for rejections only (projection schema 14), live and rebuilt.
+    for schema, defs in indexes.items():
+        assert defs == ["command_outcomes_pkey: btree (command_id)",
+                        "command_outcomes_rejections_idx: btree (assessment_id) WHERE (NOT accepted)"], (schema, defs)
     assert [tuple(r) for r in kept["projection"]] == [(1, events[0].event_id)]
     assert [tuple(r) for r in kept[REBUILD_SCHEMA]] == [(1, events[0].event_id)]
     assert others == 200
