@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
@@ -115,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     from tests.test_dashboard import chromium_driver
 
-    settings = Settings(api_read_token=TOKEN)
+    settings = Settings(api_read_token=SecretStr(TOKEN))
     empty = Sampler(settings, scrape_urls=(), resolution_s=10, history_s=86_400)
     day = Sampler(settings, scrape_urls=(), resolution_s=10, history_s=86_400)
     started = time.perf_counter()

@@ -164,7 +164,6 @@ class _Served:
             config = uvicorn.Config(dashboard_app(self.settings, sampler), host="127.0.0.1", port=self.port,
                                     log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
             self._server = uvicorn.Server(config)
-            self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             task = asyncio.create_task(self._server.serve())
             while not self._server.started and not task.done():
                 await asyncio.sleep(0.02)
