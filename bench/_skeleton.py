@@ -25,6 +25,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from assessment_store import Settings
+from assessment_store.core import run
 from assessment_store.projections import connect
 from assessment_store.streams import TopicSpec, ensure_topics, kafka_client_options
 
@@ -104,7 +105,8 @@ async def _projector(s: Settings, topics: SkeletonTopics, group: str) -> None:
 def _run(role: str, s: Settings, topics: SkeletonTopics, group: str) -> None:
     main = _processor if role == "processor" else _projector
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    asyncio.run(main(s, topics, f"{group}-{role}"))
+    # The store's processes' loop (``Settings.event_loop``): the loop is the hops', not the logic's.
+    run(main(s, topics, f"{group}-{role}"), s.event_loop)
 
 
 class Skeleton:

@@ -44,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from assessment_store import AssessmentStore, Settings
-from assessment_store.core import CommandEnvelope, UpdateProgress
+from assessment_store.core import CommandEnvelope, UpdateProgress, run
 from assessment_store.testing import isolated_settings, running_stack
 from assessment_store.projections import connect
 from assessment_store.schemas import CommandCodec
@@ -229,11 +229,15 @@ def main(args: argparse.Namespace) -> None:
     # Before the stack starts, on a machine as quiet as the bench's own: a message's CPU cost.
     wakeups = [round_trip_cost(5000 if pause == 0 else 1000, pause, args.port_base + 40) for pause in (0, 0.002, 0.01)]
     with running_stack(settings) as s:  # the stack manager is synchronous: outside the event loop
-        asyncio.run(measure(s, args, wakeups))
+        # The client on the store's processes' loop, as is the skeleton's client in the same process.
+        run(measure(s, args, wakeups), s.event_loop)
 
 
 async def measure(s: Settings, args: argparse.Namespace, wakeups: list[RoundTripCost]) -> None:
     stack = Stack(s)
+    loop = type(asyncio.get_running_loop())
+    console.print(f"event loop (event_loop={s.event_loop}) of the client, the store's processes and the skeleton's: "
+                  f"{loop.__module__}.{loop.__qualname__}")
     async with AssessmentStore(s) as store:
         ids = [await store.create_assessment({"bench": i}, assessment_id=f"bench-{i}") for i in range(200)]
         for aid in ids:

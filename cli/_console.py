@@ -27,6 +27,7 @@ from assessment_store.core import (
     ValidationError,
     WaitTimeout,
     metrics_registry,
+    run,
     settle_collection,
     start_metrics_server,
     supervise,
@@ -81,7 +82,12 @@ def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
 def run_cli(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``; a store error becomes a one-line message and its exit code (``EXIT_*`` above)."""
     try:
-        return asyncio.run(coro)
+        settings = Settings()
+        choice, tls = settings.event_loop, settings.kafka_tls
+    except Exception:  # noqa: BLE001 - not lost: the command builds its Settings and reports what is wrong
+        choice, tls = "auto", False
+    try:
+        return run(coro, choice, kafka_tls=tls)
     except WaitTimeout as e:
         fail(str(e), EXIT_TIMEOUT)
     except (ValidationError, CodecError) as e:
@@ -140,7 +146,8 @@ def _serve_forever(pid_file: Path | None, name: str, make: Callable[[Settings], 
             # Up: what is alive now lives as long as the process (core/_gc.py: what it saves).
             settle_collection()
             mark_ready(pid_file)
-            logger.info("%s consuming", name)
+            loop_type = type(asyncio.get_running_loop())
+            logger.info("%s consuming (event loop %s.%s)", name, loop_type.__module__, loop_type.__qualname__)
 
         # A Kafka or PostgreSQL outage of any length never ends the process: supervise restarts
         # the service after a capped backoff: every long-running service rides it out.

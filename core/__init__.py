@@ -93,6 +93,7 @@ from ._config import (
 from ._version import VERSION
 from ._json import exact_fast_loads, json_loads
 from ._gc import bulk_collection, settle_collection
+from ._loop import EventLoopChoice, loop_factory, run
 from ._native import NATIVE_MODULES, NATIVE_SETTING, load_native, native_status, source_sha256
 from ._metrics import (
     LATENCY_BUCKETS,
@@ -115,6 +116,9 @@ from ._lifecycle import (
 )
 
 __all__ = [
+    "EventLoopChoice",
+    "loop_factory",
+    "run",
     "load_native",
     "native_status",
     "source_sha256",

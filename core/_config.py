@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ._loop import EventLoopChoice
+
 __all__ = ["Settings"]
 
 _NODE_PORT_STEP = 10
@@ -52,6 +54,12 @@ class Settings(BaseSettings):
         "built by scripts/build_native.py, which bootstrap.sh runs). auto: when a twin is of the current source, else "
         "the Python module; off: never; require: a missing or stale twin is an ImportError. Read from the environment "
         "when the codecs are imported, before any Settings exists, so only ASSESSMENT_STORE_NATIVE sets it.",
+    )
+
+    event_loop: EventLoopChoice = Field(
+        default="auto", description="The event loop of the store's processes (core/_loop.py). auto: uvloop when "
+        "installed (the server extra brings it) and Kafka is not reached over TLS, else asyncio's; asyncio: always asyncio's; uvloop: uvloop or an "
+        "ImportError.",
     )
 
     # --- Kafka -------------------------------------------------------------
@@ -416,6 +424,11 @@ class Settings(BaseSettings):
             return (self.data_dir.resolve() / "kafka" / "security").read_text().strip() == "SASL_SSL"
         except OSError:
             return False
+
+    @property
+    def kafka_tls(self) -> bool:
+        """Whether the Kafka clients connect with TLS (the secure local stack, or an SSL protocol)."""
+        return self.kafka_secure_mode or self.kafka_security_protocol in ("SSL", "SASL_SSL")
 
     @property
     def kafka_credentials_file(self) -> Path:
