@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -159,15 +160,21 @@ def test_an_origin_time_becomes_occurred_at_and_the_duration_clock() -> None:
     assert ahead.occurred_at == T0
 
 
-def test_new_id_is_a_canonical_random_uuid4() -> None:
-    """new_id gives distinct version-4 UUIDs of the RFC 4122 variant, in their canonical text form."""
+def test_new_id_is_a_canonical_time_ordered_uuid7() -> None:
+    """new_id gives distinct version-7 UUIDs of the RFC 4122 variant, canonical text, stamped with the time."""
+    before = time.time_ns() // 1_000_000
     ids = [new_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert before <= parsed.int >> 80 <= after
     # Every value of the variant's two free bits occurs (the 17th digit is one of 8, 9, a, b).
     assert {text[19] for text in ids} == set("89ab")
+    # Made later, sorted later (the millisecond leads): what keeps b-tree insertions on the right.
+    later = new_id()
+    assert later[:13] >= ids[-1][:13] and later > ids[0]
 
 
 def test_new_id_in_a_forked_child_differs_from_its_parent() -> None:
