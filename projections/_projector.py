@@ -88,6 +88,7 @@ import json
 import logging
 import math
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -1083,11 +1084,50 @@ def _assessment_row(prev: int, a: Assessment, _json: Callable[[Any], str]) -> As
 
 
 async def _create_staging(conn: asyncpg.Connection) -> None:
-    """Each pooled connection's session: its staging tables (created once per connection), and jsonb
-    in binary format with parameters taken as JSON text (``_jsonb_text``)."""
+    """Each pooled connection's session: its staging tables (created once per connection), jsonb
+    in binary format with parameters taken as JSON text (``_jsonb_text``), and timestamptz through
+    ``_timestamptz_micros``."""
     await conn.execute(staging_ddl())
     await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=_jsonb_value, schema="pg_catalog",
                               format="binary")
+    await conn.set_type_codec("timestamptz", encoder=_timestamptz_micros, decoder=_timestamptz_value,
+                              schema="pg_catalog", format="tuple")
+
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_PG_INFINITY = 2**63 - 1
+_PG_NEGATIVE_INFINITY = -(2**63)
+
+
+def _timestamptz_micros(value: datetime) -> tuple[int]:
+    """A timestamptz as PostgreSQL stores it, microseconds since 2000-01-01 UTC, for the driver to
+    write as is. Three per folded event (two history times, one outcome time): the driver's own
+    encoder compares each with its infinity, converts it to UTC and subtracts (0.8-1.0 µs of the
+    projector's CPU each, COPYing history rows); one subtraction of two UTC datetimes, floor-divided
+    by a microsecond, is exact and takes under half of that. What is not an aware datetime is read
+    as the driver's own codec reads it: a naive one as local time, ``datetime.max``/``min`` as
+    infinity."""
+    try:
+        return ((value - _PG_EPOCH) // _MICROSECOND,)
+    except TypeError:
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime for a timestamptz, got {type(value).__name__}") from None
+        if value == datetime.max:
+            return (_PG_INFINITY,)
+        if value == datetime.min:
+            return (_PG_NEGATIVE_INFINITY,)
+        return ((value.astimezone(UTC) - _PG_EPOCH) // _MICROSECOND,)
+
+
+def _timestamptz_value(value: tuple[int]) -> datetime:
+    """What the driver's own codec reads: an aware UTC datetime, naive ``max``/``min`` for infinity."""
+    (micros,) = value
+    if micros == _PG_INFINITY:
+        return datetime.max
+    if micros == _PG_NEGATIVE_INFINITY:
+        return datetime.min
+    return _PG_EPOCH + timedelta(microseconds=micros)
 
 
 def _jsonb_text(value: Any) -> bytes:

@@ -51,3 +51,21 @@ async def test_version_gap_is_not_applied(store: AssessmentStore) -> None:
     assert await eventually(lambda: _anomalies(store, aid), lambda a: a == [("version_gap", 5)],
                             what="gap anomaly")
     assert (await store.get_state(aid)).version == 1
+
+
+async def test_event_times_are_stored_to_the_microsecond(store: AssessmentStore) -> None:
+    """History and outcome times are stored exactly, before 2000 and after it, as the events carry them."""
+    aid = await store.create_assessment({"k": "times"})
+    occurred = datetime(2031, 7, 9, 23, 59, 59, 999999, tzinfo=UTC)
+    recorded = datetime(1999, 12, 31, 23, 59, 59, 1, tzinfo=UTC)
+    async with EventProducer(store.settings) as producer:
+        await producer.append(Event(aid, 2, ProgressUpdated(10), occurred, recorded))
+    history = await eventually(lambda: store.get_history(aid), lambda h: len(h) == 2, what="the second event")
+    assert (history[1]["occurred_at"], history[1]["recorded_at"]) == (occurred, recorded)
+    conn = await connect(store.settings)
+    try:  # the creating command's outcome carries its event's recorded time
+        processed = await conn.fetchval("SELECT processed_at FROM projection.command_outcomes WHERE event_id = $1",
+                                        history[0]["event_id"])
+    finally:
+        await conn.close()
+    assert processed == history[0]["recorded_at"] and processed.tzinfo is not None
