@@ -11,6 +11,7 @@ import enum
 import operator
 import os
 import time
+import types
 from dataclasses import dataclass, field
 from datetime import datetime
 from collections.abc import Callable, Iterator
@@ -404,7 +405,10 @@ def slot_constructor(cls: type[_T]) -> Callable[..., _T]:
     scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
     lines = [f"def make({', '.join(names)}):", "    new = _new(_cls)"]
     for i, name in enumerate(names):
-        scope[f"_set{i}"] = cls.__dict__[name].__set__
+        # A field of a slotted base class has its slot, and its descriptor, on that base.
+        slot = next(c.__dict__[name] for c in cls.__mro__ if name in c.__dict__)
+        assert isinstance(slot, types.MemberDescriptorType), (cls, name)
+        scope[f"_set{i}"] = slot.__set__
         lines.append(f"    _set{i}(new, {name})")
     lines.append("    return new")
     exec("\n".join(lines), scope)  # the text is built from the class's own field names
