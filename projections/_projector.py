@@ -877,17 +877,19 @@ class Projector(AsyncLifecycle):
             states[ev.assessment_id] = new
             changed[ev.assessment_id] = (prev, new)
             stats.applied += 1
-            history.append(HistoryRow(
+            # Built from a tuple (NamedTuple._make, which checks the length): half the cost of the
+            # generated __new__ with its thirteen arguments, twice per folded event.
+            history.append(_history_row((
                 ev.assessment_id, ev.version, ev.event_id, _TYPE_NAMES[type(ev.payload)], ev.occurred_at,
                 ev.recorded_at, _ENUM_VALUES[ev.source], ev.correlation_id, ev.causation_id,
                 self._json(_payload_fields(ev.payload)), rec.topic, rec.partition, rec.offset,
-            ))
+            )))
             if ev.causation_id is not None:
                 raw = header(rec.headers, COMMAND_OFFSET_HEADER)
-                accepted.append(OutcomeRow(
+                accepted.append(_outcome_row((
                     ev.causation_id, ev.assessment_id, True, ev.version, ev.event_id, None, None, None,
                     ev.recorded_at, rec.partition, rec.offset, int(raw) if raw is not None else -1,
-                ))
+                )))
         return changed, history, anomalies, accepted
 
     async def _apply(self, conn: asyncpg.Connection, batch: _Batch, stats: FoldStats) -> None:
@@ -1154,6 +1156,9 @@ async def _copy(conn: asyncpg.Connection, table: str, rows: Sequence[tuple[Any, 
         # refused assessment is quarantined.
         raise DataRejected(f"copying {table}", None, f"{type(e).__name__}: {e}") from e
 
+
+_history_row = HistoryRow._make
+_outcome_row = OutcomeRow._make
 
 # Enum values by member and event type names by payload class: an enum's ``.value`` is a
 # descriptor call, a few per folded event.
