@@ -138,6 +138,8 @@ class AvroRecordCodec:
         self.namespace = f"{self.raw['namespace']}."
         self.full_name = self.namespace + self.raw["name"]
         self.content_type = content_type
+        self._content_header = ("content-type", content_type)
+        self._type_headers: dict[str, tuple[str, bytes]] = {}
         # Older writer schemas stay readable: every earlier version of the file is kept in
         # history/<name>.v<N>.avsc, and records written with one are resolved into the current schema
         # (new fields take their defaults). A file may only gain fields with defaults (docs/events.md).
@@ -205,7 +207,10 @@ class AvroRecordCodec:
     def frame(self, body: bytes, type_name: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         """A record's value and headers around ``body``, its Avro binary encoding with this schema
         (written by fastavro in ``encode``, or by hand: schemas/_fast_event.py)."""
-        return self._prefix + body, [("type", type_name.encode()), ("content-type", self.content_type)]
+        type_header = self._type_headers.get(type_name)
+        if type_header is None:  # one per record type, made once: a few names in all
+            type_header = self._type_headers[type_name] = ("type", type_name.encode())
+        return self._prefix + body, [type_header, self._content_header]
 
     def decode(self, value: bytes | None, headers: Headers) -> dict[str, Any]:
         if not value:

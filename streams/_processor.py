@@ -947,23 +947,27 @@ class CommandProcessor(AsyncLifecycle):
         topic = self.settings.events_topic
         open_batches: dict[int, tuple[Any, list[int]]] = {}
         submitted: list[tuple[asyncio.Future[RecordMetadata], list[int]]] = []
+        epochs: dict[int, tuple[str, bytes]] = {}  # each partition's epoch header, made once per call
         for i, (ev, partition, cmd_offset, _, reply_to) in enumerate(events):
             value, headers = self._events.encode(ev)
             headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
             if reply_to is not None:  # for the projector: whom to notify with the new state
                 headers.append((REPLY_HEADER, reply_to))
             # Our epoch: readers ignore this record if a later owner's fence precedes it.
-            headers.append((EPOCH_HEADER, str(self._parts[partition].epoch).encode()))
-            record = {"key": ev.assessment_id.encode(), "value": value, "headers": headers,
-                      "timestamp": int(ev.recorded_at.timestamp() * 1000)}  # milliseconds, despite aiokafka's docstring
+            epoch = epochs.get(partition)
+            if epoch is None:
+                epoch = epochs[partition] = (EPOCH_HEADER, str(self._parts[partition].epoch).encode())
+            headers.append(epoch)
+            key = ev.assessment_id.encode()
+            stamp = int(ev.recorded_at.timestamp() * 1000)  # milliseconds, despite aiokafka's docstring
             builder, members = open_batches.get(partition) or (None, [])
-            if builder is None or builder.append(**record) is None:
+            if builder is None or builder.append(key=key, value=value, headers=headers, timestamp=stamp) is None:
                 if builder is not None:  # full: this partition's next batch follows it
                     submitted.append((await producer.send_batch(builder, topic, partition=partition), members))
                 builder, members = producer.create_batch(), []
                 # An empty batch takes any one record (one bigger than the batch size is sent alone).
-                if builder.append(**record) is None:  # pragma: no cover - aiokafka's contract
-                    raise AssertionError(f"an empty record batch refused event {ev.event_id}")
+                if builder.append(key=key, value=value, headers=headers, timestamp=stamp) is None:  # pragma: no cover
+                    raise AssertionError(f"an empty record batch refused event {ev.event_id}")  # aiokafka's contract
             members.append(i)
             open_batches[partition] = (builder, members)
         for partition, (builder, members) in open_batches.items():
