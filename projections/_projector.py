@@ -1100,6 +1100,7 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _PG_INFINITY = 2**63 - 1
 _PG_NEGATIVE_INFINITY = -(2**63)
+_last_stamp: tuple[object, tuple[int]] = (object(), (0,))
 
 
 def _timestamptz_micros(value: datetime) -> tuple[int]:
@@ -1109,7 +1110,22 @@ def _timestamptz_micros(value: datetime) -> tuple[int]:
     projector's CPU each, COPYing history rows); one subtraction of two UTC datetimes, floor-divided
     by a microsecond, is exact and takes under half of that. What is not an aware datetime is read
     as the driver's own codec reads it: a naive one as local time, ``datetime.max``/``min`` as
-    infinity."""
+    infinity.
+
+    The last value and its result are kept: an event's two times are one object when they are
+    the same instant (the processor decides at once, and the reader shares them), and the accepted
+    command's outcome carries the event's recorded time, so most values repeat the one before. The
+    kept reference also keeps that object alive, so ``is`` never meets a new object at its address."""
+    global _last_stamp
+    last = _last_stamp
+    if value is last[0]:
+        return last[1]
+    micros = _micros_of(value)
+    _last_stamp = (value, micros)  # one tuple, replaced whole
+    return micros
+
+
+def _micros_of(value: datetime) -> tuple[int]:
     try:
         return ((value - _PG_EPOCH) // _MICROSECOND,)
     except TypeError:
