@@ -36,11 +36,11 @@ from assessment_store import Settings
 from assessment_store.core import Event, ProgressUpdated
 from assessment_store.testing import isolated_settings
 from assessment_store.schemas import EventCodec
-from assessment_store.stack import Stack
 from assessment_store.streams import TopicSpec, ensure_topics
 from assessment_store.streams._fence import EPOCH_HEADER, fence_headers, fence_metadata
 from assessment_store.streams._kafka import idempotent_producer
 
+from ._services import private_services
 from ._stats import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,13 +126,8 @@ async def measure(s: Settings, batches: int) -> None:
 
 def main(args: argparse.Namespace) -> None:
     settings = isolated_settings(ROOT / ".data" / f"bench-fence-{args.port_base}", port_base=args.port_base)
-    stack = Stack(settings)
-    stack.purge(log=lambda _m: None)
-    try:
-        stack.up(["kafka"], log=lambda _m: None)
+    with private_services(settings, ["kafka"]):
         asyncio.run(measure(settings, args.batches))
-    finally:
-        stack.down(log=lambda _m: None)
 
 
 if __name__ == "__main__":

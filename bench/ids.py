@@ -29,10 +29,10 @@ from rich.table import Table
 from assessment_store import Settings
 from assessment_store.core import new_id
 from assessment_store.projections import connect
-from assessment_store.stack import Stack
 from assessment_store.testing import isolated_settings
 
 from ._cpu import process_cpu_s
+from ._services import private_services
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -97,13 +97,8 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     settings = isolated_settings(ROOT / ".data" / f"bench-ids-{args.port_base}", port_base=args.port_base)
-    stack = Stack(settings)
-    stack.purge(log=lambda _m: None)
-    stack.up(["postgres"], log=lambda _m: None)
-    try:
+    with private_services(settings, ["postgres"]):
         asyncio.run(measure(settings, args))
-    finally:
-        stack.down(log=lambda _m: None)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ from rich.table import Table
 
 from assessment_store.core import Settings
 from assessment_store.monitoring import LagMonitor
-from assessment_store.stack import Stack
 from assessment_store.streams import TopicSpec, admin_client, ensure_topics, kafka_client_options
 from assessment_store.testing import isolated_settings
+
+from ._services import private_services
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -197,15 +198,10 @@ def main() -> None:
                         help="also time one group over a topic of N partitions (e.g. 10000)")
     args = parser.parse_args()
     settings = isolated_settings(ROOT / ".data" / f"bench-lag-{args.port_base}", port_base=args.port_base)
-    stack = Stack(settings)
-    stack.purge(log=lambda _m: None)
-    stack.up(["kafka"], log=console.print)
-    try:
+    with private_services(settings, ["kafka"], log=console.print):
         asyncio.run(_run(settings, args.groups, args.partitions, args.rounds, args.cycles))
         if args.big_group:
             asyncio.run(_big_group(settings, args.big_group, args.rounds))
-    finally:
-        stack.down(log=lambda _m: None)
 
 
 if __name__ == "__main__":

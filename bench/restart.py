@@ -68,9 +68,11 @@ from assessment_store.core import (
     CommandEnvelope, Completed, Create, Created, Event, Payload, ProgressUpdated, Started,
 )
 from assessment_store.schemas import CommandCodec, EventCodec
-from assessment_store.stack import Stack, settings_env
+from assessment_store.stack import settings_env
 from assessment_store.streams import ensure_topics, publish_schemas
 from assessment_store.testing import isolated_settings
+
+from ._services import private_services
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
@@ -210,13 +212,8 @@ async def measure(s: Settings, args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> None:
     settings = isolated_settings(ROOT / ".data" / f"bench-restart-{args.port_base}", port_base=args.port_base)
-    stack = Stack(settings)
-    stack.purge(log=lambda _m: None)
-    stack.up(["kafka"], log=lambda _m: None)
-    try:
+    with private_services(settings, ["kafka"]):
         asyncio.run(measure(settings, args))
-    finally:
-        stack.down(log=lambda _m: None)
 
 
 if __name__ == "__main__":
