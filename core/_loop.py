@@ -1,10 +1,10 @@
 """The event loop a store process runs on: uvloop when it is installed, else asyncio's own.
 
 Every hop of the command path is an event-loop turn in some process: a socket read, a callback,
-a write. uvloop (libuv underneath, the loop asyncpg was written for) does those turns in C; on
-the command path's drain it takes a fifth to a quarter off the processor's and projector's CPU
-per command (``python -m bench.commands --set event_loop=asyncio`` against the default: the
-figures are in the README's benchmark section). Nothing in the store depends on which loop runs:
+a write. uvloop (libuv underneath, the loop asyncpg was written for) does those turns in C: at
+100 commands/s it took 10 % off the processor's CPU per command and 15 % off the projector's, and
+about a tenth off a drained command's (``python -m bench.commands --set event_loop=asyncio``
+against the default; docs/architecture.md, "The event loop", has the figures). Nothing in the store depends on which loop runs:
 both implement the same asyncio API, and the test suite runs on the one the settings choose.
 
 The choice is ``Settings.event_loop`` (``ASSESSMENT_STORE_EVENT_LOOP``):
