@@ -45,6 +45,7 @@ from ._model import (
     UpdateProgress,
     new_id,
     slot_constructor,
+    slot_replacer,
 )
 
 __all__ = [
@@ -55,6 +56,18 @@ __all__ = [
 
 _new_event = slot_constructor(Event)
 """``Event(...)`` with every field given in order (its constructor per event was 7 % of a processor's CPU)."""
+
+# The copies evolve makes, one per event type: the fields every event changes, then the payload's.
+# Each is Assessment.replace for its fixed set of fields (core/_model.py slot_replacer): the fold's
+# copy per event, 2.3 µs through replace's keywords, less than a third of that so.
+_COMMON = ("version", "updated_at", "last_event_id")
+_started = slot_replacer(Assessment, (*_COMMON, "state", "started_at"))
+_progressed = slot_replacer(Assessment, (*_COMMON, "progress", "message"))
+_completed = slot_replacer(Assessment, (*_COMMON, "state", "progress", "result_data", "duration", "finished_at"))
+_failed = slot_replacer(Assessment, (*_COMMON, "state", "error_message", "retryable", "duration", "finished_at"))
+_cancelled = slot_replacer(Assessment, (*_COMMON, "state", "cancel_reason", "finished_at"))
+_retried = slot_replacer(Assessment, (*_COMMON, "state", "retry_count", "progress", "error_message", "retryable",
+                                      "started_at", "finished_at", "duration"))
 
 MAX_ID_LENGTH = 200
 MAX_TEXT_LENGTH = 10_000
@@ -350,39 +363,20 @@ def evolve(current: Assessment | None, event: Event) -> Assessment:
         )
     if current is None:
         raise AssessmentNotFound(event.assessment_id)
-    # One copy per event: the changes every event makes, with the payload's, in one replace.
-    common = {"version": event.version, "updated_at": at, "last_event_id": event.event_id}
+    # One copy per event: the changes every event makes (version, updated_at, last_event_id), then
+    # the payload's, in the order of the replacer's fields above.
+    v, e = event.version, event.event_id
     match p:
-        case Started():
-            return current.replace(**common, state=State.PROCESSING, started_at=at)
         case ProgressUpdated():
-            return current.replace(**common, progress=p.progress, message=p.message)
+            return _progressed(current, v, at, e, p.progress, p.message)
+        case Started():
+            return _started(current, v, at, e, State.PROCESSING, at)
         case Completed():
-            return current.replace(
-                **common, state=State.COMPLETED, progress=100, result_data=p.result, duration=p.duration_ms,
-                finished_at=at,
-            )
+            return _completed(current, v, at, e, State.COMPLETED, 100, p.result, p.duration_ms, at)
         case Failed():
-            return current.replace(
-                **common,
-                state=State.FAILED,
-                error_message=p.error,
-                retryable=p.retryable,
-                duration=p.duration_ms,
-                finished_at=at,
-            )
+            return _failed(current, v, at, e, State.FAILED, p.error, p.retryable, p.duration_ms, at)
         case Cancelled():
-            return current.replace(**common, state=State.CANCELLED, cancel_reason=p.reason, finished_at=at)
+            return _cancelled(current, v, at, e, State.CANCELLED, p.reason, at)
         case Retried():
-            return current.replace(
-                **common,
-                state=State.PENDING,
-                retry_count=p.retry_count,
-                progress=0,
-                error_message=None,
-                retryable=None,
-                started_at=None,
-                finished_at=None,
-                duration=None,
-            )
+            return _retried(current, v, at, e, State.PENDING, p.retry_count, 0, None, None, None, None, None)
     raise AssertionError(p)  # pragma: no cover

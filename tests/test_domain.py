@@ -15,13 +15,18 @@ from assessment_store.core import (
     Outcome,
     Assessment,
     Cancel,
+    Cancelled,
     Command,
     Complete,
+    Completed,
     Create,
     Created,
     Event,
     EventSource,
     Fail,
+    Failed,
+    ProgressUpdated,
+    Retried,
     Retry,
     Start,
     Started,
@@ -207,6 +212,50 @@ def test_slot_constructor_builds_the_outcome_the_class_builds() -> None:
               event_id="e-1", error_type=None, error_message=None, error_details=None, duplicate=False)
     assert [f.name for f in dataclasses.fields(Outcome)] == list(kw)
     assert slot_constructor(Outcome)(*kw.values()) == Outcome(**kw)  # type: ignore[arg-type]
+
+
+def test_slot_constructor_instances_are_the_frozen_class() -> None:
+    """An instance slot_constructor builds is of the class itself, equal, hashable and still frozen."""
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    values = ("a-1", 2, Started("w"), at, at, EventSource.STORE, "e-1", None, "c-1")
+    built = slot_constructor(Event)(*values)
+    assert type(built) is Event and hash(built) == hash(Event(*values))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.version = 3  # type: ignore[misc]
+
+
+def test_slot_constructor_builds_a_class_with_a_slotted_base() -> None:
+    """slot_constructor(UpdateProgress), whose base holds four fields, builds what its constructor builds."""
+    built = slot_constructor(UpdateProgress)("a-1", "c-1", 4, "corr", 50, "half")
+    assert built == UpdateProgress(assessment_id="a-1", command_id="c-1", expected_version=4, correlation_id="corr",
+                                   progress=50, message="half")
+    assert type(built) is UpdateProgress
+
+
+@pytest.mark.parametrize(("payload", "changes"), [
+    (Started("w"), {"state": State.PROCESSING, "started_at": T0 + timedelta(seconds=9)}),
+    (ProgressUpdated(40, "m"), {"progress": 40, "message": "m"}),
+    (Completed({"r": 1}, 12), {"state": State.COMPLETED, "progress": 100, "result_data": {"r": 1}, "duration": 12,
+                               "finished_at": T0 + timedelta(seconds=9)}),
+    (Failed("boom", True, 13), {"state": State.FAILED, "error_message": "boom", "retryable": True, "duration": 13,
+                                "finished_at": T0 + timedelta(seconds=9)}),
+    (Cancelled("no"), {"state": State.CANCELLED, "cancel_reason": "no", "finished_at": T0 + timedelta(seconds=9)}),
+    (Retried(2), {"state": State.PENDING, "retry_count": 2, "progress": 0, "error_message": None, "retryable": None,
+                  "started_at": None, "finished_at": None, "duration": None}),
+])
+def test_evolve_changes_exactly_the_fields_of_its_event(payload: object, changes: dict[str, object]) -> None:
+    """evolve copies every field but the version, updated_at, last event id and its payload's ones."""
+    at = T0 + timedelta(seconds=9)
+    current = Assessment(
+        assessment_id=AID, state=State.FAILED, version=6, progress=30, message="before", created_at=T0, updated_at=T0,
+        request_data={"q": 1}, result_data={"old": True}, error_message="old", retry_count=1, duration=5,
+        started_at=T0, finished_at=T0, retryable=False, cancel_reason="old", processing_timeout_ms=1000, max_retries=3,
+        last_event_id="e-6",
+    )
+    event = Event(AID, 7, payload, at, at, event_id="e-7")  # type: ignore[arg-type]
+    folded = evolve(current, event)
+    assert type(folded) is Assessment
+    assert folded == current.replace(version=7, updated_at=at, last_event_id="e-7", **changes)
 
 
 def test_replace_refuses_a_name_that_is_not_a_field() -> None:
