@@ -15,7 +15,7 @@ tests/test_codec_fast.py checks it against fastavro on generated commands.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from assessment_store.core import (
     Cancel,
@@ -31,7 +31,7 @@ from assessment_store.core import (
     slot_constructor,
 )
 
-from ._fast_event import _EPOCH, _SOURCES, _UNCLEAN, _Unread, _int, _long, _opt_int, _opt_long, _opt_string, _string
+from ._fast_event import _SOURCES, _UNCLEAN, _Unread, _instant, _int, _long, _opt_int, _opt_long, _opt_string, _string
 
 __all__ = ["FINGERPRINT", "read_command"]
 
@@ -63,7 +63,7 @@ def read_command(b: bytes, pos: int) -> CommandEnvelope | None:
 
 def _micros(b: bytes, pos: int) -> tuple[datetime, int]:
     n, pos = _long(b, pos)
-    return _EPOCH + timedelta(microseconds=n), pos
+    return _instant(n), pos
 
 
 def _read(b: bytes, pos: int) -> CommandEnvelope:

@@ -196,13 +196,33 @@ def _read(b: bytes, pos: int) -> Event:
         payload = Retried(retry_count)
     else:
         raise _Unread
-    occurred_at = _EPOCH + timedelta(microseconds=occurred)
-    # Often the same instant: one datetime for both (immutable, so sharing it is safe).
-    recorded_at = occurred_at if recorded == occurred else _EPOCH + timedelta(microseconds=recorded)
+    occurred_at = _instant(occurred)
+    # Often the same instant: one datetime for both (immutable, so sharing it is safe). Else the
+    # processor's clock read, one per batch of commands: the last one made is kept.
+    if recorded == occurred:
+        recorded_at = occurred_at
+    else:
+        last = _last_recorded
+        recorded_at = last[1] if last[0] == recorded else _remember_recorded(recorded)
     # Every field, in Event's field order, without its __init__ (core/_model.py slot_constructor:
     # half the cost); the tests compare every field with fastavro's reading.
     return _new_event(assessment_id, version, payload, occurred_at, recorded_at, _SOURCES[source], event_id,
                       correlation_id, causation_id)
+
+
+def _instant(n: int) -> datetime:
+    """The datetime of timestamp-micros ``n``, as fastavro makes it. ``timedelta``'s positional
+    microseconds: its keyword, through a compiled call, cost a third more (0.62 against 0.42 µs)."""
+    return _EPOCH + timedelta(0, 0, n)
+
+
+_last_recorded: tuple[int, datetime] = (-1 << 64, _EPOCH)
+
+
+def _remember_recorded(n: int) -> datetime:
+    global _last_recorded
+    _last_recorded = (n, _instant(n))
+    return _last_recorded[1]
 
 
 # --- the writer ----------------------------------------------------------------------------
@@ -231,7 +251,9 @@ def _w_long(n: int) -> bytes:
         cached = _last_high
         if cached[0] != high:
             cached = _remember_high(high)
-        return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, ((z >> 14) & 0x7F) | 0x80)) + cached[1]
+        # One int's three bytes, not a tuple's (0.18 against 0.28 µs, compiled).
+        low = (z & 0x7F) | 0x80 | (((z >> 7) & 0x7F) | 0x80) << 8 | (((z >> 14) & 0x7F) | 0x80) << 16
+        return low.to_bytes(3, "little") + cached[1]
     return _varint(z)
 
 
@@ -285,6 +307,22 @@ def _w_micros(dt: datetime) -> bytes:
     return _w_long((d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds)
 
 
+_last_written: tuple[datetime, bytes] = (_EPOCH, _w_micros(_EPOCH))
+
+
+def _w_recorded(dt: datetime) -> bytes:
+    """``_w_micros`` of an event's recorded_at: the processor's clock read, one object for a whole
+    batch of commands, so the bytes of the last one written are kept (by identity: a datetime is
+    immutable, and an equal one in another zone or fold would be another object)."""
+    global _last_written
+    last = _last_written
+    if last[0] is dt:
+        return last[1]
+    written = _w_micros(dt)
+    _last_written = (dt, written)
+    return written
+
+
 def write_event(ev: Event) -> tuple[bytes, str] | None:
     """``ev``'s Avro binary encoding with the ``FINGERPRINT`` schema and its payload type's name, or
     None when a value is one this writer leaves to fastavro (module docstring)."""
@@ -322,7 +360,7 @@ def _write(ev: Event) -> tuple[bytes, str]:
         raise _Unwritten
     occurred = _w_micros(ev.occurred_at)
     # Usually the same instant (the processor decides at once): its bytes once.
-    recorded = occurred if ev.recorded_at is ev.occurred_at else _w_micros(ev.recorded_at)
+    recorded = occurred if ev.recorded_at is ev.occurred_at else _w_recorded(ev.recorded_at)
     return b"".join((
         _w_string(ev.event_id), _w_string(ev.assessment_id), _w_long(ev.version), _w_string(name),
         occurred, recorded, _w_string(source.value),
