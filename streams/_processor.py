@@ -333,6 +333,17 @@ they are merged: a load reads one record per chunk, so their number must not gro
 
 _new_outcome = slot_constructor(Outcome)
 
+
+def _newest_timestamp(outcomes: list[Outcome]) -> float:
+    """The timestamp of the newest outcome: the newest instant, then one conversion, not one per
+    outcome (a drain writes one outcome per command), as long as the times compare (aware ones:
+    timestamp() keeps their order); naive and aware ones mixed are converted each."""
+    try:
+        return max(o.processed_at for o in outcomes).timestamp()
+    except TypeError:
+        return max(o.processed_at.timestamp() for o in outcomes)
+
+
 _Appended = tuple[Event, int, int, int, bytes | None]
 """An accepted command's event to append: the event, its partition, the command's offset and
 record timestamp, and the command's ``REPLY_HEADER`` value (copied onto the event)."""
@@ -1151,7 +1162,7 @@ class CommandProcessor(AsyncLifecycle):
         for i in range(0, len(live), _CHUNK_OUTCOMES):
             chunk = live[i:i + _CHUNK_OUTCOMES]
             seq, part.next_chunk = part.next_chunk, part.next_chunk + 1
-            part.chunks[seq] = max(o.processed_at.timestamp() for o in chunk)
+            part.chunks[seq] = _newest_timestamp(chunk)
             records.append((chunk_key(seq), encode_chunk(chunk)))
         records += [(chunk_key(seq), None) for seq in part.stale_chunks]  # tombstones
         part.stale_chunks = []
