@@ -409,8 +409,8 @@ def slot_constructor(cls: type[_T]) -> Callable[..., _T]:
     """
     assert not hasattr(cls, "__post_init__"), cls
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]  # any dataclass
-    if cls.__bases__ == (object,) and set(getattr(cls, "__slots__", ())) == set(names):
-        make = _class_swapping_constructor(cls, names)
+    if _swappable(cls, names):
+        make = _class_swapping(cls, names, {name: name for name in names})
     else:
         make = _descriptor_constructor(cls, names)
     make.__qualname__ = f"slot_constructor.<{cls.__name__}>"
@@ -426,32 +426,32 @@ def slot_replacer(cls: type[_T], changed: tuple[str, ...]) -> Callable[..., _T]:
     unknown = set(changed) - set(names)
     if unknown or len(set(changed)) != len(changed):
         raise AttributeError(f"{cls.__name__} fields to replace are not distinct fields: {changed!r}")
-    if not (cls.__bases__ == (object,) and set(getattr(cls, "__slots__", ())) == set(names)):
+    if not _swappable(cls, names):
         raise TypeError(f"{cls.__name__} has a slotted base: slot_replacer builds only classes of object alone")
-    scope: dict[str, Any] = {"_new": object.__new__, "_twin": _twin(cls), "_cls": cls}
-    lines = [f"def replace(_old, {', '.join(changed)}):", "    new = _new(_twin)"]
-    lines += [f"    new.{name} = {name if name in changed else '_old.' + name}" for name in names]
-    lines += ["    new.__class__ = _cls", "    return new"]
-    exec("\n".join(lines), scope)  # the text is built from the class's own field names
-    replace: Callable[..., _T] = scope["replace"]
+    values = {name: name if name in changed else f"__old.{name}" for name in names}
+    replace = _class_swapping(cls, ["__old", *changed], values)
     replace.__qualname__ = f"slot_replacer.<{cls.__name__}:{','.join(changed)}>"
     return replace
 
 
-def _twin(cls: type[Any]) -> type[Any]:
-    """A plain class with ``cls``'s slots: its instances can become ``cls``'s (``__class__``)."""
-    twin: type[Any] = type(f"_{cls.__name__}Slots", (), {"__slots__": cls.__slots__, "__module__": cls.__module__})
-    return twin
+def _swappable(cls: type[Any], names: list[str]) -> bool:
+    """Whether an instance of a plain class with ``cls``'s slots can become a ``cls``: its only base is
+    ``object`` and its slots are its fields (a slotted base's would have to be the twin's base too)."""
+    return cls.__bases__ == (object,) and set(getattr(cls, "__slots__", ())) == set(names)
 
 
-def _class_swapping_constructor(cls: type[_T], names: list[str]) -> Callable[..., _T]:
-    scope: dict[str, Any] = {"_new": object.__new__, "_twin": _twin(cls), "_cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    new = _new(_twin)"]
-    lines += [f"    new.{name} = {name}" for name in names]
-    lines += ["    new.__class__ = _cls", "    return new"]
+def _class_swapping(cls: type[_T], params: list[str], values: dict[str, str]) -> Callable[..., _T]:
+    """``def f(*params)`` filling a plain twin of ``cls`` (the same slots) with ``values`` (field ->
+    expression over the parameters), then making it a ``cls``. The function's own names are
+    dunder-prefixed, so that no field's name shadows them."""
+    twin = type(f"_{cls.__name__}Slots", (), {"__slots__": getattr(cls, "__slots__"), "__module__": cls.__module__})
+    scope: dict[str, Any] = {"__new": object.__new__, "__twin": twin, "__cls": cls}
+    lines = [f"def f({', '.join(params)}):", "    __instance = __new(__twin)"]
+    lines += [f"    __instance.{name} = {value}" for name, value in values.items()]
+    lines += ["    __instance.__class__ = __cls", "    return __instance"]
     exec("\n".join(lines), scope)  # the text is built from the class's own field names
-    make: Callable[..., _T] = scope["make"]
-    return make
+    f: Callable[..., _T] = scope["f"]
+    return f
 
 
 def _descriptor_constructor(cls: type[_T], names: list[str]) -> Callable[..., _T]:
