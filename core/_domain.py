@@ -56,6 +56,8 @@ __all__ = [
 
 _new_event = slot_constructor(Event)
 """``Event(...)`` with every field given in order (its constructor per event was 7 % of a processor's CPU)."""
+_progress_updated = slot_constructor(ProgressUpdated)
+"""The most frequent payload, without its frozen ``__init__`` (0.37 -> 0.17 µs)."""
 
 # The copies evolve makes, one per event type: the fields every event changes, then the payload's.
 # Each is Assessment.replace for its fixed set of fields (core/_model.py slot_replacer): the fold's
@@ -312,7 +314,7 @@ def decide(
             case Start():
                 payload = Started(command.worker)
             case UpdateProgress():
-                payload = ProgressUpdated(command.progress, command.message)
+                payload = _progress_updated(command.progress, command.message)
             case Complete():
                 duration = command.duration_ms
                 payload = Completed(command.result, duration if duration is not None else _elapsed_ms(current, at))

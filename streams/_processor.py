@@ -959,6 +959,8 @@ class CommandProcessor(AsyncLifecycle):
         open_batches: dict[int, tuple[Any, list[int]]] = {}
         submitted: list[tuple[asyncio.Future[RecordMetadata], list[int]]] = []
         epochs: dict[int, tuple[str, bytes]] = {}  # each partition's epoch header, made once per call
+        stamped: datetime | None = None
+        stamp = 0
         for i, (ev, partition, cmd_offset, _, reply_to) in enumerate(events):
             value, headers = self._events.encode(ev)
             headers.append((COMMAND_OFFSET_HEADER, str(cmd_offset).encode()))
@@ -970,7 +972,9 @@ class CommandProcessor(AsyncLifecycle):
                 epoch = epochs[partition] = (EPOCH_HEADER, str(self._parts[partition].epoch).encode())
             headers.append(epoch)
             key = ev.assessment_id.encode()
-            stamp = int(ev.recorded_at.timestamp() * 1000)  # milliseconds, despite aiokafka's docstring
+            if ev.recorded_at is not stamped:  # one clock read per batch of commands: one conversion
+                stamped = ev.recorded_at
+                stamp = int(stamped.timestamp() * 1000)  # milliseconds, despite aiokafka's docstring
             builder, members = open_batches.get(partition) or (None, [])
             if builder is None or builder.append(key=key, value=value, headers=headers, timestamp=stamp) is None:
                 if builder is not None:  # full: this partition's next batch follows it
