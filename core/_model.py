@@ -444,14 +444,26 @@ def _class_swapping(cls: type[_T], params: list[str], values: dict[str, str]) ->
     """``def f(*params)`` filling a plain twin of ``cls`` (the same slots) with ``values`` (field ->
     expression over the parameters), then making it a ``cls``. The function's own names are
     dunder-prefixed, so that no field's name shadows them."""
-    twin = type(f"_{cls.__name__}Slots", (), {"__slots__": getattr(cls, "__slots__"), "__module__": cls.__module__})
-    scope: dict[str, Any] = {"__new": object.__new__, "__twin": twin, "__cls": cls}
+    scope: dict[str, Any] = {"__new": object.__new__, "__twin": _twin(cls), "__cls": cls}
     lines = [f"def f({', '.join(params)}):", "    __instance = __new(__twin)"]
     lines += [f"    __instance.{name} = {value}" for name, value in values.items()]
     lines += ["    __instance.__class__ = __cls", "    return __instance"]
     exec("\n".join(lines), scope)  # the text is built from the class's own field names
     f: Callable[..., _T] = scope["f"]
     return f
+
+
+_TWINS: dict[type[Any], type[Any]] = {}
+
+
+def _twin(cls: type[Any]) -> type[Any]:
+    """The plain class with ``cls``'s slots whose instances ``_class_swapping``'s functions turn into
+    ``cls``'s: one per class, shared by its constructor and its replacers."""
+    twin = _TWINS.get(cls)
+    if twin is None:
+        attrs = {"__slots__": getattr(cls, "__slots__"), "__module__": cls.__module__}
+        twin = _TWINS[cls] = type(f"_{cls.__name__}Slots", (), attrs)
+    return twin
 
 
 def _descriptor_constructor(cls: type[_T], names: list[str]) -> Callable[..., _T]:
